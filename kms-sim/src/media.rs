@@ -1,0 +1,312 @@
+//! Real RTP out of the simulator: one GStreamer pipeline per (tap, media) encodes the participant's
+//! source and sends it to the address and ports of the tap's offer, with RTCP both ways through
+//! `rtpbin` (sender reports out; PLI/FIR in, which makes the encoder produce a keyframe, as a
+//! browser does when KMS forwards a keyframe request).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use tracing::{debug, warn};
+
+use crate::sdp::Format;
+
+/// What a participant's video shows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VideoSource {
+    /// `videotestsrc` with this pattern name (`ball`, `smpte`, `snow`…).
+    Pattern(String),
+    /// A PNG or JPEG still, frozen into a live stream.
+    Image(PathBuf),
+}
+
+/// What a participant's audio plays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AudioSource {
+    /// A sine tone at this frequency (Hz).
+    Tone(f64),
+    /// A WAV file, decoded and looped.
+    Wav(PathBuf),
+}
+
+/// Video parameters of a participant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoSpec {
+    /// Source.
+    pub source: VideoSource,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Frames between keyframes (browsers send few; KMS asks for one on each new connection).
+    pub keyframe_interval: u32,
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Video.
+    Video(VideoSpec),
+    /// Audio.
+    Audio(AudioSource),
+}
+
+/// Where to send it and with which negotiated format.
+#[derive(Debug, Clone)]
+pub struct SendTarget {
+    /// The negotiated format (payload type from the tap's offer).
+    pub format: Format,
+    /// The offer's RTP address and port.
+    pub rtp_dest: SocketAddr,
+    /// The offer's RTCP address and port.
+    pub rtcp_dest: SocketAddr,
+    /// Our (KMS-side) RTP port: packets leave from it (symmetric RTP).
+    pub local_rtp_port: u16,
+    /// Our RTCP port, where the tap's receiver reports and PLI/FIR arrive.
+    pub local_rtcp_port: u16,
+    /// The SSRC announced in the answer.
+    pub ssrc: u32,
+    /// Payload MTU (KMS default 1200).
+    pub mtu: u32,
+}
+
+/// Errors building a sender.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// An element is missing (GStreamer plugin not installed).
+    #[error(
+        "GStreamer element `{0}` is not available: install the GStreamer plugins (scripts/setup)"
+    )]
+    MissingElement(String),
+    /// Codec the simulator cannot produce.
+    #[error("the simulator cannot send {0}")]
+    Codec(String),
+    /// Linking or starting failed.
+    #[error("GStreamer: {0}")]
+    Gst(String),
+}
+
+/// A running sender; stops when dropped.
+pub struct RtpSender {
+    pipeline: gst::Pipeline,
+    description: String,
+}
+
+fn make(factory: &str) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MediaError::MissingElement(factory.to_owned()))
+}
+
+fn gst_err(e: impl std::fmt::Display) -> MediaError {
+    MediaError::Gst(e.to_string())
+}
+
+/// Initializes GStreamer once.
+pub fn init() -> Result<(), MediaError> {
+    gst::init().map_err(gst_err)
+}
+
+impl RtpSender {
+    /// Builds and starts a sender.
+    pub fn start(payload: &Payload, target: &SendTarget) -> Result<Self, MediaError> {
+        init()?;
+        let pipeline = gst::Pipeline::new();
+        let encoding = target.format.encoding.to_ascii_uppercase();
+        let mut chain: Vec<gst::Element> = Vec::new();
+        match payload {
+            Payload::Video(spec) => {
+                match &spec.source {
+                    VideoSource::Pattern(p) => {
+                        let src = make("videotestsrc")?;
+                        src.set_property("is-live", true);
+                        src.set_property_from_str("pattern", p);
+                        chain.push(src);
+                    }
+                    VideoSource::Image(path) => {
+                        let src = make("filesrc")?;
+                        src.set_property("location", path.to_string_lossy().to_string());
+                        chain.push(src);
+                        let is_png = path
+                            .extension()
+                            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+                        chain.push(make(if is_png { "pngdec" } else { "jpegdec" })?);
+                        let freeze = make("imagefreeze")?;
+                        freeze.set_property("is-live", true);
+                        chain.push(freeze);
+                    }
+                }
+                chain.push(make("videoconvert")?);
+                chain.push(make("videoscale")?);
+                chain.push(make("videorate")?);
+                let caps = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", spec.width as i32)
+                    .field("height", spec.height as i32)
+                    .field("framerate", gst::Fraction::new(spec.fps as i32, 1))
+                    .build();
+                let filter = make("capsfilter")?;
+                filter.set_property("caps", &caps);
+                chain.push(filter);
+                let (enc, pay) = match encoding.as_str() {
+                    "VP8" => {
+                        let enc = make("vp8enc")?;
+                        enc.set_property("deadline", 1i64);
+                        enc.set_property("cpu-used", 8i32);
+                        enc.set_property("keyframe-max-dist", spec.keyframe_interval as i32);
+                        enc.set_property("target-bitrate", 300_000i32);
+                        let pay = make("rtpvp8pay")?;
+                        pay.set_property_from_str("picture-id-mode", "15-bit");
+                        (enc, pay)
+                    }
+                    "VP9" => {
+                        let enc = make("vp9enc")?;
+                        enc.set_property("deadline", 1i64);
+                        enc.set_property("cpu-used", 8i32);
+                        enc.set_property("keyframe-max-dist", spec.keyframe_interval as i32);
+                        (enc, make("rtpvp9pay")?)
+                    }
+                    "H264" => {
+                        let enc = make("x264enc")?;
+                        enc.set_property_from_str("tune", "zerolatency");
+                        enc.set_property_from_str("speed-preset", "ultrafast");
+                        enc.set_property("key-int-max", spec.keyframe_interval);
+                        enc.set_property("bitrate", 300u32);
+                        chain.push(enc);
+                        let profile = make("capsfilter")?;
+                        profile.set_property(
+                            "caps",
+                            gst::Caps::builder("video/x-h264")
+                                .field("profile", "constrained-baseline")
+                                .build(),
+                        );
+                        let pay = make("rtph264pay")?;
+                        pay.set_property("config-interval", 1i32);
+                        (profile, pay)
+                    }
+                    other => return Err(MediaError::Codec(other.to_owned())),
+                };
+                chain.push(enc);
+                chain.push(pay);
+            }
+            Payload::Audio(source) => {
+                match source {
+                    AudioSource::Tone(freq) => {
+                        let src = make("audiotestsrc")?;
+                        src.set_property("is-live", true);
+                        src.set_property("freq", *freq);
+                        src.set_property("volume", 0.3f64);
+                        chain.push(src);
+                    }
+                    AudioSource::Wav(path) => {
+                        let src = make("multifilesrc")?;
+                        src.set_property("location", path.to_string_lossy().to_string());
+                        src.set_property("loop", true);
+                        chain.push(src);
+                        chain.push(make("wavparse")?);
+                        // A file source is not live: pace it like a microphone.
+                        chain.push(make("identity")?);
+                        chain
+                            .last()
+                            .expect("just pushed")
+                            .set_property("sync", true);
+                    }
+                }
+                chain.push(make("audioconvert")?);
+                chain.push(make("audioresample")?);
+                match encoding.as_str() {
+                    "OPUS" => {
+                        chain.push(make("opusenc")?);
+                        chain.push(make("rtpopuspay")?);
+                    }
+                    "PCMU" => {
+                        chain.push(make("mulawenc")?);
+                        chain.push(make("rtppcmupay")?);
+                    }
+                    "PCMA" => {
+                        chain.push(make("alawenc")?);
+                        chain.push(make("rtppcmapay")?);
+                    }
+                    other => return Err(MediaError::Codec(other.to_owned())),
+                }
+            }
+        }
+        let pay = chain.last().expect("payloader").clone();
+        pay.set_property("pt", target.format.pt as u32);
+        pay.set_property("ssrc", target.ssrc);
+        pay.set_property("mtu", target.mtu);
+
+        let rtpbin = make("rtpbin")?;
+        rtpbin.set_property_from_str("rtp-profile", "avpf");
+        let rtp_sink = make("udpsink")?;
+        rtp_sink.set_property("host", target.rtp_dest.ip().to_string());
+        rtp_sink.set_property("port", target.rtp_dest.port() as i32);
+        rtp_sink.set_property("bind-port", target.local_rtp_port as i32);
+        rtp_sink.set_property("sync", false);
+        rtp_sink.set_property("async", false);
+        let rtcp_sink = make("udpsink")?;
+        rtcp_sink.set_property("host", target.rtcp_dest.ip().to_string());
+        rtcp_sink.set_property("port", target.rtcp_dest.port() as i32);
+        rtcp_sink.set_property("sync", false);
+        rtcp_sink.set_property("async", false);
+        let rtcp_src = make("udpsrc")?;
+        rtcp_src.set_property("port", target.local_rtcp_port as i32);
+        rtcp_src.set_property("caps", gst::Caps::new_empty_simple("application/x-rtcp"));
+
+        pipeline.add_many(chain.iter()).map_err(gst_err)?;
+        pipeline
+            .add_many([&rtpbin, &rtp_sink, &rtcp_sink, &rtcp_src])
+            .map_err(gst_err)?;
+        gst::Element::link_many(chain.iter()).map_err(gst_err)?;
+        pay.link_pads(Some("src"), &rtpbin, Some("send_rtp_sink_0"))
+            .map_err(gst_err)?;
+        rtpbin
+            .link_pads(Some("send_rtp_src_0"), &rtp_sink, Some("sink"))
+            .map_err(gst_err)?;
+        rtpbin
+            .link_pads(Some("send_rtcp_src_0"), &rtcp_sink, Some("sink"))
+            .map_err(gst_err)?;
+        rtcp_src
+            .link_pads(Some("src"), &rtpbin, Some("recv_rtcp_sink_0"))
+            .map_err(gst_err)?;
+
+        let description = format!(
+            "{encoding} pt {} -> {} (rtcp {}), from :{}",
+            target.format.pt, target.rtp_dest, target.rtcp_dest, target.local_rtp_port
+        );
+        watch_bus(&pipeline, description.clone());
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| MediaError::Gst(format!("cannot start {description}: {e}")))?;
+        debug!(%description, "RTP sender started");
+        Ok(RtpSender {
+            pipeline,
+            description,
+        })
+    }
+
+    /// What this sender sends where.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+fn watch_bus(pipeline: &gst::Pipeline, description: String) {
+    let Some(bus) = pipeline.bus() else { return };
+    bus.set_sync_handler(move |_, msg| {
+        if let gst::MessageView::Error(err) = msg.view() {
+            warn!(sender = %description, error = %err.error(), debug = ?err.debug(), "RTP sender error");
+        }
+        gst::BusSyncReply::Drop
+    });
+}
+
+impl Drop for RtpSender {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        debug!(description = %self.description, "RTP sender stopped");
+    }
+}
