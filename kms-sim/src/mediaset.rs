@@ -125,7 +125,21 @@ struct State {
     links: Vec<Link>,
     sessions: HashMap<String, Session>,
     cache: HashMap<(String, String), (Instant, Value)>,
+    /// Cache keys in insertion order, so expiry costs O(expired) per request.
+    cache_order: std::collections::VecDeque<(Instant, (String, String))>,
     next_port: u16,
+}
+
+impl State {
+    fn expire_cache(&mut self) {
+        while let Some((t, _)) = self.cache_order.front() {
+            if t.elapsed() < REQUEST_CACHE_TTL {
+                break;
+            }
+            let (_, key) = self.cache_order.pop_front().expect("front exists");
+            self.cache.remove(&key);
+        }
+    }
 }
 
 /// One event to deliver after the state lock is released.
@@ -205,7 +219,10 @@ impl MediaSet {
     pub fn new(kmd: Kmd, config: SimConfig) -> Arc<Self> {
         let ms = Arc::new(MediaSet {
             state: Mutex::new(State {
-                next_port: config.port_range.0 & !1,
+                // A random start keeps several simulators in one host (parallel tests) apart.
+                next_port: (config.port_range.0
+                    + fastrand::u16(0..(config.port_range.1 - config.port_range.0).max(2)))
+                    & !1,
                 ..Default::default()
             }),
             server_id: uuid(),
@@ -310,7 +327,7 @@ impl MediaSet {
                 .map(str::to_owned);
             if let (Some(s), Some(k)) = (&req_session, &id_key) {
                 let mut st = self.lock();
-                st.cache.retain(|_, (t, _)| t.elapsed() < REQUEST_CACHE_TTL);
+                st.expire_cache();
                 if let Some((_, cached)) = st.cache.get(&(s.clone(), k.clone())) {
                     debug!(session = %s, id = %k, "answering from the request cache");
                     return cached.clone();
@@ -335,10 +352,13 @@ impl MediaSet {
                 .map(str::to_owned)
                 .or(req_session);
             if let (Some(s), Some(k)) = (result_session, id_key) {
-                self.lock()
-                    .cache
-                    .entry((s, k))
-                    .or_insert_with(|| (Instant::now(), response.clone()));
+                let mut st = self.lock();
+                let key = (s, k);
+                if !st.cache.contains_key(&key) {
+                    let now = Instant::now();
+                    st.cache.insert(key.clone(), (now, response.clone()));
+                    st.cache_order.push_back((now, key));
+                }
             }
             self.deliver(raised);
             response
@@ -598,7 +618,7 @@ impl MediaSet {
         let span = (max - min) / 2;
         for _ in 0..span.max(1) {
             let p = st.next_port;
-            st.next_port = if p + 2 >= max { min & !1 } else { p + 2 };
+            st.next_port = if p + 2 >= max { (min + 1) & !1 } else { p + 2 };
             let free = UdpSocket::bind(("0.0.0.0", p)).is_ok()
                 && UdpSocket::bind(("0.0.0.0", p + 1)).is_ok();
             if free {

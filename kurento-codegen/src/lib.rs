@@ -574,13 +574,22 @@ fn event_fields<'a>(
         .collect())
 }
 
+/// The Rust name of an event's struct: Kurento's `Error` event would shadow the client's `Error`
+/// type, so names that clash with hand-written items get an `Event` suffix.
+pub fn event_ident(name: &str) -> String {
+    match name {
+        "Error" | "Result" | "Event" => format!("{name}Event"),
+        _ => name.to_owned(),
+    }
+}
+
 fn gen_event(out: &mut String, idx: &Index, e: &EventDef) -> Result<(), GenError> {
     let fields = event_fields(idx, e)?;
     doc_lines(out, "", &doc_text(&e.doc, &format!("Event `{}`.", e.name)));
     out.push_str(
         "#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]\n",
     );
-    let _ = writeln!(out, "pub struct {} {{", e.name);
+    let _ = writeln!(out, "pub struct {} {{", event_ident(&e.name));
     for p in fields {
         write_field(out, idx, p, &e.name)?;
     }
@@ -588,7 +597,8 @@ fn gen_event(out: &mut String, idx: &Index, e: &EventDef) -> Result<(), GenError
     let _ = writeln!(
         out,
         "impl rt::Event for {} {{\n    const NAME: &'static str = {:?};\n}}\n",
-        e.name, e.name
+        event_ident(&e.name),
+        e.name
     );
     Ok(())
 }
@@ -728,7 +738,7 @@ fn gen_class(
                 ty: (*e).to_owned(),
             });
         }
-        let _ = writeln!(out, "impl rt::Emits<{e}> for {name} {{}}");
+        let _ = writeln!(out, "impl rt::Emits<{}> for {name} {{}}", event_ident(e));
     }
     if !events.is_empty() {
         out.push('\n');

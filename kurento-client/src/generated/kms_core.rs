@@ -1284,7 +1284,7 @@ impl rt::Event for RaiseBase {
 
 /// Fired whenever an undefined error related to the MediaObject has occurred
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Error {
+pub struct ErrorEvent {
     /// Object that raised the event (object id)
     #[serde(rename = "source", default)]
     pub source: String,
@@ -1305,7 +1305,7 @@ pub struct Error {
     pub r#type: String,
 }
 
-impl rt::Event for Error {
+impl rt::Event for ErrorEvent {
     const NAME: &'static str = "Error";
 }
 
@@ -1682,7 +1682,7 @@ impl rt::Emits<ElementDisconnected> for BaseRtpEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for BaseRtpEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for BaseRtpEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for BaseRtpEndpoint {}
-impl rt::Emits<Error> for BaseRtpEndpoint {}
+impl rt::Emits<ErrorEvent> for BaseRtpEndpoint {}
 
 /// Operations and properties of `BaseRtpEndpoint`, for `BaseRtpEndpoint` and every subclass.
 pub trait BaseRtpEndpointMethods: rt::RemoteObject {
@@ -1784,7 +1784,7 @@ impl rt::Emits<ElementDisconnected> for Endpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for Endpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for Endpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for Endpoint {}
-impl rt::Emits<Error> for Endpoint {}
+impl rt::Emits<ErrorEvent> for Endpoint {}
 
 /// Operations and properties of `Endpoint`, for `Endpoint` and every subclass.
 pub trait EndpointMethods: rt::RemoteObject {
@@ -1829,7 +1829,7 @@ impl rt::Emits<ElementDisconnected> for Filter {}
 impl rt::Emits<MediaFlowOutStateChanged> for Filter {}
 impl rt::Emits<MediaFlowInStateChanged> for Filter {}
 impl rt::Emits<MediaTranscodingStateChanged> for Filter {}
-impl rt::Emits<Error> for Filter {}
+impl rt::Emits<ErrorEvent> for Filter {}
 
 /// Operations and properties of `Filter`, for `Filter` and every subclass.
 pub trait FilterMethods: rt::RemoteObject {
@@ -1863,7 +1863,7 @@ impl rt::RemoteObject for Hub {
 impl rt::IsA<Hub> for Hub {}
 impl rt::IsA<MediaObject> for Hub {}
 
-impl rt::Emits<Error> for Hub {}
+impl rt::Emits<ErrorEvent> for Hub {}
 
 /// Operations and properties of `Hub`, for `Hub` and every subclass.
 pub trait HubMethods: rt::RemoteObject {
@@ -1951,7 +1951,7 @@ impl rt::Emits<ElementDisconnected> for HubPort {}
 impl rt::Emits<MediaFlowOutStateChanged> for HubPort {}
 impl rt::Emits<MediaFlowInStateChanged> for HubPort {}
 impl rt::Emits<MediaTranscodingStateChanged> for HubPort {}
-impl rt::Emits<Error> for HubPort {}
+impl rt::Emits<ErrorEvent> for HubPort {}
 
 /// Operations and properties of `HubPort`, for `HubPort` and every subclass.
 pub trait HubPortMethods: rt::RemoteObject {
@@ -2021,7 +2021,7 @@ impl rt::Emits<ElementDisconnected> for MediaElement {}
 impl rt::Emits<MediaFlowOutStateChanged> for MediaElement {}
 impl rt::Emits<MediaFlowInStateChanged> for MediaElement {}
 impl rt::Emits<MediaTranscodingStateChanged> for MediaElement {}
-impl rt::Emits<Error> for MediaElement {}
+impl rt::Emits<ErrorEvent> for MediaElement {}
 
 /// Operations and properties of `MediaElement`, for `MediaElement` and every subclass.
 pub trait MediaElementMethods: rt::RemoteObject {
@@ -2360,7 +2360,7 @@ impl rt::RemoteObject for MediaObject {
 
 impl rt::IsA<MediaObject> for MediaObject {}
 
-impl rt::Emits<Error> for MediaObject {}
+impl rt::Emits<ErrorEvent> for MediaObject {}
 
 /// Operations and properties of `MediaObject`, for `MediaObject` and every subclass.
 pub trait MediaObjectMethods: rt::RemoteObject {
@@ -2482,7 +2482,7 @@ impl rt::RemoteObject for MediaPipeline {
 impl rt::IsA<MediaPipeline> for MediaPipeline {}
 impl rt::IsA<MediaObject> for MediaPipeline {}
 
-impl rt::Emits<Error> for MediaPipeline {}
+impl rt::Emits<ErrorEvent> for MediaPipeline {}
 
 /// Operations and properties of `MediaPipeline`, for `MediaPipeline` and every subclass.
 pub trait MediaPipelineMethods: rt::RemoteObject {
@@ -2611,7 +2611,7 @@ impl rt::Emits<ElementDisconnected> for PassThrough {}
 impl rt::Emits<MediaFlowOutStateChanged> for PassThrough {}
 impl rt::Emits<MediaFlowInStateChanged> for PassThrough {}
 impl rt::Emits<MediaTranscodingStateChanged> for PassThrough {}
-impl rt::Emits<Error> for PassThrough {}
+impl rt::Emits<ErrorEvent> for PassThrough {}
 
 /// Operations and properties of `PassThrough`, for `PassThrough` and every subclass.
 pub trait PassThroughMethods: rt::RemoteObject {
@@ -2693,7 +2693,7 @@ impl rt::Emits<ElementDisconnected> for SdpEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for SdpEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for SdpEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for SdpEndpoint {}
-impl rt::Emits<Error> for SdpEndpoint {}
+impl rt::Emits<ErrorEvent> for SdpEndpoint {}
 
 /// Operations and properties of `SdpEndpoint`, for `SdpEndpoint` and every subclass.
 pub trait SdpEndpointMethods: rt::RemoteObject {
@@ -2785,7 +2785,7 @@ impl rt::IsA<MediaObject> for ServerManager {}
 
 impl rt::Emits<ObjectCreated> for ServerManager {}
 impl rt::Emits<ObjectDestroyed> for ServerManager {}
-impl rt::Emits<Error> for ServerManager {}
+impl rt::Emits<ErrorEvent> for ServerManager {}
 
 /// Operations and properties of `ServerManager`, for `ServerManager` and every subclass.
 pub trait ServerManagerMethods: rt::RemoteObject {
@@ -2863,7 +2863,7 @@ impl rt::Emits<ElementDisconnected> for SessionEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for SessionEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for SessionEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for SessionEndpoint {}
-impl rt::Emits<Error> for SessionEndpoint {}
+impl rt::Emits<ErrorEvent> for SessionEndpoint {}
 
 /// Operations and properties of `SessionEndpoint`, for `SessionEndpoint` and every subclass.
 pub trait SessionEndpointMethods: rt::RemoteObject {
@@ -2906,7 +2906,7 @@ impl rt::Emits<ElementDisconnected> for UriEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for UriEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for UriEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for UriEndpoint {}
-impl rt::Emits<Error> for UriEndpoint {}
+impl rt::Emits<ErrorEvent> for UriEndpoint {}
 
 /// Operations and properties of `UriEndpoint`, for `UriEndpoint` and every subclass.
 pub trait UriEndpointMethods: rt::RemoteObject {

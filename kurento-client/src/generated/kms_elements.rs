@@ -838,7 +838,7 @@ impl rt::IsA<AlphaBlending> for AlphaBlending {}
 impl rt::IsA<Hub> for AlphaBlending {}
 impl rt::IsA<MediaObject> for AlphaBlending {}
 
-impl rt::Emits<Error> for AlphaBlending {}
+impl rt::Emits<ErrorEvent> for AlphaBlending {}
 
 /// Operations and properties of `AlphaBlending`, for `AlphaBlending` and every subclass.
 pub trait AlphaBlendingMethods: rt::RemoteObject {
@@ -921,7 +921,7 @@ impl rt::IsA<Composite> for Composite {}
 impl rt::IsA<Hub> for Composite {}
 impl rt::IsA<MediaObject> for Composite {}
 
-impl rt::Emits<Error> for Composite {}
+impl rt::Emits<ErrorEvent> for Composite {}
 
 /// Operations and properties of `Composite`, for `Composite` and every subclass.
 pub trait CompositeMethods: rt::RemoteObject {
@@ -1012,7 +1012,7 @@ impl rt::IsA<Dispatcher> for Dispatcher {}
 impl rt::IsA<Hub> for Dispatcher {}
 impl rt::IsA<MediaObject> for Dispatcher {}
 
-impl rt::Emits<Error> for Dispatcher {}
+impl rt::Emits<ErrorEvent> for Dispatcher {}
 
 /// Operations and properties of `Dispatcher`, for `Dispatcher` and every subclass.
 pub trait DispatcherMethods: rt::RemoteObject {
@@ -1090,7 +1090,7 @@ impl rt::IsA<DispatcherOneToMany> for DispatcherOneToMany {}
 impl rt::IsA<Hub> for DispatcherOneToMany {}
 impl rt::IsA<MediaObject> for DispatcherOneToMany {}
 
-impl rt::Emits<Error> for DispatcherOneToMany {}
+impl rt::Emits<ErrorEvent> for DispatcherOneToMany {}
 
 /// Operations and properties of `DispatcherOneToMany`, for `DispatcherOneToMany` and every subclass.
 pub trait DispatcherOneToManyMethods: rt::RemoteObject {
@@ -1182,7 +1182,7 @@ impl rt::Emits<ElementDisconnected> for HttpEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for HttpEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for HttpEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for HttpEndpoint {}
-impl rt::Emits<Error> for HttpEndpoint {}
+impl rt::Emits<ErrorEvent> for HttpEndpoint {}
 
 /// Operations and properties of `HttpEndpoint`, for `HttpEndpoint` and every subclass.
 pub trait HttpEndpointMethods: rt::RemoteObject {
@@ -1229,7 +1229,7 @@ impl rt::Emits<ElementDisconnected> for HttpPostEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for HttpPostEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for HttpPostEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for HttpPostEndpoint {}
-impl rt::Emits<Error> for HttpPostEndpoint {}
+impl rt::Emits<ErrorEvent> for HttpPostEndpoint {}
 
 /// Operations and properties of `HttpPostEndpoint`, for `HttpPostEndpoint` and every subclass.
 pub trait HttpPostEndpointMethods: rt::RemoteObject {
@@ -1314,7 +1314,7 @@ impl rt::IsA<Mixer> for Mixer {}
 impl rt::IsA<Hub> for Mixer {}
 impl rt::IsA<MediaObject> for Mixer {}
 
-impl rt::Emits<Error> for Mixer {}
+impl rt::Emits<ErrorEvent> for Mixer {}
 
 /// Operations and properties of `Mixer`, for `Mixer` and every subclass.
 pub trait MixerMethods: rt::RemoteObject {
@@ -1406,7 +1406,7 @@ impl rt::Emits<ElementDisconnected> for PlayerEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for PlayerEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for PlayerEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for PlayerEndpoint {}
-impl rt::Emits<Error> for PlayerEndpoint {}
+impl rt::Emits<ErrorEvent> for PlayerEndpoint {}
 
 /// Operations and properties of `PlayerEndpoint`, for `PlayerEndpoint` and every subclass.
 pub trait PlayerEndpointMethods: rt::RemoteObject {
@@ -1520,7 +1520,7 @@ impl rt::Emits<ElementDisconnected> for RecorderEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for RecorderEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for RecorderEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for RecorderEndpoint {}
-impl rt::Emits<Error> for RecorderEndpoint {}
+impl rt::Emits<ErrorEvent> for RecorderEndpoint {}
 
 /// Operations and properties of `RecorderEndpoint`, for `RecorderEndpoint` and every subclass.
 pub trait RecorderEndpointMethods: rt::RemoteObject {
@@ -1622,7 +1622,7 @@ impl rt::Emits<ElementDisconnected> for RtpEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for RtpEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for RtpEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for RtpEndpoint {}
-impl rt::Emits<Error> for RtpEndpoint {}
+impl rt::Emits<ErrorEvent> for RtpEndpoint {}
 
 /// Operations and properties of `RtpEndpoint`, for `RtpEndpoint` and every subclass.
 pub trait RtpEndpointMethods: rt::RemoteObject {
@@ -1727,7 +1727,7 @@ impl rt::Emits<ElementDisconnected> for WebRtcEndpoint {}
 impl rt::Emits<MediaFlowOutStateChanged> for WebRtcEndpoint {}
 impl rt::Emits<MediaFlowInStateChanged> for WebRtcEndpoint {}
 impl rt::Emits<MediaTranscodingStateChanged> for WebRtcEndpoint {}
-impl rt::Emits<Error> for WebRtcEndpoint {}
+impl rt::Emits<ErrorEvent> for WebRtcEndpoint {}
 
 /// Operations and properties of `WebRtcEndpoint`, for `WebRtcEndpoint` and every subclass.
 pub trait WebRtcEndpointMethods: rt::RemoteObject {

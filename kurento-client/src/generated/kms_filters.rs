@@ -64,7 +64,7 @@ impl rt::Emits<ElementDisconnected> for FaceOverlayFilter {}
 impl rt::Emits<MediaFlowOutStateChanged> for FaceOverlayFilter {}
 impl rt::Emits<MediaFlowInStateChanged> for FaceOverlayFilter {}
 impl rt::Emits<MediaTranscodingStateChanged> for FaceOverlayFilter {}
-impl rt::Emits<Error> for FaceOverlayFilter {}
+impl rt::Emits<ErrorEvent> for FaceOverlayFilter {}
 
 /// Operations and properties of `FaceOverlayFilter`, for `FaceOverlayFilter` and every subclass.
 pub trait FaceOverlayFilterMethods: rt::RemoteObject {
@@ -153,7 +153,7 @@ impl rt::Emits<ElementDisconnected> for GStreamerFilter {}
 impl rt::Emits<MediaFlowOutStateChanged> for GStreamerFilter {}
 impl rt::Emits<MediaFlowInStateChanged> for GStreamerFilter {}
 impl rt::Emits<MediaTranscodingStateChanged> for GStreamerFilter {}
-impl rt::Emits<Error> for GStreamerFilter {}
+impl rt::Emits<ErrorEvent> for GStreamerFilter {}
 
 /// Operations and properties of `GStreamerFilter`, for `GStreamerFilter` and every subclass.
 pub trait GStreamerFilterMethods: rt::RemoteObject {
@@ -241,7 +241,7 @@ impl rt::Emits<ElementDisconnected> for ImageOverlayFilter {}
 impl rt::Emits<MediaFlowOutStateChanged> for ImageOverlayFilter {}
 impl rt::Emits<MediaFlowInStateChanged> for ImageOverlayFilter {}
 impl rt::Emits<MediaTranscodingStateChanged> for ImageOverlayFilter {}
-impl rt::Emits<Error> for ImageOverlayFilter {}
+impl rt::Emits<ErrorEvent> for ImageOverlayFilter {}
 
 /// Operations and properties of `ImageOverlayFilter`, for `ImageOverlayFilter` and every subclass.
 pub trait ImageOverlayFilterMethods: rt::RemoteObject {
@@ -330,7 +330,7 @@ impl rt::Emits<ElementDisconnected> for OpenCVFilter {}
 impl rt::Emits<MediaFlowOutStateChanged> for OpenCVFilter {}
 impl rt::Emits<MediaFlowInStateChanged> for OpenCVFilter {}
 impl rt::Emits<MediaTranscodingStateChanged> for OpenCVFilter {}
-impl rt::Emits<Error> for OpenCVFilter {}
+impl rt::Emits<ErrorEvent> for OpenCVFilter {}
 
 /// Operations and properties of `OpenCVFilter`, for `OpenCVFilter` and every subclass.
 pub trait OpenCVFilterMethods: rt::RemoteObject {
@@ -367,7 +367,7 @@ impl rt::Emits<ElementDisconnected> for ZBarFilter {}
 impl rt::Emits<MediaFlowOutStateChanged> for ZBarFilter {}
 impl rt::Emits<MediaFlowInStateChanged> for ZBarFilter {}
 impl rt::Emits<MediaTranscodingStateChanged> for ZBarFilter {}
-impl rt::Emits<Error> for ZBarFilter {}
+impl rt::Emits<ErrorEvent> for ZBarFilter {}
 
 /// Operations and properties of `ZBarFilter`, for `ZBarFilter` and every subclass.
 pub trait ZBarFilterMethods: rt::RemoteObject {
