@@ -175,6 +175,8 @@ impl RtpSender {
                         enc.set_property_from_str("speed-preset", "ultrafast");
                         enc.set_property("key-int-max", spec.keyframe_interval);
                         enc.set_property("bitrate", 300u32);
+                        // Browsers send no access-unit delimiters.
+                        enc.set_property("aud", false);
                         chain.push(enc);
                         let profile = make("capsfilter")?;
                         profile.set_property(

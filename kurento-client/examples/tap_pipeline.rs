@@ -23,7 +23,7 @@ fn bind_pair() -> anyhow::Result<(UdpSocket, UdpSocket)> {
     for _ in 0..100 {
         let rtp = UdpSocket::bind("127.0.0.1:0")?;
         let port = rtp.local_addr()?.port();
-        if port % 2 == 0 {
+        if port.is_multiple_of(2) {
             if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) {
                 return Ok((rtp, rtcp));
             }

@@ -75,7 +75,7 @@ fn even_port_pair() -> (UdpSocket, UdpSocket) {
     loop {
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rtp.local_addr().unwrap().port();
-        if port % 2 == 0 {
+        if port.is_multiple_of(2) {
             if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) {
                 return (rtp, rtcp);
             }

@@ -968,7 +968,7 @@ mod tests {
             .contains("impl rt::Emits<PlateDetected> for PlateDetectorFilter {}"));
         assert!(f
             .contents
-            .contains("impl rt::Emits<Error> for PlateDetectorFilter {}"));
+            .contains("impl rt::Emits<ErrorEvent> for PlateDetectorFilter {}"));
         assert!(f
             .contents
             .contains("impl rt::PipelineElement for PlateDetectorFilter"));

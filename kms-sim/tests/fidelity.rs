@@ -1,0 +1,299 @@
+//! The simulator must agree with KMS: the request cache, RTP to the offer's ports with our payload
+//! types, keyframes on PLI, H.264, and the group-call room lifecycle.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use kms_sim::{Scenario, SimOptions, SimServer};
+use kurento_client::prelude::*;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn start(scenario: Scenario) -> SimServer {
+    SimServer::start(SimOptions {
+        scenario,
+        announce_ip: Some([127, 0, 0, 1].into()),
+        port_range: (46000, 49999),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reused_request_id_is_answered_from_the_cache() {
+    let sim = start(Scenario::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(sim.url()).await.unwrap();
+    let mut call = async |frame: Value| -> Value {
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v.get("id").is_some() {
+                    return v;
+                }
+            }
+        }
+    };
+    let first = call(json!({"jsonrpc":"2.0","id":5,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{}}})).await;
+    let session = first["result"]["sessionId"].as_str().unwrap().to_owned();
+    let again = call(json!({"jsonrpc":"2.0","id":5,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{},"sessionId":session}})).await;
+    assert_eq!(
+        first, again,
+        "same id within 20 s: the cached answer, nothing created"
+    );
+    let pipelines = call(json!({"jsonrpc":"2.0","id":6,"method":"invoke","params":{"object":"manager_ServerManager","operation":"getPipelines","sessionId":session}})).await;
+    assert_eq!(pipelines["result"]["value"].as_array().unwrap().len(), 1);
+    // A reconnecting client's `connect` with an id the session used before gets that old answer.
+    let (mut ws2, _) = tokio_tungstenite::connect_async(sim.url()).await.unwrap();
+    ws2.send(Message::text(
+        json!({"jsonrpc":"2.0","id":5,"method":"connect","params":{"sessionId":session}})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let Some(Ok(Message::Text(t))) = ws2.next().await else {
+        panic!()
+    };
+    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v, first, "the observed KMS pitfall");
+}
+
+fn port_pair() -> (UdpSocket, UdpSocket) {
+    loop {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        if port.is_multiple_of(2) {
+            if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) {
+                return (rtp, rtcp);
+            }
+        }
+    }
+}
+
+/// VP8 RTP payload: is this packet the first of a key frame? (RFC 7741 descriptor, then the VP8
+/// frame tag whose lowest bit is 0 for key frames.)
+fn vp8_keyframe_start(payload: &[u8]) -> bool {
+    let Some(&b0) = payload.first() else {
+        return false;
+    };
+    let (x, s, pid) = (b0 & 0x80 != 0, b0 & 0x10 != 0, b0 & 0x07);
+    if !s || pid != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if x {
+        let Some(&ext) = payload.get(1) else {
+            return false;
+        };
+        i = 2;
+        if ext & 0x80 != 0 {
+            i += if payload.get(i).is_some_and(|b| b & 0x80 != 0) {
+                2
+            } else {
+                1
+            };
+        }
+        if ext & 0x40 != 0 {
+            i += 1;
+        }
+        if ext & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    payload.get(i).is_some_and(|b| b & 0x01 == 0)
+}
+
+fn rtp_payload(pkt: &[u8]) -> Option<(u8, &[u8])> {
+    if pkt.len() < 12 || pkt[0] >> 6 != 2 {
+        return None;
+    }
+    let cc = (pkt[0] & 0x0f) as usize;
+    let mut off = 12 + 4 * cc;
+    if pkt[0] & 0x10 != 0 {
+        let len = u16::from_be_bytes([*pkt.get(off + 2)?, *pkt.get(off + 3)?]) as usize;
+        off += 4 + 4 * len;
+    }
+    Some((pkt[1] & 0x7f, pkt.get(off..)?))
+}
+
+async fn first_publisher(kms: &KurentoClient, codec: &str) -> (MediaPipeline, WebRtcEndpoint) {
+    for _ in 0..100 {
+        for p in kms.server_manager().get_pipelines().await.unwrap() {
+            for c in p.get_children().await.unwrap() {
+                if let Some(ep) = c.downcast::<WebRtcEndpoint>() {
+                    if let Ok(local) = ep.get_local_session_descriptor().await {
+                        let remote = ep.get_remote_session_descriptor().await.unwrap();
+                        if remote.contains("a=sendonly") && local.contains(codec) {
+                            return (p, ep);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no {codec} publisher");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_brings_a_new_keyframe() {
+    // Keyframes every 600 frames (40 s at 15 fps): any second keyframe within the test is the PLI's.
+    let scenario = Scenario::parse(
+        "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={codec='VP8', keyframe_interval=600}\n",
+    )
+    .unwrap();
+    let sim = start(scenario).await;
+    let kms = KurentoClient::connect(sim.url()).await.unwrap();
+    let (room, publisher) = first_publisher(&kms, "VP8").await;
+    let (rtp, rtcp) = port_pair();
+    let port = rtp.local_addr().unwrap().port();
+    let tap = room.create::<RtpEndpoint>().await.unwrap();
+    let answer = tap
+        .process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\na=rtcp-fb:100 ccm fir\r\na=recvonly\r\n"))
+        .await
+        .unwrap();
+    let kms_rtcp: u16 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtcp:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let media_ssrc: u32 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ssrc:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    publisher.connect(&tap, MediaType::Video).await.unwrap();
+
+    let keyframes = tokio::task::spawn_blocking(move || {
+        rtp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut keyframes = Vec::new();
+        let mut first_packet = None;
+        let mut pli_sent = false;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            if start.elapsed() > Duration::from_millis(1500) && !pli_sent {
+                // Compound RTCP: an empty receiver report, then PLI (PT 206, FMT 1) for KMS's SSRC.
+                let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
+                pkt.extend_from_slice(&[0x81, 206, 0, 2, 0, 0, 0, 7]);
+                pkt.extend_from_slice(&media_ssrc.to_be_bytes());
+                rtcp.send_to(&pkt, ("127.0.0.1", kms_rtcp)).unwrap();
+                pli_sent = true;
+            }
+            let Ok(n) = rtp.recv(&mut buf) else { continue };
+            let Some((pt, payload)) = rtp_payload(&buf[..n]) else {
+                continue;
+            };
+            assert_eq!(pt, 100);
+            first_packet.get_or_insert_with(|| vp8_keyframe_start(payload));
+            if vp8_keyframe_start(payload) {
+                keyframes.push(start.elapsed());
+            }
+        }
+        (first_packet, keyframes)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        keyframes.0,
+        Some(true),
+        "a new connection starts on a keyframe"
+    );
+    assert!(keyframes.1.len() >= 2, "keyframes at {:?}", keyframes.1);
+    assert!(
+        keyframes.1[1] > Duration::from_millis(1500),
+        "the second keyframe follows the PLI: {:?}",
+        keyframes.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_publishers_are_tapped_in_h264() {
+    let scenario = Scenario::parse(
+        "[[room]]\nname='r'\n[[room.participant]]\nname='safari'\nvideo={codec='H264'}\n",
+    )
+    .unwrap();
+    let sim = start(scenario).await;
+    let kms = KurentoClient::connect(sim.url()).await.unwrap();
+    let (room, publisher) = first_publisher(&kms, "H264").await;
+    let (rtp, _rtcp) = port_pair();
+    let port = rtp.local_addr().unwrap().port();
+    let tap = room.create::<RtpEndpoint>().await.unwrap();
+    tap.process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 103\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1\r\na=rtcp-fb:103 nack pli\r\na=recvonly\r\n"))
+        .await
+        .unwrap();
+    publisher.connect(&tap, MediaType::Video).await.unwrap();
+    let nal_types = tokio::task::spawn_blocking(move || {
+        rtp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut types = std::collections::BTreeSet::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) && !types.contains(&5) {
+            if let Ok(n) = rtp.recv(&mut buf) {
+                if let Some((103, payload)) = rtp_payload(&buf[..n]) {
+                    let t = payload[0] & 0x1f;
+                    // FU-A (28) and STAP-A (24) carry the NAL type inside.
+                    let inner = match t {
+                        28 => payload[1] & 0x1f,
+                        24 => payload[3] & 0x1f,
+                        t => t,
+                    };
+                    types.insert(inner);
+                }
+            }
+        }
+        types
+    })
+    .await
+    .unwrap();
+    assert!(
+        nal_types.contains(&7) && nal_types.contains(&5),
+        "SPS and an IDR slice first: {nal_types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_join_and_leave_on_schedule() {
+    let scenario = Scenario::parse(
+        "[[room]]\nname='r'\n[[room.participant]]\nname='a'\nvideo={}\nleave_ms=600\n[[room.participant]]\nname='b'\naudio={}\njoin_ms=200\nleave_ms=900\n",
+    )
+    .unwrap();
+    let sim = start(scenario).await;
+    let kms = KurentoClient::connect(sim.url()).await.unwrap();
+    let mut destroyed = kms.server_manager().on::<ObjectDestroyed>().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pipelines = kms.server_manager().get_pipelines().await.unwrap();
+    assert_eq!(pipelines.len(), 1);
+    // a and b publish; each watches the other: 4 WebRtcEndpoints.
+    assert_eq!(pipelines[0].get_children().await.unwrap().len(), 4);
+    let mut gone = Vec::new();
+    while let Ok(Some(Ok(ev))) =
+        tokio::time::timeout(Duration::from_secs(2), destroyed.recv()).await
+    {
+        gone.push(ev.object_id);
+        if gone.iter().any(|g| g == pipelines[0].id()) {
+            break;
+        }
+    }
+    assert!(
+        gone.iter().any(|g| g == pipelines[0].id()),
+        "the room closed with its last participant"
+    );
+    assert!(kms
+        .server_manager()
+        .get_pipelines()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(sim.media_set().object_ids(), vec!["manager_ServerManager"]);
+}
