@@ -1,0 +1,8 @@
+//! kurento-tap: discovers the rooms of a Kurento Media Server, forks every participant's media out of
+//! KMS through RtpEndpoints, decodes it with GStreamer, cuts it into the chunks each model asks for,
+//! and dispatches them over NATS with bounded latency.
+
+pub mod chunker;
+pub mod ports;
+pub mod receiver;
+pub mod sdp_offer;

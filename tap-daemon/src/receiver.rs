@@ -1,0 +1,509 @@
+//! The GStreamer side of a tap: RTP in, decoded frames and samples out, built in code.
+//!
+//! ```text
+//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer, 100 ms, drop-on-latency) ─▶ depay ─▶ decode ─▶ appsink
+//! udpsrc(rtcp) ─▶ rtpbin ─▶ udpsink(KMS RTCP port): receiver reports, PLI/FIR for keyframes
+//! ```
+//! Video leaves as I420 at the stream's size, audio as mono F32 at 48 kHz; the chunker converts only
+//! the frames and windows a model asked for. Appsinks hold at most one (video) or a few (audio)
+//! buffers and drop the oldest, so nothing queues without bound if the chunker falls behind.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use tracing::{debug, warn};
+
+/// A video codec the tap can receive (the publisher's, so KMS never transcodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoCodec {
+    /// `VP8`, `H264` or `VP9`.
+    pub encoding: String,
+    /// `a=fmtp` parameters (H.264 profile and packetization mode).
+    pub fmtp: Option<String>,
+}
+
+/// One media of the receiver.
+#[derive(Debug, Clone)]
+pub struct MediaPorts {
+    /// Even RTP port (RTCP = +1).
+    pub rtp_port: u16,
+    /// Payload type of our offer.
+    pub payload_type: u8,
+}
+
+/// What to receive.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Address the sockets bind to (and the offer announces).
+    pub bind_ip: IpAddr,
+    /// Audio (Opus), if tapped.
+    pub audio: Option<MediaPorts>,
+    /// Video and its codec, if tapped.
+    pub video: Option<(MediaPorts, VideoCodec)>,
+    /// Jitterbuffer latency in ms.
+    pub latency_ms: u32,
+}
+
+/// A decoded video frame.
+pub struct DecodedFrame {
+    /// The frame (I420), shared with GStreamer: no copy.
+    pub buffer: gst::Buffer,
+    /// Its layout.
+    pub info: gst_video::VideoInfo,
+    /// Capture time, Unix µs.
+    pub capture_us: u64,
+}
+
+/// Decoded audio.
+pub struct DecodedAudio<'a> {
+    /// Mono F32 samples at 48 kHz.
+    pub samples: &'a [f32],
+    /// Capture time of the first sample, Unix µs.
+    pub capture_us: u64,
+}
+
+/// Where decoded media goes (called on GStreamer streaming threads: keep it short).
+pub trait MediaSink: Send + Sync + 'static {
+    /// A decoded video frame.
+    fn video(&self, frame: DecodedFrame);
+    /// Decoded audio.
+    fn audio(&self, audio: DecodedAudio<'_>);
+}
+
+/// Counters of one receiver.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    /// Video frames decoded.
+    pub video_frames: AtomicU64,
+    /// Audio buffers decoded.
+    pub audio_buffers: AtomicU64,
+    /// GStreamer errors seen on the bus.
+    pub errors: AtomicU64,
+    /// Frames whose capture time came from RTCP sender reports (the rest: arrival time).
+    pub ntp_timestamps: AtomicU64,
+}
+
+/// Receiver errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// Missing plugin.
+    #[error("GStreamer element `{0}` is missing: run scripts/setup (GStreamer plugins good/bad/ugly/libav)")]
+    MissingElement(&'static str),
+    /// Codec not supported.
+    #[error("cannot receive video codec {0}")]
+    Codec(String),
+    /// Anything else from GStreamer.
+    #[error("GStreamer: {0}")]
+    Gst(String),
+}
+
+fn make(name: &'static str) -> Result<gst::Element, ReceiverError> {
+    gst::ElementFactory::make(name)
+        .build()
+        .map_err(|_| ReceiverError::MissingElement(name))
+}
+
+fn gst_err(e: impl std::fmt::Display) -> ReceiverError {
+    ReceiverError::Gst(e.to_string())
+}
+
+/// A running receiver. Stops (sockets closed, threads joined) when dropped.
+pub struct Receiver {
+    pipeline: gst::Pipeline,
+    rtpbin: gst::Element,
+    rtcp_sinks: [Option<gst::Element>; 2],
+    /// Counters.
+    pub stats: Arc<ReceiverStats>,
+}
+
+const AUDIO: usize = 0;
+const VIDEO: usize = 1;
+
+fn unix_us_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// Capture time of a buffer: the NTP reference timestamp rtpbin derives from RTCP sender reports
+/// when present; otherwise the wall-clock time the pipeline reached that buffer's running time.
+fn capture_us(buffer: &gst::BufferRef, clock_to_unix: &ClockMap, stats: &ReceiverStats) -> u64 {
+    let ntp_caps = gst::Caps::new_empty_simple("timestamp/x-ntp");
+    for meta in buffer.iter_meta::<gst::ReferenceTimestampMeta>() {
+        if meta.reference().can_intersect(&ntp_caps) {
+            // NTP epoch 1900 → Unix epoch 1970.
+            let ns = meta.timestamp().nseconds();
+            let unix_ns = ns.saturating_sub(2_208_988_800 * 1_000_000_000);
+            if unix_ns > 0 {
+                stats.ntp_timestamps.fetch_add(1, Ordering::Relaxed);
+                return unix_ns / 1000;
+            }
+        }
+    }
+    match buffer.pts() {
+        Some(pts) => clock_to_unix.unix_us(pts),
+        None => unix_us_now(),
+    }
+}
+
+/// Maps pipeline running time to Unix time (the pipeline clock is monotonic).
+#[derive(Clone)]
+struct ClockMap {
+    pipeline: gst::Pipeline,
+}
+
+impl ClockMap {
+    fn unix_us(&self, running: gst::ClockTime) -> u64 {
+        let (Some(clock), Some(base)) = (self.pipeline.clock(), self.pipeline.base_time()) else {
+            return unix_us_now();
+        };
+        let now = clock.time();
+        let at = base + running;
+        let now_unix = unix_us_now();
+        if now >= at {
+            now_unix.saturating_sub((now - at).useconds())
+        } else {
+            now_unix + (at - now).useconds()
+        }
+    }
+}
+
+impl Receiver {
+    /// Binds the sockets and starts the pipeline (before KMS is told to connect, so the first
+    /// keyframe is not lost).
+    pub fn start(config: &ReceiverConfig, sink: Arc<dyn MediaSink>) -> Result<Self, ReceiverError> {
+        gst::init().map_err(gst_err)?;
+        let pipeline = gst::Pipeline::new();
+        let rtpbin = make("rtpbin")?;
+        rtpbin.set_property("latency", config.latency_ms);
+        rtpbin.set_property("drop-on-latency", true);
+        rtpbin.set_property_from_str("rtp-profile", "avpf");
+        rtpbin.set_property("add-reference-timestamp-meta", true);
+        pipeline.add(&rtpbin).map_err(gst_err)?;
+        let stats = Arc::new(ReceiverStats::default());
+        let mut rtcp_sinks = [None, None];
+        let bind = config.bind_ip.to_string();
+
+        let mut add_session =
+            |session: usize, port: u16, caps: gst::Caps| -> Result<(), ReceiverError> {
+                let rtp_src = make("udpsrc")?;
+                rtp_src.set_property("address", &bind);
+                rtp_src.set_property("port", port as i32);
+                rtp_src.set_property("caps", &caps);
+                let rtcp_src = make("udpsrc")?;
+                rtcp_src.set_property("address", &bind);
+                rtcp_src.set_property("port", port as i32 + 1);
+                rtcp_src.set_property("caps", gst::Caps::new_empty_simple("application/x-rtcp"));
+                let rtcp_sink = make("udpsink")?;
+                // Until KMS's answer says where its RTCP port is, reports go nowhere useful.
+                rtcp_sink.set_property("host", "127.0.0.1");
+                rtcp_sink.set_property("port", 9i32);
+                rtcp_sink.set_property("sync", false);
+                rtcp_sink.set_property("async", false);
+                pipeline
+                    .add_many([&rtp_src, &rtcp_src, &rtcp_sink])
+                    .map_err(gst_err)?;
+                rtp_src
+                    .link_pads(
+                        Some("src"),
+                        &rtpbin,
+                        Some(&format!("recv_rtp_sink_{session}")),
+                    )
+                    .map_err(gst_err)?;
+                rtcp_src
+                    .link_pads(
+                        Some("src"),
+                        &rtpbin,
+                        Some(&format!("recv_rtcp_sink_{session}")),
+                    )
+                    .map_err(gst_err)?;
+                rtpbin
+                    .link_pads(
+                        Some(&format!("send_rtcp_src_{session}")),
+                        &rtcp_sink,
+                        Some("sink"),
+                    )
+                    .map_err(gst_err)?;
+                rtcp_sinks[session] = Some(rtcp_sink);
+                Ok(())
+            };
+
+        if let Some(a) = &config.audio {
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "audio")
+                .field("encoding-name", "OPUS")
+                .field("clock-rate", 48000i32)
+                .field("payload", a.payload_type as i32)
+                .build();
+            add_session(AUDIO, a.rtp_port, caps)?;
+        }
+        let mut video_codec = None;
+        if let Some((v, codec)) = &config.video {
+            let enc = codec.encoding.to_ascii_uppercase();
+            if !matches!(enc.as_str(), "VP8" | "VP9" | "H264") {
+                return Err(ReceiverError::Codec(enc));
+            }
+            // The rtcp-fb fields make rtpsession turn a force-key-unit event into PLI/FIR.
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "video")
+                .field("encoding-name", enc.as_str())
+                .field("clock-rate", 90000i32)
+                .field("payload", v.payload_type as i32)
+                .field("rtcp-fb-nack-pli", true)
+                .field("rtcp-fb-ccm-fir", true)
+                .build();
+            add_session(VIDEO, v.rtp_port, caps)?;
+            video_codec = Some(enc);
+        }
+
+        let clock_map = ClockMap {
+            pipeline: pipeline.clone(),
+        };
+        let weak_pipeline = pipeline.downgrade();
+        let pad_stats = stats.clone();
+        rtpbin.connect_pad_added(move |_, pad| {
+            let name = pad.name();
+            let Some(rest) = name.strip_prefix("recv_rtp_src_") else {
+                return;
+            };
+            let Some(pipeline) = weak_pipeline.upgrade() else {
+                return;
+            };
+            let session: usize = rest
+                .split('_')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(99);
+            let result = if session == VIDEO {
+                link_video(
+                    &pipeline,
+                    pad,
+                    video_codec.as_deref().unwrap_or("VP8"),
+                    sink.clone(),
+                    clock_map.clone(),
+                    pad_stats.clone(),
+                )
+            } else if session == AUDIO {
+                link_audio(
+                    &pipeline,
+                    pad,
+                    sink.clone(),
+                    clock_map.clone(),
+                    pad_stats.clone(),
+                )
+            } else {
+                return;
+            };
+            if let Err(e) = result {
+                pad_stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(pad = %name, error = %e, "cannot link the decoder");
+            }
+        });
+
+        let bus_stats = stats.clone();
+        if let Some(bus) = pipeline.bus() {
+            bus.set_sync_handler(move |_, msg| {
+                match msg.view() {
+                    gst::MessageView::Error(e) => {
+                        bus_stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e.error(), debug = ?e.debug(), "receiver error");
+                    }
+                    gst::MessageView::Warning(w) => {
+                        debug!(warning = %w.error(), "receiver warning")
+                    }
+                    _ => {}
+                }
+                gst::BusSyncReply::Drop
+            });
+        }
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| ReceiverError::Gst(format!("cannot start: {e}")))?;
+        Ok(Receiver {
+            pipeline,
+            rtpbin,
+            rtcp_sinks,
+            stats,
+        })
+    }
+
+    /// Where KMS listens for RTCP of `video` (true) or audio.
+    pub fn set_kms_rtcp(&self, video: bool, addr: SocketAddr) {
+        if let Some(sink) = &self.rtcp_sinks[if video { VIDEO } else { AUDIO }] {
+            sink.set_property("host", addr.ip().to_string());
+            sink.set_property("port", addr.port() as i32);
+        }
+    }
+
+    /// Asks for a keyframe: a force-key-unit event upstream from the depayloader, which rtpsession
+    /// sends to KMS as PLI (and KMS forwards to the browser).
+    pub fn request_keyframe(&self) -> bool {
+        let Some(depay) = self.pipeline.by_name("video-depay") else {
+            return false;
+        };
+        let Some(pad) = depay.static_pad("sink") else {
+            return false;
+        };
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        pad.push_event(event)
+    }
+
+    /// The rtpbin (for tests and diagnostics).
+    pub fn rtpbin(&self) -> &gst::Element {
+        &self.rtpbin
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn link_video(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    encoding: &str,
+    sink: Arc<dyn MediaSink>,
+    clock_map: ClockMap,
+    stats: Arc<ReceiverStats>,
+) -> Result<(), ReceiverError> {
+    let (depay, decoder): (gst::Element, Vec<gst::Element>) = match encoding {
+        "H264" => (
+            make("rtph264depay")?,
+            vec![make("h264parse")?, make("avdec_h264")?],
+        ),
+        "VP9" => (make("rtpvp9depay")?, vec![make("vp9dec")?]),
+        _ => (make("rtpvp8depay")?, vec![make("vp8dec")?]),
+    };
+    depay.set_property("name", "video-depay");
+    if depay.has_property("wait-for-keyframe") {
+        depay.set_property("wait-for-keyframe", true);
+        depay.set_property("request-keyframe", true);
+    }
+    let convert = make("videoconvert")?;
+    let appsink = gst_app::AppSink::builder()
+        .caps(
+            &gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .build(),
+        )
+        .max_buffers(1)
+        .drop(true)
+        .sync(false)
+        .build();
+    let mut chain = vec![depay.clone()];
+    chain.extend(decoder);
+    chain.push(convert);
+    chain.push(appsink.clone().upcast());
+    pipeline.add_many(chain.iter()).map_err(gst_err)?;
+    gst::Element::link_many(chain.iter()).map_err(gst_err)?;
+    for e in &chain {
+        e.sync_state_with_parent().map_err(gst_err)?;
+    }
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                stats.video_frames.fetch_add(1, Ordering::Relaxed);
+                let capture_us = capture_us(&buffer, &clock_map, &stats);
+                sink.video(DecodedFrame {
+                    buffer,
+                    info,
+                    capture_us,
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let depay_sink = depay
+        .static_pad("sink")
+        .ok_or_else(|| ReceiverError::Gst("depayloader without sink pad".into()))?;
+    pad.link(&depay_sink).map_err(gst_err)?;
+    debug!(encoding, "video decoder linked");
+    Ok(())
+}
+
+fn link_audio(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    sink: Arc<dyn MediaSink>,
+    clock_map: ClockMap,
+    stats: Arc<ReceiverStats>,
+) -> Result<(), ReceiverError> {
+    let depay = make("rtpopusdepay")?;
+    let decoder = make("opusdec")?;
+    let convert = make("audioconvert")?;
+    let resample = make("audioresample")?;
+    let appsink = gst_app::AppSink::builder()
+        .caps(
+            &gst::Caps::builder("audio/x-raw")
+                .field("format", "F32LE")
+                .field("rate", 48000i32)
+                .field("channels", 1i32)
+                .field("layout", "interleaved")
+                .build(),
+        )
+        .max_buffers(8)
+        .drop(true)
+        .sync(false)
+        .build();
+    let chain: Vec<gst::Element> = vec![
+        depay.clone(),
+        decoder,
+        convert,
+        resample,
+        appsink.clone().upcast(),
+    ];
+    pipeline.add_many(chain.iter()).map_err(gst_err)?;
+    gst::Element::link_many(chain.iter()).map_err(gst_err)?;
+    for e in &chain {
+        e.sync_state_with_parent().map_err(gst_err)?;
+    }
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(map) = buffer.map_readable() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let bytes = map.as_slice();
+                let samples: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                stats.audio_buffers.fetch_add(1, Ordering::Relaxed);
+                let capture_us = capture_us(buffer, &clock_map, &stats);
+                sink.audio(DecodedAudio {
+                    samples: &samples,
+                    capture_us,
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let depay_sink = depay
+        .static_pad("sink")
+        .ok_or_else(|| ReceiverError::Gst("depayloader without sink pad".into()))?;
+    pad.link(&depay_sink).map_err(gst_err)?;
+    debug!("audio decoder linked");
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The tap's SDP: our `recvonly` offer (built with the `sdp` crate, exactly the publisher's codec so
+//! KMS never transcodes) and the checks on KMS's answer.
+
+use std::io::Cursor;
+use std::net::{IpAddr, SocketAddr};
+
+use sdp::description::common::{Address, Attribute, ConnectionInformation};
+use sdp::description::media::{MediaDescription, MediaName, RangedPort};
+use sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
+
+use crate::receiver::VideoCodec;
+
+/// Payload type we offer for Opus.
+pub const OPUS_PT: u8 = 111;
+/// Payload type we offer for video.
+pub const VIDEO_PT: u8 = 96;
+
+/// SDP problems, each a clear reason to give up on one participant.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// Unparsable.
+    #[error("cannot parse SDP: {0}")]
+    Parse(String),
+    /// The publisher's SDP has no usable video codec.
+    #[error("the publisher sends video in {0}, which the tap cannot decode")]
+    UnsupportedCodec(String),
+    /// KMS rejected a section (port 0) or answered something else than asked.
+    #[error("KMS answer: {0}")]
+    Answer(String),
+}
+
+fn parse(text: &str) -> Result<SessionDescription, SdpError> {
+    SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
+        .map_err(|e| SdpError::Parse(e.to_string()))
+}
+
+fn attrs<'a>(m: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    m.attributes
+        .iter()
+        .filter(move |a| a.key == key)
+        .filter_map(|a| a.value.as_deref())
+}
+
+/// What a publisher sends, read from its local SDP (KMS's answer to the browser): the first video
+/// format is the codec the browser uses; audio is present if an Opus section was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherMedia {
+    /// Video codec, if the publisher sends video.
+    pub video: Option<VideoCodec>,
+    /// True if it sends Opus audio.
+    pub audio: bool,
+    /// True if the browser offered `sendonly` on a media section (a publisher, in group-call apps).
+    pub sendonly: bool,
+}
+
+/// Reads a publisher's SDP (local = KMS's answer; remote = the browser's offer).
+pub fn publisher_media(
+    local_sdp: &str,
+    remote_sdp: Option<&str>,
+) -> Result<PublisherMedia, SdpError> {
+    let local = parse(local_sdp)?;
+    let mut out = PublisherMedia {
+        video: None,
+        audio: false,
+        sendonly: false,
+    };
+    for m in &local.media_descriptions {
+        if m.media_name.port.value == 0 {
+            continue;
+        }
+        let Some(first) = m.media_name.formats.first() else {
+            continue;
+        };
+        let prefix = format!("{first} ");
+        let Some(map) = attrs(m, "rtpmap").find_map(|v| v.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        let encoding = map
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        match m.media_name.media.as_str() {
+            "video" => {
+                if !matches!(encoding.as_str(), "VP8" | "VP9" | "H264") {
+                    return Err(SdpError::UnsupportedCodec(encoding));
+                }
+                let fmtp = attrs(m, "fmtp")
+                    .find_map(|v| v.strip_prefix(prefix.as_str()))
+                    .map(|s| s.trim().to_owned());
+                out.video = Some(VideoCodec { encoding, fmtp });
+            }
+            "audio" => out.audio = encoding == "OPUS",
+            _ => {}
+        }
+    }
+    if let Some(remote) = remote_sdp {
+        let remote = parse(remote)?;
+        out.sendonly = remote
+            .media_descriptions
+            .iter()
+            .filter(|m| m.media_name.media == "audio" || m.media_name.media == "video")
+            .any(|m| m.attributes.iter().any(|a| a.key == "sendonly"));
+    }
+    Ok(out)
+}
+
+fn media(
+    kind: &str,
+    port: u16,
+    proto: &str,
+    pt: u8,
+    attributes: Vec<Attribute>,
+) -> MediaDescription {
+    MediaDescription {
+        media_name: MediaName {
+            media: kind.into(),
+            port: RangedPort {
+                value: port as isize,
+                range: None,
+            },
+            protos: proto.split('/').map(str::to_owned).collect(),
+            formats: vec![pt.to_string()],
+        },
+        media_title: None,
+        connection_information: None,
+        bandwidth: vec![],
+        encryption_key: None,
+        attributes,
+    }
+}
+
+fn attr(key: &str, value: Option<String>) -> Attribute {
+    Attribute::new(key.to_owned(), value)
+}
+
+/// Our recvonly offer: Opus on `audio_port`, the publisher's video codec on `video_port`, with
+/// `nack pli` and `ccm fir` (keyframes on request) and no `goog-remb` (a tap must never lower the
+/// browser's bitrate).
+pub fn tap_offer(ip: IpAddr, audio_port: Option<u16>, video: Option<(u16, &VideoCodec)>) -> String {
+    let ip_s = ip.to_string();
+    let addr_type = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut desc = SessionDescription {
+        version: 0,
+        origin: Origin {
+            username: "-".into(),
+            session_id: u64::from(fastrand::u32(..)),
+            session_version: 1,
+            network_type: "IN".into(),
+            address_type: addr_type.into(),
+            unicast_address: ip_s.clone(),
+        },
+        session_name: "kurento-tap".into(),
+        session_information: None,
+        uri: None,
+        email_address: None,
+        phone_number: None,
+        connection_information: Some(ConnectionInformation {
+            network_type: "IN".into(),
+            address_type: addr_type.into(),
+            address: Some(Address {
+                address: ip_s,
+                ttl: None,
+                range: None,
+            }),
+        }),
+        bandwidth: vec![],
+        time_descriptions: vec![TimeDescription {
+            timing: Timing {
+                start_time: 0,
+                stop_time: 0,
+            },
+            repeat_times: vec![],
+        }],
+        time_zones: vec![],
+        encryption_key: None,
+        attributes: vec![],
+        media_descriptions: vec![],
+    };
+    if let Some(port) = audio_port {
+        desc.media_descriptions.push(media(
+            "audio",
+            port,
+            "RTP/AVP",
+            OPUS_PT,
+            vec![
+                attr("rtpmap", Some(format!("{OPUS_PT} opus/48000/2"))),
+                attr("recvonly", None),
+            ],
+        ));
+    }
+    if let Some((port, codec)) = video {
+        let mut a = vec![attr(
+            "rtpmap",
+            Some(format!("{VIDEO_PT} {}/90000", codec.encoding)),
+        )];
+        if let Some(f) = &codec.fmtp {
+            a.push(attr("fmtp", Some(format!("{VIDEO_PT} {f}"))));
+        }
+        a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} nack pli"))));
+        a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} ccm fir"))));
+        a.push(attr("recvonly", None));
+        desc.media_descriptions
+            .push(media("video", port, "RTP/AVPF", VIDEO_PT, a));
+    }
+    desc.marshal()
+}
+
+/// Where KMS sends from and takes RTCP, per media, read from its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerPorts {
+    /// KMS's RTCP address for audio.
+    pub audio_rtcp: Option<SocketAddr>,
+    /// KMS's RTCP address for video.
+    pub video_rtcp: Option<SocketAddr>,
+}
+
+/// Checks KMS's answer: every offered section accepted (port ≠ 0) with the payload type we offered
+/// first; returns KMS's RTCP destinations (`a=rtcp` or port + 1, on the answer's address).
+pub fn check_answer(
+    answer: &str,
+    want_audio: bool,
+    want_video: bool,
+) -> Result<AnswerPorts, SdpError> {
+    let d = parse(answer)?;
+    let session_ip = d
+        .connection_information
+        .as_ref()
+        .and_then(|c| c.address.as_ref())
+        .map(|a| a.address.clone());
+    let mut out = AnswerPorts {
+        audio_rtcp: None,
+        video_rtcp: None,
+    };
+    for m in &d.media_descriptions {
+        let kind = m.media_name.media.as_str();
+        let (wanted, pt) = match kind {
+            "audio" => (want_audio, OPUS_PT),
+            "video" => (want_video, VIDEO_PT),
+            _ => continue,
+        };
+        if !wanted {
+            continue;
+        }
+        if m.media_name.port.value <= 0 {
+            return Err(SdpError::Answer(format!("{kind} rejected (port 0)")));
+        }
+        if m.media_name.formats.first().map(String::as_str) != Some(pt.to_string().as_str()) {
+            return Err(SdpError::Answer(format!(
+                "{kind} answered with formats {:?}, not {pt}",
+                m.media_name.formats
+            )));
+        }
+        let ip = m
+            .connection_information
+            .as_ref()
+            .and_then(|c| c.address.as_ref())
+            .map(|a| a.address.clone())
+            .or_else(|| session_ip.clone())
+            .ok_or_else(|| SdpError::Answer("no connection address".into()))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| SdpError::Answer(format!("bad address {ip}")))?;
+        let rtcp_port = attrs(m, "rtcp")
+            .next()
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(m.media_name.port.value as u16 + 1);
+        let addr = Some(SocketAddr::new(ip, rtcp_port));
+        if kind == "audio" {
+            out.audio_rtcp = addr;
+        } else {
+            out.video_rtcp = addr;
+        }
+    }
+    if want_audio && out.audio_rtcp.is_none() {
+        return Err(SdpError::Answer("no audio section".into()));
+    }
+    if want_video && out.video_rtcp.is_none() {
+        return Err(SdpError::Answer("no video section".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_has_the_publishers_codec_and_no_remb() {
+        let codec = VideoCodec {
+            encoding: "H264".into(),
+            fmtp: Some("packetization-mode=1;profile-level-id=42e01f".into()),
+        };
+        let o = tap_offer(
+            "127.0.0.1".parse().unwrap(),
+            Some(40000),
+            Some((40002, &codec)),
+        );
+        assert!(o.contains("c=IN IP4 127.0.0.1\r\n"));
+        assert!(
+            o.contains("m=audio 40000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=recvonly\r\n"),
+            "{o}"
+        );
+        assert!(o.contains("m=video 40002 RTP/AVPF 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 ccm fir\r\na=recvonly\r\n"), "{o}");
+        assert!(!o.contains("goog-remb"));
+    }
+
+    #[test]
+    fn answers_are_checked() {
+        let ok = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=Kurento Media Server\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio 40266 RTP/AVP 111\r\na=sendonly\r\na=rtcp:40267\r\na=rtpmap:111 opus/48000/2\r\nm=video 40462 RTP/AVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
+        let p = check_answer(ok, true, true).unwrap();
+        assert_eq!(p.audio_rtcp, Some("10.0.0.7:40267".parse().unwrap()));
+        assert_eq!(
+            p.video_rtcp,
+            Some("10.0.0.7:40463".parse().unwrap()),
+            "port + 1 without a=rtcp"
+        );
+        assert!(matches!(
+            check_answer(&ok.replace("m=video 40462", "m=video 0"), true, true),
+            Err(SdpError::Answer(_))
+        ));
+        assert!(matches!(
+            check_answer(&ok.replace("RTP/AVPF 96", "RTP/AVPF 97"), true, true),
+            Err(SdpError::Answer(_))
+        ));
+        assert!(matches!(
+            check_answer("garbage", true, true),
+            Err(SdpError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn publisher_media_reads_the_first_video_format() {
+        let local = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 103 96\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 profile-level-id=42e01f\r\na=rtpmap:96 VP8/90000\r\n";
+        let remote = local.replace("a=rtpmap:111", "a=sendonly\r\na=rtpmap:111");
+        let m = publisher_media(local, Some(&remote)).unwrap();
+        assert!(m.audio && m.sendonly);
+        assert_eq!(
+            m.video.unwrap(),
+            VideoCodec {
+                encoding: "H264".into(),
+                fmtp: Some("profile-level-id=42e01f".into())
+            }
+        );
+        let av1 = local
+            .replace("103 96", "45 96")
+            .replace("a=rtpmap:103 H264", "a=rtpmap:45 AV1");
+        assert_eq!(
+            publisher_media(&av1, None),
+            Err(SdpError::UnsupportedCodec("AV1".into()))
+        );
+    }
+}
