@@ -43,6 +43,8 @@ pub struct VideoSpec {
     pub fps: u32,
     /// Frames between keyframes (browsers send few; KMS asks for one on each new connection).
     pub keyframe_interval: u32,
+    /// Send delta frames only until a PLI/FIR arrives (a receiver that missed the first keyframe).
+    pub withhold_keyframe: bool,
 }
 
 /// What to send.
@@ -237,6 +239,13 @@ impl RtpSender {
             }
         }
         let pay = chain.last().expect("payloader").clone();
+        if let Payload::Video(VideoSpec {
+            withhold_keyframe: true,
+            ..
+        }) = payload
+        {
+            withhold_keyframes_until_requested(&pay);
+        }
         pay.set_property("pt", target.format.pt as u32);
         pay.set_property("ssrc", target.ssrc);
         pay.set_property("mtu", target.mtu);
@@ -293,6 +302,43 @@ impl RtpSender {
     /// What this sender sends where.
     pub fn description(&self) -> &str {
         &self.description
+    }
+}
+
+/// Drops key frames on their way to the payloader until a force-key-unit request comes upstream
+/// (rtpsession turns an incoming PLI/FIR into one).
+fn withhold_keyframes_until_requested(pay: &gst::Element) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let released = Arc::new(AtomicBool::new(false));
+    if let Some(src) = pay.static_pad("src") {
+        let r = released.clone();
+        src.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if ev
+                    .structure()
+                    .is_some_and(|s| s.name() == "GstForceKeyUnit")
+                {
+                    r.store(true, Ordering::Relaxed);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    if let Some(sink) = pay.static_pad("sink") {
+        sink.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if released.load(Ordering::Relaxed) {
+                return gst::PadProbeReturn::Ok;
+            }
+            let keyframe = matches!(&info.data,
+                Some(gst::PadProbeData::Buffer(b)) if !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
+            if keyframe {
+                // Consume it here: the frame is never sent.
+                drop(info.take_buffer());
+                return gst::PadProbeReturn::Handled;
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
 }
 

@@ -1379,7 +1379,11 @@ impl MediaSet {
         let publisher = self
             .create("WebRtcEndpoint", &ctor, &mut raised)
             .expect("publisher");
-        let codec = media.video.as_ref().map(|(c, _)| c.clone());
+        let codec = p
+            .video
+            .as_ref()
+            .and_then(|v| v.advertise_codec.clone())
+            .or_else(|| media.video.as_ref().map(|(c, _)| c.clone()));
         let (offer, answer) = sdp::webrtc_pair(
             codec.as_deref(),
             media.audio.is_some(),

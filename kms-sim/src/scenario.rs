@@ -131,6 +131,13 @@ pub struct VideoConfig {
     /// Frames between keyframes (default 300).
     #[serde(default = "kf")]
     pub keyframe_interval: u32,
+    /// Send no keyframe until a PLI/FIR arrives (tests a receiver's recovery).
+    #[serde(default)]
+    pub withhold_keyframe: bool,
+    /// Codec written in the publisher's SDP when it differs from what is sent (a fault: tests how a
+    /// tap handles a codec it cannot decode).
+    #[serde(default)]
+    pub advertise_codec: Option<String>,
 }
 
 fn vp8() -> String {
@@ -283,6 +290,7 @@ impl Participant {
                 height: v.height,
                 fps: v.fps,
                 keyframe_interval: v.keyframe_interval.max(1),
+                withhold_keyframe: v.withhold_keyframe,
             },
         ))
     }

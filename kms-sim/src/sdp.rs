@@ -358,6 +358,7 @@ pub fn webrtc_pair(
                 Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
             ),
             "VP9" => (98, "VP9/90000", None),
+            "AV1" => (45, "AV1/90000", None),
             _ => (96, "VP8/90000", None),
         };
         let mut m = format!("m=video 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n{ice}a=mid:1\r\na=rtcp-mux\r\na=rtpmap:{pt} {map}\r\n");

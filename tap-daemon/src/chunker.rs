@@ -115,7 +115,7 @@ impl VideoState {
     fn due(&mut self, capture_us: u64) -> bool {
         self.frames_seen += 1;
         match (self.spec.every_nth, self.spec.fps) {
-            (Some(n), _) => (self.frames_seen - 1) % u64::from(n.max(1)) == 0,
+            (Some(n), _) => (self.frames_seen - 1).is_multiple_of(u64::from(n.max(1))),
             (None, Some(fps)) => {
                 let interval = (1e6 / fps) as u64;
                 if capture_us + interval / 4 < self.next_due_us {

@@ -3,6 +3,15 @@
 //! and dispatches them over NATS with bounded latency.
 
 pub mod chunker;
+pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod dispatch;
+pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod receiver;
+pub mod registry;
 pub mod sdp_offer;
+
+pub use daemon::{Daemon, DaemonConfig, TapStatus};

@@ -1,7 +1,148 @@
-//! `kurento-tap`: not built yet — the tap daemon is the next issue. This binary says so instead of
-//! pretending to run.
+//! `kurento-tap`: the sidecar's command line.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kurento-tap: the tap daemon is not implemented yet (see the tap-daemon issue)");
-    std::process::ExitCode::from(2)
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tap_daemon::config::{self, FileConfig, Overrides};
+use tap_daemon::discovery::{list_rooms, TagKeys};
+use tap_daemon::Daemon;
+
+/// Live analysis of every participant of a Kurento call: taps media out of KMS, feeds models over NATS.
+#[derive(Parser, Debug)]
+#[command(version, name = "kurento-tap")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// KMS WebSocket URL.
+        #[arg(long, env = "KURENTO_TAP_KURENTO")]
+        kurento: Option<String>,
+        /// NATS URL.
+        #[arg(long, env = "KURENTO_TAP_NATS")]
+        nats: Option<String>,
+        /// Configuration file (TOML).
+        #[arg(long, env = "KURENTO_TAP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Receive address announced to KMS.
+        #[arg(long, env = "KURENTO_TAP_BIND")]
+        bind: Option<IpAddr>,
+        /// Receive ports, MIN-MAX.
+        #[arg(long, env = "KURENTO_TAP_PORTS")]
+        ports: Option<String>,
+        /// /metrics and /healthz address ("" disables).
+        #[arg(long, env = "KURENTO_TAP_HTTP")]
+        http: Option<String>,
+        /// Owner id tagged on created objects.
+        #[arg(long, env = "KURENTO_TAP_OWNER")]
+        owner: Option<String>,
+    },
+    /// List rooms, participants and tap state.
+    Rooms {
+        /// KMS WebSocket URL.
+        #[arg(
+            long,
+            env = "KURENTO_TAP_KURENTO",
+            default_value = "ws://127.0.0.1:8888/kurento"
+        )]
+        kurento: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tap_daemon=info,kurento_tap=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run {
+            kurento,
+            nats,
+            config,
+            bind,
+            ports,
+            http,
+            owner,
+        } => {
+            let file = match &config {
+                Some(p) => FileConfig::load(p)?,
+                None => FileConfig::default(),
+            };
+            let cfg = config::resolve(
+                file,
+                Overrides {
+                    kurento,
+                    nats,
+                    bind,
+                    ports,
+                    http,
+                    owner,
+                },
+            )?;
+            let daemon = Daemon::start(cfg).await?;
+            if let Some(addr) = daemon.http_addr {
+                eprintln!("kurento-tap: metrics on http://{addr}/metrics");
+            }
+            shutdown_signal().await;
+            eprintln!("kurento-tap: shutting down (releasing taps, draining NATS)");
+            daemon.shutdown().await;
+            Ok(())
+        }
+        Command::Rooms { kurento, json } => {
+            let kms = kurento_client::KurentoClient::connect(&kurento)
+                .await
+                .with_context(|| format!("cannot connect to KMS at {kurento}"))?;
+            let rooms = list_rooms(&kms, &TagKeys::default()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rooms)?);
+            } else {
+                for r in &rooms {
+                    println!("room {}  ({})", r.room, r.pipeline);
+                    for p in &r.participants {
+                        println!(
+                            "  {:<16} {:<20} {}{}{}",
+                            p.name,
+                            p.media.join(","),
+                            if p.tapped { "tapped" } else { "not tapped" },
+                            if p.live { "" } else { ", no media yet" },
+                            if p.consent { "" } else { ", opted out" },
+                        );
+                    }
+                }
+                if rooms.is_empty() {
+                    println!("no rooms");
+                }
+            }
+            kms.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

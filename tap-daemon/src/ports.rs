@@ -86,7 +86,9 @@ mod tests {
         let pool = PortPool::new("127.0.0.1".parse().unwrap(), 47001, 47020);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
-        assert!(a.rtp % 2 == 0 && b.rtp % 2 == 0 && a.rtp != b.rtp && a.rtp >= 47002);
+        assert!(
+            a.rtp.is_multiple_of(2) && b.rtp.is_multiple_of(2) && a.rtp != b.rtp && a.rtp >= 47002
+        );
         assert_eq!(pool.in_use(), 2);
         drop(a);
         assert_eq!(pool.in_use(), 1);

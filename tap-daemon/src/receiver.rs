@@ -357,9 +357,42 @@ impl Receiver {
         pad.push_event(event)
     }
 
+    /// A handle that can ask for keyframes from another task.
+    pub fn keyframe_requester(&self) -> KeyframeRequester {
+        KeyframeRequester {
+            pipeline: self.pipeline.downgrade(),
+        }
+    }
+
     /// The rtpbin (for tests and diagnostics).
     pub fn rtpbin(&self) -> &gst::Element {
         &self.rtpbin
+    }
+}
+
+/// Sends PLI for a receiver (see [`Receiver::request_keyframe`]).
+#[derive(Clone)]
+pub struct KeyframeRequester {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+}
+
+impl KeyframeRequester {
+    /// True if the request was sent (the video depayloader exists: RTP has arrived).
+    pub fn request(&self) -> bool {
+        let Some(pipeline) = self.pipeline.upgrade() else {
+            return false;
+        };
+        let Some(depay) = pipeline.by_name("video-depay") else {
+            return false;
+        };
+        let Some(pad) = depay.static_pad("sink") else {
+            return false;
+        };
+        pad.push_event(
+            gst_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build(),
+        )
     }
 }
 

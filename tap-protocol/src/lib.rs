@@ -370,7 +370,9 @@ impl ModelSpec {
                 if v.width == 0 || v.height == 0 || v.width > 4096 || v.height > 4096 {
                     return bad("video size must be 1..=4096");
                 }
-                if v.format == PixelFormat::I420 && (v.width % 2 == 1 || v.height % 2 == 1) {
+                if v.format == PixelFormat::I420
+                    && (!v.width.is_multiple_of(2) || !v.height.is_multiple_of(2))
+                {
                     return bad("I420 needs even width and height");
                 }
                 match (v.fps, v.every_nth) {
@@ -590,7 +592,7 @@ impl ChunkMeta {
                 format, channels, ..
             } => {
                 let frame = format.bytes() * channels as usize;
-                if payload_len % frame != 0 || payload_len == 0 {
+                if !payload_len.is_multiple_of(frame) || payload_len == 0 {
                     return Err(ChunkError::Size {
                         expected: frame,
                         actual: payload_len,

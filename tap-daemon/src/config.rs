@@ -1,0 +1,216 @@
+//! The configuration file (TOML). Every key is optional; command-line flags and `KURENTO_TAP_*`
+//! environment variables override it.
+//!
+//! ```toml
+//! kurento = "ws://127.0.0.1:8888/kurento"
+//! nats = "nats://127.0.0.1:4222"
+//! nats_creds = "/etc/kurento-tap/tap.creds"   # or nats_token = "…"
+//! bind = "127.0.0.1"              # receive address, announced to KMS: must be reachable from it
+//! ports = "40000-40999"           # receive ports (2 per tapped medium)
+//! http = "127.0.0.1:9464"         # /metrics and /healthz ("" to disable)
+//! owner = "kurento-tap"           # tag value on what this daemon creates
+//! latency_ms = 100                # jitterbuffer
+//! include_rooms = ["*"]
+//! exclude_rooms = ["test-*"]
+//! exclude_participants = ["recorder"]
+//! results_max_age_s = 86400
+//! results_per_subject = 1000
+//!
+//! [tags]
+//! room = "kurento-tap.room"
+//! participant = "kurento-tap.participant"
+//! role = "kurento-tap.role"
+//! consent = "kurento-tap.consent"
+//! owner = "kurento-tap.owner"
+//! tapped_endpoint = "kurento-tap.endpoint"
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::daemon::DaemonConfig;
+use crate::discovery::TagKeys;
+
+/// The file's contents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// KMS URL.
+    pub kurento: Option<String>,
+    /// NATS URL.
+    pub nats: Option<String>,
+    /// NATS credentials file.
+    pub nats_creds: Option<PathBuf>,
+    /// NATS token.
+    pub nats_token: Option<String>,
+    /// Receive address.
+    pub bind: Option<IpAddr>,
+    /// Receive ports `MIN-MAX`.
+    pub ports: Option<String>,
+    /// HTTP listen address, or "" to disable.
+    pub http: Option<String>,
+    /// Owner tag value.
+    pub owner: Option<String>,
+    /// Jitterbuffer latency.
+    pub latency_ms: Option<u32>,
+    /// Rooms to tap.
+    pub include_rooms: Option<Vec<String>>,
+    /// Rooms never tapped.
+    pub exclude_rooms: Option<Vec<String>>,
+    /// Participants never tapped.
+    pub exclude_participants: Option<Vec<String>>,
+    /// Result history.
+    pub results_max_age_s: Option<u64>,
+    /// Results kept per subject.
+    pub results_per_subject: Option<i64>,
+    /// Tag keys.
+    pub tags: Option<TagKeys>,
+}
+
+/// A bad configuration value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable.
+    #[error("cannot read {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Not valid TOML or unknown keys.
+    #[error("{0}: {1}")]
+    Toml(PathBuf, toml::de::Error),
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Reads a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Toml(path.to_owned(), e))
+    }
+}
+
+/// Parses `MIN-MAX` (at least 4 ports, even start used).
+pub fn parse_ports(s: &str) -> Result<(u16, u16), ConfigError> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| ConfigError::Invalid(format!("ports {s:?}: expected MIN-MAX")))?;
+    let (a, b): (u16, u16) = (
+        a.trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("ports {s:?}: bad MIN")))?,
+        b.trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("ports {s:?}: bad MAX")))?,
+    );
+    if a < 1024 || b <= a || b - a < 3 {
+        return Err(ConfigError::Invalid(format!(
+            "ports {s:?}: need MIN ≥ 1024 and at least 4 ports"
+        )));
+    }
+    Ok((a, b))
+}
+
+/// Values given on the command line or in the environment (they win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// KMS URL.
+    pub kurento: Option<String>,
+    /// NATS URL.
+    pub nats: Option<String>,
+    /// Receive address.
+    pub bind: Option<IpAddr>,
+    /// Ports.
+    pub ports: Option<String>,
+    /// HTTP address or "".
+    pub http: Option<String>,
+    /// Owner id.
+    pub owner: Option<String>,
+}
+
+/// File + overrides + defaults → the daemon's configuration.
+pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigError> {
+    let d = DaemonConfig::default();
+    let ports = match o.ports.or(file.ports) {
+        Some(p) => parse_ports(&p)?,
+        None => d.ports,
+    };
+    let http = match o.http.or(file.http) {
+        Some(h) if h.is_empty() => None,
+        Some(h) => Some(
+            h.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::Invalid(format!("http {h:?}: expected HOST:PORT")))?,
+        ),
+        None => d.http_listen,
+    };
+    let latency_ms = file.latency_ms.unwrap_or(d.latency_ms);
+    if latency_ms > 2000 {
+        return Err(ConfigError::Invalid("latency_ms must be ≤ 2000".into()));
+    }
+    Ok(DaemonConfig {
+        kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
+        nats_url: o.nats.or(file.nats).unwrap_or(d.nats_url),
+        nats_creds: file.nats_creds,
+        nats_token: file.nats_token,
+        bind_ip: o.bind.or(file.bind).unwrap_or(d.bind_ip),
+        ports,
+        tags: file.tags.unwrap_or_default(),
+        owner: o.owner.or(file.owner).unwrap_or(d.owner),
+        include_rooms: file.include_rooms.unwrap_or_default(),
+        exclude_rooms: file.exclude_rooms.unwrap_or_default(),
+        exclude_participants: file.exclude_participants.unwrap_or_default(),
+        latency_ms,
+        http_listen: http,
+        results_max_age: file
+            .results_max_age_s
+            .map(Duration::from_secs)
+            .unwrap_or(d.results_max_age),
+        results_per_subject: file.results_per_subject.unwrap_or(d.results_per_subject),
+        rescan_interval: d.rescan_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = toml::from_str(
+            "kurento = 'ws://a/kurento'\nports = '41000-41999'\nhttp = ''\n[tags]\nroom = 'room'\n",
+        )
+        .unwrap();
+        let c = resolve(
+            file,
+            Overrides {
+                kurento: Some("ws://b/kurento".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.kurento_url, "ws://b/kurento");
+        assert_eq!(c.ports, (41000, 41999));
+        assert_eq!(c.http_listen, None);
+        assert_eq!(c.tags.room, "room");
+        assert_eq!(c.tags.participant, "kurento-tap.participant");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        assert!(toml::from_str::<FileConfig>("kurentoo = 'x'").is_err());
+        assert!(parse_ports("10-20").is_err());
+        assert!(parse_ports("50000").is_err());
+        let e = resolve(
+            FileConfig::default(),
+            Overrides {
+                http: Some("nowhere".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Finding rooms and participants in a KMS the application owns, without changing the application.
+//!
+//! One room = one MediaPipeline. A participant = its publisher WebRtcEndpoint: by tags when the app
+//! sets them (`kurento-tap.role=publisher`), otherwise because the browser's offer (the endpoint's
+//! remote SDP) says `sendonly` — the Java group-call app has no self-loop to go by. Names come from
+//! tags, or are short ids derived from the Kurento ids (which contain `.` and `/`, unusable in NATS
+//! subject tokens).
+
+use kurento_client::prelude::*;
+use kurento_client::{Error as KmsError, ErrorCode};
+use serde::Serialize;
+
+use crate::sdp_offer::{publisher_media, PublisherMedia};
+
+/// Tag keys (configurable).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagKeys {
+    /// Room name on the pipeline (or the endpoint).
+    pub room: String,
+    /// Participant name on the publisher endpoint.
+    pub participant: String,
+    /// `publisher` / `subscriber` on endpoints.
+    pub role: String,
+    /// `false` on a publisher = never tap it.
+    pub consent: String,
+    /// On objects kurento-tap created: its owner id.
+    pub owner: String,
+    /// On a tap: the endpoint it taps.
+    pub tapped_endpoint: String,
+}
+
+impl Default for TagKeys {
+    fn default() -> Self {
+        TagKeys {
+            room: "kurento-tap.room".into(),
+            participant: "kurento-tap.participant".into(),
+            role: "kurento-tap.role".into(),
+            consent: "kurento-tap.consent".into(),
+            owner: "kurento-tap.owner".into(),
+            tapped_endpoint: "kurento-tap.endpoint".into(),
+        }
+    }
+}
+
+/// A participant found in a room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    /// Room name (tag or derived).
+    pub room: String,
+    /// The room's pipeline id.
+    pub pipeline: String,
+    /// Participant name (tag or derived).
+    pub name: String,
+    /// The publisher endpoint id.
+    pub endpoint: String,
+    /// What it sends.
+    pub media: PublisherMedia,
+    /// False when tagged `consent=false`.
+    pub consent: bool,
+    /// True when media flows out of the publisher (its browser is sending).
+    pub live: bool,
+}
+
+/// What an endpoint turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Examined {
+    /// A participant's publisher.
+    Publisher(Participant),
+    /// Something else (a viewer endpoint, our own, another element).
+    Other,
+    /// Cannot tell yet (not negotiated): look again later.
+    NotYet(String),
+    /// Released meanwhile.
+    Gone,
+}
+
+/// A short, stable, subject-safe id from a Kurento id: the first 8 hex digits of its UUID.
+pub fn short_id(prefix: &str, kurento_id: &str) -> String {
+    let last = kurento_id.rsplit('/').next().unwrap_or(kurento_id);
+    let hex: String = last
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(8)
+        .collect();
+    format!(
+        "{prefix}-{}",
+        if hex.is_empty() {
+            "x".to_owned()
+        } else {
+            hex.to_ascii_lowercase()
+        }
+    )
+}
+
+fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+}
+
+/// The room name of a pipeline.
+pub async fn room_name(pipeline: &MediaPipeline, keys: &TagKeys) -> Result<String, KmsError> {
+    let tags = pipeline.get_tags().await?;
+    Ok(tag(&tags, &keys.room)
+        .map(str::to_owned)
+        .unwrap_or_else(|| short_id("room", pipeline.id())))
+}
+
+/// Examines one endpoint of a room.
+pub async fn examine(
+    room: &str,
+    pipeline: &MediaPipeline,
+    ep: &WebRtcEndpoint,
+    keys: &TagKeys,
+) -> Result<Examined, KmsError> {
+    let tags = match ep.get_tags().await {
+        Ok(t) => t,
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    if tag(&tags, &keys.owner).is_some() {
+        return Ok(Examined::Other);
+    }
+    let role = tag(&tags, &keys.role);
+    if role == Some("subscriber") {
+        return Ok(Examined::Other);
+    }
+    let local = match ep.get_local_session_descriptor().await {
+        Ok(s) => s,
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoLocalSdpError) => {
+            return Ok(Examined::NotYet("not negotiated yet".into()))
+        }
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    let remote = match ep.get_remote_session_descriptor().await {
+        Ok(s) => Some(s),
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoRemoteSdpError) => None,
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    let media = match publisher_media(&local, remote.as_deref()) {
+        Ok(m) => m,
+        // An unsupported codec is still a publisher; the tap will report it.
+        Err(crate::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
+            video: Some(crate::receiver::VideoCodec {
+                encoding: c,
+                fmtp: None,
+            }),
+            audio: false,
+            sendonly: true,
+        },
+        Err(_) => return Ok(Examined::Other),
+    };
+    let is_publisher = role == Some("publisher") || media.sendonly;
+    if !is_publisher {
+        return Ok(Examined::Other);
+    }
+    if media.video.is_none() && !media.audio {
+        return Ok(Examined::NotYet("no audio or video negotiated".into()));
+    }
+    let live = {
+        let video = if media.video.is_some() {
+            ep.is_media_flowing_out(MediaType::Video, ())
+                .await
+                .unwrap_or(false)
+        } else {
+            false
+        };
+        video
+            || (media.audio
+                && ep
+                    .is_media_flowing_out(MediaType::Audio, ())
+                    .await
+                    .unwrap_or(false))
+    };
+    Ok(Examined::Publisher(Participant {
+        room: tag(&tags, &keys.room)
+            .map(str::to_owned)
+            .unwrap_or_else(|| room.to_owned()),
+        pipeline: pipeline.id().to_owned(),
+        name: tag(&tags, &keys.participant)
+            .map(str::to_owned)
+            .unwrap_or_else(|| short_id("p", ep.id())),
+        endpoint: ep.id().to_owned(),
+        consent: tag(&tags, &keys.consent) != Some("false"),
+        media,
+        live,
+    }))
+}
+
+/// A simple pattern: `*` matches any run of characters; everything else literally.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// One room in the `rooms` listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomReport {
+    /// Room name.
+    pub room: String,
+    /// Pipeline id.
+    pub pipeline: String,
+    /// Its participants.
+    pub participants: Vec<ParticipantReport>,
+}
+
+/// One participant in the `rooms` listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantReport {
+    /// Name.
+    pub name: String,
+    /// Publisher endpoint id.
+    pub endpoint: String,
+    /// `audio`, `video:VP8`…
+    pub media: Vec<String>,
+    /// A tap of ours exists for it.
+    pub tapped: bool,
+    /// False when opted out.
+    pub consent: bool,
+    /// Media flows from the browser.
+    pub live: bool,
+}
+
+/// Lists rooms, participants and tap state as KMS shows them right now.
+pub async fn list_rooms(kms: &KurentoClient, keys: &TagKeys) -> Result<Vec<RoomReport>, KmsError> {
+    let mut out = Vec::new();
+    for pipeline in kms.server_manager().get_pipelines().await? {
+        let Ok(room) = room_name(&pipeline, keys).await else {
+            continue;
+        };
+        let Ok(children) = pipeline.get_children().await else {
+            continue;
+        };
+        let mut tapped = std::collections::BTreeSet::new();
+        let mut participants = Vec::new();
+        for child in &children {
+            if let Some(rtp) = child.downcast::<RtpEndpoint>() {
+                if let Ok(tags) = rtp.get_tags().await {
+                    if tag(&tags, &keys.owner).is_some() {
+                        if let Some(ep) = tag(&tags, &keys.tapped_endpoint) {
+                            tapped.insert(ep.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        for child in &children {
+            let Some(ep) = child.downcast::<WebRtcEndpoint>() else {
+                continue;
+            };
+            if let Ok(Examined::Publisher(p)) = examine(&room, &pipeline, &ep, keys).await {
+                let mut media = Vec::new();
+                if p.media.audio {
+                    media.push("audio".to_owned());
+                }
+                if let Some(v) = &p.media.video {
+                    media.push(format!("video:{}", v.encoding));
+                }
+                participants.push(ParticipantReport {
+                    tapped: tapped.contains(&p.endpoint),
+                    name: p.name,
+                    endpoint: p.endpoint,
+                    media,
+                    consent: p.consent,
+                    live: p.live,
+                });
+            }
+        }
+        participants.sort_by(|a, b| a.name.cmp(&b.name));
+        out.push(RoomReport {
+            room,
+            pipeline: pipeline.id().to_owned(),
+            participants,
+        });
+    }
+    out.sort_by(|a, b| a.room.cmp(&b.room));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_subject_safe() {
+        let id = "5f87a1b2-0000-4000-8000-000000000000_kurento.MediaPipeline/121dabcd-1111_kurento.WebRtcEndpoint";
+        assert_eq!(short_id("p", id), "p-121dabcd");
+        assert_eq!(
+            short_id("room", "5f87a1b2-0000_kurento.MediaPipeline"),
+            "room-5f87a1b2"
+        );
+        assert_eq!(
+            tap_protocol::safe_token(&short_id("p", id)),
+            short_id("p", id)
+        );
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(matches("*", "anything"));
+        assert!(matches("demo", "demo") && !matches("demo", "demo2"));
+        assert!(matches("team-*", "team-a") && !matches("team-*", "xteam-a"));
+        assert!(
+            matches("*-test", "a-test") && matches("a*c*e", "abcde") && !matches("a*c*e", "abde")
+        );
+    }
+}

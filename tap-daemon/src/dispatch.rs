@@ -1,0 +1,354 @@
+//! Sends chunks to workers with bounded latency: per (participant, model) one "lane" with a single
+//! pending slot (a newer chunk replaces the waiting one) and at most `max_in_flight` requests out.
+//! Stale chunks, missing workers and timeouts drop the chunk and count why; nothing queues.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::client::RequestErrorKind;
+use async_nats::jetstream;
+use bytes::Bytes;
+use tap_protocol::{
+    chunk_subject, header, result_subject, ChunkMeta, Layout, ModelId, ModelSpec, ResultMessage,
+    WorkerReply,
+};
+use tokio::sync::{broadcast, Notify, Semaphore};
+use tracing::{debug, warn};
+
+use crate::chunker::{Chunk, ChunkSink};
+use crate::metrics::{Metrics, ModelLabel};
+
+/// Unix time in µs.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// Shared by every tap.
+pub struct Dispatcher {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    results: broadcast::Sender<Arc<ResultMessage>>,
+    /// Bounds the JetStream acknowledgements awaited at once.
+    store_permits: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    /// A dispatcher publishing through `nats`.
+    pub fn new(nats: async_nats::Client, metrics: Arc<Metrics>) -> Arc<Self> {
+        let js = jetstream::new(nats.clone());
+        let (results, _) = broadcast::channel(1024);
+        Arc::new(Dispatcher {
+            nats,
+            js,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+            results,
+            store_permits: Arc::new(Semaphore::new(1024)),
+        })
+    }
+
+    /// Every result, as it arrives (for the DataChannel injector and tests). Slow receivers lag.
+    pub fn subscribe_results(&self) -> broadcast::Receiver<Arc<ResultMessage>> {
+        self.results.subscribe()
+    }
+}
+
+/// Who a tap is.
+#[derive(Debug, Clone)]
+pub struct TapIdent {
+    /// Room (safe token).
+    pub room: String,
+    /// Participant (safe token).
+    pub participant: String,
+    /// The publisher's endpoint id.
+    pub endpoint: String,
+    /// Unique per tap instance (message ids for JetStream de-duplication).
+    pub instance: String,
+}
+
+struct Lane {
+    pending: Mutex<Option<Chunk>>,
+    notify: Notify,
+    seq: AtomicU64,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One tap's dispatch: a lane per model.
+pub struct TapDispatch {
+    ident: TapIdent,
+    dispatcher: Arc<Dispatcher>,
+    lanes: Mutex<HashMap<ModelId, Arc<Lane>>>,
+    closed: AtomicBool,
+}
+
+impl TapDispatch {
+    /// Dispatch for one tap.
+    pub fn new(ident: TapIdent, dispatcher: Arc<Dispatcher>) -> Arc<Self> {
+        Arc::new(TapDispatch {
+            ident,
+            dispatcher,
+            lanes: Mutex::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Stops every lane (pending chunks are dropped, requests in flight abandoned).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let lanes: Vec<_> = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, lane) in lanes {
+            if let Some(t) = lane.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                t.abort();
+            }
+        }
+    }
+
+    fn lane(self: &Arc<Self>, spec: &Arc<ModelSpec>) -> Arc<Lane> {
+        // A lane of a model that left stays idle (one parked task) until the tap ends.
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lanes.get(&spec.id) {
+            return l.clone();
+        }
+        let lane = Arc::new(Lane {
+            pending: Mutex::new(None),
+            notify: Notify::new(),
+            seq: AtomicU64::new(0),
+            task: Mutex::new(None),
+        });
+        let task = self.dispatcher.runtime.spawn(run_lane(
+            self.clone(),
+            lane.clone(),
+            spec.max_in_flight.max(1) as usize,
+        ));
+        *lane.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        lanes.insert(spec.id.clone(), lane.clone());
+        lane
+    }
+}
+
+impl Drop for TapDispatch {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The ChunkSink side needs `Arc<TapDispatch>`; this wrapper provides it.
+pub struct TapSink(pub Arc<TapDispatch>);
+
+impl ChunkSink for TapSink {
+    fn offer(&self, chunk: Chunk) {
+        let tap = &self.0;
+        if tap.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let lane = tap.lane(&chunk.spec);
+        let model = chunk.spec.id.to_string();
+        let replaced = lane
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(chunk);
+        if replaced.is_some() {
+            // Latest wins: the older chunk was never sent.
+            tap.dispatcher.metrics.dropped(&model, "superseded");
+        }
+        lane.notify.notify_one();
+    }
+
+    fn converted(&self, _model: &ModelId, micros: u64) {
+        self.0
+            .dispatcher
+            .metrics
+            .conversion
+            .observe(micros as f64 / 1e6);
+    }
+}
+
+async fn run_lane(tap: Arc<TapDispatch>, lane: Arc<Lane>, max_in_flight: usize) {
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let chunk = loop {
+            if let Some(c) = lane
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                break c;
+            }
+            lane.notify.notified().await;
+        };
+        let seq = lane.seq.fetch_add(1, Ordering::Relaxed);
+        let tap = tap.clone();
+        if max_in_flight == 1 {
+            send(&tap, chunk, seq).await;
+            drop(permit);
+        } else {
+            tokio::spawn(async move {
+                send(&tap, chunk, seq).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
+    let d = &tap.dispatcher;
+    let spec = &chunk.spec;
+    let model = spec.id.to_string();
+    let deadline_us = chunk.capture_us + u64::from(spec.deadline_ms) * 1000;
+    let sent_us = now_us();
+    if sent_us >= deadline_us {
+        d.metrics.dropped(&model, "stale");
+        return;
+    }
+    let layout = match (spec.video, spec.audio) {
+        (Some(v), _) => Layout::Video {
+            format: v.format,
+            width: v.width,
+            height: v.height,
+        },
+        (None, Some(a)) => Layout::Audio {
+            format: a.format,
+            rate: a.sample_rate,
+            channels: a.channels,
+        },
+        (None, None) => return,
+    };
+    let meta = ChunkMeta {
+        room: tap.ident.room.clone(),
+        participant: tap.ident.participant.clone(),
+        endpoint: tap.ident.endpoint.clone(),
+        model: spec.id.clone(),
+        seq,
+        capture_us: chunk.capture_us,
+        sent_us,
+        deadline_us,
+        layout,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in meta.to_headers() {
+        headers.insert(k, v.as_str());
+    }
+    let label = ModelLabel {
+        model: model.clone(),
+    };
+    d.metrics
+        .capture_to_dispatch
+        .observe(sent_us.saturating_sub(chunk.capture_us) as f64 / 1e6);
+    d.metrics.chunks_sent.get_or_create(&label).inc();
+    let in_flight = d.metrics.in_flight.get_or_create(&label).clone();
+    in_flight.inc();
+    let request = async_nats::Request::new()
+        .payload(chunk.payload)
+        .headers(headers)
+        .timeout(Some(Duration::from_micros(deadline_us - sent_us)));
+    let reply = d.nats.send_request(chunk_subject(&spec.id), request).await;
+    in_flight.dec();
+    let msg = match reply {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = match e.kind() {
+                RequestErrorKind::NoResponders => "no_responders",
+                RequestErrorKind::TimedOut => "timeout",
+                _ => "nats_error",
+            };
+            debug!(%model, %reason, error = %e, "chunk not answered");
+            d.metrics.dropped(&model, reason);
+            return;
+        }
+    };
+    let received_us = now_us();
+    if let Some(err) = msg.headers.as_ref().and_then(|h| h.get(header::ERROR)) {
+        let reason = match err.as_str() {
+            "stale" => "worker_stale",
+            "malformed" => "worker_malformed",
+            _ => "worker_error",
+        };
+        d.metrics.dropped(&model, reason);
+        return;
+    }
+    let output: WorkerReply = match serde_json::from_slice(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(%model, error = %e, "unreadable worker reply");
+            d.metrics.dropped(&model, "bad_reply");
+            return;
+        }
+    };
+    let latency_ms = received_us.saturating_sub(chunk.capture_us) as f64 / 1e3;
+    d.metrics.results.get_or_create(&label).inc();
+    d.metrics
+        .capture_to_result
+        .get_or_create(&label)
+        .observe(latency_ms / 1e3);
+    let result = Arc::new(ResultMessage {
+        v: tap_protocol::VERSION,
+        room: tap.ident.room.clone(),
+        participant: tap.ident.participant.clone(),
+        endpoint: tap.ident.endpoint.clone(),
+        model: spec.id.name.clone(),
+        version: spec.id.version.clone(),
+        media: spec.media,
+        seq,
+        capture_ms: chunk.capture_us as f64 / 1e3,
+        output,
+        latency_ms,
+        round_trip_ms: received_us.saturating_sub(sent_us) as f64 / 1e3,
+    });
+    let _ = d.results.send(result.clone());
+    store(d, &tap.ident, &spec.id, result);
+}
+
+/// Publishes a result to JetStream with a message id (a retried publish is stored once).
+fn store(d: &Dispatcher, ident: &TapIdent, model: &ModelId, result: Arc<ResultMessage>) {
+    let Ok(permit) = d.store_permits.clone().try_acquire_owned() else {
+        d.metrics.results_unstored.inc();
+        return;
+    };
+    let subject = result_subject(&ident.room, &ident.participant, model);
+    let msg_id = format!("{}-{}-{}", ident.instance, model.key(), result.seq);
+    let body = match serde_json::to_vec(&*result) {
+        Ok(b) => Bytes::from(b),
+        Err(_) => return,
+    };
+    let js = d.js.clone();
+    let metrics = d.metrics.clone();
+    d.runtime.spawn(async move {
+        let _permit = permit;
+        for attempt in 0..2 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
+            headers.insert(
+                header::CAPTURE_US,
+                ((result.capture_ms * 1e3) as u64).to_string().as_str(),
+            );
+            match js
+                .publish_with_headers(subject.clone(), headers, body.clone())
+                .await
+            {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return,
+                    Err(e) => debug!(attempt, error = %e, "result not acknowledged"),
+                },
+                Err(e) => debug!(attempt, error = %e, "result not published"),
+            }
+        }
+        metrics.results_unstored.inc();
+    });
+}

@@ -1,0 +1,242 @@
+//! Prometheus metrics of the daemon (text format at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `media` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MediaLabel {
+    /// `audio` / `video`.
+    pub media: String,
+}
+
+/// `model` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// `name@version`.
+    pub model: String,
+}
+
+/// `model` and `reason` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// `name@version`.
+    pub model: String,
+    /// Why the chunk was dropped.
+    pub reason: String,
+}
+
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Every metric of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// Taps currently receiving.
+    pub taps_active: Gauge,
+    /// Tap attempts that failed, by reason.
+    pub tap_errors: Family<ReasonLabel, Counter>,
+    /// Participants seen and not tapped, by reason (opt-out, excluded…).
+    pub not_tapped: Family<ReasonLabel, Counter>,
+    /// Decoded video frames and audio buffers.
+    pub decoded: Family<MediaLabel, Counter>,
+    /// GStreamer errors in receivers.
+    pub decode_errors: Counter,
+    /// Chunks sent to workers.
+    pub chunks_sent: Family<ModelLabel, Counter>,
+    /// Chunks dropped, by model and reason.
+    pub chunks_dropped: Family<DropLabel, Counter>,
+    /// Chunks in flight.
+    pub in_flight: Family<ModelLabel, Gauge>,
+    /// Results received.
+    pub results: Family<ModelLabel, Counter>,
+    /// Results that could not be stored in JetStream.
+    pub results_unstored: Counter,
+    /// Capture → chunk sent, seconds.
+    pub capture_to_dispatch: Histogram,
+    /// Capture → result back at the daemon, seconds, by model.
+    pub capture_to_result: Family<ModelLabel, Histogram>,
+    /// Time to convert one frame for one model, seconds.
+    pub conversion: Histogram,
+    /// Live models.
+    pub models_live: Gauge,
+    /// Registry entries rejected (invalid, too large for the server's max_payload).
+    pub specs_rejected: Family<ReasonLabel, Counter>,
+    /// Times KMS started transcoding for a publisher we tap.
+    pub transcoding: Counter,
+    /// Reconnections to KMS.
+    pub kms_reconnects: Counter,
+    /// Undecodable messages from KMS.
+    pub kms_decode_errors: Gauge,
+    /// Control requests (attach/detach) rejected as malformed.
+    pub bad_control_requests: Counter,
+    /// Taps made since start.
+    pub taps_total: Counter,
+    /// Keyframe requests (PLI) sent because no frame decoded.
+    pub keyframe_requests: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers everything under the `kurento_tap` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kurento_tap");
+        let m = Metrics {
+            taps_active: Gauge::default(),
+            tap_errors: Family::default(),
+            not_tapped: Family::default(),
+            decoded: Family::default(),
+            decode_errors: Counter::default(),
+            chunks_sent: Family::default(),
+            chunks_dropped: Family::default(),
+            in_flight: Family::default(),
+            results: Family::default(),
+            results_unstored: Counter::default(),
+            capture_to_dispatch: latency_histogram(),
+            capture_to_result: Family::new_with_constructor(latency_histogram),
+            conversion: Histogram::new(exponential_buckets(0.000_01, 2.0, 14)),
+            models_live: Gauge::default(),
+            specs_rejected: Family::default(),
+            transcoding: Counter::default(),
+            kms_reconnects: Counter::default(),
+            kms_decode_errors: Gauge::default(),
+            bad_control_requests: Counter::default(),
+            taps_total: Counter::default(),
+            keyframe_requests: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "taps_active",
+            "Participants being tapped",
+            m.taps_active.clone(),
+        );
+        registry.register("tap_errors", "Failed tap attempts", m.tap_errors.clone());
+        registry.register(
+            "participants_not_tapped",
+            "Participants not tapped, by reason",
+            m.not_tapped.clone(),
+        );
+        registry.register(
+            "decoded",
+            "Decoded video frames and audio buffers",
+            m.decoded.clone(),
+        );
+        registry.register(
+            "decode_errors",
+            "GStreamer receiver errors",
+            m.decode_errors.clone(),
+        );
+        registry.register(
+            "chunks_sent",
+            "Chunks sent to workers",
+            m.chunks_sent.clone(),
+        );
+        registry.register(
+            "chunks_dropped",
+            "Chunks dropped, by reason",
+            m.chunks_dropped.clone(),
+        );
+        registry.register(
+            "chunks_in_flight",
+            "Chunks awaiting a worker's reply",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "results",
+            "Results received from workers",
+            m.results.clone(),
+        );
+        registry.register(
+            "results_unstored",
+            "Results JetStream did not acknowledge",
+            m.results_unstored.clone(),
+        );
+        registry.register(
+            "capture_to_dispatch_seconds",
+            "Capture to chunk sent",
+            m.capture_to_dispatch.clone(),
+        );
+        registry.register(
+            "capture_to_result_seconds",
+            "Capture to result at the daemon",
+            m.capture_to_result.clone(),
+        );
+        registry.register(
+            "frame_conversion_seconds",
+            "Scaling and converting one frame for one model",
+            m.conversion.clone(),
+        );
+        registry.register(
+            "models_live",
+            "Models registered and alive",
+            m.models_live.clone(),
+        );
+        registry.register(
+            "model_specs_rejected",
+            "Registry entries rejected",
+            m.specs_rejected.clone(),
+        );
+        registry.register(
+            "transcoding",
+            "KMS transcoding events on tapped publishers",
+            m.transcoding.clone(),
+        );
+        registry.register(
+            "kms_reconnects",
+            "Reconnections to KMS",
+            m.kms_reconnects.clone(),
+        );
+        registry.register(
+            "kms_decode_errors",
+            "Undecodable messages received from KMS",
+            m.kms_decode_errors.clone(),
+        );
+        registry.register(
+            "bad_control_requests",
+            "Malformed attach/detach requests",
+            m.bad_control_requests.clone(),
+        );
+        registry.register("taps", "Taps made since start", m.taps_total.clone());
+        registry.register(
+            "keyframe_requests",
+            "Keyframe requests sent because no frame decoded",
+            m.keyframe_requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a dropped chunk.
+    pub fn dropped(&self, model: &str, reason: &str) {
+        self.chunks_dropped
+            .get_or_create(&DropLabel {
+                model: model.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

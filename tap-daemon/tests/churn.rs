@@ -1,0 +1,64 @@
+//! Join/leave churn, in a process of its own (thread and port counts must be its own).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tap_daemon::Daemon;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_join_leave_cycles_leak_nothing() {
+    let nats = Nats::start().await;
+    let mut scenario = String::from(
+        "[[room]]\nname='churn'\n[[room.participant]]\nname='host'\naudio={}\nleave_ms=9500\n",
+    );
+    for i in 0..50 {
+        scenario.push_str(&format!(
+            "[[room.participant]]\nname='g{i}'\nvideo={{width=160, height=120}}\naudio={{}}\njoin_ms={}\nleave_ms={}\n",
+            100 + i * 150,
+            100 + i * 150 + 1000
+        ));
+    }
+    let sim = sim(&scenario, (61000, 62999)).await;
+    let daemon = Daemon::start(config(&sim, &nats, (63000, 63999)))
+        .await
+        .unwrap();
+    let threads_before = threads();
+    tokio::time::sleep(Duration::from_millis(11_000)).await;
+    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let taps_total: f64 = m
+        .lines()
+        .find(|l| l.starts_with("kurento_tap_taps_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        taps_total >= 45.0,
+        "{taps_total} of 51 participants tapped while present"
+    );
+    assert!(daemon.status().await.is_empty());
+    assert!(m.contains("kurento_tap_taps_active 0"), "{m}");
+    assert_eq!(daemon.ports.in_use(), 0, "every port returned");
+    assert!(
+        sim.media_set()
+            .object_ids()
+            .iter()
+            .all(|i| !i.ends_with("RtpEndpoint")),
+        "no tap left in KMS"
+    );
+    let threads_after = threads();
+    assert!(
+        threads_after <= threads_before + 8,
+        "threads {threads_before} → {threads_after}"
+    );
+    daemon.shutdown().await;
+}
+
+fn threads() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}

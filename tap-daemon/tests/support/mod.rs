@@ -1,0 +1,275 @@
+//! Shared by the daemon's integration tests: a real nats-server on a free port with JetStream in a
+//! temporary directory, model registration with heartbeats, and test workers.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use kms_sim::{Scenario, SimOptions, SimServer};
+use tap_daemon::{Daemon, DaemonConfig};
+use tap_protocol::*;
+
+/// A nats-server process, stopped on drop.
+pub struct Nats {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nats_binary() -> String {
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "nats-server".into()
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Nats {
+        let dir = std::env::temp_dir().join(format!("tap-nats-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/setup installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub fn video_spec(
+    name: &str,
+    fps: Option<f64>,
+    every_nth: Option<u32>,
+    w: u32,
+    h: u32,
+    format: PixelFormat,
+) -> ModelSpec {
+    ModelSpec {
+        protocol: 1,
+        id: ModelId::new(name, "1"),
+        media: MediaKind::Video,
+        video: Some(VideoChunkSpec {
+            fps,
+            every_nth,
+            width: w,
+            height: h,
+            format,
+        }),
+        audio: None,
+        labels: vec!["a".into(), "b".into()],
+        output: "labels".into(),
+        max_in_flight: 1,
+        deadline_ms: 1000,
+        heartbeat_ms: 500,
+        updated_ms: 0,
+    }
+}
+
+pub fn audio_spec(name: &str) -> ModelSpec {
+    ModelSpec {
+        protocol: 1,
+        id: ModelId::new(name, "1"),
+        media: MediaKind::Audio,
+        video: None,
+        audio: Some(AudioChunkSpec {
+            window_ms: 500,
+            hop_ms: 500,
+            sample_rate: 16000,
+            channels: 1,
+            format: SampleFormat::S16,
+        }),
+        labels: vec![],
+        output: "labels".into(),
+        max_in_flight: 1,
+        deadline_ms: 1000,
+        heartbeat_ms: 500,
+        updated_ms: 0,
+    }
+}
+
+/// Keeps a spec registered (refreshing it every heartbeat) until dropped.
+pub struct Registration {
+    task: tokio::task::JoinHandle<()>,
+    kv: jetstream::kv::Store,
+    key: String,
+}
+
+impl Registration {
+    pub async fn new(client: &async_nats::Client, spec: ModelSpec) -> Registration {
+        let js = jetstream::new(client.clone());
+        let kv = tap_daemon::registry::open_bucket(&js).await.unwrap();
+        let key = spec.id.key();
+        let (kv2, key2) = (kv.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let mut s = spec.clone();
+                s.updated_ms = now_ms();
+                let _ = kv2.put(&key2, serde_json::to_vec(&s).unwrap().into()).await;
+                tokio::time::sleep(Duration::from_millis(u64::from(spec.heartbeat_ms) / 2)).await;
+            }
+        });
+        Registration { task, kv, key }
+    }
+
+    /// Deletes the entry (the model leaves).
+    pub async fn remove(self) {
+        self.task.abort();
+        let _ = self.kv.delete(&self.key).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One chunk a test worker saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub meta: ChunkMeta,
+    pub len: usize,
+    pub at_ms: u64,
+}
+
+/// A worker that answers every chunk of `model` after `delay`, recording what it saw.
+pub async fn worker(
+    client: &async_nats::Client,
+    model: &ModelId,
+    delay: Duration,
+) -> (Arc<Mutex<Vec<Seen>>>, tokio::task::JoinHandle<()>) {
+    let mut sub = client
+        .queue_subscribe(chunk_subject(model), queue_group(model))
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (log, client) = (seen.clone(), client.clone());
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let headers = msg.headers.clone().unwrap_or_default();
+            let meta =
+                ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len())
+                    .expect("valid chunk");
+            log.lock().unwrap().push(Seen {
+                meta,
+                len: msg.payload.len(),
+                at_ms: now_ms(),
+            });
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(reply) = msg.reply {
+                let body = WorkerReply {
+                    labels: [("a".to_owned(), 0.75), ("b".to_owned(), 0.25)].into(),
+                    top: Some("a".into()),
+                    ..Default::default()
+                };
+                let _ = client
+                    .publish(reply, serde_json::to_vec(&body).unwrap().into())
+                    .await;
+            }
+        }
+    });
+    (seen, task)
+}
+
+pub async fn sim(scenario: &str, ports: (u16, u16)) -> SimServer {
+    SimServer::start(SimOptions {
+        scenario: Scenario::parse(scenario).unwrap(),
+        announce_ip: Some([127, 0, 0, 1].into()),
+        port_range: ports,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+pub fn config(sim: &SimServer, nats: &Nats, ports: (u16, u16)) -> DaemonConfig {
+    DaemonConfig {
+        kurento_url: sim.url(),
+        nats_url: nats.url.clone(),
+        ports,
+        http_listen: Some(([127, 0, 0, 1], 0).into()),
+        rescan_interval: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+pub async fn wait_taps(d: &Daemon, n: usize) -> Vec<tap_daemon::TapStatus> {
+    for _ in 0..100 {
+        let s = d.status().await;
+        if s.len() >= n {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("expected {n} taps, have {:?}", d.status().await);
+}
+
+/// GET /metrics with a bare HTTP/1.1 request.
+pub async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
