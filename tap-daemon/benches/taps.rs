@@ -1,0 +1,171 @@
+//! Benchmark (prints figures): the daemon's CPU and memory per tapped participant, capture→dispatch
+//! latency, and the cost of publishing a 320x240 RGB chunk.
+//!
+//! `cargo build --release -p kms-sim && cargo bench -p tap-daemon --bench taps`
+//!
+//! kms-sim runs as a separate process (its encoders' CPU is not counted); nats-server too. The
+//! daemon runs in this process with one registered model (RGB 224x224 at 5 fps) answered by an
+//! in-process responder that replies at once; CPU is this process's user+system time.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tap_daemon::{Daemon, DaemonConfig};
+use tap_protocol::*;
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let hz: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or(100.0);
+    ticks / hz
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap()
+        / 1024.0
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn sim_binary() -> String {
+    std::env::var("KMS_SIM_BIN").unwrap_or_else(|_| format!("{}/../target/release/kms-sim", env!("CARGO_MANIFEST_DIR")))
+}
+
+async fn run(nats: &Nats, client: &async_nats::Client, n: usize, w: u32, h: u32, fps: u32, port_base: u16) {
+    let mut scenario = String::from("[[room]]\nname='bench'\n");
+    for i in 0..n {
+        scenario.push_str(&format!(
+            "[[room.participant]]\nname='p{i}'\nvideo={{codec='VP8', width={w}, height={h}, fps={fps}}}\naudio={{tone={}}}\n",
+            300 + i * 10
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("tap-bench-{}-{n}-{w}.toml", std::process::id()));
+    std::fs::write(&path, scenario).unwrap();
+    let sim_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut sim = Command::new(sim_binary())
+        .args(["--listen", &format!("127.0.0.1:{sim_port}"), "--announce-ip", "127.0.0.1", "--ports"])
+        .arg(format!("{}-{}", port_base, port_base + 999))
+        .arg("--scenario")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("build kms-sim first: cargo build --release -p kms-sim");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let daemon = Daemon::start(DaemonConfig {
+        kurento_url: format!("ws://127.0.0.1:{sim_port}/kurento"),
+        nats_url: nats.url.clone(),
+        ports: (port_base + 1000, port_base + 1999),
+        http_listen: None,
+        rescan_interval: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut spec = video_spec("bench", Some(5.0), None, 224, 224, PixelFormat::Rgb24);
+    spec.heartbeat_ms = 1000;
+    let (seen, worker_task) = worker(client, &spec.id, Duration::ZERO).await;
+    let reg = Registration::new(client, spec).await;
+    for _ in 0..100 {
+        if daemon.status().await.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taps = daemon.status().await.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    seen.lock().unwrap().clear();
+    let (c0, t0) = (cpu_seconds(), Instant::now());
+    let frames0: u64 = daemon.status().await.iter().map(|s| s.video_frames).sum();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu = (cpu_seconds() - c0) / t0.elapsed().as_secs_f64();
+    let frames: u64 = daemon.status().await.iter().map(|s| s.video_frames).sum::<u64>() - frames0;
+    let rss = rss_mib();
+    let mut lat: Vec<f64> = seen.lock().unwrap().iter().map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3).collect();
+    let chunks = lat.len();
+    println!(
+        "{w}x{h}@{fps} VP8+Opus  {n:>2} participants ({taps} tapped): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
+         decoded {:>5.1} fps/participant; RSS {rss:>6.1} MiB; capture→dispatch p50 {:.1} ms p99 {:.1} ms ({chunks} chunks)",
+        cpu * 100.0,
+        cpu * 100.0 / n as f64,
+        n as f64 / cpu,
+        frames as f64 / 10.0 / n as f64,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+    );
+    reg.remove().await;
+    worker_task.abort();
+    daemon.shutdown().await;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let _ = std::fs::remove_file(path);
+}
+
+async fn publish_cost(client: &async_nats::Client) {
+    let payload = bytes::Bytes::from(vec![7u8; 320 * 240 * 3]);
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        client.publish("bench.sink", payload.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let per = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+    println!("publish 320x240 RGB (230,400 B), no subscriber: {per:.1} µs/chunk ({:.0} chunks/s)", 1e6 / per);
+
+    let mut sub = client.subscribe("bench.echo").await.unwrap();
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(m) = sub.next().await {
+            if let Some(r) = m.reply {
+                let _ = responder.publish(r, "{}".into()).await;
+            }
+        }
+    });
+    let mut rtt = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        client.request("bench.echo", payload.clone()).await.unwrap();
+        rtt.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "request/reply with a 320x240 RGB chunk via nats-server: p50 {:.3} ms, p99 {:.3} ms (500 round trips)",
+        pct(&mut rtt, 0.5),
+        pct(&mut rtt, 0.99)
+    );
+    task.abort();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    publish_cost(&client).await;
+    run(&nats, &client, 1, 320, 240, 15, 20000).await;
+    run(&nats, &client, 10, 320, 240, 15, 22000).await;
+    run(&nats, &client, 30, 320, 240, 15, 24000).await;
+    run(&nats, &client, 1, 640, 480, 30, 26000).await;
+    run(&nats, &client, 5, 640, 480, 30, 28000).await;
+}
