@@ -23,11 +23,17 @@ fn cpu_seconds() -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap_or(100.0);
+    let hz: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(100.0);
     ticks / hz
 }
 
@@ -50,10 +56,19 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn sim_binary() -> String {
-    std::env::var("KMS_SIM_BIN").unwrap_or_else(|_| format!("{}/../target/release/kms-sim", env!("CARGO_MANIFEST_DIR")))
+    std::env::var("KMS_SIM_BIN")
+        .unwrap_or_else(|_| format!("{}/../target/release/kms-sim", env!("CARGO_MANIFEST_DIR")))
 }
 
-async fn run(nats: &Nats, client: &async_nats::Client, n: usize, w: u32, h: u32, fps: u32, port_base: u16) {
+async fn run(
+    nats: &Nats,
+    client: &async_nats::Client,
+    n: usize,
+    w: u32,
+    h: u32,
+    fps: u32,
+    port_base: u16,
+) {
     let mut scenario = String::from("[[room]]\nname='bench'\n");
     for i in 0..n {
         scenario.push_str(&format!(
@@ -63,9 +78,19 @@ async fn run(nats: &Nats, client: &async_nats::Client, n: usize, w: u32, h: u32,
     }
     let path = std::env::temp_dir().join(format!("tap-bench-{}-{n}-{w}.toml", std::process::id()));
     std::fs::write(&path, scenario).unwrap();
-    let sim_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sim_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut sim = Command::new(sim_binary())
-        .args(["--listen", &format!("127.0.0.1:{sim_port}"), "--announce-ip", "127.0.0.1", "--ports"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{sim_port}"),
+            "--announce-ip",
+            "127.0.0.1",
+            "--ports",
+        ])
         .arg(format!("{}-{}", port_base, port_base + 999))
         .arg("--scenario")
         .arg(&path)
@@ -101,9 +126,20 @@ async fn run(nats: &Nats, client: &async_nats::Client, n: usize, w: u32, h: u32,
     let frames0: u64 = daemon.status().await.iter().map(|s| s.video_frames).sum();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu = (cpu_seconds() - c0) / t0.elapsed().as_secs_f64();
-    let frames: u64 = daemon.status().await.iter().map(|s| s.video_frames).sum::<u64>() - frames0;
+    let frames: u64 = daemon
+        .status()
+        .await
+        .iter()
+        .map(|s| s.video_frames)
+        .sum::<u64>()
+        - frames0;
     let rss = rss_mib();
-    let mut lat: Vec<f64> = seen.lock().unwrap().iter().map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3).collect();
+    let mut lat: Vec<f64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3)
+        .collect();
     let chunks = lat.len();
     println!(
         "{w}x{h}@{fps} VP8+Opus  {n:>2} participants ({taps} tapped): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
@@ -132,7 +168,10 @@ async fn publish_cost(client: &async_nats::Client) {
     }
     client.flush().await.unwrap();
     let per = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-    println!("publish 320x240 RGB (230,400 B), no subscriber: {per:.1} µs/chunk ({:.0} chunks/s)", 1e6 / per);
+    println!(
+        "publish 320x240 RGB (230,400 B), no subscriber: {per:.1} µs/chunk ({:.0} chunks/s)",
+        1e6 / per
+    );
 
     let mut sub = client.subscribe("bench.echo").await.unwrap();
     let responder = client.clone();

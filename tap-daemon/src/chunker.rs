@@ -37,6 +37,9 @@ pub trait ChunkSink: Send + Sync + 'static {
 
 struct VideoState {
     spec: VideoChunkSpec,
+    /// Last capture time handed out: capture times never go backwards (they switch from arrival
+    /// time to RTCP-derived time when the first sender report arrives).
+    last_capture_us: u64,
     frames_seen: u64,
     next_due_us: u64,
     converter: Option<Converter>,
@@ -171,6 +174,7 @@ impl MediaSink for Chunker {
             let Some(v) = spec.video else { continue };
             let state = states.entry(spec.id.clone()).or_insert_with(|| VideoState {
                 spec: v,
+                last_capture_us: 0,
                 frames_seen: 0,
                 next_due_us: 0,
                 converter: None,
@@ -178,6 +182,7 @@ impl MediaSink for Chunker {
             if state.spec != v {
                 *state = VideoState {
                     spec: v,
+                    last_capture_us: state.last_capture_us,
                     frames_seen: 0,
                     next_due_us: 0,
                     converter: None,
@@ -447,6 +452,7 @@ mod tests {
                 height: 8,
                 format: PixelFormat::Gray8,
             },
+            last_capture_us: 0,
             frames_seen: 0,
             next_due_us: 0,
             converter: None,

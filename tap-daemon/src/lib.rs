@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod ports;
 pub mod receiver;
 pub mod registry;
+pub mod results;
 pub mod sdp_offer;
 
 pub use daemon::{Daemon, DaemonConfig, TapStatus};

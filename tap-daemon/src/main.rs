@@ -43,6 +43,25 @@ enum Command {
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
     },
+    /// Tail or export stored results (JetStream).
+    Results {
+        /// NATS URL.
+        #[arg(
+            long,
+            env = "KURENTO_TAP_NATS",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats: String,
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+        /// Keep printing new results.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: tap_daemon::results::Format,
+    },
     /// List rooms, participants and tap state.
     Rooms {
         /// KMS WebSocket URL.
@@ -99,6 +118,19 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             eprintln!("kurento-tap: shutting down (releasing taps, draining NATS)");
             daemon.shutdown().await;
+            Ok(())
+        }
+        Command::Results {
+            nats,
+            room,
+            follow,
+            format,
+        } => {
+            let client = async_nats::connect(nats.as_str())
+                .await
+                .with_context(|| format!("cannot connect to NATS at {nats}"))?;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            tap_daemon::results::export(client, room.as_deref(), follow, format, &mut out).await?;
             Ok(())
         }
         Command::Rooms { kurento, json } => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use tap_protocol::{ModelSpec, REGISTRY_BUCKET};
+use tap_protocol::ModelSpec;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -20,45 +20,11 @@ use crate::metrics::{Metrics, ReasonLabel};
 /// Room left in a message for headers, on top of the chunk.
 pub const HEADER_ALLOWANCE: usize = 1024;
 
-/// Opens (or creates) a KV bucket.
-///
-/// The bucket's stream is created directly with the KV conventions (ADR-8: `KV_<bucket>`,
-/// `$KV.<bucket>.>`, roll-ups allowed, direct get) rather than through `create_key_value`, whose
-/// answer parsing in async-nats 0.51 does not accept the reply of nats-server 2.9 (Debian 12's).
-pub async fn open_kv(
-    js: &jetstream::Context,
-    bucket: &str,
-    description: &str,
-) -> anyhow::Result<kv::Store> {
-    if let Ok(kv) = js.get_key_value(bucket).await {
-        return Ok(kv);
-    }
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some(description.to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        discard: jetstream::stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot create the KV bucket {bucket}: {e}"))?;
-    Ok(js.get_key_value(bucket).await?)
-}
-
 /// Opens (or creates) the registry bucket.
 pub async fn open_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    open_kv(
-        js,
-        REGISTRY_BUCKET,
-        "kurento-tap model registry (protocol v1)",
-    )
-    .await
+    tap_protocol::nats::open_registry(js)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// Why a registry entry is not used.

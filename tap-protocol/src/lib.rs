@@ -13,6 +13,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 /// Protocol version carried in subjects (`tap.v1.…`) and in the [`header::VERSION`] header.
 pub const VERSION: u32 = 1;
 

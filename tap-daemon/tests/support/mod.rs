@@ -50,6 +50,15 @@ impl Nats {
 
     pub async fn start_on(port: u16) -> Nats {
         let dir = std::env::temp_dir().join(format!("tap-nats-{}-{}", std::process::id(), port));
+        Self::start_in(port, dir).await
+    }
+
+    /// A new server on the same port and store directory (a restart).
+    pub async fn start_on_reusing(port: u16, previous: &Nats) -> Nats {
+        Self::start_in(port, previous.dir.clone()).await
+    }
+
+    async fn start_in(port: u16, dir: PathBuf) -> Nats {
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new(nats_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])

@@ -1,0 +1,98 @@
+//! The worker's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+/// Counters and timings of one worker process.
+pub struct WorkerMetrics {
+    registry: Registry,
+    /// Chunks received.
+    pub received: Counter,
+    /// Chunks answered with a prediction.
+    pub predicted: Counter,
+    /// Chunks not processed, by reason (`stale`, `malformed`, `internal`, `shutdown`).
+    pub dropped: Family<Reason, Counter>,
+    /// Inferences running.
+    pub busy: Gauge,
+    /// Time from receipt to inference start, seconds.
+    pub queue_wait: Histogram,
+    /// Inference time, seconds.
+    pub inference: Histogram,
+    /// Capture → reply sent, seconds.
+    pub capture_to_result: Histogram,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers everything under `tap_worker`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tap_worker");
+        let h = || Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let m = WorkerMetrics {
+            registry: Registry::default(),
+            received: Counter::default(),
+            predicted: Counter::default(),
+            dropped: Family::default(),
+            busy: Gauge::default(),
+            queue_wait: h(),
+            inference: h(),
+            capture_to_result: h(),
+        };
+        registry.register("chunks_received", "Chunks received", m.received.clone());
+        registry.register(
+            "predictions",
+            "Chunks answered with a prediction",
+            m.predicted.clone(),
+        );
+        registry.register(
+            "chunks_dropped",
+            "Chunks not processed, by reason",
+            m.dropped.clone(),
+        );
+        registry.register("busy", "Inferences running", m.busy.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Receipt to inference start",
+            m.queue_wait.clone(),
+        );
+        registry.register("inference_seconds", "Inference time", m.inference.clone());
+        registry.register(
+            "capture_to_result_seconds",
+            "Capture to reply sent",
+            m.capture_to_result.clone(),
+        );
+        WorkerMetrics { registry, ..m }
+    }
+
+    /// Counts a dropped chunk.
+    pub fn drop_reason(&self, reason: &str) {
+        self.dropped
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,440 @@
+//! The worker runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tap_protocol::{
+    chunk_subject, header, queue_group, safe_token, ChunkMeta, ModelSpec, WorkerReply,
+};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::chunk::Chunk;
+use crate::metrics::WorkerMetrics;
+use crate::Classifier;
+
+/// How to run a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `nats://host:4222` (user:password@ in the URL works too).
+    pub nats_url: String,
+    /// A `.creds` file (JWT + nkey).
+    pub creds: Option<PathBuf>,
+    /// A token.
+    pub token: Option<String>,
+    /// Inferences at once (one model instance each). Default 1.
+    pub concurrency: usize,
+    /// Chunks buffered by the NATS subscription before the server counts this worker as slow and
+    /// drops (default 8: small, so waiting work stays fresh).
+    pub subscription_capacity: usize,
+    /// Where `/metrics` is served (None: not served).
+    pub http_listen: Option<SocketAddr>,
+}
+
+impl WorkerOptions {
+    /// Defaults for a NATS URL.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        WorkerOptions {
+            nats_url: nats_url.into(),
+            creds: None,
+            token: None,
+            concurrency: 1,
+            subscription_capacity: 8,
+            http_listen: None,
+        }
+    }
+
+    /// Sets the concurrency.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Serves `/metrics` at `addr`.
+    pub fn metrics_at(mut self, addr: SocketAddr) -> Self {
+        self.http_listen = Some(addr);
+        self
+    }
+}
+
+/// Worker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The model's spec is invalid.
+    #[error("invalid model spec: {0}")]
+    Spec(String),
+    /// NATS.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// HTTP.
+    #[error("metrics endpoint: {0}")]
+    Http(String),
+}
+
+fn nats_err(e: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Nats(e.to_string())
+}
+
+/// A worker for classifier `C`, built by `factory` (once per concurrent inference).
+pub struct Worker<C, F> {
+    factory: F,
+    options: WorkerOptions,
+    _c: std::marker::PhantomData<fn() -> C>,
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    /// Its metrics.
+    pub metrics: Arc<WorkerMetrics>,
+    /// The bound metrics address.
+    pub http_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Drains: stops taking chunks, finishes those in progress, then disconnects.
+    pub async fn stop(mut self) -> Result<(), WorkerError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Ends at once, as a crash would (the connection drops; NATS gives its share to the others).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
+    /// A worker with default options (`nats://127.0.0.1:4222`).
+    pub fn new(factory: F) -> Self {
+        Worker {
+            factory,
+            options: WorkerOptions::new("nats://127.0.0.1:4222"),
+            _c: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: WorkerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs until `shutdown` resolves, then drains.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
+        let running = self.start().await?;
+        shutdown.await;
+        running.stop().await
+    }
+
+    /// Connects, registers and starts serving; returns a handle.
+    pub async fn start(self) -> Result<RunningWorker, WorkerError> {
+        let concurrency = self.options.concurrency.max(1);
+        let mut instances: Vec<C> = (0..concurrency).map(|_| (self.factory)()).collect();
+        let spec = instances[0].spec();
+        spec.validate()
+            .map_err(|e| WorkerError::Spec(e.to_string()))?;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("tap-worker {}", spec.id))
+            .subscription_capacity(self.options.subscription_capacity.max(1));
+        if let Some(creds) = &self.options.creds {
+            opts = async_nats::ConnectOptions::with_credentials_file(creds.clone())
+                .await
+                .map_err(nats_err)?
+                .subscription_capacity(self.options.subscription_capacity.max(1));
+        }
+        if let Some(token) = &self.options.token {
+            opts = opts.token(token.clone());
+        }
+        let client = opts
+            .connect(self.options.nats_url.as_str())
+            .await
+            .map_err(nats_err)?;
+        let kv = tap_protocol::nats::open_registry(&jetstream::new(client.clone()))
+            .await
+            .map_err(WorkerError::Nats)?;
+        let metrics = Arc::new(WorkerMetrics::new());
+        let http = match self.options.http_listen {
+            Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),
+            None => None,
+        };
+        let group = queue_group(&spec.id);
+        let service = async_nats::service::ServiceExt::service_builder(&client)
+            .description(format!("kurento-tap model {} ({:?})", spec.id, spec.media))
+            .queue_group(group.clone())
+            .start(
+                format!(
+                    "tap_{}_{}",
+                    safe_token(&spec.id.name),
+                    safe_token(&spec.id.version)
+                ),
+                semver(&spec.id.version),
+            )
+            .await
+            .map_err(nats_err)?;
+        let endpoint = service
+            .endpoint_builder()
+            .name("chunks")
+            .queue_group(group)
+            .add(chunk_subject(&spec.id))
+            .await
+            .map_err(nats_err)?;
+        // The subscription is live on the server once this returns (no race with the first chunk).
+        client.flush().await.map_err(nats_err)?;
+        info!(model = %spec.id, concurrency, "worker serving");
+        let heartbeat = tokio::spawn(keep_registered(kv, spec.clone()));
+        let pool = Arc::new(Mutex::new(std::mem::take(&mut instances)));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(serve(
+            endpoint,
+            service,
+            pool,
+            concurrency,
+            metrics.clone(),
+            stop_rx,
+            heartbeat,
+            client,
+        ));
+        Ok(RunningWorker {
+            metrics,
+            http_addr: http.map(|(_, a)| a),
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+}
+
+/// NATS services need a semantic version: `1` → `1.0.0`; anything else not semver → `0.0.0`.
+fn semver(v: &str) -> String {
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts
+        .iter()
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && parts.len() <= 3
+    {
+        let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+        while p.len() < 3 {
+            p.push("0".into());
+        }
+        p.join(".")
+    } else {
+        "0.0.0".into()
+    }
+}
+
+/// Writes the spec every half heartbeat (the daemon drops a model after three missed heartbeats).
+async fn keep_registered(kv: jetstream::kv::Store, spec: ModelSpec) {
+    let key = spec.id.key();
+    let every = Duration::from_millis(u64::from(spec.heartbeat_ms) / 2);
+    loop {
+        let mut s = spec.clone();
+        s.updated_ms = now_us() / 1000;
+        match serde_json::to_vec(&s) {
+            Ok(body) => {
+                if let Err(e) = kv.put(&key, body.into()).await {
+                    debug!(error = %e, "registry heartbeat failed; retrying");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode the spec"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve<C: Classifier>(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    service: async_nats::service::Service,
+    pool: Arc<Mutex<Vec<C>>>,
+    concurrency: usize,
+    metrics: Arc<WorkerMetrics>,
+    mut stop: oneshot::Receiver<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
+    client: async_nats::Client,
+) -> Result<(), WorkerError> {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let request = tokio::select! {
+            _ = &mut stop => break,
+            r = endpoint.next() => match r { Some(r) => r, None => break },
+        };
+        let pool = pool.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            handle(request, pool, &metrics).await;
+            drop(permit);
+        });
+    }
+    // Drain: no new chunks; wait for those in progress.
+    let _ = endpoint.stop().await;
+    let _ = permits.acquire_many(concurrency as u32).await;
+    heartbeat.abort();
+    let _ = service.stop().await;
+    let _ = client.drain().await;
+    info!("worker stopped");
+    Ok(())
+}
+
+async fn reply_error(request: &async_nats::service::Request, kind: &str) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(header::ERROR, kind);
+    let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
+}
+
+async fn handle<C: Classifier>(
+    request: async_nats::service::Request,
+    pool: Arc<Mutex<Vec<C>>>,
+    metrics: &WorkerMetrics,
+) {
+    let received = Instant::now();
+    metrics.received.inc();
+    let msg = &request.message;
+    let headers = msg.headers.clone().unwrap_or_default();
+    let meta =
+        match ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len()) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "malformed chunk");
+                metrics.drop_reason("malformed");
+                reply_error(&request, "malformed").await;
+                return;
+            }
+        };
+    if now_us() >= meta.deadline_us {
+        metrics.drop_reason("stale");
+        reply_error(&request, "stale").await;
+        return;
+    }
+    let payload = msg.payload.clone();
+    let started = Instant::now();
+    metrics.busy.inc();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let get = |k: &str| headers.get(k).map(|v| v.as_str());
+        let chunk = Chunk::parse(get, &payload)
+            .map_err(|e| crate::ClassifierError::Failed(e.to_string()))?;
+        let mut instance = pool
+            .lock()
+            .map_err(|_| crate::ClassifierError::Failed("model pool poisoned".into()))?
+            .pop()
+            .ok_or_else(|| crate::ClassifierError::Failed("no free model instance".into()))?;
+        // A panicking model must not take the worker down: catch it and return the instance.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| instance.predict(&chunk)));
+        if let Ok(mut p) = pool.lock() {
+            p.push(instance);
+        }
+        result.unwrap_or_else(|_| Err(crate::ClassifierError::Failed("the model panicked".into())))
+    })
+    .await;
+    metrics.busy.dec();
+    let inference = started.elapsed();
+    let prediction = match outcome {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            warn!(error = %e, "prediction failed");
+            metrics.drop_reason("internal");
+            reply_error(&request, "internal").await;
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "prediction task failed");
+            metrics.drop_reason("internal");
+            reply_error(&request, "internal").await;
+            return;
+        }
+    };
+    let queue_ms = (started - received).as_secs_f64() * 1e3;
+    metrics.queue_wait.observe(queue_ms / 1e3);
+    metrics.inference.observe(inference.as_secs_f64());
+    let reply = WorkerReply {
+        labels: prediction.labels,
+        top: prediction.top,
+        extras: prediction.extras,
+        queue_ms,
+        inference_ms: inference.as_secs_f64() * 1e3,
+    };
+    let body = match serde_json::to_vec(&reply) {
+        Ok(b) => b,
+        Err(_) => {
+            metrics.drop_reason("internal");
+            reply_error(&request, "internal").await;
+            return;
+        }
+    };
+    let _ = request.respond(Ok(body.into())).await;
+    metrics.predicted.inc();
+    metrics
+        .capture_to_result
+        .observe(now_us().saturating_sub(meta.capture_us) as f64 / 1e6);
+}
+
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<WorkerMetrics>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), WorkerError> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.encode() }))
+        .route("/healthz", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| WorkerError::Http(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Http(e.to_string()))?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((task, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_become_semver() {
+        assert_eq!(super::semver("1"), "1.0.0");
+        assert_eq!(super::semver("2.1"), "2.1.0");
+        assert_eq!(super::semver("1.2.3"), "1.2.3");
+        assert_eq!(super::semver("beta"), "0.0.0");
+    }
+}

@@ -1,0 +1,419 @@
+//! The worker runtime with the daemon, the simulator and a real nats-server.
+
+#[path = "../../tap-daemon/tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use classifier_sdk::*;
+use futures_util::StreamExt;
+use support::*;
+use tap_daemon::Daemon;
+use tap_protocol::{chunk_subject, header, ResultMessage, RESULTS_STREAM, RESULT_SUBJECTS};
+
+/// Mean luma of a gray frame, optionally slow, counting its calls.
+struct Luma {
+    version: &'static str,
+    delay: Duration,
+    calls: Arc<AtomicUsize>,
+    heartbeat_ms: u32,
+}
+
+impl Classifier for Luma {
+    fn spec(&self) -> ModelSpec {
+        let mut s = ModelSpec::video(
+            "luma",
+            self.version,
+            VideoChunkSpec::fps(10.0, 32, 24, PixelFormat::Gray8),
+            &["bright"],
+        );
+        s.heartbeat_ms = self.heartbeat_ms;
+        s
+    }
+    fn predict(&mut self, chunk: &Chunk<'_>) -> Result<Prediction, ClassifierError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.delay);
+        let Data::Video(f) = &chunk.data else {
+            return Err(ClassifierError::Unsupported);
+        };
+        let mean = f.pixels.iter().map(|&p| f64::from(p)).sum::<f64>() / f.pixels.len() as f64;
+        Ok(Prediction::scores([("bright", mean / 255.0)]))
+    }
+}
+
+fn luma(
+    version: &'static str,
+    delay_ms: u64,
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn() -> Luma + Send + 'static {
+    let calls = calls.clone();
+    move || Luma {
+        version,
+        delay: Duration::from_millis(delay_ms),
+        calls: calls.clone(),
+        heartbeat_ms: 500,
+    }
+}
+
+async fn start_worker<F: Fn() -> Luma + Send + 'static>(
+    nats: &Nats,
+    f: F,
+    concurrency: usize,
+) -> RunningWorker {
+    Worker::new(f)
+        .options(
+            WorkerOptions::new(&nats.url)
+                .concurrency(concurrency)
+                .metrics_at(([127, 0, 0, 1], 0).into()),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
+const ROOM: &str = "[[room]]\nname='r'\n[[room.participant]]\nname='a'\nvideo={fps=15}\n[[room.participant]]\nname='b'\nvideo={fps=15, pattern='snow'}\n";
+
+async fn collect(sub: &mut async_nats::Subscriber, for_ms: u64) -> Vec<ResultMessage> {
+    let mut out = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(for_ms);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, sub.next()).await {
+        out.push(serde_json::from_slice(&m.payload).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_feed_store_then_unregister() {
+    let nats = Nats::start().await;
+    let sim = sim(ROOM, (30000, 30499)).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let daemon = Daemon::start(config(&sim, &nats, (30500, 30999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let mut results = client.subscribe(RESULT_SUBJECTS).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = start_worker(&nats, luma("1", 0, &calls), 1).await;
+    let got = collect(&mut results, 2500).await;
+    assert!(
+        got.len() >= 15,
+        "two participants at 10 fps for ~2 s: {}",
+        got.len()
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.model == "luma" && r.version == "1" && r.output.labels.contains_key("bright")));
+    let snow = got
+        .iter()
+        .filter(|r| r.participant == "b")
+        .map(|r| r.output.labels["bright"])
+        .next_back()
+        .unwrap();
+    assert!(
+        snow > 0.2 && snow < 0.8,
+        "a computed value, not a constant: {snow}"
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.output.inference_ms >= 0.0 && r.latency_ms >= 0.0 && r.latency_ms < 1000.0));
+    // Stored in JetStream too, with the latest per subject available.
+    let js = async_nats::jetstream::new(client.clone());
+    let info = js
+        .get_stream(RESULTS_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert!(info.state.messages as usize >= got.len());
+    let m = http_get(w.http_addr.unwrap(), "/metrics").await;
+    assert!(m.contains("tap_worker_predictions_total"), "{m}");
+    // `kurento-tap results` exports the history.
+    let mut csv = Vec::new();
+    let n = tap_daemon::results::export(
+        client.clone(),
+        Some("r"),
+        false,
+        tap_daemon::results::Format::Csv,
+        &mut csv,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    assert!(n as usize >= got.len(), "{n} exported, {} seen", got.len());
+    assert!(text.starts_with(
+        "capture_ms,room,participant,model,version,media,seq,top,top_score,latency_ms\n"
+    ));
+    assert!(
+        text.lines().nth(1).unwrap().contains(",r,a,luma,1,video,")
+            || text.lines().nth(1).unwrap().contains(",r,b,luma,1,video,")
+    );
+    let mut none = Vec::new();
+    assert_eq!(
+        tap_daemon::results::export(
+            client.clone(),
+            Some("other-room"),
+            false,
+            tap_daemon::results::Format::Jsonl,
+            &mut none
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    // Unregister: the worker stops and its entry expires (3 heartbeats of 500 ms); feeding stops.
+    w.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = collect(&mut results, 300).await;
+    let sent_before = chunks_sent(&daemon).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        chunks_sent(&daemon).await,
+        sent_before,
+        "no chunk for a model that left"
+    );
+    daemon.shutdown().await;
+}
+
+async fn chunks_sent(d: &Daemon) -> f64 {
+    http_get(d.http_addr.unwrap(), "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("kurento_tap_chunks_sent_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_versions_side_by_side_and_a_queue_group_of_three() {
+    let nats = Nats::start().await;
+    let sim = sim(ROOM, (31000, 31499)).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let daemon = Daemon::start(config(&sim, &nats, (31500, 31999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let mut results = client.subscribe(RESULT_SUBJECTS).await.unwrap();
+    let (c1, c2, c3, c4) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    // luma@1 served by three workers (each 30 ms per chunk); luma@2 by one.
+    let w1 = start_worker(&nats, luma("1", 30, &c1), 1).await;
+    let w2 = start_worker(&nats, luma("1", 30, &c2), 1).await;
+    let w3 = start_worker(&nats, luma("1", 30, &c3), 1).await;
+    let v2 = start_worker(&nats, luma("2", 0, &c4), 1).await;
+    let got = collect(&mut results, 3000).await;
+    let v1n = got.iter().filter(|r| r.version == "1").count();
+    let v2n = got.iter().filter(|r| r.version == "2").count();
+    assert!(v1n >= 15 && v2n >= 15, "both versions fed: {v1n} / {v2n}");
+    let shares = [
+        c1.load(Ordering::Relaxed),
+        c2.load(Ordering::Relaxed),
+        c3.load(Ordering::Relaxed),
+    ];
+    assert!(
+        shares.iter().all(|&n| n > 0),
+        "the queue group shares the load: {shares:?}"
+    );
+    // Kill one mid-run: the other two carry on.
+    w1.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = (c2.load(Ordering::Relaxed), c3.load(Ordering::Relaxed));
+    let got = collect(&mut results, 2000).await;
+    assert!(
+        got.iter().filter(|r| r.version == "1").count() >= 15,
+        "results continue after a worker died"
+    );
+    assert!(c2.load(Ordering::Relaxed) > before.0 && c3.load(Ordering::Relaxed) > before.1);
+    for w in [w2, w3, v2] {
+        w.stop().await.unwrap();
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_model_gets_fresh_chunks_not_a_backlog() {
+    let nats = Nats::start().await;
+    let sim = sim(ROOM, (32000, 32499)).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let daemon = Daemon::start(config(&sim, &nats, (32500, 32999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let mut results = client.subscribe(RESULT_SUBJECTS).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // 20 chunks/s offered (2 × 10 fps), 4 per second served: 5x over capacity.
+    let w = start_worker(&nats, luma("1", 250, &calls), 1).await;
+    let got = collect(&mut results, 6000).await;
+    assert!(got.len() >= 10, "{}", got.len());
+    let early: f64 = got[..5].iter().map(|r| r.latency_ms).sum::<f64>() / 5.0;
+    let late: f64 = got[got.len() - 5..]
+        .iter()
+        .map(|r| r.latency_ms)
+        .sum::<f64>()
+        / 5.0;
+    assert!(
+        late < 1000.0,
+        "results stay younger than the deadline: {late} ms"
+    );
+    assert!(
+        late < early + 300.0,
+        "latency does not grow with time: {early} → {late} ms"
+    );
+    let m = http_get(daemon.http_addr.unwrap(), "/metrics").await;
+    assert!(m.contains("reason=\"superseded\""), "{m}");
+    w.stop().await.unwrap();
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_chunks_get_errors_and_the_worker_keeps_serving() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = start_worker(&nats, luma("1", 0, &calls), 1).await;
+    let subject = chunk_subject(&ModelId::new("luma", "1"));
+    let good = |len: usize, w: &str, h: &str, deadline_us: u64| {
+        let mut m = async_nats::HeaderMap::new();
+        for (k, v) in [
+            (header::VERSION, "1".to_owned()),
+            (header::ROOM, "r".into()),
+            (header::PARTICIPANT, "p".into()),
+            (header::MEDIA, "video".into()),
+            (header::MODEL, "luma@1".into()),
+            (header::SEQ, "0".into()),
+            (header::CAPTURE_US, "1".into()),
+            (header::SENT_US, "1".into()),
+            (header::DEADLINE_US, deadline_us.to_string()),
+            (header::FORMAT, "GRAY8".into()),
+            (header::WIDTH, w.into()),
+            (header::HEIGHT, h.into()),
+        ] {
+            m.insert(k, v.as_str());
+        }
+        (m, bytes::Bytes::from(vec![128u8; len]))
+    };
+    let far = (now_ms() + 60_000) * 1000;
+    let cases: Vec<(async_nats::HeaderMap, bytes::Bytes, &str)> = vec![
+        (
+            async_nats::HeaderMap::new(),
+            bytes::Bytes::from_static(b"garbage"),
+            "malformed",
+        ),
+        {
+            let (h, p) = good(10, "32", "24", far);
+            (h, p, "malformed")
+        }, // wrong size
+        {
+            let (h, p) = good(32 * 24, "32", "x", far);
+            (h, p, "malformed")
+        }, // bad number
+        {
+            let (h, p) = good(0, "0", "0", far);
+            (h, p, "malformed")
+        }, // zero size
+        {
+            let (h, p) = good(32 * 24, "32", "24", 1);
+            (h, p, "stale")
+        }, // past deadline
+        {
+            let (mut h, p) = good(32 * 24, "32", "24", far);
+            h.insert(header::FORMAT, "BGR15");
+            (h, p, "malformed")
+        },
+    ];
+    for (h, p, want) in cases {
+        let r = client
+            .request_with_headers(subject.clone(), h, p)
+            .await
+            .unwrap();
+        let err = r
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(header::ERROR))
+            .map(|v| v.as_str().to_owned());
+        assert_eq!(err.as_deref(), Some(want));
+    }
+    let (h, p) = good(32 * 24, "32", "24", far);
+    let r = client
+        .request_with_headers(subject.clone(), h, p)
+        .await
+        .unwrap();
+    let reply: tap_protocol::WorkerReply = serde_json::from_slice(&r.payload).unwrap();
+    assert!(
+        (reply.labels["bright"] - 128.0 / 255.0).abs() < 1e-9,
+        "still serving, computing"
+    );
+    let m = http_get(w.http_addr.unwrap(), "/metrics").await;
+    assert!(
+        m.contains("tap_worker_chunks_dropped_total{reason=\"malformed\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tap_worker_chunks_dropped_total{reason=\"stale\"} 1"),
+        "{m}"
+    );
+    // The NATS service API answers discovery pings.
+    let ping = client
+        .request("$SRV.PING.tap_luma_1", "".into())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ping.payload).contains("tap_luma_1"));
+    w.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_is_survived_and_stored_results_are_kept() {
+    let mut nats = Nats::start().await;
+    let sim = sim(ROOM, (33000, 33499)).await;
+    let daemon = Daemon::start(config(&sim, &nats, (33500, 33999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let w = start_worker(&nats, luma("1", 0, &calls), 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored = |url: String| async move {
+        let c = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(c);
+        js.get_stream(RESULTS_STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+    let before = stored(nats.url.clone()).await;
+    assert!(before > 10);
+    let port = nats.port;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats2 = Nats::start_on_reusing(port, &nats).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = stored(nats2.url.clone()).await;
+    assert!(
+        after > before,
+        "nothing acknowledged was lost, and results flow again: {before} → {after}"
+    );
+    w.stop().await.unwrap();
+    daemon.shutdown().await;
+}

@@ -1,0 +1,110 @@
+//! The Python worker (examples/python-worker), written from docs/protocol.md alone, against the
+//! daemon and the simulator: the proof that the protocol document is enough.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::*;
+use tap_daemon::Daemon;
+use tap_protocol::{ResultMessage, RESULT_SUBJECTS};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_worker_speaks_the_protocol() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var("TAP_PYTHON")
+        .unwrap_or_else(|_| root.join(".venv/bin/python").to_string_lossy().into_owned());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} missing: run scripts/setup (it creates .venv)"
+    );
+    let nats = Nats::start().await;
+    let sim = sim(
+        "[[room]]\nname='py'\n[[room.participant]]\nname='dark'\nvideo={pattern='black'}\n[[room.participant]]\nname='moving'\nvideo={pattern='ball'}\n",
+        (34000, 34499),
+    )
+    .await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let daemon = Daemon::start(config(&sim, &nats, (34500, 34999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let mut results = client.subscribe(RESULT_SUBJECTS).await.unwrap();
+    let mut worker = Command::new(&python)
+        .arg(root.join("examples/python-worker/worker.py"))
+        .args(["--nats", &nats.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<ResultMessage> = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while got.len() < 12 {
+        match tokio::time::timeout_at(until, results.next()).await {
+            Ok(Some(m)) => got.push(serde_json::from_slice(&m.payload).unwrap()),
+            _ => break,
+        }
+    }
+    // A malformed chunk gets the protocol's error answer, and the worker keeps serving.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Tap-Version", "1");
+    let bad = client
+        .request_with_headers("tap.v1.chunk.py-brightness.1", h, "x".into())
+        .await
+        .unwrap();
+    let err = bad
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Tap-Error"))
+        .map(|v| v.as_str().to_owned());
+    terminate(&mut worker);
+    assert!(
+        got.len() >= 12,
+        "results from the Python worker: {}",
+        got.len()
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.model == "py-brightness" && r.output.extras["worker"] == "python"));
+    let last = |p: &str| {
+        got.iter()
+            .rev()
+            .find(|r| r.participant == p)
+            .unwrap()
+            .output
+            .labels
+            .clone()
+    };
+    assert!(
+        last("dark")["brightness"] < 0.05,
+        "a black frame is dark: {:?}",
+        last("dark")
+    );
+    assert!(last("moving")["brightness"] > last("dark")["brightness"]);
+    assert!(
+        got.iter()
+            .filter(|r| r.participant == "moving")
+            .any(|r| r.output.labels["motion"] > 0.0),
+        "the ball moves"
+    );
+    assert_eq!(err.as_deref(), Some("malformed"));
+    daemon.shutdown().await;
+}
+
+fn terminate(child: &mut std::process::Child) {
+    // SIGTERM lets the worker drain; fall back to kill.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    for _ in 0..30 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

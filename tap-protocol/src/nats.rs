@@ -1,0 +1,50 @@
+//! NATS helpers both sides need (feature `nats`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use crate::REGISTRY_BUCKET;
+
+/// Opens (or creates) a KV bucket.
+///
+/// The bucket's stream is created directly with the KV conventions (ADR-8: `KV_<bucket>`,
+/// `$KV.<bucket>.>`, roll-ups allowed, direct get) rather than through `create_key_value`, whose
+/// answer parsing in async-nats 0.51 does not accept the reply of nats-server 2.9 (Debian 12's).
+pub async fn open_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, String> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create the KV bucket {bucket}: {e}"))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("cannot open the KV bucket {bucket}: {e}"))
+}
+
+/// Opens (or creates) the model registry.
+pub async fn open_registry(js: &jetstream::Context) -> Result<kv::Store, String> {
+    open_kv(
+        js,
+        REGISTRY_BUCKET,
+        "kurento-tap model registry (protocol v1)",
+    )
+    .await
+}
