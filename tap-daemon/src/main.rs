@@ -130,8 +130,18 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to NATS at {nats}"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            tap_daemon::results::export(client, room.as_deref(), follow, format, &mut out).await?;
-            Ok(())
+            match tap_daemon::results::export(client, room.as_deref(), follow, format, &mut out)
+                .await
+            {
+                // The reader went away (`| head`, Ctrl-C in a pipe): a normal end for a tail.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    Ok(())
+                }
+                other => other.map(|_| ()),
+            }
         }
         Command::Rooms { kurento, json } => {
             let kms = kurento_client::KurentoClient::connect(&kurento)
