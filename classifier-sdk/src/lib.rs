@@ -29,6 +29,8 @@
 
 mod chunk;
 mod metrics;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod worker;
 
 pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};

@@ -1,0 +1,252 @@
+//! ONNX Runtime helpers for model authors (feature `onnx`): one environment per process loaded from
+//! `ORT_DYLIB_PATH` with telemetry off, sessions from checksummed model files, and the image and
+//! score helpers emotion models need.
+//!
+//! The runtime library is not linked: `scripts/setup` extracts `libonnxruntime.so` from PyPI's
+//! `onnxruntime` wheel into `vendor/onnxruntime/` and `ORT_DYLIB_PATH` points at it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+pub use ort;
+pub use ort::session::Session;
+
+/// ONNX Runtime problems, with what to do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The runtime library could not be loaded.
+    #[error(
+        "cannot load ONNX Runtime from {path}: {reason}. Set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1 \
+         (scripts/setup puts it in vendor/onnxruntime/)"
+    )]
+    Runtime {
+        /// The path tried.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A model file is missing or unreadable.
+    #[error("cannot read model {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// A model file is not the expected one.
+    #[error("model {path} has sha256 {actual}, expected {expected}: a different or corrupt file")]
+    Checksum {
+        /// File.
+        path: PathBuf,
+        /// Found.
+        actual: String,
+        /// Expected.
+        expected: String,
+    },
+    /// The runtime refused the model or an inference.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+}
+
+fn ort_err(e: impl std::fmt::Display) -> OnnxError {
+    OnnxError::Ort(e.to_string())
+}
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The process's ONNX Runtime environment (loaded once; telemetry disabled).
+pub fn environment() -> Result<&'static ort::environment::Environment, OnnxError> {
+    let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| "libonnxruntime.so".into());
+    ENVIRONMENT
+        .get_or_init(|| {
+            // Also read by the library itself: no device id file, no event queue on disk.
+            if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+                // SAFETY: set once, before the library is loaded and before any thread reads it.
+                unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+            }
+            let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
+            builder
+                .with_name("kurento-tap")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| OnnxError::Runtime {
+            path,
+            reason: reason.clone(),
+        })
+}
+
+/// The sha256 of a file, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a model, checks its sha256 when `expected` is given, and builds a session (one intra-op
+/// thread: workers scale with concurrency, not threads per inference).
+pub fn load(path: &Path, expected_sha256: Option<&str>) -> Result<Session, OnnxError> {
+    let bytes = std::fs::read(path).map_err(|e| OnnxError::Read(path.to_owned(), e))?;
+    if let Some(expected) = expected_sha256 {
+        let actual = sha256_hex(&bytes);
+        if actual != expected {
+            return Err(OnnxError::Checksum {
+                path: path.to_owned(),
+                actual,
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    let env = environment()?;
+    Session::builder(env)
+        .map_err(ort_err)?
+        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+        .map_err(ort_err)?
+        .with_intra_threads(1)
+        .map_err(ort_err)?
+        .commit_from_memory(&bytes)
+        .map_err(ort_err)
+}
+
+/// Softmax in place.
+pub fn softmax(v: &mut [f32]) {
+    let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    if sum > 0.0 {
+        v.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
+/// Logistic function.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Where a letterboxed square image sits in the original frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    /// Original pixels per square pixel.
+    pub scale: f32,
+    /// Left padding, in original pixels.
+    pub pad_x: f32,
+    /// Top padding, in original pixels.
+    pub pad_y: f32,
+}
+
+impl Letterbox {
+    /// Maps a point in [0, 1] square coordinates back to frame pixels.
+    pub fn to_frame(&self, x: f32, y: f32, size: usize) -> (f32, f32) {
+        (
+            x * size as f32 * self.scale - self.pad_x,
+            y * size as f32 * self.scale - self.pad_y,
+        )
+    }
+}
+
+/// Bilinear sample of one RGB24 pixel channel at (x, y), clamped to the frame.
+fn sample(rgb: &[u8], w: usize, h: usize, x: f32, y: f32, c: usize) -> f32 {
+    let x = x.clamp(0.0, (w - 1) as f32);
+    let y = y.clamp(0.0, (h - 1) as f32);
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let p = |xx: usize, yy: usize| f32::from(rgb[(yy * w + xx) * 3 + c]);
+    let top = p(x0, y0) * (1.0 - fx) + p(x1, y0) * fx;
+    let bottom = p(x0, y1) * (1.0 - fx) + p(x1, y1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// Letterboxes an RGB24 frame into a `size`×`size` NHWC float tensor in [-1, 1] (padding is black,
+/// i.e. -1). Returns the tensor data and the mapping back to the frame.
+pub fn letterbox_rgb(rgb: &[u8], w: usize, h: usize, size: usize) -> (Vec<f32>, Letterbox) {
+    let side = w.max(h) as f32;
+    let scale = side / size as f32;
+    let pad_x = (side - w as f32) / 2.0;
+    let pad_y = (side - h as f32) / 2.0;
+    let mut out = vec![-1.0f32; size * size * 3];
+    for yy in 0..size {
+        for xx in 0..size {
+            let fx = (xx as f32 + 0.5) * scale - 0.5 - pad_x;
+            let fy = (yy as f32 + 0.5) * scale - 0.5 - pad_y;
+            if fx < -0.5 || fy < -0.5 || fx > w as f32 - 0.5 || fy > h as f32 - 0.5 {
+                continue;
+            }
+            for c in 0..3 {
+                out[(yy * size + xx) * 3 + c] = sample(rgb, w, h, fx, fy, c) / 127.5 - 1.0;
+            }
+        }
+    }
+    (
+        out,
+        Letterbox {
+            scale,
+            pad_x,
+            pad_y,
+        },
+    )
+}
+
+/// A square crop of an RGB24 frame around (cx, cy) with side `side` pixels, to gray
+/// (0.299 R + 0.587 G + 0.114 B), resized bilinearly to `out`×`out`, scaled to [-1, 1]; `mirror`
+/// flips it horizontally.
+pub fn gray_crop(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    cx: f32,
+    cy: f32,
+    side: f32,
+    out: usize,
+    mirror: bool,
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(out * out);
+    let step = side / out as f32;
+    let x0 = cx - side / 2.0;
+    let y0 = cy - side / 2.0;
+    for yy in 0..out {
+        for xx in 0..out {
+            let col = if mirror { out - 1 - xx } else { xx };
+            let x = x0 + (col as f32 + 0.5) * step - 0.5;
+            let y = y0 + (yy as f32 + 0.5) * step - 0.5;
+            let g = 0.299 * sample(rgb, w, h, x, y, 0)
+                + 0.587 * sample(rgb, w, h, x, y, 1)
+                + 0.114 * sample(rgb, w, h, x, y, 2);
+            v.push((g / 255.0 - 0.5) * 2.0);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut v = [1.0, 2.0, 3.0];
+        softmax(&mut v);
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6 && v[2] > v[1]);
+    }
+
+    #[test]
+    fn letterbox_maps_back() {
+        let rgb = vec![255u8; 200 * 100 * 3];
+        let (t, lb) = letterbox_rgb(&rgb, 200, 100, 100);
+        // The frame fills the middle half: rows 25..75 white (1.0), the rest black (-1.0).
+        assert!((t[(50 * 100 + 50) * 3] - 1.0).abs() < 1e-3);
+        assert_eq!(t[(5 * 100 + 50) * 3], -1.0);
+        let (x, y) = lb.to_frame(0.5, 0.5, 100);
+        assert!((x - 100.0).abs() < 1e-3 && (y - 50.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn checksums_are_enforced() {
+        let dir = std::env::temp_dir().join(format!("onnx-sum-{}", std::process::id()));
+        std::fs::write(&dir, b"not a model").unwrap();
+        let e = load(&dir, Some("00")).unwrap_err();
+        assert!(matches!(e, OnnxError::Checksum { .. }), "{e}");
+        let _ = std::fs::remove_file(dir);
+    }
+}

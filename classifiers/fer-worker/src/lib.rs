@@ -1,0 +1,358 @@
+//! Facial emotion: BlazeFace (front, 128) finds faces; a FER2013 mini-XCEPTION (or human's emotion
+//! net) classifies a square gray 64x64 crop of each into 7 emotions.
+//!
+//! Contracts and preprocessing follow `models/PROVENANCE.md`: letterboxed RGB in [-1, 1] for the
+//! detector, 896 anchors (16x16x2 + 8x8x6), sigmoid scores, weighted NMS at IoU 0.3; the crop is a
+//! square around the box centre with 20 % margin per side, gray (0.299, 0.587, 0.114), [-1, 1].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use classifier_sdk::onnx::ort::value::TensorRef;
+use classifier_sdk::onnx::{self, gray_crop, letterbox_rgb, sigmoid, OnnxError, Session};
+use serde::Serialize;
+
+/// FER2013 label order (index 0..6).
+pub const LABELS: [&str; 7] = [
+    "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
+];
+
+/// sha256 of the vendored models (checked at load).
+pub const BLAZEFACE_SHA256: &str =
+    "af5db35512441e80e5b143d8fabdafea05adc2cc6ca480c4d7458759ec5d7148";
+/// sha256 of `fer_mini_xception.onnx`.
+pub const FER_SHA256: &str = "77258c4b293a28f33cf996bcd1ae39ed14d1cecaf82f8d9a368a9fab6db64c8a";
+/// sha256 of `human_emotion.onnx`.
+pub const HUMAN_SHA256: &str = "21351b2bbe94b02ed3a9da274dafd87ca71a1b726eaceeaa75d6a8e997903d70";
+
+const DETECTOR_SIZE: usize = 128;
+
+/// Which emotion network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmotionNet {
+    /// `fer_mini_xception.onnx` (58k parameters, 0.17 ms).
+    Fer,
+    /// `human_emotion.onnx` (205k parameters, 0.57 ms).
+    Human,
+}
+
+/// Where the models are, and which.
+#[derive(Debug, Clone)]
+pub struct ModelPaths {
+    /// Face detector.
+    pub detector: PathBuf,
+    /// Emotion classifier.
+    pub emotion: PathBuf,
+    /// Expected checksums (None for user-supplied models).
+    pub detector_sha256: Option<&'static str>,
+    /// Expected checksum of the emotion model.
+    pub emotion_sha256: Option<&'static str>,
+}
+
+impl ModelPaths {
+    /// The vendored models in `dir`.
+    pub fn vendored(dir: &Path, net: EmotionNet) -> Self {
+        let (file, sha) = match net {
+            EmotionNet::Fer => ("fer_mini_xception.onnx", FER_SHA256),
+            EmotionNet::Human => ("human_emotion.onnx", HUMAN_SHA256),
+        };
+        ModelPaths {
+            detector: dir.join("blazeface_front_128.onnx"),
+            emotion: dir.join(file),
+            detector_sha256: Some(BLAZEFACE_SHA256),
+            emotion_sha256: Some(sha),
+        }
+    }
+}
+
+/// The repository's `models/` folder (overridable with `TAP_MODELS_DIR`).
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("TAP_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+/// One detected face.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Face {
+    /// `[x0, y0, x1, y1]` in frame pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    /// Detection score.
+    pub score: f32,
+    /// Emotion probabilities by label.
+    pub labels: std::collections::BTreeMap<String, f32>,
+}
+
+impl Face {
+    /// The most probable emotion.
+    pub fn top(&self) -> Option<(&str, f32)> {
+        self.labels
+            .iter()
+            .max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// Time spent per stage of one frame, ms.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimes {
+    /// Letterbox + normalise.
+    pub preprocess_ms: f64,
+    /// BlazeFace.
+    pub detect_ms: f64,
+    /// Crops + emotion net.
+    pub classify_ms: f64,
+}
+
+/// Detector + classifier.
+pub struct FerPipeline {
+    detector: Session,
+    emotion: Session,
+    anchors: Vec<(f32, f32)>,
+    /// Minimum detection score (default 0.75).
+    pub threshold: f32,
+    /// Crop margin per side, as a fraction of the box (default 0.2).
+    pub margin: f32,
+}
+
+fn anchors() -> Vec<(f32, f32)> {
+    let mut a = Vec::with_capacity(896);
+    for (cells, per) in [(16usize, 2usize), (8, 6)] {
+        for y in 0..cells {
+            for x in 0..cells {
+                for _ in 0..per {
+                    a.push((
+                        (x as f32 + 0.5) / cells as f32,
+                        (y as f32 + 0.5) / cells as f32,
+                    ));
+                }
+            }
+        }
+    }
+    a
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = ix * iy;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Weighted non-maximum suppression: boxes overlapping the best one by IoU ≥ `threshold` are merged
+/// into their score-weighted mean; the merged score is the best one's.
+pub fn weighted_nms(mut candidates: Vec<([f32; 4], f32)>, threshold: f32) -> Vec<([f32; 4], f32)> {
+    candidates.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let mut out = Vec::new();
+    while let Some((best, best_score)) = candidates.first().cloned() {
+        let (group, rest): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .partition(|(b, _)| iou(b, &best) >= threshold);
+        let total: f32 = group.iter().map(|(_, s)| s).sum();
+        let mut merged = [0.0f32; 4];
+        for (b, s) in &group {
+            for i in 0..4 {
+                merged[i] += b[i] * s / total;
+            }
+        }
+        out.push((merged, best_score));
+        candidates = rest;
+    }
+    out
+}
+
+fn ort_err(e: impl std::fmt::Display) -> OnnxError {
+    OnnxError::Ort(e.to_string())
+}
+
+impl FerPipeline {
+    /// Loads both models (checksums verified for the vendored ones).
+    pub fn load(paths: &ModelPaths) -> Result<Self, OnnxError> {
+        Ok(FerPipeline {
+            detector: onnx::load(&paths.detector, paths.detector_sha256)?,
+            emotion: onnx::load(&paths.emotion, paths.emotion_sha256)?,
+            anchors: anchors(),
+            threshold: 0.75,
+            margin: 0.2,
+        })
+    }
+
+    /// Faces in an RGB24 frame, each with its emotions; timings per stage.
+    pub fn analyze(
+        &mut self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+    ) -> Result<(Vec<Face>, StageTimes), OnnxError> {
+        let mut times = StageTimes::default();
+        let t = std::time::Instant::now();
+        let (input, lb) = letterbox_rgb(rgb, w, h, DETECTOR_SIZE);
+        times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
+        let boxes = {
+            let tensor =
+                TensorRef::from_array_view(([1usize, DETECTOR_SIZE, DETECTOR_SIZE, 3], &input[..]))
+                    .map_err(ort_err)?;
+            let out = self
+                .detector
+                .run(classifier_sdk::onnx::ort::inputs!["input:0" => tensor])
+                .map_err(ort_err)?;
+            let get = |name: &str| -> Result<Vec<f32>, OnnxError> {
+                let (_, data) = out[name].try_extract_tensor::<f32>().map_err(ort_err)?;
+                Ok(data.to_vec())
+            };
+            let mut logits = get("Identity:0")?;
+            logits.extend(get("Identity_1:0")?);
+            let mut reg = get("Identity_2:0")?;
+            reg.extend(get("Identity_3:0")?);
+            let s = DETECTOR_SIZE as f32;
+            let mut candidates = Vec::new();
+            for (i, &logit) in logits.iter().enumerate().take(self.anchors.len()) {
+                let score = sigmoid(logit);
+                if score < self.threshold {
+                    continue;
+                }
+                let r = &reg[i * 16..i * 16 + 4];
+                let (ax, ay) = self.anchors[i];
+                let (cx, cy, bw, bh) = (ax + r[0] / s, ay + r[1] / s, r[2] / s, r[3] / s);
+                let (x0, y0) = lb.to_frame(cx - bw / 2.0, cy - bh / 2.0, DETECTOR_SIZE);
+                let (x1, y1) = lb.to_frame(cx + bw / 2.0, cy + bh / 2.0, DETECTOR_SIZE);
+                candidates.push(([x0, y0, x1, y1], score));
+            }
+            weighted_nms(candidates, 0.3)
+        };
+        times.detect_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
+        let mut faces = Vec::with_capacity(boxes.len());
+        if !boxes.is_empty() {
+            let mut batch = Vec::with_capacity(boxes.len() * 64 * 64);
+            for (b, _) in &boxes {
+                let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+                let side = (b[2] - b[0]).max(b[3] - b[1]) * (1.0 + 2.0 * self.margin);
+                batch.extend(gray_crop(rgb, w, h, cx, cy, side, 64, false));
+            }
+            let tensor = TensorRef::from_array_view(([boxes.len(), 64usize, 64, 1], &batch[..]))
+                .map_err(ort_err)?;
+            let out = self
+                .emotion
+                .run(classifier_sdk::onnx::ort::inputs!["input" => tensor])
+                .map_err(ort_err)?;
+            let (_, probs) = out["predictions"]
+                .try_extract_tensor::<f32>()
+                .map_err(ort_err)?;
+            for (i, (b, score)) in boxes.iter().enumerate() {
+                let p = &probs[i * 7..i * 7 + 7];
+                let labels = LABELS
+                    .iter()
+                    .zip(p)
+                    .map(|(l, v)| ((*l).to_owned(), *v))
+                    .collect();
+                let clamp = |v: f32, max: usize| v.clamp(0.0, max as f32);
+                faces.push(Face {
+                    bbox: [
+                        clamp(b[0], w),
+                        clamp(b[1], h),
+                        clamp(b[2], w),
+                        clamp(b[3], h),
+                    ],
+                    score: *score,
+                    labels,
+                });
+            }
+        }
+        times.classify_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok((faces, times))
+    }
+}
+
+/// Per-participant exponential smoothing of the dominant face's scores.
+#[derive(Debug, Default)]
+pub struct Smoother {
+    alpha: f32,
+    state: HashMap<String, [f32; 7]>,
+}
+
+impl Smoother {
+    /// `alpha` = weight of the newest result (1 = no smoothing).
+    pub fn new(alpha: f32) -> Self {
+        Smoother {
+            alpha: alpha.clamp(0.01, 1.0),
+            state: HashMap::new(),
+        }
+    }
+
+    /// Blends `scores` into the participant's running scores; returns the blended ones.
+    pub fn update(&mut self, who: &str, scores: [f32; 7]) -> [f32; 7] {
+        let a = self.alpha;
+        let entry = self.state.entry(who.to_owned()).or_insert(scores);
+        for i in 0..7 {
+            entry[i] = a * scores[i] + (1.0 - a) * entry[i];
+        }
+        *entry
+    }
+}
+
+/// The dominant face: the largest box.
+pub fn dominant(faces: &[Face]) -> Option<usize> {
+    faces
+        .iter()
+        .enumerate()
+        .max_by(|a, b| {
+            let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
+            area(a.1)
+                .partial_cmp(&area(b.1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_are_896_in_output_order() {
+        let a = anchors();
+        assert_eq!(a.len(), 896);
+        assert_eq!(a[0], (0.5 / 16.0, 0.5 / 16.0));
+        assert_eq!(a[2], (1.5 / 16.0, 0.5 / 16.0));
+        assert_eq!(a[512], (0.5 / 8.0, 0.5 / 8.0));
+    }
+
+    #[test]
+    fn nms_merges_overlaps_and_keeps_separate_faces() {
+        let out = weighted_nms(
+            vec![
+                ([0.0, 0.0, 10.0, 10.0], 0.9),
+                ([1.0, 1.0, 11.0, 11.0], 0.8),
+                ([50.0, 50.0, 60.0, 60.0], 0.7),
+            ],
+            0.3,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, 0.9);
+        assert!(
+            out[0].0[0] > 0.0 && out[0].0[0] < 1.0,
+            "weighted mean: {:?}",
+            out[0].0
+        );
+    }
+
+    #[test]
+    fn smoothing_converges() {
+        let mut s = Smoother::new(0.5);
+        let mut happy = [0.0; 7];
+        happy[3] = 1.0;
+        let mut sad = [0.0; 7];
+        sad[4] = 1.0;
+        s.update("p", happy);
+        let v = s.update("p", sad);
+        assert!((v[3] - 0.5).abs() < 1e-6 && (v[4] - 0.5).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,150 @@
+//! Checks that can fail, on committed images derived from scikit-image's photos
+//! (testdata/make_testdata.py). Needs ORT_DYLIB_PATH (scripts/test sets it).
+
+use std::path::Path;
+use std::process::Command;
+
+use fer_worker::{default_models_dir, EmotionNet, FerPipeline, ModelPaths};
+
+fn rgb(name: &str) -> (Vec<u8>, usize, usize) {
+    let img = image::open(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name),
+    )
+    .unwrap()
+    .to_rgb8();
+    let (w, h) = img.dimensions();
+    (img.into_raw(), w as usize, h as usize)
+}
+
+fn pipeline(net: EmotionNet) -> FerPipeline {
+    FerPipeline::load(&ModelPaths::vendored(&default_models_dir(), net))
+        .expect("models load (is ORT_DYLIB_PATH set? run scripts/setup)")
+}
+
+#[test]
+fn the_smiling_astronaut_is_one_happy_face() {
+    for net in [EmotionNet::Fer, EmotionNet::Human] {
+        let mut p = pipeline(net);
+        let (img, w, h) = rgb("astronaut_256.png");
+        let (faces, _) = p.analyze(&img, w, h).unwrap();
+        assert_eq!(faces.len(), 1, "{net:?}: {faces:?}");
+        let (label, score) = faces[0].top().unwrap();
+        assert_eq!(label, "happy", "{net:?}");
+        assert!(score >= 0.9, "{net:?}: happy {score}");
+        // The face is where it is: x 177–272, y 81–175 on the 512 px original, halved here.
+        let b = faces[0].bbox;
+        assert!(
+            (b[0] - 88.5).abs() < 8.0
+                && (b[2] - 136.0).abs() < 8.0
+                && (b[1] - 40.5).abs() < 8.0
+                && (b[3] - 87.5).abs() < 8.0,
+            "{b:?}"
+        );
+    }
+}
+
+#[test]
+fn noise_has_no_face() {
+    let (img, w, h) = rgb("noise.png");
+    let (faces, _) = pipeline(EmotionNet::Fer).analyze(&img, w, h).unwrap();
+    assert!(faces.is_empty(), "{faces:?}");
+}
+
+#[test]
+fn a_mirrored_face_gets_the_same_label() {
+    let (img, w, h) = rgb("astronaut_256.png");
+    let mut flipped = img.clone();
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                flipped[(y * w + x) * 3 + c] = img[(y * w + (w - 1 - x)) * 3 + c];
+            }
+        }
+    }
+    let mut p = pipeline(EmotionNet::Fer);
+    let (a, _) = p.analyze(&img, w, h).unwrap();
+    let (b, _) = p.analyze(&flipped, w, h).unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(a[0].top().unwrap().0, b[0].top().unwrap().0);
+    // Mirrored position.
+    assert!((b[0].bbox[0] - (w as f32 - a[0].bbox[2])).abs() < 6.0);
+}
+
+#[test]
+fn two_faces_give_two_boxes() {
+    let (img, w, h) = rgb("two_faces.png");
+    let (faces, _) = pipeline(EmotionNet::Fer).analyze(&img, w, h).unwrap();
+    assert_eq!(faces.len(), 2, "{faces:?}");
+    let mut xs: Vec<f32> = faces
+        .iter()
+        .map(|f| (f.bbox[0] + f.bbox[2]) / 2.0)
+        .collect();
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert!(xs[0] < 160.0 && xs[1] > 160.0, "one face per half: {xs:?}");
+}
+
+#[test]
+fn classify_prints_json_per_image() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let out = Command::new(env!("CARGO_BIN_EXE_fer-worker"))
+        .arg("classify")
+        .arg(dir.join("astronaut_256.png"))
+        .arg(dir.join("noise.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["image"]
+        .as_str()
+        .unwrap()
+        .ends_with("astronaut_256.png"));
+    assert_eq!(lines[0]["faces"][0]["box"].as_array().unwrap().len(), 4);
+    assert!(lines[0]["faces"][0]["labels"]["happy"].as_f64().unwrap() > 0.9);
+    assert_eq!(lines[1]["faces"], serde_json::json!([]));
+}
+
+#[test]
+fn a_missing_runtime_names_the_variable_and_the_setup() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let out = Command::new(env!("CARGO_BIN_EXE_fer-worker"))
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .arg("classify")
+        .arg(dir.join("noise.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ORT_DYLIB_PATH") && err.contains("scripts/setup"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tampered_model_is_refused() {
+    let dir = std::env::temp_dir().join(format!("fer-tamper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["blazeface_front_128.onnx", "fer_mini_xception.onnx"] {
+        std::fs::copy(default_models_dir().join(f), dir.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(dir.join("fer_mini_xception.onnx")).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(dir.join("fer_mini_xception.onnx"), bytes).unwrap();
+    let err = FerPipeline::load(&ModelPaths::vendored(&dir, EmotionNet::Fer))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("sha256"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
