@@ -1,0 +1,292 @@
+//! An honest audio worker. No speech-emotion model that works is available offline (the only one in
+//! a registry package answers the same class for any input), so this worker reports what can be
+//! measured reliably:
+//!
+//! - **speech**: Silero VAD (`silero_vad.onnx`) on 32 ms frames at 16 kHz; a window is speech when at
+//!   least 30 % of its frames have p(speech) > 0.5;
+//! - **loudness**: RMS level of the speech frames in dBFS;
+//! - **pitch (F0)**: per voiced frame, the normalised autocorrelation peak between 70 and 400 Hz
+//!   (accepted above 0.45), and its median and standard deviation over the window;
+//! - **arousal**: a documented heuristic, not a trained model — louder, higher and more variable
+//!   voices score higher: `0.5·L + 0.3·P + 0.2·V`, with L = loudness mapped from [-45, -10] dBFS,
+//!   P = median F0 mapped from [90, 300] Hz, V = F0 spread (1.4826 × MAD) mapped from [5, 60] Hz, each
+//!   clamped to [0, 1]; calm < 0.35 ≤ neutral < 0.6 ≤ aroused. Limits: it depends on the microphone
+//!   gain and on the speaker (a deep voice reads calmer); it says nothing about valence (happy vs angry).
+//!
+//! Not done yet: a pluggable speech-emotion model (an ONNX model with a declared feature front-end,
+//! chosen by configuration). The vendored toy SER model is not used.
+
+use std::path::{Path, PathBuf};
+
+use classifier_sdk::onnx::ort::value::TensorRef;
+use classifier_sdk::onnx::{self, OnnxError, Session};
+use serde::Serialize;
+
+/// sha256 of the vendored `silero_vad.onnx`.
+pub const SILERO_SHA256: &str = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3";
+/// Sample rate the worker analyses at.
+pub const RATE: u32 = 16_000;
+const FRAME: usize = 512;
+const CONTEXT: usize = 64;
+
+/// The repository's `models/` folder (overridable with `TAP_MODELS_DIR`).
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("TAP_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+fn ort_err(e: impl std::fmt::Display) -> OnnxError {
+    OnnxError::Ort(e.to_string())
+}
+
+/// Silero VAD, frame by frame.
+pub struct Vad {
+    session: Session,
+}
+
+impl Vad {
+    /// Loads (checksum verified when `sha256` is given).
+    pub fn load(path: &Path, sha256: Option<&str>) -> Result<Self, OnnxError> {
+        Ok(Vad {
+            session: onnx::load(path, sha256)?,
+        })
+    }
+
+    /// p(speech) for every 512-sample frame of 16 kHz `samples` (state carried across frames).
+    pub fn probabilities(&mut self, samples: &[f32]) -> Result<Vec<f32>, OnnxError> {
+        let mut state = vec![0f32; 2 * 128];
+        let mut context = vec![0f32; CONTEXT];
+        let sr = [i64::from(RATE)];
+        let mut out = Vec::with_capacity(samples.len() / FRAME);
+        for frame in samples.chunks_exact(FRAME) {
+            let mut input = Vec::with_capacity(CONTEXT + FRAME);
+            input.extend_from_slice(&context);
+            input.extend_from_slice(frame);
+            let outputs = self
+                .session
+                .run(classifier_sdk::onnx::ort::inputs![
+                    "input" => TensorRef::from_array_view(([1usize, CONTEXT + FRAME], &input[..])).map_err(ort_err)?,
+                    "state" => TensorRef::from_array_view(([2usize, 1, 128], &state[..])).map_err(ort_err)?,
+                    "sr" => TensorRef::from_array_view(((), &sr[..])).map_err(ort_err)?,
+                ])
+                .map_err(ort_err)?;
+            let (_, p) = outputs["output"]
+                .try_extract_tensor::<f32>()
+                .map_err(ort_err)?;
+            out.push(p.first().copied().unwrap_or(0.0));
+            let (_, s) = outputs["stateN"]
+                .try_extract_tensor::<f32>()
+                .map_err(ort_err)?;
+            let n = state.len();
+            state.copy_from_slice(&s[..n]);
+            context.copy_from_slice(&frame[FRAME - CONTEXT..]);
+        }
+        Ok(out)
+    }
+}
+
+/// F0 of one frame by normalised autocorrelation (None when unvoiced).
+pub fn pitch(frame: &[f32], rate: u32) -> Option<f32> {
+    let min_lag = (rate / 400) as usize;
+    let max_lag = (rate / 70) as usize;
+    if frame.len() < max_lag * 2 {
+        return None;
+    }
+    let mean = frame.iter().sum::<f32>() / frame.len() as f32;
+    let x: Vec<f32> = frame.iter().map(|v| v - mean).collect();
+    let energy: f32 = x.iter().map(|v| v * v).sum();
+    if energy < 1e-6 {
+        return None;
+    }
+    let n = x.len() - max_lag;
+    let mut best = (0usize, 0f32);
+    for lag in min_lag..=max_lag {
+        let (mut num, mut e1, mut e2) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            num += x[i] * x[i + lag];
+            e1 += x[i] * x[i];
+            e2 += x[i + lag] * x[i + lag];
+        }
+        let r = num / (e1 * e2).sqrt().max(1e-12);
+        if r > best.1 {
+            best = (lag, r);
+        }
+    }
+    (best.1 > 0.45).then(|| rate as f32 / best.0 as f32)
+}
+
+/// Calm / neutral / aroused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arousal {
+    /// Score < 0.35.
+    Calm,
+    /// 0.35 ≤ score < 0.6.
+    Neutral,
+    /// Score ≥ 0.6.
+    Aroused,
+}
+
+/// What one window says.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowAnalysis {
+    /// Start of the window, seconds from the start of the input (for `analyze`).
+    pub start_s: f64,
+    /// Mean p(speech).
+    pub speech_probability: f32,
+    /// Fraction of frames with p(speech) > 0.5.
+    pub speech_ratio: f32,
+    /// Speech detected.
+    pub speaking: bool,
+    /// RMS level of the speech frames (of all frames when silent), dBFS.
+    pub loudness_dbfs: f32,
+    /// Median F0 of voiced speech frames, Hz.
+    pub f0_median_hz: Option<f32>,
+    /// Spread of F0 (1.4826 × median absolute deviation, robust to octave errors), Hz.
+    pub f0_std_hz: Option<f32>,
+    /// Fraction of speech frames that are voiced.
+    pub voiced_ratio: f32,
+    /// Arousal score in [0, 1] (speech only).
+    pub arousal_score: Option<f32>,
+    /// Arousal class (speech only).
+    pub arousal: Option<Arousal>,
+}
+
+fn map(v: f32, lo: f32, hi: f32) -> f32 {
+    ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
+}
+
+/// Analyses one window of 16 kHz mono samples.
+pub fn analyze_window(
+    vad: &mut Vad,
+    samples: &[f32],
+    start_s: f64,
+) -> Result<WindowAnalysis, OnnxError> {
+    let probs = vad.probabilities(samples)?;
+    let frames: Vec<&[f32]> = samples.chunks_exact(FRAME).collect();
+    let n = probs.len().max(1) as f32;
+    let speech_probability = probs.iter().sum::<f32>() / n;
+    let speech_ratio = probs.iter().filter(|p| **p > 0.5).count() as f32 / n;
+    let speaking = speech_ratio >= 0.3;
+    let chosen: Vec<&[f32]> = frames
+        .iter()
+        .zip(&probs)
+        .filter(|(_, p)| !speaking || **p > 0.5)
+        .map(|(f, _)| *f)
+        .collect();
+    let (sum_sq, count) = chosen.iter().fold((0f64, 0usize), |(s, c), f| {
+        (
+            s + f.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>(),
+            c + f.len(),
+        )
+    });
+    let rms = (sum_sq / count.max(1) as f64).sqrt() as f32;
+    let loudness_dbfs = 20.0 * rms.max(1e-7).log10();
+    let mut f0: Vec<f32> = if speaking {
+        chosen.iter().filter_map(|f| pitch(f, RATE)).collect()
+    } else {
+        vec![]
+    };
+    f0.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let voiced_ratio = if speaking {
+        f0.len() as f32 / chosen.len().max(1) as f32
+    } else {
+        0.0
+    };
+    let f0_median_hz = (!f0.is_empty()).then(|| f0[f0.len() / 2]);
+    // A robust spread (1.4826 × median absolute deviation ≈ σ for normal data): autocorrelation
+    // pitch makes octave errors, which a plain standard deviation would turn into "variability".
+    let f0_std_hz = (f0.len() > 1).then(|| {
+        let m = f0[f0.len() / 2];
+        let mut dev: Vec<f32> = f0.iter().map(|v| (v - m).abs()).collect();
+        dev.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        1.4826 * dev[dev.len() / 2]
+    });
+    let (arousal_score, arousal) = if speaking {
+        let score = 0.5 * map(loudness_dbfs, -45.0, -10.0)
+            + 0.3 * f0_median_hz.map(|f| map(f, 90.0, 300.0)).unwrap_or(0.0)
+            + 0.2 * f0_std_hz.map(|s| map(s, 5.0, 60.0)).unwrap_or(0.0);
+        let class = if score < 0.35 {
+            Arousal::Calm
+        } else if score < 0.6 {
+            Arousal::Neutral
+        } else {
+            Arousal::Aroused
+        };
+        (Some(score), Some(class))
+    } else {
+        (None, None)
+    };
+    Ok(WindowAnalysis {
+        start_s,
+        speech_probability,
+        speech_ratio,
+        speaking,
+        loudness_dbfs,
+        f0_median_hz,
+        f0_std_hz,
+        voiced_ratio,
+        arousal_score,
+        arousal,
+    })
+}
+
+/// Resamples mono audio linearly (enough for VAD and pitch; the daemon delivers 16 kHz already).
+pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
+    if from == to || samples.is_empty() {
+        return samples.to_vec();
+    }
+    let n = (samples.len() as u64 * u64::from(to) / u64::from(from)) as usize;
+    (0..n)
+        .map(|i| {
+            let pos = i as f64 * f64::from(from) / f64::from(to);
+            let i0 = pos.floor() as usize;
+            let i1 = (i0 + 1).min(samples.len() - 1);
+            let f = (pos - i0 as f64) as f32;
+            samples[i0] * (1.0 - f) + samples[i1] * f
+        })
+        .collect()
+}
+
+/// Reads a WAV file as mono f32 at 16 kHz.
+pub fn read_wav(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let mut r = hound::WavReader::open(path)?;
+    let spec = r.spec();
+    let ch = spec.channels.max(1) as usize;
+    let raw: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / scale))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mono: Vec<f32> = raw
+        .chunks(ch)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect();
+    Ok(resample(&mono, spec.sample_rate, RATE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pitch_of_a_tone() {
+        let tone: Vec<f32> = (0..512)
+            .map(|i| (2.0 * std::f32::consts::PI * 200.0 * i as f32 / 16000.0).sin() * 0.5)
+            .collect();
+        let f = pitch(&tone, 16000).unwrap();
+        assert!((f - 200.0).abs() < 6.0, "{f}");
+        assert_eq!(pitch(&[0.0; 512], 16000), None);
+    }
+
+    #[test]
+    fn resampling_keeps_duration() {
+        let s = vec![0.5f32; 22050];
+        assert_eq!(resample(&s, 22050, 16000).len(), 16000);
+    }
+}

@@ -1,0 +1,101 @@
+//! Checks on speech made by espeak-ng (installed by scripts/setup) and on silence.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use audio_worker::{analyze_window, default_models_dir, read_wav, Vad, SILERO_SHA256};
+
+fn speak(name: &str, args: &[&str]) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("audio-worker-{}-{name}.wav", std::process::id()));
+    let status = Command::new("espeak-ng")
+        .args(args)
+        .arg("-w")
+        .arg(&out)
+        .arg("I can hardly believe what happened this morning, it was really something else.")
+        .status()
+        .expect("espeak-ng (scripts/setup installs it)");
+    assert!(status.success());
+    out
+}
+
+fn vad() -> Vad {
+    Vad::load(
+        &default_models_dir().join("silero_vad.onnx"),
+        Some(SILERO_SHA256),
+    )
+    .expect("VAD loads (ORT_DYLIB_PATH set?)")
+}
+
+fn analyse(path: &Path) -> Vec<audio_worker::WindowAnalysis> {
+    let samples = read_wav(path).unwrap();
+    let mut v = vad();
+    samples
+        .chunks(16000)
+        .filter(|w| w.len() >= 8000)
+        .enumerate()
+        .map(|(i, w)| analyze_window(&mut v, w, i as f64).unwrap())
+        .collect()
+}
+
+#[test]
+fn speech_is_speaking_and_silence_is_silent() {
+    let speech = analyse(&speak("plain", &[]));
+    assert!(
+        speech.iter().filter(|w| w.speaking).count() * 2 >= speech.len(),
+        "{speech:?}"
+    );
+    assert!(speech
+        .iter()
+        .any(|w| w.f0_median_hz.is_some_and(|f| (60.0..400.0).contains(&f))));
+    let mut v = vad();
+    let silence = analyze_window(&mut v, &vec![0.0f32; 16000], 0.0).unwrap();
+    assert!(
+        !silence.speaking && silence.speech_probability < 0.1 && silence.arousal.is_none(),
+        "{silence:?}"
+    );
+}
+
+#[test]
+fn a_louder_higher_rendition_scores_higher_arousal() {
+    let mean_arousal = |w: &[audio_worker::WindowAnalysis]| {
+        let s: Vec<f32> = w.iter().filter_map(|w| w.arousal_score).collect();
+        assert!(!s.is_empty(), "no speech windows");
+        s.iter().sum::<f32>() / s.len() as f32
+    };
+    let flat = analyse(&speak("flat", &["-a", "40", "-p", "15", "-s", "140"]));
+    let excited = analyse(&speak("excited", &["-a", "190", "-p", "85", "-s", "190"]));
+    let (f, e) = (mean_arousal(&flat), mean_arousal(&excited));
+    assert!(e > f + 0.1, "excited {e} vs flat {f}");
+    let pitch =
+        |w: &[audio_worker::WindowAnalysis]| w.iter().filter_map(|w| w.f0_median_hz).sum::<f32>();
+    assert!(pitch(&excited) > pitch(&flat));
+}
+
+#[test]
+fn analyze_prints_json_per_window() {
+    let wav = speak("cli", &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
+        .arg("analyze")
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2);
+    for key in [
+        "speech_probability",
+        "loudness_dbfs",
+        "f0_median_hz",
+        "arousal",
+    ] {
+        assert!(lines[0].get(key).is_some(), "{key} in {}", lines[0]);
+    }
+}
