@@ -152,6 +152,7 @@ impl RtpSender {
                     .build();
                 let filter = make("capsfilter")?;
                 filter.set_property("caps", &caps);
+                stamp_at_delivery(&filter);
                 chain.push(filter);
                 let (enc, pay) = match encoding.as_str() {
                     "VP8" => {
@@ -303,6 +304,23 @@ impl RtpSender {
     pub fn description(&self) -> &str {
         &self.description
     }
+}
+
+/// A live GStreamer source stamps a frame with the start of its interval and delivers it at the end;
+/// a browser's camera stamps a frame when it is delivered. Moving the timestamp to the end of the
+/// interval makes the RTP timestamps (and so the capture times a receiver derives from RTCP sender
+/// reports) mean what they mean coming from a browser.
+fn stamp_at_delivery(element: &gst::Element) {
+    let Some(src) = element.static_pad("src") else { return };
+    src.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
+            if let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) {
+                let b = buffer.make_mut();
+                b.set_pts(pts + duration);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Drops key frames on their way to the payloader until a force-key-unit request comes upstream

@@ -312,6 +312,54 @@ pub fn dominant(faces: &[Face]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// The worker's classifier: the dominant face's (optionally smoothed) emotions as labels, every face
+/// with its box, score and emotions in `extras.faces`; no face is a result (`extras.no_face`), not an
+/// error.
+pub struct FerClassifier {
+    pipeline: FerPipeline,
+    smoother: Smoother,
+    spec: classifier_sdk::ModelSpec,
+}
+
+impl FerClassifier {
+    /// A classifier serving `spec` (RGB24 frames), smoothing with `alpha` (1 = off).
+    pub fn new(pipeline: FerPipeline, spec: classifier_sdk::ModelSpec, alpha: f32) -> Self {
+        FerClassifier { pipeline, smoother: Smoother::new(alpha), spec }
+    }
+}
+
+impl classifier_sdk::Classifier for FerClassifier {
+    fn spec(&self) -> classifier_sdk::ModelSpec {
+        self.spec.clone()
+    }
+
+    fn predict(&mut self, chunk: &classifier_sdk::Chunk<'_>) -> Result<classifier_sdk::Prediction, classifier_sdk::ClassifierError> {
+        use classifier_sdk::{ClassifierError, Data, PixelFormat, Prediction};
+        let Data::Video(f) = &chunk.data else { return Err(ClassifierError::Unsupported) };
+        if f.format != PixelFormat::Rgb24 {
+            return Err(ClassifierError::Unsupported);
+        }
+        let (faces, times) = self
+            .pipeline
+            .analyze(f.pixels, f.width as usize, f.height as usize)
+            .map_err(|e| ClassifierError::Failed(e.to_string()))?;
+        let main = dominant(&faces);
+        let mut prediction = Prediction::default();
+        if let Some(i) = main {
+            let mut scores = [0.0f32; 7];
+            for (k, l) in LABELS.iter().enumerate() {
+                scores[k] = faces[i].labels[*l];
+            }
+            let who = format!("{}/{}", chunk.meta.room, chunk.meta.participant);
+            let smoothed = self.smoother.update(&who, scores);
+            prediction = Prediction::scores(LABELS.iter().zip(smoothed).map(|(l, v)| (*l, f64::from(v))));
+        }
+        Ok(prediction.with_extras(serde_json::json!({
+            "faces": faces, "dominant": main, "no_face": faces.is_empty(), "stages_ms": times,
+        })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

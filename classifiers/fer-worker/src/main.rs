@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use classifier_sdk::*;
-use fer_worker::{
-    default_models_dir, dominant, EmotionNet, FerPipeline, ModelPaths, Smoother, LABELS,
-};
+use fer_worker::{default_models_dir, EmotionNet, FerClassifier, FerPipeline, ModelPaths, LABELS};
 
 #[derive(Parser)]
 #[command(
@@ -70,46 +68,6 @@ enum Command {
     },
 }
 
-struct Fer {
-    pipeline: FerPipeline,
-    smoother: Smoother,
-    spec: ModelSpec,
-}
-
-impl Classifier for Fer {
-    fn spec(&self) -> ModelSpec {
-        self.spec.clone()
-    }
-
-    fn predict(&mut self, chunk: &Chunk<'_>) -> Result<Prediction, ClassifierError> {
-        let Data::Video(f) = &chunk.data else {
-            return Err(ClassifierError::Unsupported);
-        };
-        if f.format != PixelFormat::Rgb24 {
-            return Err(ClassifierError::Unsupported);
-        }
-        let (faces, times) = self
-            .pipeline
-            .analyze(f.pixels, f.width as usize, f.height as usize)
-            .map_err(|e| ClassifierError::Failed(e.to_string()))?;
-        let main = dominant(&faces);
-        let mut prediction = Prediction::default();
-        if let Some(i) = main {
-            let mut scores = [0.0f32; 7];
-            for (k, l) in LABELS.iter().enumerate() {
-                scores[k] = faces[i].labels[*l];
-            }
-            let who = format!("{}/{}", chunk.meta.room, chunk.meta.participant);
-            let smoothed = self.smoother.update(&who, scores);
-            prediction =
-                Prediction::scores(LABELS.iter().zip(smoothed).map(|(l, v)| (*l, f64::from(v))));
-        }
-        Ok(prediction.with_extras(serde_json::json!({
-            "faces": faces, "dominant": main, "no_face": faces.is_empty(), "stages_ms": times,
-        })))
-    }
-}
-
 fn paths(cli: &Cli) -> ModelPaths {
     let mut p = ModelPaths::vendored(
         &cli.models_dir.clone().unwrap_or_else(default_models_dir),
@@ -166,11 +124,7 @@ async fn main() -> anyhow::Result<()> {
             );
             spec.deadline_ms = 1000;
             let (alpha, paths) = (*smoothing, model_paths.clone());
-            let factory = move || Fer {
-                pipeline: FerPipeline::load(&paths).expect("models checked at start"),
-                smoother: Smoother::new(alpha),
-                spec: spec.clone(),
-            };
+            let factory = move || FerClassifier::new(FerPipeline::load(&paths).expect("models checked at start"), spec.clone(), alpha);
             let mut options = WorkerOptions::new(nats.clone()).concurrency(*concurrency);
             options.http_listen = *metrics;
             Worker::new(factory)
