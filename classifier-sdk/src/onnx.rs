@@ -119,6 +119,28 @@ pub fn softmax(v: &mut [f32]) {
     }
 }
 
+/// NHWC → NCHW for one image of `h`×`w`×`c` (for models that want channels first).
+pub fn nhwc_to_nchw(data: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..c {
+                out[(ch * h + y) * w + x] = data[(y * w + x) * c + ch];
+            }
+        }
+    }
+    out
+}
+
+/// Pairs labels with scores (extra scores or labels are ignored).
+pub fn label_map(labels: &[&str], scores: &[f32]) -> std::collections::BTreeMap<String, f32> {
+    labels
+        .iter()
+        .zip(scores)
+        .map(|(l, s)| ((*l).to_owned(), *s))
+        .collect()
+}
+
 /// Logistic function.
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -188,27 +210,23 @@ pub fn letterbox_rgb(rgb: &[u8], w: usize, h: usize, size: usize) -> (Vec<f32>, 
     )
 }
 
-/// A square crop of an RGB24 frame around (cx, cy) with side `side` pixels, to gray
-/// (0.299 R + 0.587 G + 0.114 B), resized bilinearly to `out`×`out`, scaled to [-1, 1]; `mirror`
-/// flips it horizontally.
+/// A square crop of an RGB24 frame centred on `centre` with side `side` pixels, to gray
+/// (0.299 R + 0.587 G + 0.114 B), resized bilinearly to `out`×`out`, scaled to [-1, 1].
 pub fn gray_crop(
     rgb: &[u8],
     w: usize,
     h: usize,
-    cx: f32,
-    cy: f32,
+    centre: (f32, f32),
     side: f32,
     out: usize,
-    mirror: bool,
 ) -> Vec<f32> {
     let mut v = Vec::with_capacity(out * out);
     let step = side / out as f32;
-    let x0 = cx - side / 2.0;
-    let y0 = cy - side / 2.0;
+    let x0 = centre.0 - side / 2.0;
+    let y0 = centre.1 - side / 2.0;
     for yy in 0..out {
         for xx in 0..out {
-            let col = if mirror { out - 1 - xx } else { xx };
-            let x = x0 + (col as f32 + 0.5) * step - 0.5;
+            let x = x0 + (xx as f32 + 0.5) * step - 0.5;
             let y = y0 + (yy as f32 + 0.5) * step - 0.5;
             let g = 0.299 * sample(rgb, w, h, x, y, 0)
                 + 0.587 * sample(rgb, w, h, x, y, 1)
@@ -228,6 +246,18 @@ mod tests {
         let mut v = [1.0, 2.0, 3.0];
         softmax(&mut v);
         assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6 && v[2] > v[1]);
+    }
+
+    #[test]
+    fn layouts_and_labels() {
+        // 1x2 image, 3 channels: NHWC [r0 g0 b0 r1 g1 b1] → NCHW [r0 r1 g0 g1 b0 b1].
+        assert_eq!(
+            nhwc_to_nchw(&[1., 2., 3., 4., 5., 6.], 1, 2, 3),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
+        let m = label_map(&["a", "b"], &[0.25, 0.75, 9.0]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["b"], 0.75);
     }
 
     #[test]

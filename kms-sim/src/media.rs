@@ -311,7 +311,9 @@ impl RtpSender {
 /// interval makes the RTP timestamps (and so the capture times a receiver derives from RTCP sender
 /// reports) mean what they mean coming from a browser.
 fn stamp_at_delivery(element: &gst::Element) {
-    let Some(src) = element.static_pad("src") else { return };
+    let Some(src) = element.static_pad("src") else {
+        return;
+    };
     src.add_probe(gst::PadProbeType::BUFFER, |_, info| {
         if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
             if let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) {

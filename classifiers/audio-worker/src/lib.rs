@@ -13,8 +13,10 @@
 //!   clamped to [0, 1]; calm < 0.35 ≤ neutral < 0.6 ≤ aroused. Limits: it depends on the microphone
 //!   gain and on the speaker (a deep voice reads calmer); it says nothing about valence (happy vs angry).
 //!
-//! Not done yet: a pluggable speech-emotion model (an ONNX model with a declared feature front-end,
-//! chosen by configuration). The vendored toy SER model is not used.
+//! A speech-emotion model plugs in by configuration ([`ser::SerConfig`]: an ONNX model with a declared
+//! log-mel or MFCC front-end); its probabilities are added on speech windows. None is shipped.
+
+pub mod ser;
 
 use std::path::{Path, PathBuf};
 

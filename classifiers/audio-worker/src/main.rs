@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use audio_worker::ser::{Features, Layout, Ser, SerConfig};
 use audio_worker::{analyze_window, default_models_dir, read_wav, Vad, RATE, SILERO_SHA256};
 use clap::{Parser, Subcommand};
 use classifier_sdk::*;
@@ -18,6 +19,27 @@ struct Cli {
     /// Folder with silero_vad.onnx (default: the repository's models/, or $TAP_MODELS_DIR).
     #[arg(long, global = true)]
     models_dir: Option<PathBuf>,
+    /// A speech-emotion ONNX model to run on speech windows (see --ser-*).
+    #[arg(long, global = true)]
+    ser_model: Option<PathBuf>,
+    /// Its labels, comma-separated, in output order.
+    #[arg(long, global = true, value_delimiter = ',')]
+    ser_labels: Vec<String>,
+    /// Its front-end.
+    #[arg(long, global = true, value_enum, default_value = "logmel")]
+    ser_features: Features,
+    /// Mel bands or MFCC coefficients.
+    #[arg(long, global = true, default_value_t = 64)]
+    ser_bins: usize,
+    /// Input layout.
+    #[arg(long, global = true, value_enum, default_value = "frames")]
+    ser_layout: Layout,
+    /// Input tensor name.
+    #[arg(long, global = true, default_value = "features")]
+    ser_input: String,
+    /// Output tensor name.
+    #[arg(long, global = true, default_value = "predictions")]
+    ser_output: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +73,7 @@ enum Command {
 
 struct Voice {
     vad: Vad,
+    ser: Option<Ser>,
     spec: ModelSpec,
 }
 
@@ -76,6 +99,14 @@ impl Classifier for Voice {
             let neutral = (1.0 - calm - aroused).max(0.0);
             scores.extend([("calm", calm), ("neutral", neutral), ("aroused", aroused)]);
         }
+        let ser = match (&mut self.ser, w.speaking) {
+            (Some(model), true) => Some(
+                model
+                    .classify(&a.samples.to_f32())
+                    .map_err(|e| ClassifierError::Failed(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let mut p = Prediction::scores(scores);
         p.top = w
             .arousal
@@ -86,7 +117,15 @@ impl Classifier for Voice {
                     .unwrap_or_default()
             })
             .or_else(|| Some(if w.speaking { "speech" } else { "silent" }.to_owned()));
-        Ok(p.with_extras(serde_json::to_value(&w).unwrap_or_default()))
+        let mut extras = serde_json::to_value(&w).unwrap_or_default();
+        if let Some(ser) = ser {
+            extras["ser"] = ser
+                .into_iter()
+                .map(|(l, v)| (l, serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        Ok(p.with_extras(extras))
     }
 }
 
@@ -101,9 +140,23 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(default_models_dir)
         .join("silero_vad.onnx");
+    let ser_config = cli.ser_model.clone().map(|model| SerConfig {
+        model,
+        labels: cli.ser_labels.clone(),
+        features: cli.ser_features,
+        bins: cli.ser_bins,
+        layout: cli.ser_layout,
+        input: cli.ser_input.clone(),
+        output: cli.ser_output.clone(),
+    });
+    if let Some(c) = &ser_config {
+        anyhow::ensure!(!c.labels.is_empty(), "--ser-model needs --ser-labels");
+        Ser::load(c.clone())?;
+    }
     match cli.command {
         Command::Analyze { wavs, window_ms } => {
             let mut vad = Vad::load(&vad_path, Some(SILERO_SHA256))?;
+            let mut ser = ser_config.map(Ser::load).transpose()?;
             let window = (RATE as usize * window_ms as usize / 1000).max(512);
             for path in wavs {
                 let samples = read_wav(&path)?;
@@ -114,6 +167,11 @@ async fn main() -> anyhow::Result<()> {
                     let a =
                         analyze_window(&mut vad, w, i as f64 * window as f64 / f64::from(RATE))?;
                     let mut v = serde_json::to_value(&a)?;
+                    if let (Some(model), true) = (&mut ser, a.speaking) {
+                        let scores: std::collections::BTreeMap<String, f32> =
+                            model.classify(w)?.into_iter().collect();
+                        v["ser"] = serde_json::json!(scores);
+                    }
                     v["file"] = serde_json::json!(path);
                     println!("{v}");
                 }
@@ -142,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
             spec.deadline_ms = window_ms + 1000;
             let factory = move || Voice {
                 vad: Vad::load(&vad_path, Some(SILERO_SHA256)).expect("checked at start"),
+                ser: ser_config
+                    .clone()
+                    .map(|c| Ser::load(c).expect("checked at start")),
                 spec: spec.clone(),
             };
             let mut options = WorkerOptions::new(nats);

@@ -99,3 +99,49 @@ fn analyze_prints_json_per_window() {
         assert!(lines[0].get(key).is_some(), "{key} in {}", lines[0]);
     }
 }
+
+#[test]
+fn a_speech_emotion_model_plugs_in_by_configuration() {
+    // A plumbing fixture (testdata/make_tiny_ser.py), not an emotion model: 16 mean log-mel bands in.
+    let wav = speak("ser", &[]);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny_ser.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
+        .args([
+            "analyze",
+            "--ser-labels",
+            "low,high,flat",
+            "--ser-bins",
+            "16",
+            "--ser-layout",
+            "mean",
+            "--ser-model",
+        ])
+        .arg(&fixture)
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let ser = first["ser"]
+        .as_object()
+        .expect("SER output on a speech window");
+    assert_eq!(ser.len(), 3);
+    let sum: f64 = ser.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{ser:?}");
+    // Speech energy sits in the low mel bands: the fixture's "low" class must win over "high".
+    assert!(
+        ser["low"].as_f64().unwrap() > ser["high"].as_f64().unwrap(),
+        "{ser:?}"
+    );
+}

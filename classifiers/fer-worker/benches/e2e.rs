@@ -9,7 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use classifier_sdk::{ModelSpec, PixelFormat, SpecExt, VideoChunkSpec, VideoSpecExt, Worker, WorkerOptions};
+use classifier_sdk::{
+    ModelSpec, PixelFormat, SpecExt, VideoChunkSpec, VideoSpecExt, Worker, WorkerOptions,
+};
 use fer_worker::{default_models_dir, EmotionNet, FerClassifier, FerPipeline, ModelPaths, LABELS};
 use support::*;
 use tap_daemon::Daemon;
@@ -37,17 +39,23 @@ async fn run(label: &str, participants: usize, fps: u32, spec: VideoChunkSpec, p
     let mut model = ModelSpec::video("fer", "1", spec, &LABELS);
     model.deadline_ms = 1000;
     let paths = ModelPaths::vendored(&default_models_dir(), EmotionNet::Fer);
-    let worker = Worker::new(move || FerClassifier::new(FerPipeline::load(&paths).unwrap(), model.clone(), 1.0))
-        .options(WorkerOptions::new(&nats.url))
-        .start()
-        .await
-        .unwrap();
+    let worker = Worker::new(move || {
+        FerClassifier::new(FerPipeline::load(&paths).unwrap(), model.clone(), 1.0)
+    })
+    .options(WorkerOptions::new(&nats.url))
+    .start()
+    .await
+    .unwrap();
     let mut results = daemon.dispatcher.subscribe_results();
     let warm = tokio::time::Instant::now() + Duration::from_secs(2);
     let until = warm + Duration::from_secs(10);
-    let (mut all, mut first, mut second, mut happy, mut faces) = (Vec::new(), Vec::new(), Vec::new(), 0usize, 0usize);
+    let (mut all, mut first, mut second, mut happy, mut faces) =
+        (Vec::new(), Vec::new(), Vec::new(), 0usize, 0usize);
     while tokio::time::Instant::now() < until {
-        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), results.recv()).await else { continue };
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), results.recv()).await
+        else {
+            continue;
+        };
         if tokio::time::Instant::now() < warm {
             continue;
         }
@@ -87,7 +95,13 @@ async fn main() {
         "FER 320x240, 10 participants at 30 fps, every frame (step 1)",
         10,
         30,
-        VideoChunkSpec { fps: None, every_nth: Some(1), width: 320, height: 240, format: PixelFormat::Rgb24 },
+        VideoChunkSpec {
+            fps: None,
+            every_nth: Some(1),
+            width: 320,
+            height: 240,
+            format: PixelFormat::Rgb24,
+        },
         38000,
     )
     .await;

@@ -10,7 +10,13 @@ use fer_worker::{default_models_dir, EmotionNet, FerPipeline, ModelPaths, StageT
 
 fn frame(w: usize, h: usize, face: bool) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let src = image::open(dir.join(if face { "astronaut_256.png" } else { "noise.png" })).unwrap().to_rgb8();
+    let src = image::open(dir.join(if face {
+        "astronaut_256.png"
+    } else {
+        "noise.png"
+    }))
+    .unwrap()
+    .to_rgb8();
     // Scale the picture to the frame's height and centre it (the astronaut's face then takes about
     // a fifth of the frame height, as a webcam participant's would).
     let side = h as u32;
@@ -27,7 +33,11 @@ fn frame(w: usize, h: usize, face: bool) -> Vec<u8> {
 }
 
 fn main() {
-    let mut pipeline = FerPipeline::load(&ModelPaths::vendored(&default_models_dir(), EmotionNet::Fer)).expect("set ORT_DYLIB_PATH");
+    let mut pipeline = FerPipeline::load(&ModelPaths::vendored(
+        &default_models_dir(),
+        EmotionNet::Fer,
+    ))
+    .expect("set ORT_DYLIB_PATH");
     for (w, h) in [(320usize, 240usize), (640, 480)] {
         for face in [true, false] {
             let img = frame(w, h, face);

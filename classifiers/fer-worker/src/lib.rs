@@ -235,7 +235,7 @@ impl FerPipeline {
             for (b, _) in &boxes {
                 let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
                 let side = (b[2] - b[0]).max(b[3] - b[1]) * (1.0 + 2.0 * self.margin);
-                batch.extend(gray_crop(rgb, w, h, cx, cy, side, 64, false));
+                batch.extend(gray_crop(rgb, w, h, (cx, cy), side, 64));
             }
             let tensor = TensorRef::from_array_view(([boxes.len(), 64usize, 64, 1], &batch[..]))
                 .map_err(ort_err)?;
@@ -324,7 +324,11 @@ pub struct FerClassifier {
 impl FerClassifier {
     /// A classifier serving `spec` (RGB24 frames), smoothing with `alpha` (1 = off).
     pub fn new(pipeline: FerPipeline, spec: classifier_sdk::ModelSpec, alpha: f32) -> Self {
-        FerClassifier { pipeline, smoother: Smoother::new(alpha), spec }
+        FerClassifier {
+            pipeline,
+            smoother: Smoother::new(alpha),
+            spec,
+        }
     }
 }
 
@@ -333,9 +337,14 @@ impl classifier_sdk::Classifier for FerClassifier {
         self.spec.clone()
     }
 
-    fn predict(&mut self, chunk: &classifier_sdk::Chunk<'_>) -> Result<classifier_sdk::Prediction, classifier_sdk::ClassifierError> {
+    fn predict(
+        &mut self,
+        chunk: &classifier_sdk::Chunk<'_>,
+    ) -> Result<classifier_sdk::Prediction, classifier_sdk::ClassifierError> {
         use classifier_sdk::{ClassifierError, Data, PixelFormat, Prediction};
-        let Data::Video(f) = &chunk.data else { return Err(ClassifierError::Unsupported) };
+        let Data::Video(f) = &chunk.data else {
+            return Err(ClassifierError::Unsupported);
+        };
         if f.format != PixelFormat::Rgb24 {
             return Err(ClassifierError::Unsupported);
         }
@@ -352,7 +361,8 @@ impl classifier_sdk::Classifier for FerClassifier {
             }
             let who = format!("{}/{}", chunk.meta.room, chunk.meta.participant);
             let smoothed = self.smoother.update(&who, scores);
-            prediction = Prediction::scores(LABELS.iter().zip(smoothed).map(|(l, v)| (*l, f64::from(v))));
+            prediction =
+                Prediction::scores(LABELS.iter().zip(smoothed).map(|(l, v)| (*l, f64::from(v))));
         }
         Ok(prediction.with_extras(serde_json::json!({
             "faces": faces, "dominant": main, "no_face": faces.is_empty(), "stages_ms": times,

@@ -124,7 +124,13 @@ async fn main() -> anyhow::Result<()> {
             );
             spec.deadline_ms = 1000;
             let (alpha, paths) = (*smoothing, model_paths.clone());
-            let factory = move || FerClassifier::new(FerPipeline::load(&paths).expect("models checked at start"), spec.clone(), alpha);
+            let factory = move || {
+                FerClassifier::new(
+                    FerPipeline::load(&paths).expect("models checked at start"),
+                    spec.clone(),
+                    alpha,
+                )
+            };
             let mut options = WorkerOptions::new(nats.clone()).concurrency(*concurrency);
             options.http_listen = *metrics;
             Worker::new(factory)
