@@ -207,17 +207,23 @@ impl RtpSender {
                         chain.push(src);
                     }
                     AudioSource::Wav(path) => {
-                        let src = make("multifilesrc")?;
-                        src.set_property("location", path.to_string_lossy().to_string());
-                        src.set_property("loop", true);
-                        chain.push(src);
-                        chain.push(make("wavparse")?);
-                        // A file source is not live: pace it like a microphone.
-                        chain.push(make("identity")?);
-                        chain
-                            .last()
-                            .expect("just pushed")
-                            .set_property("sync", true);
+                        // Decoded once, then played in a loop in real time, like a microphone:
+                        // timestamps keep increasing across loops (a file source would restart them).
+                        let (samples, rate) = read_wav_mono(path)?;
+                        let src = gstreamer_app::AppSrc::builder()
+                            .caps(
+                                &gst::Caps::builder("audio/x-raw")
+                                    .field("format", "F32LE")
+                                    .field("rate", rate as i32)
+                                    .field("channels", 1i32)
+                                    .field("layout", "interleaved")
+                                    .build(),
+                            )
+                            .is_live(true)
+                            .format(gst::Format::Time)
+                            .build();
+                        looping_player(src.clone(), samples, rate);
+                        chain.push(src.upcast());
                     }
                 }
                 chain.push(make("audioconvert")?);
@@ -304,6 +310,65 @@ impl RtpSender {
     pub fn description(&self) -> &str {
         &self.description
     }
+}
+
+fn read_wav_mono(path: &std::path::Path) -> Result<(Vec<f32>, u32), MediaError> {
+    let mut r = hound::WavReader::open(path)
+        .map_err(|e| MediaError::Gst(format!("{}: {e}", path.display())))?;
+    let spec = r.spec();
+    let ch = spec.channels.max(1) as usize;
+    let raw: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().filter_map(Result::ok).collect(),
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample.max(1) - 1)) as f32;
+            r.samples::<i32>()
+                .filter_map(Result::ok)
+                .map(|v| v as f32 / scale)
+                .collect()
+        }
+    };
+    let mono: Vec<f32> = raw
+        .chunks(ch)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect();
+    if mono.is_empty() {
+        return Err(MediaError::Gst(format!("{}: no samples", path.display())));
+    }
+    Ok((mono, spec.sample_rate))
+}
+
+/// Feeds `samples` to `src` in 20 ms buffers, forever, paced by the wall clock; stops when the
+/// pipeline goes away.
+fn looping_player(src: gstreamer_app::AppSrc, samples: Vec<f32>, rate: u32) {
+    let weak = src.downgrade();
+    std::thread::spawn(move || {
+        let per = (rate as usize / 50).max(1);
+        let start = std::time::Instant::now();
+        let (mut pos, mut n) = (0usize, 0u64);
+        loop {
+            let Some(src) = weak.upgrade() else { return };
+            let mut bytes = Vec::with_capacity(per * 4);
+            for _ in 0..per {
+                bytes.extend_from_slice(&samples[pos].to_le_bytes());
+                pos = (pos + 1) % samples.len();
+            }
+            let mut buffer = gst::Buffer::from_mut_slice(bytes);
+            {
+                let b = buffer.get_mut().expect("new buffer");
+                b.set_pts(gst::ClockTime::from_mseconds(20 * n));
+                b.set_duration(gst::ClockTime::from_mseconds(20));
+            }
+            if src.push_buffer(buffer).is_err() {
+                return;
+            }
+            drop(src);
+            n += 1;
+            let due = start + std::time::Duration::from_millis(20 * n);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    });
 }
 
 /// A live GStreamer source stamps a frame with the start of its interval and delivers it at the end;

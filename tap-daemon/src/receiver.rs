@@ -147,9 +147,12 @@ fn capture_us(buffer: &gst::BufferRef, clock_to_unix: &ClockMap, stats: &Receive
             }
         }
     }
+    // Before the first sender report: the pipeline time of the buffer. The jitterbuffer may stamp a
+    // buffer ahead of the clock; a frame cannot have been captured after it was decoded.
+    let now = unix_us_now();
     match buffer.pts() {
-        Some(pts) => clock_to_unix.unix_us(pts),
-        None => unix_us_now(),
+        Some(pts) => clock_to_unix.unix_us(pts).min(now),
+        None => now,
     }
 }
 
