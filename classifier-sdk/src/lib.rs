@@ -96,6 +96,13 @@ pub trait Classifier: Send + 'static {
 
     /// Runs the model on one chunk. Runs on a blocking thread, never on the async runtime.
     fn predict(&mut self, chunk: &Chunk<'_>) -> Result<Prediction, ClassifierError>;
+
+    /// Runs the model on several chunks at once (models that batch efficiently override it; the
+    /// default calls `predict` on each). Used when `WorkerOptions::max_batch` > 1 and several
+    /// chunks are waiting. Must return one result per chunk, in order.
+    fn predict_batch(&mut self, chunks: &[Chunk<'_>]) -> Vec<Result<Prediction, ClassifierError>> {
+        chunks.iter().map(|c| self.predict(c)).collect()
+    }
 }
 
 /// Convenience constructors for specs.

@@ -34,6 +34,8 @@ pub struct WorkerOptions {
     pub subscription_capacity: usize,
     /// Where `/metrics` is served (None: not served).
     pub http_listen: Option<SocketAddr>,
+    /// Chunks handed to one `predict_batch` call when several are waiting (default 1: no batching).
+    pub max_batch: usize,
 }
 
 impl WorkerOptions {
@@ -46,12 +48,19 @@ impl WorkerOptions {
             concurrency: 1,
             subscription_capacity: 8,
             http_listen: None,
+            max_batch: 1,
         }
     }
 
     /// Sets the concurrency.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Batches up to `n` waiting chunks into one `predict_batch` call.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
         self
     }
 
@@ -221,11 +230,13 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
         let heartbeat = tokio::spawn(keep_registered(kv, spec.clone()));
         let pool = Arc::new(Mutex::new(std::mem::take(&mut instances)));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let max_batch = self.options.max_batch.max(1);
         let task = tokio::spawn(serve(
             endpoint,
             service,
             pool,
             concurrency,
+            max_batch,
             metrics.clone(),
             stop_rx,
             heartbeat,
@@ -283,6 +294,7 @@ async fn serve<C: Classifier>(
     service: async_nats::service::Service,
     pool: Arc<Mutex<Vec<C>>>,
     concurrency: usize,
+    max_batch: usize,
     metrics: Arc<WorkerMetrics>,
     mut stop: oneshot::Receiver<()>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -298,10 +310,18 @@ async fn serve<C: Classifier>(
             _ = &mut stop => break,
             r = endpoint.next() => match r { Some(r) => r, None => break },
         };
+        // Chunks already waiting join the batch; none is waited for.
+        let mut batch = vec![request];
+        while batch.len() < max_batch {
+            match futures_util::FutureExt::now_or_never(endpoint.next()) {
+                Some(Some(r)) => batch.push(r),
+                _ => break,
+            }
+        }
         let pool = pool.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            handle(request, pool, &metrics).await;
+            handle(batch, pool, &metrics).await;
             drop(permit);
         });
     }
@@ -321,91 +341,140 @@ async fn reply_error(request: &async_nats::service::Request, kind: &str) {
     let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
 }
 
-async fn handle<C: Classifier>(
+struct Accepted {
     request: async_nats::service::Request,
+    meta: ChunkMeta,
+    received: Instant,
+}
+
+async fn handle<C: Classifier>(
+    requests: Vec<async_nats::service::Request>,
     pool: Arc<Mutex<Vec<C>>>,
     metrics: &WorkerMetrics,
 ) {
-    let received = Instant::now();
-    metrics.received.inc();
-    let msg = &request.message;
-    let headers = msg.headers.clone().unwrap_or_default();
-    let meta =
-        match ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len()) {
-            Ok(m) => m,
+    let mut accepted = Vec::with_capacity(requests.len());
+    for request in requests {
+        let received = Instant::now();
+        metrics.received.inc();
+        let msg = &request.message;
+        let meta = {
+            let headers = msg.headers.clone().unwrap_or_default();
+            ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len())
+        };
+        match meta {
             Err(e) => {
                 debug!(error = %e, "malformed chunk");
                 metrics.drop_reason("malformed");
                 reply_error(&request, "malformed").await;
-                return;
             }
-        };
-    if now_us() >= meta.deadline_us {
-        metrics.drop_reason("stale");
-        reply_error(&request, "stale").await;
+            Ok(meta) if now_us() >= meta.deadline_us => {
+                metrics.drop_reason("stale");
+                reply_error(&request, "stale").await;
+            }
+            Ok(meta) => accepted.push(Accepted {
+                request,
+                meta,
+                received,
+            }),
+        }
+    }
+    if accepted.is_empty() {
         return;
     }
-    let payload = msg.payload.clone();
+    let inputs: Vec<(async_nats::HeaderMap, Bytes)> = accepted
+        .iter()
+        .map(|a| {
+            (
+                a.request.message.headers.clone().unwrap_or_default(),
+                a.request.message.payload.clone(),
+            )
+        })
+        .collect();
     let started = Instant::now();
     metrics.busy.inc();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let get = |k: &str| headers.get(k).map(|v| v.as_str());
-        let chunk = Chunk::parse(get, &payload)
-            .map_err(|e| crate::ClassifierError::Failed(e.to_string()))?;
+    let count = inputs.len();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<Result<crate::Prediction, crate::ClassifierError>>, crate::ClassifierError> {
+        let mut chunks = Vec::with_capacity(inputs.len());
+        for (headers, payload) in &inputs {
+            let get = |k: &str| headers.get(k).map(|v| v.as_str());
+            chunks.push(Chunk::parse(get, payload).map_err(|e| crate::ClassifierError::Failed(e.to_string()))?);
+        }
         let mut instance = pool
             .lock()
             .map_err(|_| crate::ClassifierError::Failed("model pool poisoned".into()))?
             .pop()
             .ok_or_else(|| crate::ClassifierError::Failed("no free model instance".into()))?;
         // A panicking model must not take the worker down: catch it and return the instance.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| instance.predict(&chunk)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if chunks.len() == 1 {
+                vec![instance.predict(&chunks[0])]
+            } else {
+                instance.predict_batch(&chunks)
+            }
+        }));
         if let Ok(mut p) = pool.lock() {
             p.push(instance);
         }
-        result.unwrap_or_else(|_| Err(crate::ClassifierError::Failed("the model panicked".into())))
+        result.map_err(|_| crate::ClassifierError::Failed("the model panicked".into()))
     })
     .await;
     metrics.busy.dec();
     let inference = started.elapsed();
-    let prediction = match outcome {
-        Ok(Ok(p)) => p,
+    let results = match outcome {
+        Ok(Ok(r)) if r.len() == count => r,
+        Ok(Ok(_)) => vec![],
         Ok(Err(e)) => {
             warn!(error = %e, "prediction failed");
-            metrics.drop_reason("internal");
-            reply_error(&request, "internal").await;
-            return;
+            vec![]
         }
         Err(e) => {
             warn!(error = %e, "prediction task failed");
-            metrics.drop_reason("internal");
-            reply_error(&request, "internal").await;
-            return;
+            vec![]
         }
     };
-    let queue_ms = (started - received).as_secs_f64() * 1e3;
-    metrics.queue_wait.observe(queue_ms / 1e3);
-    metrics.inference.observe(inference.as_secs_f64());
-    let reply = WorkerReply {
-        labels: prediction.labels,
-        top: prediction.top,
-        extras: prediction.extras,
-        queue_ms,
-        inference_ms: inference.as_secs_f64() * 1e3,
-    };
-    let body = match serde_json::to_vec(&reply) {
-        Ok(b) => b,
-        Err(_) => {
+    if results.is_empty() {
+        for a in &accepted {
             metrics.drop_reason("internal");
-            reply_error(&request, "internal").await;
-            return;
+            reply_error(&a.request, "internal").await;
         }
-    };
-    let _ = request.respond(Ok(body.into())).await;
-    metrics.predicted.inc();
-    metrics
-        .capture_to_result
-        .observe(now_us().saturating_sub(meta.capture_us) as f64 / 1e6);
+        return;
+    }
+    // A batch's inference time is shared by its chunks.
+    let inference_ms = inference.as_secs_f64() * 1e3 / count as f64;
+    for (a, result) in accepted.into_iter().zip(results) {
+        let prediction = match result {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "prediction failed");
+                metrics.drop_reason("internal");
+                reply_error(&a.request, "internal").await;
+                continue;
+            }
+        };
+        let queue_ms = (started - a.received).as_secs_f64() * 1e3;
+        metrics.queue_wait.observe(queue_ms / 1e3);
+        metrics.inference.observe(inference_ms / 1e3);
+        let reply = WorkerReply {
+            labels: prediction.labels,
+            top: prediction.top,
+            extras: prediction.extras,
+            queue_ms,
+            inference_ms,
+        };
+        match serde_json::to_vec(&reply) {
+            Ok(body) => {
+                let _ = a.request.respond(Ok(body.into())).await;
+                metrics.predicted.inc();
+                metrics
+                    .capture_to_result
+                    .observe(now_us().saturating_sub(a.meta.capture_us) as f64 / 1e6);
+            }
+            Err(_) => {
+                metrics.drop_reason("internal");
+                reply_error(&a.request, "internal").await;
+            }
+        }
+    }
 }
 
 async fn serve_metrics(

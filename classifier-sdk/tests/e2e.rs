@@ -417,3 +417,89 @@ async fn a_nats_restart_is_survived_and_stored_results_are_kept() {
     w.stop().await.unwrap();
     daemon.shutdown().await;
 }
+
+/// Counts the batch sizes it is given.
+struct Batcher {
+    sizes: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Classifier for Batcher {
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::video(
+            "batch",
+            "1",
+            VideoChunkSpec::fps(10.0, 4, 4, PixelFormat::Gray8),
+            &["n"],
+        )
+    }
+    fn predict(&mut self, chunk: &Chunk<'_>) -> Result<Prediction, ClassifierError> {
+        self.predict_batch(std::slice::from_ref(chunk)).remove(0)
+    }
+    fn predict_batch(&mut self, chunks: &[Chunk<'_>]) -> Vec<Result<Prediction, ClassifierError>> {
+        self.sizes.lock().unwrap().push(chunks.len());
+        std::thread::sleep(Duration::from_millis(50));
+        chunks
+            .iter()
+            .map(|c| Ok(Prediction::scores([("n", c.meta.seq as f64)])))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_chunks_are_batched_and_each_gets_its_own_answer() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = sizes.clone();
+    let w = Worker::new(move || Batcher { sizes: s2.clone() })
+        .options(WorkerOptions::new(&nats.url).max_batch(4))
+        .start()
+        .await
+        .unwrap();
+    let far = (now_ms() + 60_000) * 1000;
+    let mut replies = Vec::new();
+    for seq in 0..8u64 {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in [
+            (header::VERSION, "1".to_owned()),
+            (header::ROOM, "r".into()),
+            (header::PARTICIPANT, "p".into()),
+            (header::MEDIA, "video".into()),
+            (header::MODEL, "batch@1".into()),
+            (header::SEQ, seq.to_string()),
+            (header::CAPTURE_US, "1".into()),
+            (header::SENT_US, "1".into()),
+            (header::DEADLINE_US, far.to_string()),
+            (header::FORMAT, "GRAY8".into()),
+            (header::WIDTH, "4".into()),
+            (header::HEIGHT, "4".into()),
+        ] {
+            h.insert(k, v.as_str());
+        }
+        let c = client.clone();
+        replies.push(tokio::spawn(async move {
+            c.request_with_headers(
+                chunk_subject(&ModelId::new("batch", "1")),
+                h,
+                bytes::Bytes::from(vec![0u8; 16]),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for (seq, r) in replies.into_iter().enumerate() {
+        let reply: tap_protocol::WorkerReply =
+            serde_json::from_slice(&r.await.unwrap().payload).unwrap();
+        assert_eq!(
+            reply.labels["n"], seq as f64,
+            "each chunk gets its own answer"
+        );
+    }
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 8);
+    assert!(
+        sizes.iter().any(|&n| n > 1) && sizes.iter().all(|&n| n <= 4),
+        "{sizes:?}"
+    );
+    w.stop().await.unwrap();
+}
