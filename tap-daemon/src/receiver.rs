@@ -441,11 +441,7 @@ fn link_video(
     chain.extend(decoder);
     chain.push(convert);
     chain.push(appsink.clone().upcast());
-    pipeline.add_many(chain.iter()).map_err(gst_err)?;
-    gst::Element::link_many(chain.iter()).map_err(gst_err)?;
-    for e in &chain {
-        e.sync_state_with_parent().map_err(gst_err)?;
-    }
+    add_chain(pipeline, &chain)?;
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
@@ -467,10 +463,7 @@ fn link_video(
             })
             .build(),
     );
-    let depay_sink = depay
-        .static_pad("sink")
-        .ok_or_else(|| ReceiverError::Gst("depayloader without sink pad".into()))?;
-    pad.link(&depay_sink).map_err(gst_err)?;
+    link_to(pad, &depay)?;
     debug!(encoding, "video decoder linked");
     Ok(())
 }
@@ -506,11 +499,7 @@ fn link_audio(
         resample,
         appsink.clone().upcast(),
     ];
-    pipeline.add_many(chain.iter()).map_err(gst_err)?;
-    gst::Element::link_many(chain.iter()).map_err(gst_err)?;
-    for e in &chain {
-        e.sync_state_with_parent().map_err(gst_err)?;
-    }
+    add_chain(pipeline, &chain)?;
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
@@ -536,10 +525,26 @@ fn link_audio(
             })
             .build(),
     );
-    let depay_sink = depay
+    link_to(pad, &depay)?;
+    debug!("audio decoder linked");
+    Ok(())
+}
+
+/// Links rtpbin's new source pad to the first element of a decode chain.
+fn link_to(pad: &gst::Pad, first: &gst::Element) -> Result<(), ReceiverError> {
+    let sink = first
         .static_pad("sink")
         .ok_or_else(|| ReceiverError::Gst("depayloader without sink pad".into()))?;
-    pad.link(&depay_sink).map_err(gst_err)?;
-    debug!("audio decoder linked");
+    pad.link(&sink).map_err(gst_err)?;
+    Ok(())
+}
+
+/// Adds a chain to the pipeline, links it in order and brings it to the pipeline's state.
+fn add_chain(pipeline: &gst::Pipeline, chain: &[gst::Element]) -> Result<(), ReceiverError> {
+    pipeline.add_many(chain.iter()).map_err(gst_err)?;
+    gst::Element::link_many(chain.iter()).map_err(gst_err)?;
+    for e in chain {
+        e.sync_state_with_parent().map_err(gst_err)?;
+    }
     Ok(())
 }
