@@ -298,8 +298,14 @@ impl Daemon {
         )));
         let http_addr = match config.http_listen {
             Some(addr) => {
-                let (task, bound) =
-                    crate::http::serve(addr, metrics.clone(), kms.state(), nats.clone()).await?;
+                let (task, bound) = crate::http::serve(
+                    addr,
+                    metrics.clone(),
+                    kms.state(),
+                    nats.clone(),
+                    dispatcher.clone(),
+                )
+                .await?;
                 tasks.push(task);
                 Some(bound)
             }
