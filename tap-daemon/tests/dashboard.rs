@@ -247,6 +247,88 @@ async fn the_dashboard_shows_participants_and_updates() {
     std::fs::create_dir_all(&artefacts).unwrap();
     std::fs::write(artefacts.join("dashboard.png"), &png).unwrap();
     assert!(png.len() > 5_000 && png.starts_with(b"\x89PNG"));
+
+    // The overlay (examples/group-call-overlay) fed by the NATS relay path: this test plays the
+    // application's signaling server, forwarding results from NATS to the page.
+    let overlay =
+        serve_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/group-call-overlay"))
+            .await;
+    page.call(
+        "Page.navigate",
+        json!({ "url": format!("http://{overlay}/index.html") }),
+    )
+    .await;
+    for _ in 0..50 {
+        if page.eval("typeof KurentoTapOverlay").await == json!("object") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut relay = client.subscribe("tap.v1.result.standup.>").await.unwrap();
+    let mut shown = 0;
+    while shown < 6 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), relay.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let body = String::from_utf8(msg.payload.to_vec()).unwrap();
+        if page.eval(&format!("KurentoTapOverlay.show({body})")).await == json!(true) {
+            shown += 1;
+        }
+    }
+    for who in ["ana", "ben"] {
+        let badge = page.eval(&format!("document.querySelector('.kurento-tap-badge[data-participant=\"{who}\"]').textContent")).await;
+        assert!(
+            badge.as_str().unwrap_or_default().contains("a 75%"),
+            "{who}: {badge}"
+        );
+    }
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    std::fs::write(artefacts.join("overlay.png"), &png).unwrap();
     drop(browser);
     daemon.shutdown().await;
+}
+
+/// Serves the files of `dir` over HTTP on a free port (for pages under test).
+async fn serve_dir(dir: PathBuf) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/')
+                    .to_owned();
+                let (status, body, kind) = match std::fs::read(dir.join(&path)) {
+                    Ok(b) if !path.contains("..") => (
+                        "200 OK",
+                        b,
+                        if path.ends_with(".js") {
+                            "text/javascript"
+                        } else {
+                            "text/html"
+                        },
+                    ),
+                    _ => ("404 Not Found", b"not found".to_vec(), "text/plain"),
+                };
+                let head = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    addr
 }
