@@ -75,6 +75,13 @@ pub fn environment() -> Result<&'static ort::environment::Environment, OnnxError
         })
 }
 
+/// The vendored models' folder: `$TAP_MODELS_DIR`, else the repository's `models/`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("TAP_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"))
+}
+
 /// The sha256 of a file, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -85,9 +85,9 @@ impl Chunker {
         }
     }
 
-    fn current(&self, media: MediaKind) -> Vec<Arc<ModelSpec>> {
-        let all = self.specs.read().unwrap_or_else(|e| e.into_inner()).clone();
-        all.iter().filter(|s| s.media == media).cloned().collect()
+    /// The live specs (a shared snapshot: no copy per frame).
+    fn current(&self) -> Arc<Vec<Arc<ModelSpec>>> {
+        self.specs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -167,10 +167,11 @@ impl VideoState {
 
 impl MediaSink for Chunker {
     fn video(&self, frame: DecodedFrame) {
-        let specs = self.current(MediaKind::Video);
+        let all = self.current();
+        let specs = || all.iter().filter(|s| s.media == MediaKind::Video);
         let mut states = self.video.lock().unwrap_or_else(|e| e.into_inner());
-        states.retain(|id, _| specs.iter().any(|s| s.id == *id));
-        for spec in specs {
+        states.retain(|id, _| specs().any(|s| s.id == *id));
+        for spec in specs() {
             let Some(v) = spec.video else { continue };
             let state = states.entry(spec.id.clone()).or_insert_with(|| VideoState {
                 spec: v,
@@ -205,10 +206,11 @@ impl MediaSink for Chunker {
     }
 
     fn audio(&self, audio: DecodedAudio<'_>) {
-        let specs = self.current(MediaKind::Audio);
+        let all = self.current();
+        let specs = || all.iter().filter(|s| s.media == MediaKind::Audio);
         let mut states = self.audio.lock().unwrap_or_else(|e| e.into_inner());
-        states.retain(|id, _| specs.iter().any(|s| s.id == *id));
-        for spec in specs {
+        states.retain(|id, _| specs().any(|s| s.id == *id));
+        for spec in specs() {
             let Some(a) = spec.audio else { continue };
             let state = states
                 .entry(spec.id.clone())

@@ -116,7 +116,6 @@ fn gst_err(e: impl std::fmt::Display) -> ReceiverError {
 /// A running receiver. Stops (sockets closed, threads joined) when dropped.
 pub struct Receiver {
     pipeline: gst::Pipeline,
-    rtpbin: gst::Element,
     rtcp_sinks: [Option<gst::Element>; 2],
     /// Counters.
     pub stats: Arc<ReceiverStats>,
@@ -331,7 +330,6 @@ impl Receiver {
             .map_err(|e| ReceiverError::Gst(format!("cannot start: {e}")))?;
         Ok(Receiver {
             pipeline,
-            rtpbin,
             rtcp_sinks,
             stats,
         })
@@ -365,11 +363,6 @@ impl Receiver {
         KeyframeRequester {
             pipeline: self.pipeline.downgrade(),
         }
-    }
-
-    /// The rtpbin (for tests and diagnostics).
-    pub fn rtpbin(&self) -> &gst::Element {
-        &self.rtpbin
     }
 }
 

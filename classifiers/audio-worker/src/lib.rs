@@ -18,7 +18,7 @@
 
 pub mod ser;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use classifier_sdk::onnx::ort::value::TensorRef;
 use classifier_sdk::onnx::{self, OnnxError, Session};
@@ -31,12 +31,8 @@ pub const RATE: u32 = 16_000;
 const FRAME: usize = 512;
 const CONTEXT: usize = 64;
 
-/// The repository's `models/` folder (overridable with `TAP_MODELS_DIR`).
-pub fn default_models_dir() -> PathBuf {
-    std::env::var_os("TAP_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-}
+/// The vendored models' folder (`$TAP_MODELS_DIR`, else the repository's `models/`).
+pub use classifier_sdk::onnx::models_dir as default_models_dir;
 
 fn ort_err(e: impl std::fmt::Display) -> OnnxError {
     OnnxError::Ort(e.to_string())

@@ -65,12 +65,8 @@ impl ModelPaths {
     }
 }
 
-/// The repository's `models/` folder (overridable with `TAP_MODELS_DIR`).
-pub fn default_models_dir() -> PathBuf {
-    std::env::var_os("TAP_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-}
+/// The vendored models' folder (`$TAP_MODELS_DIR`, else the repository's `models/`).
+pub use classifier_sdk::onnx::models_dir as default_models_dir;
 
 /// One detected face.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -273,9 +273,14 @@ pub async fn wait_taps(d: &Daemon, n: usize) -> Vec<tap_daemon::TapStatus> {
 
 /// GET /metrics with a bare HTTP/1.1 request.
 pub async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").await
+}
+
+/// GET `path` with a bare HTTP/1.1 request; the whole response, headers included.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
