@@ -10,7 +10,7 @@ RUN cargo build --release --locked -p tap-daemon
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-      gstreamer1.0-plugins-ugly gstreamer1.0-libav ca-certificates \
+      gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/kurento-tap /usr/local/bin/kurento-tap
 ENTRYPOINT ["kurento-tap"]

@@ -15,6 +15,8 @@ use crate::kmd::Kmd;
 use crate::media::{AudioSource, Payload, RtpSender, SendTarget, VideoSpec};
 use crate::sdp::{self, Format, OfferedMedia};
 
+mod webrtc;
+
 const REQUEST_CACHE_TTL: Duration = Duration::from_secs(20);
 /// The id KMS gives its server manager.
 pub const SERVER_MANAGER: &str = "manager_ServerManager";
@@ -85,6 +87,10 @@ struct WebRtc {
     remote_sdp: Option<String>,
     publisher: Option<Arc<PublisherMedia>>,
     since: Instant,
+    /// The real WebRTC peer behind a client's data-only negotiation (see `webrtc.rs`).
+    peer: Option<webrtc::PeerState>,
+    /// What a simulated participant's browser received on its DataChannel.
+    inbox: webrtc::Inbox,
 }
 
 struct Rtp {
@@ -160,6 +166,7 @@ pub struct SimConfig {
 
 /// The simulated server state shared by every connection.
 pub struct MediaSet {
+    me: std::sync::Weak<MediaSet>,
     state: Mutex<State>,
     server_id: String,
     kmd: Kmd,
@@ -217,7 +224,8 @@ pub struct ConnCtx {
 impl MediaSet {
     /// A new, empty server with a fresh server id.
     pub fn new(kmd: Kmd, config: SimConfig) -> Arc<Self> {
-        let ms = Arc::new(MediaSet {
+        let ms = Arc::new_cyclic(|me| MediaSet {
+            me: me.clone(),
             state: Mutex::new(State {
                 // A random start keeps several simulators in one host (parallel tests) apart.
                 next_port: (config.port_range.0
@@ -459,7 +467,10 @@ impl MediaSet {
                         .min(60_000);
                     tokio::time::sleep(Duration::from_millis(interval)).await;
                 }
-                let value = self.invoke(&object, &operation, &op_params, raised)?;
+                let value = match self.peer_negotiation(&object, &operation, &op_params) {
+                    Some(offer) => self.answer_with_peer(&object, offer).await?,
+                    None => self.invoke(&object, &operation, &op_params, raised)?,
+                };
                 out.insert("value".into(), value);
                 out.insert("sessionId".into(), session.into());
             }
@@ -682,6 +693,8 @@ impl MediaSet {
                 remote_sdp: None,
                 publisher: None,
                 since: Instant::now(),
+                peer: None,
+                inbox: Default::default(),
             }),
             "RtpEndpoint" => Kind::Rtp(Box::new(Rtp {
                 local_sdp: None,
@@ -902,9 +915,20 @@ impl MediaSet {
             .into()),
             "getConnectionState" => Ok("CONNECTED".into()),
             "getMtu" => Ok(1200.into()),
-            "gatherCandidates" | "addIceCandidate" | "closeDataChannel" => Ok(Value::Null),
+            "gatherCandidates" => {
+                self.gather_candidates(&mut st, id, raised);
+                Ok(Value::Null)
+            }
+            "addIceCandidate" => {
+                self.add_ice_candidate(&st, id, p)?;
+                Ok(Value::Null)
+            }
+            "closeDataChannel" => Ok(Value::Null),
             "createDataChannel" => match &st.objects[id].kind {
-                Kind::WebRtc(w) if w.data_channels => Ok(Value::Null),
+                Kind::WebRtc(w) if w.data_channels => {
+                    self.create_data_channel(&mut st, id, p)?;
+                    Ok(Value::Null)
+                }
                 _ => Err(RpcError::new(
                     40111,
                     "MEDIA_OBJECT_OPERATION_NOT_SUPPORTED",
@@ -1481,6 +1505,16 @@ impl MediaSet {
                     data: obj_map(
                         json!({"state": "FLOWING", "padName": "default", "mediaType": m}),
                     ),
+                });
+            }
+        }
+        if p.data_channels {
+            // The browser created its channel before its offer; KMS 7.3 reports the open twice.
+            for _ in 0..2 {
+                raised.push(Raised {
+                    object: publisher.clone(),
+                    ty: "DataChannelOpened",
+                    data: obj_map(json!({ "channelId": 0 })),
                 });
             }
         }

@@ -16,6 +16,14 @@
 //! results_max_age_s = 86400
 //! results_per_subject = 1000
 //!
+//! [datachannel]                 # results into participants' DataChannels (docs/integration.md)
+//! enabled = true
+//! max_rate_hz = 4.0               # messages per second per participant, all models together
+//! max_message_bytes = 4096
+//! max_wait_ms = 2000              # a result waiting longer for its turn is dropped
+//! label = "kurento-tap"
+//! replace_data_source = false     # never take over a DATA link the app made
+//!
 //! [tags]
 //! room = "kurento-tap.room"
 //! participant = "kurento-tap.participant"
@@ -68,6 +76,26 @@ pub struct FileConfig {
     pub results_per_subject: Option<i64>,
     /// Tag keys.
     pub tags: Option<TagKeys>,
+    /// DataChannel injection.
+    pub datachannel: Option<DataChannelFile>,
+}
+
+/// The `[datachannel]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataChannelFile {
+    /// On/off.
+    pub enabled: Option<bool>,
+    /// Messages per second per participant.
+    pub max_rate_hz: Option<f64>,
+    /// Largest message.
+    pub max_message_bytes: Option<usize>,
+    /// Longest wait before a result is dropped as stale.
+    pub max_wait_ms: Option<u64>,
+    /// Channel label.
+    pub label: Option<String>,
+    /// Replace a DATA link the app made.
+    pub replace_data_source: Option<bool>,
 }
 
 /// A bad configuration value.
@@ -129,6 +157,10 @@ pub struct Overrides {
     pub http: Option<String>,
     /// Owner id.
     pub owner: Option<String>,
+    /// DataChannel injection on/off.
+    pub datachannels: Option<bool>,
+    /// DataChannel messages per second per participant.
+    pub datachannel_rate: Option<f64>,
 }
 
 /// File + overrides + defaults → the daemon's configuration.
@@ -150,6 +182,37 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
     if latency_ms > 2000 {
         return Err(ConfigError::Invalid("latency_ms must be ≤ 2000".into()));
     }
+    let dc_file = file.datachannel.unwrap_or_default();
+    let dc = d.datachannel.clone();
+    let max_rate_hz = o
+        .datachannel_rate
+        .or(dc_file.max_rate_hz)
+        .unwrap_or(dc.max_rate_hz);
+    if !(max_rate_hz.is_finite() && (0.01..=100.0).contains(&max_rate_hz)) {
+        return Err(ConfigError::Invalid(
+            "datachannel max_rate_hz must be between 0.01 and 100".into(),
+        ));
+    }
+    let max_message_bytes = dc_file.max_message_bytes.unwrap_or(dc.max_message_bytes);
+    if !(256..=65_536).contains(&max_message_bytes) {
+        return Err(ConfigError::Invalid(
+            "datachannel max_message_bytes must be between 256 and 65536".into(),
+        ));
+    }
+    let datachannel = crate::injector::InjectorConfig {
+        enabled: o.datachannels.or(dc_file.enabled).unwrap_or(dc.enabled),
+        max_rate_hz,
+        max_message_bytes,
+        max_wait: dc_file
+            .max_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or(dc.max_wait),
+        label: dc_file.label.unwrap_or(dc.label),
+        replace_data_source: dc_file
+            .replace_data_source
+            .unwrap_or(dc.replace_data_source),
+        setup_timeout: dc.setup_timeout,
+    };
     Ok(DaemonConfig {
         kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
         nats_url: o.nats.or(file.nats).unwrap_or(d.nats_url),
@@ -170,6 +233,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .unwrap_or(d.results_max_age),
         results_per_subject: file.results_per_subject.unwrap_or(d.results_per_subject),
         rescan_interval: d.rescan_interval,
+        datachannel,
     })
 }
 
@@ -212,5 +276,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("HOST:PORT"));
+        let file: FileConfig = toml::from_str("[datachannel]\nmax_rate_hz = 0\n").unwrap();
+        let e = resolve(file, Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_rate_hz"), "{e}");
+        assert!(toml::from_str::<FileConfig>("[datachannel]\nrate = 1\n").is_err());
+    }
+
+    #[test]
+    fn datachannel_settings_from_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[datachannel]\nenabled = true\nmax_rate_hz = 1.5\nmax_wait_ms = 500\nlabel = 'ai'\n",
+        )
+        .unwrap();
+        let c = resolve(
+            file,
+            Overrides {
+                datachannels: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!c.datachannel.enabled);
+        assert_eq!(c.datachannel.max_rate_hz, 1.5);
+        assert_eq!(c.datachannel.max_wait, Duration::from_millis(500));
+        assert_eq!(c.datachannel.label, "ai");
     }
 }

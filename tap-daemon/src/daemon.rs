@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::chunker::{Chunker, LiveSpecs};
 use crate::discovery::{self, Examined, Participant, TagKeys};
 use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
+use crate::injector::{Injector, InjectorConfig, InjectorContext};
 use crate::metrics::{MediaLabel, Metrics, ReasonLabel};
 use crate::ports::{PortPair, PortPool};
 use crate::receiver::{
@@ -62,6 +63,8 @@ pub struct DaemonConfig {
     pub results_per_subject: i64,
     /// How often rooms are re-read (catches anything events missed).
     pub rescan_interval: Duration,
+    /// Results into participants' DataChannels.
+    pub datachannel: InjectorConfig,
 }
 
 impl Default for DaemonConfig {
@@ -83,6 +86,7 @@ impl Default for DaemonConfig {
             results_max_age: Duration::from_secs(24 * 3600),
             results_per_subject: 1000,
             rescan_interval: Duration::from_secs(1),
+            datachannel: InjectorConfig::default(),
         }
     }
 }
@@ -191,6 +195,7 @@ struct Tap {
     _ports: Vec<PortPair>,
     watcher: tokio::task::JoinHandle<()>,
     errors_seen: u64,
+    injector: Option<Injector>,
 }
 
 enum Known {
@@ -381,18 +386,26 @@ async fn sweep_leftovers(kms: &KurentoClient, config: &DaemonConfig) {
             continue;
         };
         for c in children {
-            let Some(rtp) = c.downcast::<RtpEndpoint>() else {
+            // Ours are RtpEndpoints (taps) and WebRtcEndpoints (DataChannel peers), tagged.
+            let tags = if let Some(rtp) = c.downcast::<RtpEndpoint>() {
+                rtp.get_tags().await
+            } else if let Some(webrtc) = c.downcast::<WebRtcEndpoint>() {
+                webrtc.get_tags().await
+            } else {
                 continue;
             };
-            let Ok(tags) = rtp.get_tags().await else {
+            let Ok(tags) = tags else {
                 continue;
             };
             if tags
                 .iter()
                 .any(|t| t.key == config.tags.owner && t.value == config.owner)
             {
-                info!(tap = rtp.id(), "releasing a leftover tap of a previous run");
-                let _ = rtp.release().await;
+                info!(
+                    object = c.id(),
+                    "releasing a leftover object of a previous run"
+                );
+                let _ = c.release().await;
             }
         }
     }
@@ -560,8 +573,10 @@ impl Actor {
             .map(|(ep, _)| ep.clone())
             .collect();
         for ep in affected {
-            // The objects are gone already; only our side needs stopping.
-            self.detach(&ep, false).await;
+            // When the room's pipeline went, everything in it went too. When only the publisher
+            // (or one of our objects) went, the room lives on: release what is ours in it.
+            let pipeline_gone = ep.starts_with(&format!("{id}/"));
+            self.detach(&ep, !pipeline_gone).await;
             self.known.remove(&ep);
         }
     }
@@ -886,6 +901,19 @@ impl Actor {
         let mut ports = Vec::new();
         ports.extend(audio_ports);
         ports.extend(video_ports);
+        let injector = self.config.datachannel.enabled.then(|| {
+            Injector::start(
+                InjectorContext {
+                    kms: self.kms.clone(),
+                    config: self.config.datachannel.clone(),
+                    tags: self.config.tags.clone(),
+                    owner: self.config.owner.clone(),
+                    metrics: self.metrics.clone(),
+                },
+                p.clone(),
+                self.dispatcher.subscribe_results(),
+            )
+        });
         Ok(Tap {
             participant: p,
             tap,
@@ -894,16 +922,20 @@ impl Actor {
             _ports: ports,
             watcher,
             errors_seen: 0,
+            injector,
         })
     }
 
     /// Stops a tap; releases our RtpEndpoint when `release` (never anything else).
     async fn detach(&mut self, endpoint: &str, release: bool) -> bool {
-        let Some(Known::Tapped(t)) = self.known.remove(endpoint) else {
+        let Some(Known::Tapped(mut t)) = self.known.remove(endpoint) else {
             return false;
         };
         t.watcher.abort();
         t.dispatch.close();
+        if let Some(injector) = t.injector.take() {
+            injector.stop(release).await;
+        }
         if release {
             if let Err(e) = t.tap.release().await {
                 debug!(tap = t.tap.id(), error = %e, "release failed");

@@ -148,6 +148,7 @@ pub async fn examine(
             }),
             audio: false,
             sendonly: true,
+            data_channels: false,
         },
         Err(_) => return Ok(Examined::Other),
     };

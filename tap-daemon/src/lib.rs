@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
+pub mod injector;
 pub mod metrics;
 pub mod ports;
 pub mod receiver;

@@ -42,6 +42,12 @@ enum Command {
         /// Owner id tagged on created objects.
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
+        /// Put results into participants' DataChannels (true/false; default true).
+        #[arg(long, env = "KURENTO_TAP_DATACHANNELS")]
+        datachannels: Option<bool>,
+        /// DataChannel messages per second per participant, at most.
+        #[arg(long, env = "KURENTO_TAP_DATACHANNEL_RATE")]
+        datachannel_rate: Option<f64>,
     },
     /// Tail or export stored results (JetStream).
     Results {
@@ -95,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
             ports,
             http,
             owner,
+            datachannels,
+            datachannel_rate,
         } => {
             let file = match &config {
                 Some(p) => FileConfig::load(p)?,
@@ -109,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
                     ports,
                     http,
                     owner,
+                    datachannels,
+                    datachannel_rate,
                 },
             )?;
             let daemon = Daemon::start(cfg).await?;

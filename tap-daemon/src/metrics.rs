@@ -37,6 +37,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What happened.
+    pub outcome: String,
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +89,12 @@ pub struct Metrics {
     pub taps_total: Counter,
     /// Keyframe requests (PLI) sent because no frame decoded.
     pub keyframe_requests: Counter,
+    /// Participants whose DataChannel currently receives results.
+    pub datachannels_open: Gauge,
+    /// DataChannel setups, by outcome (`opened`, `closed`, `timeout`, `data_source_in_use`, …).
+    pub datachannel_setups: Family<OutcomeLabel, Counter>,
+    /// Results for DataChannels, by outcome (`sent`, `superseded`, `stale`, `backlog`, …).
+    pub datachannel_messages: Family<OutcomeLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -121,6 +134,9 @@ impl Metrics {
             bad_control_requests: Counter::default(),
             taps_total: Counter::default(),
             keyframe_requests: Counter::default(),
+            datachannels_open: Gauge::default(),
+            datachannel_setups: Family::default(),
+            datachannel_messages: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -220,7 +236,40 @@ impl Metrics {
             "Keyframe requests sent because no frame decoded",
             m.keyframe_requests.clone(),
         );
+        registry.register(
+            "datachannels_open",
+            "Participants whose DataChannel receives results",
+            m.datachannels_open.clone(),
+        );
+        registry.register(
+            "datachannel_setups",
+            "DataChannel setups, by outcome",
+            m.datachannel_setups.clone(),
+        );
+        registry.register(
+            "datachannel_messages",
+            "Results for DataChannels, by outcome",
+            m.datachannel_messages.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a DataChannel setup outcome.
+    pub fn datachannel_setup(&self, outcome: &str) {
+        self.datachannel_setups
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a DataChannel message outcome.
+    pub fn datachannel_message(&self, outcome: &str) {
+        self.datachannel_messages
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a dropped chunk.

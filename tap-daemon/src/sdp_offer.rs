@@ -51,6 +51,9 @@ pub struct PublisherMedia {
     pub audio: bool,
     /// True if the browser offered `sendonly` on a media section (a publisher, in group-call apps).
     pub sendonly: bool,
+    /// True if KMS accepted a DataChannel section (`m=application` with a port): the app built the
+    /// endpoint with `useDataChannels` and the browser offered a channel.
+    pub data_channels: bool,
 }
 
 /// Reads a publisher's SDP (local = KMS's answer; remote = the browser's offer).
@@ -63,9 +66,14 @@ pub fn publisher_media(
         video: None,
         audio: false,
         sendonly: false,
+        data_channels: false,
     };
     for m in &local.media_descriptions {
         if m.media_name.port.value == 0 {
+            continue;
+        }
+        if m.media_name.media == "application" {
+            out.data_channels = true;
             continue;
         }
         let Some(first) = m.media_name.formats.first() else {

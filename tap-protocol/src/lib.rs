@@ -675,9 +675,150 @@ pub struct ResultMessage {
     pub round_trip_ms: f64,
 }
 
+/// Value of [`DataChannelMessage::kind`].
+pub const DATACHANNEL_RESULT_TYPE: &str = "kurento-tap.result";
+
+/// What a participant's browser receives on its DataChannel for one result (JSON text; schema in
+/// `docs/schemas/datachannel.v1.json`). Deliberately small: the top labels only, no model extras
+/// (the full result stays on NATS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataChannelMessage {
+    /// Protocol version (1).
+    pub v: u32,
+    /// Always [`DATACHANNEL_RESULT_TYPE`], so pages can share the channel with other messages.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Room.
+    pub room: String,
+    /// Participant the result is about.
+    pub participant: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// `video` / `audio`.
+    pub media: MediaKind,
+    /// Capture time of the analysed media, Unix ms.
+    pub capture_ms: f64,
+    /// The top label, if the model gave one.
+    #[serde(default)]
+    pub top: Option<String>,
+    /// Its score.
+    #[serde(default)]
+    pub score: Option<f64>,
+    /// The highest-scoring labels (at most [`DataChannelMessage::MAX_LABELS`]), label → score.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, f64>,
+    /// Capture → result at the daemon, ms.
+    pub latency_ms: f64,
+}
+
+impl DataChannelMessage {
+    /// Labels carried at most.
+    pub const MAX_LABELS: usize = 8;
+
+    /// The message for a result.
+    pub fn from_result(r: &ResultMessage) -> Self {
+        let mut ranked: Vec<(&String, &f64)> = r
+            .output
+            .labels
+            .iter()
+            .filter(|(_, s)| s.is_finite())
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let labels = ranked
+            .into_iter()
+            .take(Self::MAX_LABELS)
+            .map(|(k, v)| (k.clone(), round4(*v)))
+            .collect();
+        let score = r
+            .output
+            .top
+            .as_ref()
+            .and_then(|t| r.output.labels.get(t))
+            .copied()
+            .filter(|s| s.is_finite())
+            .map(round4);
+        DataChannelMessage {
+            v: VERSION,
+            kind: DATACHANNEL_RESULT_TYPE.into(),
+            room: r.room.clone(),
+            participant: r.participant.clone(),
+            model: r.model.clone(),
+            version: r.version.clone(),
+            media: r.media,
+            capture_ms: r.capture_ms.round(),
+            top: r.output.top.clone(),
+            score,
+            labels,
+            latency_ms: (r.latency_ms * 10.0).round() / 10.0,
+        }
+    }
+
+    /// The JSON text, or `None` when it would exceed `max_bytes` even with the labels left out.
+    pub fn encode(mut self, max_bytes: usize) -> Option<String> {
+        let text = serde_json::to_string(&self).ok()?;
+        if text.len() <= max_bytes {
+            return Some(text);
+        }
+        self.labels.clear();
+        let text = serde_json::to_string(&self).ok()?;
+        (text.len() <= max_bytes).then_some(text)
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datachannel_message_is_small_and_ranked() {
+        let mut labels = std::collections::BTreeMap::new();
+        for (i, l) in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+            .iter()
+            .enumerate()
+        {
+            labels.insert((*l).to_owned(), i as f64 / 10.0 + 0.012345);
+        }
+        labels.insert("nan".into(), f64::NAN);
+        let r = ResultMessage {
+            v: 1,
+            room: "r".into(),
+            participant: "p".into(),
+            endpoint: "e".into(),
+            model: "fer".into(),
+            version: "1".into(),
+            media: MediaKind::Video,
+            seq: 3,
+            capture_ms: 1_700_000_000_123.4,
+            output: WorkerReply {
+                labels,
+                top: Some("j".into()),
+                extras: serde_json::json!({"faces": [[1, 2, 3, 4]]}),
+                queue_ms: 1.0,
+                inference_ms: 2.0,
+            },
+            latency_ms: 12.345,
+            round_trip_ms: 3.0,
+        };
+        let m = DataChannelMessage::from_result(&r);
+        assert_eq!(m.labels.len(), DataChannelMessage::MAX_LABELS);
+        assert!(!m.labels.contains_key("a") && !m.labels.contains_key("nan"));
+        assert_eq!(m.score, Some(0.9123));
+        let text = m.clone().encode(4096).unwrap();
+        assert!(!text.contains("faces"), "{text}");
+        let back: DataChannelMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.kind, DATACHANNEL_RESULT_TYPE);
+        // Too big with labels: sent without them; too big even so: not sent.
+        let small = m.clone().encode(230).unwrap();
+        assert!(small.contains("\"labels\":{}"), "{small}");
+        assert!(m.encode(50).is_none());
+    }
 
     #[test]
     fn tokens_are_safe() {

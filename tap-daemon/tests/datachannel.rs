@@ -1,0 +1,148 @@
+//! Results into the participants' DataChannels through kms-sim's real WebRTC peer: the daemon's
+//! offer, ICE, DTLS and SCTP run for real; what each simulated browser received is asserted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tap_daemon::Daemon;
+use tap_protocol::{DataChannelMessage, ModelId, PixelFormat, DATACHANNEL_RESULT_TYPE};
+
+const SCENARIO: &str = "
+[[room]]
+name = 'dc'
+[[room.participant]]
+name = 'ana'
+video = { width = 160, height = 120, fps = 15 }
+data_channels = true
+[[room.participant]]
+name = 'bob'
+video = { width = 160, height = 120, fps = 15 }
+audio = {}
+data_channels = true
+leave_ms = 9000
+[[room.participant]]
+name = 'cyd'
+video = { width = 160, height = 120, fps = 15 }
+";
+
+fn count_suffix(sim: &kms_sim::SimServer, suffix: &str) -> usize {
+    sim.media_set()
+        .object_ids()
+        .iter()
+        .filter(|i| i.ends_with(suffix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reach_each_participant_through_its_datachannel_paced_and_released() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let spec = video_spec("dcfer", Some(10.0), None, 160, 120, PixelFormat::Rgb24);
+    let _reg = Registration::new(&client, spec).await;
+    let (_seen, _worker) = worker(&client, &ModelId::new("dcfer", "1"), Duration::ZERO).await;
+
+    let sim = sim(SCENARIO, (52000, 52999)).await;
+    let mut cfg = config(&sim, &nats, (53000, 53999));
+    cfg.datachannel.max_rate_hz = 3.0;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let taps = wait_taps(&daemon, 3).await;
+    let endpoint = |name: &str| {
+        taps.iter()
+            .find(|t| t.participant == name)
+            .unwrap()
+            .endpoint
+            .clone()
+    };
+    let (ana, bob, cyd) = (endpoint("ana"), endpoint("bob"), endpoint("cyd"));
+
+    // Wait until both data-channel participants have received results.
+    let started = Instant::now();
+    loop {
+        let (a, _) = sim.media_set().data_received(&ana);
+        let (b, _) = sim.media_set().data_received(&bob);
+        if a.len() >= 6 && b.len() >= 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "ana got {a:?}, bob got {b:?}; metrics:\n{}",
+            reqwest_metrics(daemon.http_addr.unwrap()).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two real peers (one per data-channel participant), none for cyd, whose app has no channel.
+    assert_eq!(sim.media_set().webrtc_peers(), 2);
+    assert_eq!(sim.media_set().data_received(&cyd).1, 0);
+
+    let since = Instant::now();
+    let (_, ana_before) = sim.media_set().data_received(&ana);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ana_msgs, ana_after) = sim.media_set().data_received(&ana);
+    // Paced: the token bucket (3/s, burst 3) bounds what a participant gets, while the worker
+    // answers 10 frames a second.
+    let window = since.elapsed().as_secs_f64();
+    let got = ana_after - ana_before;
+    assert!(
+        got as f64 <= 3.0 * window + 3.0,
+        "{got} messages in {window:.1}s"
+    );
+    assert!(got >= 3, "results keep flowing ({got} in {window:.1}s)");
+
+    for (who, msgs) in [
+        ("ana", ana_msgs),
+        ("bob", sim.media_set().data_received(&bob).0),
+    ] {
+        let now_ms = now_ms() as f64;
+        for text in &msgs {
+            let m: DataChannelMessage = serde_json::from_str(text).expect("v1 message");
+            assert_eq!(m.v, 1);
+            assert_eq!(m.kind, DATACHANNEL_RESULT_TYPE);
+            assert_eq!(m.participant, who, "targeted: {text}");
+            assert_eq!(m.room, "dc");
+            assert_eq!((m.model.as_str(), m.version.as_str()), ("dcfer", "1"));
+            assert_eq!(m.top.as_deref(), Some("a"));
+            assert_eq!(m.score, Some(0.75));
+            assert_eq!(m.labels.get("b"), Some(&0.25));
+            assert!(
+                m.capture_ms > now_ms - 60_000.0 && m.capture_ms <= now_ms,
+                "capture time {} vs now {now_ms}",
+                m.capture_ms
+            );
+            assert!(text.len() < 400, "small: {} bytes", text.len());
+        }
+    }
+
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    assert!(
+        metrics.contains("kurento_tap_datachannels_open 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kurento_tap_datachannel_messages_total{outcome=\"superseded\"}"),
+        "over the rate, older results are replaced: {metrics}"
+    );
+    assert!(metrics.contains("kurento_tap_datachannel_setups_total{outcome=\"opened\"} 2"));
+
+    // Bob leaves (the app releases his endpoints): our objects for him go too, the room stays.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.media_set().webrtc_peers() != 1 || count_suffix(&sim, "RtpEndpoint") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "after bob left: {} peers, {} taps",
+            sim.media_set().webrtc_peers(),
+            count_suffix(&sim, "RtpEndpoint")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Shutdown releases what the daemon created and nothing of the app's.
+    daemon.shutdown().await;
+    assert_eq!(sim.media_set().webrtc_peers(), 0);
+    assert_eq!(count_suffix(&sim, "RtpEndpoint"), 0);
+    let app_endpoints = count_suffix(&sim, "WebRtcEndpoint");
+    // ana's and cyd's publishers and the endpoints where each watches the other.
+    assert_eq!(app_endpoints, 4);
+    assert!(sim.media_set().data_received(&ana).1 >= ana_after);
+}
