@@ -1,11 +1,13 @@
 /*
  * kurento-tap overlay: a badge over each participant's <video> with the latest emotion.
- * Plain JS, no build step. Works with results from either path:
- *  - the NATS relay (your signaling server forwards `tap.v1.result.…` messages, docs/integration.md),
- *  - a DataChannel message (same JSON).
+ * Plain JS, no build step. Works with results from either path (docs/integration.md):
+ *  - DataChannel: kurento-tap puts a small JSON message (docs/protocol.md §7) into the participant's
+ *    own DataChannel; hand the channel's messages to onDataChannelMessage,
+ *  - NATS relay: your signaling server forwards `tap.v1.result.…` messages; hand them to show().
  *
- *   KurentoTapOverlay.attach(videoElement, 'ana');     // once per participant tile
- *   KurentoTapOverlay.show(resultJson);                 // for every result received
+ *   KurentoTapOverlay.attach(videoElement, 'ana');          // once per participant tile
+ *   dataChannelConfig: { id: 'kurento-tap', onmessage: KurentoTapOverlay.onDataChannelMessage }
+ *   KurentoTapOverlay.show(resultJson);                      // relay path: every result received
  */
 (function (global) {
   'use strict';
@@ -37,13 +39,18 @@
     // A signaling server relaying results adds the app's own participant name as `name`.
     var tile = tiles[r.name || r.participant];
     if (!tile || r.v !== 1) return false;
+    // Full results (relay) carry `extras`; DataChannel messages carry `top` and the top labels only.
     var extras = r.extras || {};
     var text;
     if (r.media === 'video') {
-      var t = best(r.labels);
-      text = extras.no_face || !t ? 'no face' : (EMOJI[t] || '') + ' ' + t + ' ' + Math.round(r.labels[t] * 100) + '%';
+      var t = r.top || best(r.labels);
+      var score = (r.labels || {})[t];
+      text = extras.no_face || !t ? 'no face'
+        : (EMOJI[t] || '') + ' ' + t + (score === undefined ? '' : ' ' + Math.round(score * 100) + '%');
     } else {
-      text = extras.arousal ? (EMOJI[extras.arousal] || '') + ' ' + extras.arousal : (extras.speaking === false ? '🔇' : '🎙');
+      var arousal = extras.arousal || (r.top && r.top !== 'speech' && r.top !== 'silent' ? r.top : null);
+      text = arousal ? (EMOJI[arousal] || '') + ' ' + arousal
+        : (extras.speaking === false || r.top === 'silent' ? '🔇' : '🎙');
     }
     tile.parts[r.media] = text;
     tile.badge.textContent = [tile.parts.video, tile.parts.audio].filter(Boolean).join('  ·  ');
@@ -51,5 +58,13 @@
     return true;
   }
 
-  global.KurentoTapOverlay = { attach: attach, show: show };
+  // A DataChannel `message` event. Other messages an app sends on the same channel are ignored.
+  function onDataChannelMessage(event) {
+    var r;
+    try { r = JSON.parse(event.data); } catch (e) { return false; }
+    if (!r || r.type !== 'kurento-tap.result') return false;
+    return show(r);
+  }
+
+  global.KurentoTapOverlay = { attach: attach, show: show, onDataChannelMessage: onDataChannelMessage };
 })(window);

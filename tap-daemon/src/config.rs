@@ -23,6 +23,7 @@
 //! max_wait_ms = 2000              # a result waiting longer for its turn is dropped
 //! label = "kurento-tap"
 //! replace_data_source = false     # never take over a DATA link the app made
+//! audience = "participant"        # or "room": everyone's results to everyone in the room
 //!
 //! [tags]
 //! room = "kurento-tap.room"
@@ -96,6 +97,8 @@ pub struct DataChannelFile {
     pub label: Option<String>,
     /// Replace a DATA link the app made.
     pub replace_data_source: Option<bool>,
+    /// `participant` or `room`.
+    pub audience: Option<crate::injector::Audience>,
 }
 
 /// A bad configuration value.
@@ -161,6 +164,8 @@ pub struct Overrides {
     pub datachannels: Option<bool>,
     /// DataChannel messages per second per participant.
     pub datachannel_rate: Option<f64>,
+    /// Whose results each participant receives.
+    pub datachannel_audience: Option<crate::injector::Audience>,
 }
 
 /// File + overrides + defaults → the daemon's configuration.
@@ -212,6 +217,10 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .replace_data_source
             .unwrap_or(dc.replace_data_source),
         setup_timeout: dc.setup_timeout,
+        audience: o
+            .datachannel_audience
+            .or(dc_file.audience)
+            .unwrap_or(dc.audience),
     };
     Ok(DaemonConfig {
         kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
@@ -285,7 +294,7 @@ mod tests {
     #[test]
     fn datachannel_settings_from_file_and_flags() {
         let file: FileConfig = toml::from_str(
-            "[datachannel]\nenabled = true\nmax_rate_hz = 1.5\nmax_wait_ms = 500\nlabel = 'ai'\n",
+            "[datachannel]\nenabled = true\nmax_rate_hz = 1.5\nmax_wait_ms = 500\nlabel = 'ai'\naudience = 'room'\n",
         )
         .unwrap();
         let c = resolve(
@@ -300,5 +309,7 @@ mod tests {
         assert_eq!(c.datachannel.max_rate_hz, 1.5);
         assert_eq!(c.datachannel.max_wait, Duration::from_millis(500));
         assert_eq!(c.datachannel.label, "ai");
+        assert_eq!(c.datachannel.audience, crate::injector::Audience::Room);
+        assert!(toml::from_str::<FileConfig>("[datachannel]\naudience = 'all'\n").is_err());
     }
 }

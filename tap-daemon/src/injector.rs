@@ -45,6 +45,31 @@ pub struct InjectorConfig {
     /// Connect even when another element already feeds the participant's DATA (KMS keeps one
     /// DATA source per sink, so that source would be replaced). A self-loop is always replaced.
     pub replace_data_source: bool,
+    /// Whose results each participant receives.
+    pub audience: Audience,
+}
+
+/// Whose results a participant's DataChannel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Audience {
+    /// Only results about this participant (the default: nobody else's inferred emotions are
+    /// shared without the application deciding so).
+    #[default]
+    Participant,
+    /// Results about everyone in the room (each message names its participant).
+    Room,
+}
+
+impl std::str::FromStr for Audience {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "participant" => Ok(Audience::Participant),
+            "room" => Ok(Audience::Room),
+            _ => Err(format!("audience {s:?}: expected participant or room")),
+        }
+    }
 }
 
 impl Default for InjectorConfig {
@@ -57,6 +82,7 @@ impl Default for InjectorConfig {
             max_wait: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(20),
             replace_data_source: false,
+            audience: Audience::Participant,
         }
     }
 }
@@ -104,7 +130,7 @@ impl Pacer {
 
     /// A new result for the participant.
     pub fn offer(&mut self, r: Arc<ResultMessage>, now: Instant) -> Offered {
-        let key = format!("{}@{}", r.model, r.version);
+        let key = format!("{}/{}@{}", r.participant, r.model, r.version);
         if let Some(slot) = self.pending.iter_mut().find(|(k, _, _)| *k == key) {
             // Keep its place in line (it has waited), carry the newest result.
             slot.1 = r;
@@ -422,6 +448,11 @@ async fn session(
     })
     .await?;
 
+    let room_token = tap_protocol::safe_token(&p.room);
+    let wanted = |r: &ResultMessage| match cfg.audience {
+        Audience::Participant => r.endpoint == p.endpoint,
+        Audience::Room => r.room == room_token,
+    };
     let deadline = tokio::time::Instant::now() + cfg.setup_timeout;
     let mut pacer = Pacer::new(cfg.max_rate_hz, cfg.max_wait, Instant::now());
     let mut guard: Option<OpenGuard> = None;
@@ -459,7 +490,7 @@ async fn session(
             }
             Some(_) = channel_closed.recv(), if guard.is_some() => return Ok(()),
             r = results.recv() => match r {
-                Ok(r) if r.endpoint == p.endpoint => {
+                Ok(r) if wanted(&r) => {
                     if pacer.offer(r, Instant::now()) == Offered::Superseded {
                         ctx.metrics.datachannel_message("superseded");
                     }
@@ -557,7 +588,8 @@ mod tests {
         assert_eq!(due, t0 + Duration::from_millis(500));
         let (sent, _) = p.take(due);
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].seq, 32, "the newest fer result, not the first");
+        // voice (seq 3) waited longest; it carries its newest result, not the first.
+        assert_eq!((sent[0].model.as_str(), sent[0].seq), ("voice", 31));
         // Over the next 10 s at most 2/s go out, whatever arrives.
         let mut total = 0;
         for ms in (600..10_600).step_by(50) {

@@ -48,6 +48,9 @@ enum Command {
         /// DataChannel messages per second per participant, at most.
         #[arg(long, env = "KURENTO_TAP_DATACHANNEL_RATE")]
         datachannel_rate: Option<f64>,
+        /// Whose results a participant's DataChannel carries: participant (own) or room (all).
+        #[arg(long, env = "KURENTO_TAP_DATACHANNEL_AUDIENCE")]
+        datachannel_audience: Option<tap_daemon::injector::Audience>,
     },
     /// Tail or export stored results (JetStream).
     Results {
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             owner,
             datachannels,
             datachannel_rate,
+            datachannel_audience,
         } => {
             let file = match &config {
                 Some(p) => FileConfig::load(p)?,
@@ -119,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                     owner,
                     datachannels,
                     datachannel_rate,
+                    datachannel_audience,
                 },
             )?;
             let daemon = Daemon::start(cfg).await?;

@@ -122,6 +122,69 @@ impl MediaSet {
         Ok(answer.into())
     }
 
+    /// Puts a real WebRTC peer (a browser under test) behind a simulated participant's DataChannel:
+    /// its media stays simulated, its channel becomes real. `offer` is the peer's data-only offer
+    /// (a channel created before `createOffer`, as kurento-utils does with `dataChannels: true`);
+    /// the answer is returned. ICE then goes through the KMS API like any endpoint's
+    /// (`gatherCandidates`, `IceCandidateFound`, `addIceCandidate`), and DATA sent to the
+    /// participant reaches the peer.
+    pub async fn connect_browser(&self, publisher: &str, offer: &str) -> Result<String, String> {
+        {
+            let st = self.lock();
+            match st.objects.get(publisher).map(|o| &o.kind) {
+                Some(Kind::WebRtc(w)) if w.publisher.is_some() && w.data_channels => {
+                    if w.peer.is_some() {
+                        return Err("a peer is already connected".into());
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{publisher} is not a participant with data channels"
+                    ))
+                }
+            }
+        }
+        let short: String = publisher
+            .rsplit('/')
+            .next()
+            .unwrap_or(publisher)
+            .chars()
+            .take(8)
+            .collect();
+        let (peer, events) = DataPeer::start(PeerOptions {
+            name: format!("kms-sim-browser-{short}"),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let answer = peer.answer_offer(offer).await.map_err(|e| e.to_string())?;
+        let mids = answer
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+            .map(str::to_owned)
+            .collect();
+        {
+            let mut st = self.lock();
+            let Some(Obj {
+                kind: Kind::WebRtc(w),
+                ..
+            }) = st.objects.get_mut(publisher)
+            else {
+                return Err("the participant left".into());
+            };
+            w.peer = Some(PeerState {
+                peer: Arc::new(peer),
+                pending: Vec::new(),
+                gathering: false,
+                gathering_done: false,
+                // The browser opened the channel; KMS keeps one per endpoint.
+                channel_requested: true,
+                mids,
+            });
+        }
+        tokio::spawn(pump(self.me.clone(), publisher.to_owned(), events));
+        Ok(answer)
+    }
+
     pub(super) fn gather_candidates(&self, st: &mut State, id: &str, raised: &mut Vec<Raised>) {
         let Some(Obj {
             kind: Kind::WebRtc(w),

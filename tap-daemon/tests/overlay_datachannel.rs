@@ -1,0 +1,139 @@
+//! The whole DataChannel path with a real browser at the end: headless Chromium is the participant
+//! "ana" (a data channel created before its offer, as kurento-utils does with `dataChannels:
+//! true`), negotiated through kms-sim by this test acting as the application's signaling server;
+//! kurento-tap puts the results of both participants (audience = room) into ana's channel, and the
+//! overlay (examples/group-call-overlay) shows them. Screenshot: target/artefacts/overlay-datachannel.png.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kurento_client::prelude::*;
+use serde_json::json;
+use support::browser::{launch, open_page, serve_dir};
+use support::*;
+use tap_daemon::injector::Audience;
+use tap_daemon::Daemon;
+use tap_protocol::PixelFormat;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overlay_shows_results_received_on_its_datachannel() {
+    let nats = Nats::start().await;
+    let sim = sim(
+        "[[room]]\nname='live'\n[[room.participant]]\nname='ana'\nvideo={width=160,height=120}\ndata_channels=true\n[[room.participant]]\nname='ben'\nvideo={width=160,height=120,pattern='snow'}\ndata_channels=true\n",
+        (36000, 36499),
+    )
+    .await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    let (_seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
+    let _reg = Registration::new(&client, spec).await;
+    let mut cfg = config(&sim, &nats, (36500, 36999));
+    cfg.datachannel.audience = Audience::Room;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let taps = wait_taps(&daemon, 2).await;
+    let ana = taps.iter().find(|t| t.participant == "ana").unwrap();
+
+    // The page: the overlay with a tile per participant, plus the browser side of ana's call.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/group-call-overlay");
+    let site = serve_dir(dir).await;
+    let browser = launch(
+        &format!("http://{site}/index.html"),
+        // Host candidates as addresses (KMS cannot resolve mDNS names either).
+        &["--disable-features=WebRtcHideLocalIpsWithMdns"],
+    );
+    let mut page = open_page(&browser).await;
+    assert!(
+        page.wait_for(
+            "typeof KurentoTapOverlay === 'object'",
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let offer = page
+        .eval_async(
+            "(async () => {
+               window.pc = new RTCPeerConnection();
+               window.localCandidates = [];
+               pc.onicecandidate = e => { if (e.candidate) localCandidates.push(e.candidate.toJSON()); };
+               const dc = pc.createDataChannel('kurento-tap');
+               dc.onmessage = KurentoTapOverlay.onDataChannelMessage;
+               dc.onopen = () => { document.body.dataset.channel = 'open'; };
+               await pc.setLocalDescription(await pc.createOffer());
+               return pc.localDescription.sdp;
+             })()",
+        )
+        .await;
+    let offer = offer.as_str().expect("an offer").to_owned();
+    assert!(offer.contains("m=application"), "{offer}");
+
+    // The signaling server's part: processOffer, candidates both ways through the KMS API.
+    let answer = sim
+        .media_set()
+        .connect_browser(&ana.endpoint, &offer)
+        .await
+        .unwrap();
+    page.eval_async(&format!(
+        "pc.setRemoteDescription({{type: 'answer', sdp: {}}}).then(() => true)",
+        json!(answer)
+    ))
+    .await;
+    let app = KurentoClient::connect(&sim.url()).await.unwrap();
+    let ana_ep: WebRtcEndpoint = app.object(&ana.endpoint).unwrap();
+    let mut kms_candidates = ana_ep.on::<IceCandidateFound>().await.unwrap();
+    ana_ep.gather_candidates().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Ok(Some(Ok(ev))) =
+            tokio::time::timeout(Duration::from_millis(50), kms_candidates.recv()).await
+        {
+            let c = json!({"candidate": ev.candidate.candidate, "sdpMid": ev.candidate.sdp_mid,
+                "sdpMLineIndex": ev.candidate.sdp_m_line_index});
+            page.eval_async(&format!("pc.addIceCandidate({c}).then(() => true)"))
+                .await;
+        }
+        let mine = page.eval("localCandidates.splice(0)").await;
+        for c in mine.as_array().into_iter().flatten() {
+            ana_ep
+                .add_ice_candidate(&IceCandidate {
+                    candidate: c["candidate"].as_str().unwrap_or_default().to_owned(),
+                    sdp_mid: c["sdpMid"].as_str().unwrap_or_default().to_owned(),
+                    sdp_m_line_index: c["sdpMLineIndex"].as_i64().unwrap_or(0) as i32,
+                })
+                .await
+                .unwrap();
+        }
+        let shown = page
+            .eval("[...document.querySelectorAll('.kurento-tap-badge')].every(b => b.textContent.includes('a 75%'))")
+            .await;
+        if shown == json!(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "channel {:?}, badges {:?}",
+            page.eval("document.body.dataset.channel").await,
+            page.eval(
+                "[...document.querySelectorAll('.kurento-tap-badge')].map(b => b.textContent)"
+            )
+            .await
+        );
+    }
+    assert_eq!(
+        page.eval("document.body.dataset.channel").await,
+        json!("open")
+    );
+    // Both tiles updated from ana's one channel: results about ben reach ana (audience = room).
+    for who in ["ana", "ben"] {
+        let updated = page
+            .eval(&format!(
+                "Number(document.querySelector('.kurento-tap-badge[data-participant=\"{who}\"]').dataset.updated || 0)"
+            ))
+            .await;
+        assert!(updated.as_f64().unwrap_or(0.0) > 0.0, "{who}: {updated}");
+    }
+    page.screenshot("overlay-datachannel.png").await;
+    drop(browser);
+    daemon.shutdown().await;
+}
