@@ -297,3 +297,120 @@ async fn participants_join_and_leave_on_schedule() {
         .is_empty());
     assert_eq!(sim.media_set().object_ids(), vec!["manager_ServerManager"]);
 }
+
+/// A client's data-only session with a `useDataChannels` endpoint, as KMS runs it: a real answer,
+/// candidates only after `gatherCandidates`, `createDataChannel` (40111 before negotiation) opening
+/// the channel from the server side, `DataChannelOpened` twice, and DATA forwarded to a peer-backed
+/// sink endpoint.
+#[tokio::test]
+async fn data_channels_are_real_and_behave_like_kms() {
+    use kurento_client::ErrorCode;
+    use webrtc_data::{DataPeer, PeerEvent, PeerOptions};
+    let sim = start(Scenario::default()).await;
+    let kms = KurentoClient::connect(&sim.url()).await.unwrap();
+    let pipeline = kms.create_pipeline().await.unwrap();
+    let plain = pipeline.create::<WebRtcEndpoint>().await.unwrap();
+    let e = plain.create_data_channel(()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MediaObjectOperationNotSupported));
+
+    // Two client peers, A and B, each on its own endpoint; A's messages are forwarded to B.
+    let mut sides = Vec::new();
+    for name in ["a", "b"] {
+        let ep = pipeline
+            .create::<WebRtcEndpoint>()
+            .use_data_channels(true)
+            .await
+            .unwrap();
+        let e = ep.create_data_channel(()).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(ErrorCode::MediaObjectOperationNotSupported),
+            "not negotiated yet"
+        );
+        let (peer, events) = DataPeer::start(PeerOptions {
+            name: format!("fidelity-{name}"),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut candidates = ep.on::<IceCandidateFound>().await.unwrap();
+        let opened = ep.on::<DataChannelOpened>().await.unwrap();
+        let offer = peer.create_offer().await.unwrap();
+        let answer = ep.process_offer(&offer).await.unwrap();
+        assert!(answer.contains("m=application") && answer.contains("a=fingerprint"));
+        peer.accept_answer(&answer).await.unwrap();
+        // KMS reports candidates only after gatherCandidates.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), candidates.recv())
+                .await
+                .is_err(),
+            "no candidate before gatherCandidates"
+        );
+        ep.gather_candidates().await.unwrap();
+        ep.create_data_channel("results").await.unwrap();
+        sides.push((ep, peer, events, candidates, opened));
+    }
+    let [(ep_a, peer_a, mut ev_a, mut c_a, mut o_a), (ep_b, peer_b, mut ev_b, mut c_b, mut o_b)] =
+        <[_; 2]>::try_from(sides).ok().unwrap();
+    ep_a.connect(&ep_b, MediaType::Data).await.unwrap();
+    let mut open = [false, false];
+    let mut opened_events = [0, 0];
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while received.len() < 5 {
+        tokio::select! {
+            Some(ev) = ev_a.recv() => match ev {
+                PeerEvent::LocalCandidate { sdp_mline_index, candidate } => {
+                    ep_a.add_ice_candidate(&IceCandidate { candidate, sdp_mid: "0".into(), sdp_m_line_index: sdp_mline_index as i32 }).await.unwrap();
+                }
+                PeerEvent::ChannelOpen { label, .. } => {
+                    assert_eq!(label, "results");
+                    open[0] = true;
+                }
+                _ => {}
+            },
+            Some(ev) = ev_b.recv() => match ev {
+                PeerEvent::LocalCandidate { sdp_mline_index, candidate } => {
+                    ep_b.add_ice_candidate(&IceCandidate { candidate, sdp_mid: "0".into(), sdp_m_line_index: sdp_mline_index as i32 }).await.unwrap();
+                }
+                PeerEvent::ChannelOpen { .. } => open[1] = true,
+                PeerEvent::Text { text, .. } => received.push(text),
+                _ => {}
+            },
+            Some(Ok(c)) = c_a.recv() => peer_a.add_remote_candidate(c.candidate.sdp_m_line_index as u32, &c.candidate.candidate),
+            Some(Ok(c)) = c_b.recv() => peer_b.add_remote_candidate(c.candidate.sdp_m_line_index as u32, &c.candidate.candidate),
+            Some(Ok(_)) = o_a.recv() => opened_events[0] += 1,
+            Some(Ok(_)) = o_b.recv() => opened_events[1] += 1,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if open == [true, true] {
+                    let n = received.len();
+                    let _ = peer_a.send_text(&format!("m{n}"));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("open {open:?}, received {received:?}"),
+        }
+    }
+    assert!(received.iter().all(|m| m.starts_with('m')));
+    // Let the second DataChannelOpened of each endpoint arrive.
+    for _ in 0..20 {
+        if opened_events == [2, 2] {
+            break;
+        }
+        tokio::select! {
+            Some(Ok(_)) = o_a.recv() => opened_events[0] += 1,
+            Some(Ok(_)) = o_b.recv() => opened_events[1] += 1,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert_eq!(
+        opened_events,
+        [2, 2],
+        "DataChannelOpened fires twice, as on KMS 7.3"
+    );
+    assert_eq!(sim.media_set().webrtc_peers(), 2);
+    pipeline.release().await.unwrap();
+    assert_eq!(
+        sim.media_set().webrtc_peers(),
+        0,
+        "released with the pipeline"
+    );
+}

@@ -2,14 +2,16 @@
 //! over the DevTools protocol: the page served by the daemon shows the room and its participants,
 //! and its values update. A screenshot is saved as a test artefact (target/artefacts/dashboard.png).
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use browser::{launch, open_page, serve_dir};
 use futures_util::StreamExt;
 use serde_json::json;
-use support::browser::{launch, open_page, serve_dir};
 use support::*;
 use tap_daemon::Daemon;
 use tap_protocol::PixelFormat;

@@ -146,3 +146,73 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
     assert_eq!(app_endpoints, 4);
     assert!(sim.media_set().data_received(&ana).1 >= ana_after);
 }
+
+/// KMS keeps one DATA source per sink: the daemon replaces a publisher's self-loop (the hello-world
+/// tutorial's echo) but never a DATA link another element of the application made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
+    use kurento_client::prelude::*;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let spec = video_spec("guard", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    let _reg = Registration::new(&client, spec).await;
+    let (_seen, _worker) = worker(&client, &ModelId::new("guard", "1"), Duration::ZERO).await;
+    let sim = sim(
+        "[[room]]\nname='guard'\n[[room.participant]]\nname='dan'\nvideo={width=160,height=120}\ndata_channels=true\nloopback=true\n[[room.participant]]\nname='eve'\nvideo={width=160,height=120}\ndata_channels=true\n",
+        (54000, 54499),
+    )
+    .await;
+    // The application feeds eve's DATA from an element of its own before the daemon starts.
+    let app = kurento_client::KurentoClient::connect(&sim.url())
+        .await
+        .unwrap();
+    let mut eve_ep = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while eve_ep.is_none() {
+        assert!(Instant::now() < deadline, "eve never joined");
+        for p in app.server_manager().get_pipelines().await.unwrap() {
+            for c in p.get_children().await.unwrap() {
+                if let Some(ep) = c.downcast::<WebRtcEndpoint>() {
+                    let tags = ep.get_tags().await.unwrap();
+                    if tags.iter().any(|t| t.value == "eve") {
+                        let feeder = p
+                            .create::<WebRtcEndpoint>()
+                            .use_data_channels(true)
+                            .await
+                            .unwrap();
+                        feeder.connect(&ep, MediaType::Data).await.unwrap();
+                        eve_ep = Some((ep, feeder.id().to_owned()));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (eve_ep, feeder) = eve_ep.unwrap();
+
+    let daemon = Daemon::start(config(&sim, &nats, (54500, 54999)))
+        .await
+        .unwrap();
+    let taps = wait_taps(&daemon, 2).await;
+    let dan = taps.iter().find(|t| t.participant == "dan").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+        let refused =
+            m.contains("kurento_tap_datachannel_setups_total{outcome=\"data_source_in_use\"} 1");
+        if refused && sim.media_set().data_received(&dan.endpoint).1 >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sources = eve_ep
+        .get_source_connections(MediaType::Data)
+        .await
+        .unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].source, feeder, "the app's link is untouched");
+    assert_eq!(sim.media_set().data_received(&eve_ep.id().to_owned()).1, 0);
+    assert_eq!(sim.media_set().webrtc_peers(), 1, "a peer for dan only");
+    daemon.shutdown().await;
+}

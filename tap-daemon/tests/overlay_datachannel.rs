@@ -4,14 +4,16 @@
 //! kurento-tap puts the results of both participants (audience = room) into ana's channel, and the
 //! overlay (examples/group-call-overlay) shows them. Screenshot: target/artefacts/overlay-datachannel.png.
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use browser::{launch, open_page, serve_dir};
 use kurento_client::prelude::*;
 use serde_json::json;
-use support::browser::{launch, open_page, serve_dir};
 use support::*;
 use tap_daemon::injector::Audience;
 use tap_daemon::Daemon;

@@ -1,5 +1,7 @@
 //! Headless Chromium (Debian's `chromium`, installed by scripts/setup) driven over the DevTools
-//! protocol, and a tiny static file server for pages under test.
+//! protocol, and a tiny static file server for pages under test. Included by the browser tests
+//! only (`#[path]`), so other users of `support/` need no browser dependencies.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -2,8 +2,6 @@
 //! temporary directory, model registration with heartbeats, and test workers.
 #![allow(dead_code)]
 
-pub mod browser;
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
