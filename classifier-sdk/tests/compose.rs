@@ -49,6 +49,8 @@ fn compose_is_consistent_with_what_the_services_export() {
     let _ = daemon.in_flight.get_or_create(&model);
     let _ = daemon.results.get_or_create(&model);
     let _ = daemon.capture_to_result.get_or_create(&model);
+    daemon.datachannel_setup("opened");
+    daemon.datachannel_message("sent");
     let worker = classifier_sdk::WorkerMetrics::new();
     worker.drop_reason("stale");
     let mut exported = names(&daemon.encode());

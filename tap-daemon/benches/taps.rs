@@ -1,5 +1,6 @@
-//! Benchmark (prints figures): the daemon's CPU and memory per tapped participant, capture→dispatch
-//! latency, and the cost of publishing a 320x240 RGB chunk.
+//! Benchmark (prints figures): the daemon's CPU, memory and threads per tapped participant (with and
+//! without a DataChannel peer each), capture→dispatch latency, and the cost of publishing a 320x240
+//! RGB chunk.
 //!
 //! `cargo build --release -p kms-sim && cargo bench -p tap-daemon --bench taps`
 //!
@@ -47,6 +48,15 @@ fn rss_mib() -> f64 {
         / 1024.0
 }
 
+fn proc_threads() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -68,11 +78,12 @@ async fn run(
     h: u32,
     fps: u32,
     port_base: u16,
+    data_channels: bool,
 ) {
     let mut scenario = String::from("[[room]]\nname='bench'\n");
     for i in 0..n {
         scenario.push_str(&format!(
-            "[[room.participant]]\nname='p{i}'\nvideo={{codec='VP8', width={w}, height={h}, fps={fps}}}\naudio={{tone={}}}\n",
+            "[[room.participant]]\nname='p{i}'\nvideo={{codec='VP8', width={w}, height={h}, fps={fps}}}\naudio={{tone={}}}\ndata_channels={data_channels}\n",
             300 + i * 10
         ));
     }
@@ -134,6 +145,16 @@ async fn run(
         .sum::<u64>()
         - frames0;
     let rss = rss_mib();
+    let threads = proc_threads();
+    let text = daemon.metrics.encode();
+    let metric = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let channels = metric("kurento_tap_datachannels_open ");
+    let sent = metric("kurento_tap_datachannel_messages_total{outcome=\"sent\"}");
     let mut lat: Vec<f64> = seen
         .lock()
         .unwrap()
@@ -142,8 +163,8 @@ async fn run(
         .collect();
     let chunks = lat.len();
     println!(
-        "{w}x{h}@{fps} VP8+Opus  {n:>2} participants ({taps} tapped): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
-         decoded {:>5.1} fps/participant; RSS {rss:>6.1} MiB; capture→dispatch p50 {:.1} ms p99 {:.1} ms ({chunks} chunks)",
+        "{w}x{h}@{fps} VP8+Opus  {n:>2} participants ({taps} tapped, {channels} DataChannels, {sent} messages sent): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
+         decoded {:>5.1} fps/participant; RSS {rss:>6.1} MiB; {threads} threads; capture→dispatch p50 {:.1} ms p99 {:.1} ms ({chunks} chunks)",
         cpu * 100.0,
         cpu * 100.0 / n as f64,
         n as f64 / cpu,
@@ -202,9 +223,11 @@ async fn main() {
     let nats = Nats::start().await;
     let client = async_nats::connect(&nats.url).await.unwrap();
     publish_cost(&client).await;
-    run(&nats, &client, 1, 320, 240, 15, 20000).await;
-    run(&nats, &client, 10, 320, 240, 15, 22000).await;
-    run(&nats, &client, 30, 320, 240, 15, 24000).await;
-    run(&nats, &client, 1, 640, 480, 30, 26000).await;
-    run(&nats, &client, 5, 640, 480, 30, 28000).await;
+    run(&nats, &client, 1, 320, 240, 15, 20000, false).await;
+    run(&nats, &client, 10, 320, 240, 15, 22000, false).await;
+    // Side by side: the same 10 participants, each with a DataChannel (one webrtcbin peer each).
+    run(&nats, &client, 10, 320, 240, 15, 30000, true).await;
+    run(&nats, &client, 30, 320, 240, 15, 24000, false).await;
+    run(&nats, &client, 1, 640, 480, 30, 26000, false).await;
+    run(&nats, &client, 5, 640, 480, 30, 28000, false).await;
 }

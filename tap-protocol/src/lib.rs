@@ -820,6 +820,51 @@ mod tests {
         assert!(m.encode(50).is_none());
     }
 
+    /// The published JSON Schemas name exactly the fields the types serialize.
+    #[test]
+    fn schemas_match_the_types() {
+        fn check(schema: &str, value: serde_json::Value) {
+            let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+            let props = schema["properties"].as_object().unwrap();
+            let obj = value.as_object().unwrap();
+            for k in obj.keys() {
+                assert!(props.contains_key(k), "{k} is not in the schema");
+            }
+            for k in props.keys() {
+                assert!(obj.contains_key(k), "{k} is in the schema, not in the type");
+            }
+            for r in schema["required"].as_array().unwrap() {
+                assert!(obj.contains_key(r.as_str().unwrap()));
+            }
+        }
+        let r = ResultMessage {
+            v: 1,
+            room: "r".into(),
+            participant: "p".into(),
+            endpoint: "e".into(),
+            model: "m".into(),
+            version: "1".into(),
+            media: MediaKind::Audio,
+            seq: 1,
+            capture_ms: 1.0,
+            output: WorkerReply {
+                top: Some("x".into()),
+                labels: [("x".to_owned(), 1.0)].into(),
+                ..Default::default()
+            },
+            latency_ms: 1.0,
+            round_trip_ms: 1.0,
+        };
+        check(
+            include_str!("../../docs/schemas/result.v1.json"),
+            serde_json::to_value(&r).unwrap(),
+        );
+        check(
+            include_str!("../../docs/schemas/datachannel.v1.json"),
+            serde_json::to_value(DataChannelMessage::from_result(&r)).unwrap(),
+        );
+    }
+
     #[test]
     fn tokens_are_safe() {
         assert_eq!(
