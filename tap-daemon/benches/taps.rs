@@ -39,22 +39,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap()
-        / 1024.0
-}
-
-fn proc_threads() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Threads:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    proc_status("VmRSS:") as f64 / 1024.0
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -70,16 +55,25 @@ fn sim_binary() -> String {
         .unwrap_or_else(|_| format!("{}/../target/release/kms-sim", env!("CARGO_MANIFEST_DIR")))
 }
 
-async fn run(
-    nats: &Nats,
-    client: &async_nats::Client,
-    n: usize,
-    w: u32,
-    h: u32,
+/// One measured configuration.
+struct Run {
+    participants: usize,
+    width: u32,
+    height: u32,
     fps: u32,
     port_base: u16,
     data_channels: bool,
-) {
+}
+
+async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
+    let Run {
+        participants: n,
+        width: w,
+        height: h,
+        fps,
+        port_base,
+        data_channels,
+    } = r;
     let mut scenario = String::from("[[room]]\nname='bench'\n");
     for i in 0..n {
         scenario.push_str(&format!(
@@ -145,7 +139,7 @@ async fn run(
         .sum::<u64>()
         - frames0;
     let rss = rss_mib();
-    let threads = proc_threads();
+    let threads = proc_status("Threads:");
     let text = daemon.metrics.encode();
     let metric = |prefix: &str| -> f64 {
         text.lines()
@@ -223,11 +217,24 @@ async fn main() {
     let nats = Nats::start().await;
     let client = async_nats::connect(&nats.url).await.unwrap();
     publish_cost(&client).await;
-    run(&nats, &client, 1, 320, 240, 15, 20000, false).await;
-    run(&nats, &client, 10, 320, 240, 15, 22000, false).await;
-    // Side by side: the same 10 participants, each with a DataChannel (one webrtcbin peer each).
-    run(&nats, &client, 10, 320, 240, 15, 30000, true).await;
-    run(&nats, &client, 30, 320, 240, 15, 24000, false).await;
-    run(&nats, &client, 1, 640, 480, 30, 26000, false).await;
-    run(&nats, &client, 5, 640, 480, 30, 28000, false).await;
+    // (participants, width, height, fps, first port, DataChannels); the 10-participant pair runs side
+    // by side with and without a DataChannel peer per participant.
+    for (participants, width, height, fps, port_base, data_channels) in [
+        (1, 320, 240, 15, 20000, false),
+        (10, 320, 240, 15, 22000, false),
+        (10, 320, 240, 15, 30000, true),
+        (30, 320, 240, 15, 24000, false),
+        (1, 640, 480, 30, 26000, false),
+        (5, 640, 480, 30, 28000, false),
+    ] {
+        let r = Run {
+            participants,
+            width,
+            height,
+            fps,
+            port_base,
+            data_channels,
+        };
+        run(&nats, &client, r).await;
+    }
 }

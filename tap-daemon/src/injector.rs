@@ -429,11 +429,7 @@ async fn session(
         max_backlog_bytes: 64 * 1024,
     })?;
     let offer = peer.create_offer().await?;
-    let mids: Vec<String> = offer
-        .lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .map(str::to_owned)
-        .collect();
+    let mids: Vec<String> = webrtc_data::media_ids(&offer);
     let answer = ep.process_offer(&offer).await?;
     if !application_ports(&answer).iter().any(|port| *port != 0) {
         return Err(SetupError::Rejected);

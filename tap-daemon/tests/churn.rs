@@ -24,7 +24,7 @@ async fn fifty_join_leave_cycles_leak_nothing() {
     let daemon = Daemon::start(config(&sim, &nats, (63000, 63999)))
         .await
         .unwrap();
-    let threads_before = threads();
+    let threads_before = proc_status("Threads:");
     tokio::time::sleep(Duration::from_millis(11_000)).await;
     let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
     let taps_total: f64 = m
@@ -46,19 +46,10 @@ async fn fifty_join_leave_cycles_leak_nothing() {
             .all(|i| !i.ends_with("RtpEndpoint")),
         "no tap left in KMS"
     );
-    let threads_after = threads();
+    let threads_after = proc_status("Threads:");
     assert!(
         threads_after <= threads_before + 8,
         "threads {threads_before} → {threads_after}"
     );
     daemon.shutdown().await;
-}
-
-fn threads() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Threads:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
 }

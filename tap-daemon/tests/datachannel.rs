@@ -212,7 +212,7 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
         .unwrap();
     assert_eq!(sources.len(), 1);
     assert_eq!(sources[0].source, feeder, "the app's link is untouched");
-    assert_eq!(sim.media_set().data_received(&eve_ep.id().to_owned()).1, 0);
+    assert_eq!(sim.media_set().data_received(eve_ep.id()).1, 0);
     assert_eq!(sim.media_set().webrtc_peers(), 1, "a peer for dan only");
     daemon.shutdown().await;
 }

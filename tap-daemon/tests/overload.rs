@@ -33,10 +33,10 @@ async fn an_overloaded_worker_sees_bounded_in_flight_and_fresh_chunks() {
         }
         // Memory is compared from 2 s in (after pools and caches are warm) to the end.
         if rss_start.is_none() && tokio::time::Instant::now() + Duration::from_secs(4) >= until {
-            rss_start = Some(rss_kib());
+            rss_start = Some(proc_status("VmRSS:"));
         }
     }
-    let rss_end = rss_kib();
+    let rss_end = proc_status("VmRSS:");
     let rss_start = rss_start.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(seen.len() >= 20, "the worker was kept busy: {}", seen.len());
@@ -70,13 +70,4 @@ async fn an_overloaded_worker_sees_bounded_in_flight_and_fresh_chunks() {
         "memory flat: {rss_start} → {rss_end} KiB"
     );
     daemon.shutdown().await;
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap()
 }

@@ -130,9 +130,9 @@ async fn main() {
                 Err(e) => panic!("{e}"),
             }
         }
-        match tokio::time::timeout(Duration::from_millis(1), pair.ans_events.recv()).await {
-            Ok(Some(PeerEvent::Text { .. })) => got += 1,
-            Ok(_) | Err(_) => {}
+        let next = tokio::time::timeout(Duration::from_millis(1), pair.ans_events.recv()).await;
+        if let Ok(Some(PeerEvent::Text { .. })) = next {
+            got += 1;
         }
         while let Ok(PeerEvent::Text { .. }) = pair.ans_events.try_recv() {
             got += 1;

@@ -337,20 +337,7 @@ impl DataPeer {
                 *placeholder = Some(ch);
             }
         }
-        let reply = self
-            .promise("create-offer", |p| {
-                [None::<gst::Structure>.to_value(), p.to_value()]
-            })
-            .await?;
-        let offer = reply
-            .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("offer").ok())
-            .ok_or_else(|| PeerError::Gst("create-offer returned no offer".into()))?;
-        let text = offer
-            .sdp()
-            .as_text()
-            .map_err(|e| PeerError::Sdp(e.to_string()))?;
-        self.set_description("set-local-description", offer).await?;
-        Ok(text)
+        self.create_and_set_local("create-offer", "offer").await
     }
 
     /// Applies the remote answer to our offer.
@@ -363,20 +350,28 @@ impl DataPeer {
     pub async fn answer_offer(&self, offer: &str) -> Result<String, PeerError> {
         let desc = description(WebRTCSDPType::Offer, offer)?;
         self.set_description("set-remote-description", desc).await?;
+        self.create_and_set_local("create-answer", "answer").await
+    }
+
+    /// `create-offer` / `create-answer`, then `set-local-description`; returns the SDP text.
+    async fn create_and_set_local(
+        &self,
+        signal: &'static str,
+        field: &'static str,
+    ) -> Result<String, PeerError> {
         let reply = self
-            .promise("create-answer", |p| {
+            .promise(signal, |p| {
                 [None::<gst::Structure>.to_value(), p.to_value()]
             })
             .await?;
-        let answer = reply
-            .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
-            .ok_or_else(|| PeerError::Sdp("the offer cannot be answered".into()))?;
-        let text = answer
+        let desc = reply
+            .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>(field).ok())
+            .ok_or_else(|| PeerError::Sdp(format!("{signal} gave no {field}")))?;
+        let text = desc
             .sdp()
             .as_text()
             .map_err(|e| PeerError::Sdp(e.to_string()))?;
-        self.set_description("set-local-description", answer)
-            .await?;
+        self.set_description("set-local-description", desc).await?;
         Ok(text)
     }
 
@@ -509,6 +504,7 @@ fn description(
     kind: WebRTCSDPType,
     text: &str,
 ) -> Result<gst_webrtc::WebRTCSessionDescription, PeerError> {
+    gst::init().map_err(|e| PeerError::Gst(e.to_string()))?;
     let msg = gst_sdp::SDPMessage::parse_buffer(text.as_bytes())
         .map_err(|_| PeerError::Sdp("unparseable SDP".into()))?;
     if msg.medias().len() == 0 {
@@ -530,6 +526,14 @@ fn connection_state_name(s: gst_webrtc::WebRTCPeerConnectionState) -> &'static s
     }
 }
 
+/// The `a=mid` of each m-line of an SDP, in order (`IceCandidate.sdpMid` for an m-line index).
+pub fn media_ids(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The `m=application` sections' ports of an SDP, to check what a remote side accepted (0 =
 /// rejected).
 pub fn application_ports(sdp: &str) -> Vec<u16> {
@@ -537,4 +541,31 @@ pub fn application_ports(sdp: &str) -> Vec<u16> {
         .filter_map(|l| l.trim_end().strip_prefix("m=application "))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_sections_and_their_ports() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nm=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\nm=application x\r\n";
+        assert_eq!(application_ports(sdp), vec![9, 0]);
+        assert!(application_ports("garbage").is_empty());
+        assert_eq!(
+            media_ids("m=application 9 x\r\na=mid:0\r\nm=audio 9 y\r\na=mid:audio1\r\n"),
+            vec!["0", "audio1"]
+        );
+    }
+
+    #[test]
+    fn descriptions_need_a_media_section() {
+        assert!(matches!(
+            description(
+                WebRTCSDPType::Offer,
+                "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+            ),
+            Err(PeerError::Sdp(_))
+        ));
+    }
 }

@@ -69,34 +69,15 @@ impl MediaSet {
         id: &str,
         offer: String,
     ) -> Result<Value, RpcError> {
-        let short: String = id
-            .rsplit('/')
-            .next()
-            .unwrap_or(id)
-            .chars()
-            .take(8)
-            .collect();
-        let (peer, events) = DataPeer::start(PeerOptions {
-            name: format!("kms-sim-dc-{short}"),
-            ..Default::default()
-        })
-        .map_err(|e| RpcError::new(40205, "SDP_END_POINT_PROCESS_OFFER_ERROR", e.to_string()))?;
-        let answer = peer
-            .answer_offer(&offer)
+        let (state, events, answer) = answering_peer("kms-sim-dc", id, &offer, false)
             .await
-            .map_err(|e| RpcError::new(40201, "SDP_PARSE_ERROR", e.to_string()))?;
-        let mids = answer
-            .lines()
-            .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-            .map(str::to_owned)
-            .collect();
+            .map_err(|e| match e {
+                webrtc_data::PeerError::Sdp(m) => RpcError::new(40201, "SDP_PARSE_ERROR", m),
+                e => RpcError::new(40205, "SDP_END_POINT_PROCESS_OFFER_ERROR", e.to_string()),
+            })?;
         {
             let mut st = self.lock();
-            let Some(Obj {
-                kind: Kind::WebRtc(w),
-                ..
-            }) = st.objects.get_mut(id)
-            else {
+            let Some(w) = webrtc_mut(&mut st, id) else {
                 return Err(RpcError::not_found(id));
             };
             if w.remote_sdp.is_some() {
@@ -108,14 +89,7 @@ impl MediaSet {
             }
             w.remote_sdp = Some(offer);
             w.local_sdp = Some(answer.clone());
-            w.peer = Some(PeerState {
-                peer: Arc::new(peer),
-                pending: Vec::new(),
-                gathering: false,
-                gathering_done: false,
-                channel_requested: false,
-                mids,
-            });
+            w.peer = Some(state);
         }
         tokio::spawn(pump(self.me.clone(), id.to_owned(), events));
         info!(endpoint = %id, "data-only WebRTC session answered by a real peer");
@@ -144,53 +118,23 @@ impl MediaSet {
                 }
             }
         }
-        let short: String = publisher
-            .rsplit('/')
-            .next()
-            .unwrap_or(publisher)
-            .chars()
-            .take(8)
-            .collect();
-        let (peer, events) = DataPeer::start(PeerOptions {
-            name: format!("kms-sim-browser-{short}"),
-            ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
-        let answer = peer.answer_offer(offer).await.map_err(|e| e.to_string())?;
-        let mids = answer
-            .lines()
-            .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-            .map(str::to_owned)
-            .collect();
+        // The browser opened the channel itself; KMS keeps one per endpoint.
+        let (state, events, answer) = answering_peer("kms-sim-browser", publisher, offer, true)
+            .await
+            .map_err(|e| e.to_string())?;
         {
             let mut st = self.lock();
-            let Some(Obj {
-                kind: Kind::WebRtc(w),
-                ..
-            }) = st.objects.get_mut(publisher)
-            else {
+            let Some(w) = webrtc_mut(&mut st, publisher) else {
                 return Err("the participant left".into());
             };
-            w.peer = Some(PeerState {
-                peer: Arc::new(peer),
-                pending: Vec::new(),
-                gathering: false,
-                gathering_done: false,
-                // The browser opened the channel; KMS keeps one per endpoint.
-                channel_requested: true,
-                mids,
-            });
+            w.peer = Some(state);
         }
         tokio::spawn(pump(self.me.clone(), publisher.to_owned(), events));
         Ok(answer)
     }
 
     pub(super) fn gather_candidates(&self, st: &mut State, id: &str, raised: &mut Vec<Raised>) {
-        let Some(Obj {
-            kind: Kind::WebRtc(w),
-            ..
-        }) = st.objects.get_mut(id)
-        else {
+        let Some(w) = webrtc_mut(st, id) else {
             return;
         };
         let Some(ps) = w.peer.as_mut() else {
@@ -242,11 +186,7 @@ impl MediaSet {
         id: &str,
         p: &Value,
     ) -> Result<(), RpcError> {
-        let Some(Obj {
-            kind: Kind::WebRtc(w),
-            ..
-        }) = st.objects.get_mut(id)
-        else {
+        let Some(w) = webrtc_mut(st, id) else {
             return Ok(());
         };
         let negotiated = w
@@ -301,11 +241,7 @@ impl MediaSet {
         let mut relay: Vec<Arc<DataPeer>> = Vec::new();
         {
             let mut st = self.lock();
-            let Some(Obj {
-                kind: Kind::WebRtc(w),
-                ..
-            }) = st.objects.get_mut(id)
-            else {
+            let Some(w) = webrtc_mut(&mut st, id) else {
                 return;
             };
             let Some(ps) = w.peer.as_mut() else {
@@ -393,6 +329,48 @@ impl MediaSet {
         }
         self.deliver(raised);
     }
+}
+
+/// The WebRtcEndpoint `id`, if it is one.
+fn webrtc_mut<'a>(st: &'a mut State, id: &str) -> Option<&'a mut super::WebRtc> {
+    match st.objects.get_mut(id) {
+        Some(Obj {
+            kind: Kind::WebRtc(w),
+            ..
+        }) => Some(w),
+        _ => None,
+    }
+}
+
+/// Starts a peer, answers `offer` with it, and returns its state, events and answer.
+async fn answering_peer(
+    kind: &str,
+    id: &str,
+    offer: &str,
+    channel_requested: bool,
+) -> Result<(PeerState, mpsc::Receiver<PeerEvent>, String), webrtc_data::PeerError> {
+    let short: String = id
+        .rsplit('/')
+        .next()
+        .unwrap_or(id)
+        .chars()
+        .take(8)
+        .collect();
+    let (peer, events) = DataPeer::start(PeerOptions {
+        name: format!("{kind}-{short}"),
+        ..Default::default()
+    })?;
+    let answer = peer.answer_offer(offer).await?;
+    let mids = webrtc_data::media_ids(&answer);
+    let state = PeerState {
+        peer: Arc::new(peer),
+        pending: Vec::new(),
+        gathering: false,
+        gathering_done: false,
+        channel_requested,
+        mids,
+    };
+    Ok((state, events, answer))
 }
 
 fn candidate_event(id: &str, mids: &[String], mline: u32, candidate: &str) -> Raised {
