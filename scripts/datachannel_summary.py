@@ -29,8 +29,8 @@ try:
         line = ansi.sub("", line)
         if "DataChannel message delivered" not in line:
             continue
-        who = re.search(r"participant=(\S+)", line)
-        msg = line[line.find("message=") + len("message="):].strip() if "message=" in line else ""
+        who = re.search(r"participant=\"?([^\"\s]+)", line)
+        msg = line[line.find("text=") + len("text="):].strip() if "text=" in line else ""
         msg = msg[: msg.rfind("}") + 1]
         if who and msg:
             last[who.group(1)] = msg

@@ -317,7 +317,7 @@ impl MediaSet {
                         }
                         s.inbox.messages.push_back(text.clone());
                         s.inbox.total += 1;
-                        info!(participant = name.as_deref().unwrap_or(&sink), message = %text, "DataChannel message delivered");
+                        info!(participant = name.as_deref().unwrap_or(&sink), text = %text, "DataChannel message delivered");
                     }
                 }
                 for peer in relay.drain(..) {
