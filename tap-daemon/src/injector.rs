@@ -325,13 +325,27 @@ async fn run(
         }
     }
     let mut backoff = Duration::from_secs(2);
+    // An endpoint whose release failed (KMS unreachable then): released before the next session.
+    let mut unreleased: Option<WebRtcEndpoint> = None;
     loop {
+        if let Some(ep) = unreleased.take() {
+            if let Err(e) = ep.release().await {
+                if !e.is_object_not_found() {
+                    unreleased = Some(ep);
+                }
+            }
+        }
         let started = Instant::now();
         let outcome = session(&ctx, &p, &publisher, &mut results, &slot, &open).await;
         // The endpoint of a failed or finished session is ours to release.
         let ep = slot.lock().expect("endpoint lock").take();
         if let Some(ep) = ep {
-            let _ = ep.release().await;
+            if let Err(e) = ep.release().await {
+                if !e.is_object_not_found() {
+                    debug!(endpoint = ep.id(), error = %e, "release failed; will retry");
+                    unreleased = Some(ep);
+                }
+            }
         }
         match outcome {
             Ok(()) => {
