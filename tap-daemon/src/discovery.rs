@@ -232,7 +232,7 @@ pub struct ParticipantReport {
     pub name: String,
     /// Publisher endpoint id.
     pub endpoint: String,
-    /// `audio`, `video:VP8`…
+    /// `audio`, `video:VP8`…, and `datachannel` when results can go into the call.
     pub media: Vec<String>,
     /// A tap of ours exists for it.
     pub tapped: bool,
@@ -276,6 +276,9 @@ pub async fn list_rooms(kms: &KurentoClient, keys: &TagKeys) -> Result<Vec<RoomR
                 }
                 if let Some(v) = &p.media.video {
                     media.push(format!("video:{}", v.encoding));
+                }
+                if p.media.data_channels {
+                    media.push("datachannel".to_owned());
                 }
                 participants.push(ParticipantReport {
                     tapped: tapped.contains(&p.endpoint),

@@ -214,5 +214,15 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
     assert_eq!(sources[0].source, feeder, "the app's link is untouched");
     assert_eq!(sim.media_set().data_received(eve_ep.id()).1, 0);
     assert_eq!(sim.media_set().webrtc_peers(), 1, "a peer for dan only");
+    // `kurento-tap rooms` shows who can receive results in the call.
+    let rooms = tap_daemon::discovery::list_rooms(&app, &Default::default())
+        .await
+        .unwrap();
+    let dan_report = rooms[0]
+        .participants
+        .iter()
+        .find(|p| p.name == "dan")
+        .unwrap();
+    assert_eq!(dan_report.media, ["video:VP8", "datachannel"]);
     daemon.shutdown().await;
 }
