@@ -21,16 +21,23 @@ def describe(r):
     return "  ".join(f"{k} {v:.3f}" for k, v in sorted(labels.items()))
 
 
-limit = float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
-latest, last_print, started = {}, 0.0, time.time()
-for line in sys.stdin:
-    r = json.loads(line)
-    latest[(r["room"], r["participant"], r["model"])] = r
-    now = time.time()
-    if now - last_print >= 1.0:
-        last_print = now
-        for (room, who, model), r in sorted(latest.items()):
-            print(f"{room}/{who:<6} {model + '@' + r['version']:<9} {describe(r):<58} capture->result {r['latency_ms']:6.1f} ms", flush=True)
-        print(flush=True)
-    if now - started > limit:
-        break
+def main():
+    limit = float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
+    latest, last_print, started = {}, 0.0, time.time()
+    for line in sys.stdin:
+        r = json.loads(line)
+        latest[(r["room"], r["participant"], r["model"])] = r
+        now = time.time()
+        if now - last_print >= 1.0:
+            last_print = now
+            for (room, who, model), r in sorted(latest.items()):
+                print(f"{room}/{who:<6} {model + '@' + r['version']:<9} {describe(r):<58} capture->result {r['latency_ms']:6.1f} ms", flush=True)
+            print(flush=True)
+        if now - started > limit:
+            break
+
+
+try:
+    main()
+except KeyboardInterrupt:
+    pass

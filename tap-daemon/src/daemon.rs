@@ -28,6 +28,10 @@ use crate::receiver::{
 use crate::registry;
 use crate::sdp_offer::{check_answer, tap_offer, OPUS_PT, VIDEO_PT};
 
+/// Longest wait for KMS to release one of our objects when stopping a tap (a dead KMS must not
+/// hold up shutdown; a restart sweeps what is left).
+pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Everything the daemon is configured with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -493,8 +497,8 @@ impl Actor {
                     self.on_connection(s).await;
                 }
                 cmd = cmd_rx.recv() => match cmd {
-                    None => { self.detach_all(true).await; return; }
-                    Some(Command::Shutdown(done)) => { self.detach_all(true).await; let _ = done.send(()); return; }
+                    None => { self.detach_all(self.kms_connected()).await; return; }
+                    Some(Command::Shutdown(done)) => { self.detach_all(self.kms_connected()).await; let _ = done.send(()); return; }
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
                     Some(Command::Attach(req, reply)) => { let r = self.control_attach(req).await; let _ = reply.send(r); }
                     Some(Command::Detach(req, reply)) => {
@@ -937,13 +941,20 @@ impl Actor {
             injector.stop(release).await;
         }
         if release {
-            if let Err(e) = t.tap.release().await {
-                debug!(tap = t.tap.id(), error = %e, "release failed");
+            match tokio::time::timeout(RELEASE_TIMEOUT, t.tap.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(tap = t.tap.id(), error = %e, "release failed"),
+                Err(_) => debug!(tap = t.tap.id(), "release timed out"),
             }
         }
         drop(t);
         self.metrics.taps_active.dec();
         true
+    }
+
+    /// With KMS unreachable nothing can be released (the next start sweeps what is left).
+    fn kms_connected(&self) -> bool {
+        self.kms.state().borrow().is_connected()
     }
 
     async fn detach_all(&mut self, release: bool) {

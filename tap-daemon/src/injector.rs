@@ -289,8 +289,10 @@ impl Injector {
         let _ = self.task.await;
         let ep = self.endpoint.lock().expect("endpoint lock").take();
         if let (true, Some(ep)) = (release, ep) {
-            if let Err(e) = ep.release().await {
-                debug!(endpoint = ep.id(), error = %e, "release failed");
+            match tokio::time::timeout(crate::daemon::RELEASE_TIMEOUT, ep.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(endpoint = ep.id(), error = %e, "release failed"),
+                Err(_) => debug!(endpoint = ep.id(), "release timed out"),
             }
         }
     }

@@ -131,8 +131,14 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("kurento-tap: metrics on http://{addr}/metrics");
             }
             shutdown_signal().await;
-            eprintln!("kurento-tap: shutting down (releasing taps, draining NATS)");
-            daemon.shutdown().await;
+            eprintln!("kurento-tap: shutting down (releasing taps, draining NATS; a second signal forces exit)");
+            tokio::select! {
+                _ = daemon.shutdown() => {}
+                _ = shutdown_signal() => eprintln!("kurento-tap: second signal, exiting now"),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                    eprintln!("kurento-tap: shutdown took over 30 s, exiting");
+                }
+            }
             Ok(())
         }
         Command::Results {

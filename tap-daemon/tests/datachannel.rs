@@ -226,3 +226,32 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
     assert_eq!(dan_report.media, ["video:VP8", "datachannel"]);
     daemon.shutdown().await;
 }
+
+/// KMS gone for good: stopping the daemon does not wait on releases that cannot happen (the next
+/// start sweeps what is left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_hang_when_kms_is_gone() {
+    let nats = Nats::start().await;
+    let sim = sim(
+        "[[room]]\nname='gone'\n[[room.participant]]\nname='fay'\nvideo={width=160,height=120}\ndata_channels=true\n[[room.participant]]\nname='gus'\naudio={}\ndata_channels=true\n",
+        (55000, 55499),
+    )
+    .await;
+    let daemon = Daemon::start(config(&sim, &nats, (55500, 55999)))
+        .await
+        .unwrap();
+    wait_taps(&daemon, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.media_set().webrtc_peers() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "DataChannel endpoints not created"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sim.stop();
+    // Four objects of ours would each wait out the 20 s request timeout without the fix.
+    tokio::time::timeout(Duration::from_secs(30), daemon.shutdown())
+        .await
+        .expect("shutdown finished");
+}
