@@ -24,6 +24,7 @@
 //! label = "kurento-tap"
 //! replace_data_source = false     # never take over a DATA link the app made
 //! audience = "participant"        # or "room": everyone's results to everyone in the room
+//! ice_ports = "41000-41099"       # UDP ports of the peers' ICE (default: any), apart from `ports`
 //!
 //! [tags]
 //! room = "kurento-tap.room"
@@ -99,6 +100,8 @@ pub struct DataChannelFile {
     pub replace_data_source: Option<bool>,
     /// `participant` or `room`.
     pub audience: Option<crate::injector::Audience>,
+    /// ICE UDP ports `MIN-MAX`.
+    pub ice_ports: Option<String>,
 }
 
 /// A bad configuration value.
@@ -204,6 +207,19 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             "datachannel max_message_bytes must be between 256 and 65536".into(),
         ));
     }
+    let ice_ports = match &dc_file.ice_ports {
+        Some(r) => {
+            let (a, b) = parse_ports(r)?;
+            if a <= ports.1 && ports.0 <= b {
+                return Err(ConfigError::Invalid(format!(
+                    "datachannel ice_ports {r:?} overlaps the receive ports {}-{}",
+                    ports.0, ports.1
+                )));
+            }
+            Some((a, b))
+        }
+        None => None,
+    };
     let datachannel = crate::injector::InjectorConfig {
         enabled: o.datachannels.or(dc_file.enabled).unwrap_or(dc.enabled),
         max_rate_hz,
@@ -221,6 +237,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .datachannel_audience
             .or(dc_file.audience)
             .unwrap_or(dc.audience),
+        ice_ports,
     };
     Ok(DaemonConfig {
         kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
@@ -289,6 +306,15 @@ mod tests {
         let e = resolve(file, Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("max_rate_hz"), "{e}");
         assert!(toml::from_str::<FileConfig>("[datachannel]\nrate = 1\n").is_err());
+        let file: FileConfig =
+            toml::from_str("ports = '40000-40999'\n[datachannel]\nice_ports = '40500-40600'\n")
+                .unwrap();
+        let e = resolve(file, Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        let file: FileConfig =
+            toml::from_str("[datachannel]\nice_ports = '41000-41099'\n").unwrap();
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.datachannel.ice_ports, Some((41000, 41099)));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct InjectorConfig {
     pub replace_data_source: bool,
     /// Whose results each participant receives.
     pub audience: Audience,
+    /// UDP ports for the peers' ICE (inclusive); `None`: any the OS gives.
+    pub ice_ports: Option<(u16, u16)>,
 }
 
 /// Whose results a participant's DataChannel carries.
@@ -83,6 +85,7 @@ impl Default for InjectorConfig {
             setup_timeout: Duration::from_secs(20),
             replace_data_source: false,
             audience: Audience::Participant,
+            ice_ports: None,
         }
     }
 }
@@ -443,6 +446,7 @@ async fn session(
         name: format!("tap-dc-{short}"),
         event_capacity: 256,
         max_backlog_bytes: 64 * 1024,
+        ice_ports: cfg.ice_ports,
     })?;
     let offer = peer.create_offer().await?;
     let mids: Vec<String> = webrtc_data::media_ids(&offer);

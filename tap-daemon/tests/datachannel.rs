@@ -46,6 +46,7 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
     let sim = sim(SCENARIO, (52000, 52999)).await;
     let mut cfg = config(&sim, &nats, (53000, 53999));
     cfg.datachannel.max_rate_hz = 3.0;
+    cfg.datachannel.ice_ports = Some((56000, 56099));
     let daemon = Daemon::start(cfg).await.unwrap();
     let taps = wait_taps(&daemon, 3).await;
     let endpoint = |name: &str| {

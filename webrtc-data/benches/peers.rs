@@ -21,6 +21,7 @@ fn peer(name: &str) -> (DataPeer, mpsc::Receiver<PeerEvent>) {
         name: name.into(),
         event_capacity: 4096,
         max_backlog_bytes: 1 << 20,
+        ice_ports: None,
     })
     .expect("webrtcbin")
 }

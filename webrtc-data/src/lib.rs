@@ -120,6 +120,8 @@ pub struct PeerOptions {
     /// Bytes allowed to wait in SCTP before [`DataPeer::send_text`] refuses with
     /// [`SendError::Backlog`].
     pub max_backlog_bytes: u64,
+    /// UDP ports the ICE agent may use (inclusive), for firewalls; `None`: any.
+    pub ice_ports: Option<(u16, u16)>,
 }
 
 impl Default for PeerOptions {
@@ -128,6 +130,7 @@ impl Default for PeerOptions {
             name: "webrtc-data".into(),
             event_capacity: 256,
             max_backlog_bytes: 64 * 1024,
+            ice_ports: None,
         }
     }
 }
@@ -151,6 +154,11 @@ impl Shared {
         if channel.label().as_deref() == Some(SDP_PLACEHOLDER_LABEL) {
             return;
         }
+        // Listed before any handler can report it open: a `ChannelOpen` event means sendable.
+        self.channels
+            .lock()
+            .expect("channels lock")
+            .push(channel.clone());
         let weak = Arc::downgrade(self);
         channel.connect_on_open(move |ch| {
             if let Some(s) = weak.upgrade() {
@@ -201,10 +209,6 @@ impl Shared {
                 id: channel.id(),
             });
         }
-        self.channels
-            .lock()
-            .expect("channels lock")
-            .push(channel.clone());
     }
 }
 
@@ -245,6 +249,7 @@ impl DataPeer {
         }
         // Kurento rejects the bundle-only m=application of a max-bundle offer.
         webrtc.set_property("bundle-policy", gst_webrtc::WebRTCBundlePolicy::MaxCompat);
+        configure_ice(&webrtc, options.ice_ports);
         pipeline
             .add(&webrtc)
             .map_err(|e| PeerError::Gst(e.to_string()))?;
@@ -499,6 +504,26 @@ impl Drop for DataPeer {
 }
 
 use gst::glib;
+
+/// UDP only (KMS does not need ICE-TCP), within `ports` when given.
+fn configure_ice(webrtc: &gst::Element, ports: Option<(u16, u16)>) {
+    if webrtc.find_property("ice-agent").is_none() {
+        return;
+    }
+    let ice = webrtc.property::<gst::Object>("ice-agent");
+    if ice.find_property("ice-tcp").is_some() {
+        ice.set_property("ice-tcp", false);
+    }
+    if let Some((min, max)) = ports {
+        if ice.find_property("min-rtp-port").is_some()
+            && ice.find_property("max-rtp-port").is_some()
+        {
+            // Max first: the agent refuses a minimum above the current maximum.
+            ice.set_property("max-rtp-port", u32::from(max));
+            ice.set_property("min-rtp-port", u32::from(min));
+        }
+    }
+}
 
 fn description(
     kind: WebRTCSDPType,

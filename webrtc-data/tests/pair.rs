@@ -127,3 +127,36 @@ async fn garbage_sdp_is_an_error_not_a_panic() {
     kms.add_remote_candidate(0, "hello");
     kms.add_remote_candidate(7, "candidate:garbage");
 }
+
+#[tokio::test]
+async fn ice_ports_are_kept_within_the_configured_range() {
+    let (peer, mut events) = DataPeer::start(PeerOptions {
+        name: "ranged".into(),
+        ice_ports: Some((47110, 47119)),
+        ..Default::default()
+    })
+    .unwrap();
+    peer.create_offer().await.unwrap();
+    let mut ports = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            Some(ev) = events.recv() => match ev {
+                PeerEvent::LocalCandidate { candidate, .. } => {
+                    // candidate:<foundation> <component> <transport> <priority> <address> <port> typ ...
+                    let f: Vec<&str> = candidate.split_whitespace().collect();
+                    assert_eq!(f[2].to_ascii_uppercase(), "UDP", "no ICE-TCP: {candidate}");
+                    ports.push(f[5].parse::<u16>().unwrap());
+                }
+                PeerEvent::GatheringDone => break,
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    assert!(!ports.is_empty(), "host candidates gathered");
+    assert!(
+        ports.iter().all(|p| (47110..=47119).contains(p)),
+        "{ports:?}"
+    );
+}
