@@ -396,14 +396,24 @@ async fn session(
     open: &Arc<AtomicBool>,
 ) -> Result<(), SetupError> {
     let cfg = &ctx.config;
-    // KMS keeps one DATA source per sink: never silently take over a link the app made.
+    // KMS keeps one DATA source per sink: never silently take over a link the app made. A self-loop
+    // and our own endpoints (e.g. one whose release failed) may be replaced.
     for c in publisher.get_source_connections(MediaType::Data).await? {
-        let ours = slot
-            .lock()
-            .expect("endpoint lock")
-            .as_ref()
-            .is_some_and(|e| e.id() == c.source);
-        if c.source != p.endpoint && !ours && !cfg.replace_data_source {
+        if c.source == p.endpoint || cfg.replace_data_source {
+            continue;
+        }
+        let ours = match ctx.kms.object::<WebRtcEndpoint>(&c.source) {
+            Ok(src) => src
+                .get_tags()
+                .await
+                .map(|tags| {
+                    tags.iter()
+                        .any(|t| t.key == ctx.tags.owner && t.value == ctx.owner)
+                })
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !ours {
             return Err(SetupError::DataSourceInUse(c.source));
         }
     }
@@ -441,7 +451,15 @@ async fn session(
     let mut kms_candidates = ep.on::<IceCandidateFound>().await?;
     let mut channel_closed = ep.on::<DataChannelClosed>().await?;
 
-    let short: String = p.endpoint.chars().take(8).collect();
+    // The endpoint's own UUID (ids start with the room pipeline's).
+    let short: String = p
+        .endpoint
+        .rsplit('/')
+        .next()
+        .unwrap_or(&p.endpoint)
+        .chars()
+        .take(8)
+        .collect();
     let (peer, mut peer_events) = DataPeer::start(PeerOptions {
         name: format!("tap-dc-{short}"),
         event_capacity: 256,
