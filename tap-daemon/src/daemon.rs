@@ -32,6 +32,29 @@ use crate::sdp_offer::{check_answer, tap_offer, OPUS_PT, VIDEO_PT};
 /// hold up shutdown; a restart sweeps what is left).
 pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Releases one of our objects, giving up after [`RELEASE_TIMEOUT`] or as soon as KMS is
+/// unreachable (then nothing can be released; the next start sweeps it).
+pub(crate) async fn release_bounded(
+    kms: &KurentoClient,
+    id: &str,
+    release: impl std::future::Future<Output = Result<(), KmsError>>,
+) {
+    let mut state = kms.state();
+    tokio::select! {
+        r = tokio::time::timeout(RELEASE_TIMEOUT, release) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(object = id, error = %e, "release failed"),
+            Err(_) => debug!(object = id, "release timed out"),
+        },
+        _ = state.wait_for(|s| !s.is_connected()) => {
+            debug!(object = id, "KMS unreachable: not released");
+        }
+    }
+}
+
+/// How long a shutdown waits for the control actor to release what is ours.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Everything the daemon is configured with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -364,18 +387,29 @@ impl Daemon {
 
     /// Releases every tap this daemon made, stops receivers, drains NATS, closes KMS.
     pub async fn shutdown(mut self) {
-        let (tx, rx) = oneshot::channel();
-        if self.cmd_tx.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        // The actor may be inside a KMS request that only times out (KMS gone): give it a bounded
+        // grace, then stop it where it is (taps and peers stop on drop; the next start sweeps KMS).
+        let graceful = async {
+            let (tx, rx) = oneshot::channel();
+            if self.cmd_tx.send(Command::Shutdown(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful)
+            .await
+            .is_err()
+        {
+            warn!("shutdown: KMS did not answer in time; stopping without releasing");
         }
         if let Some(a) = self.actor.take() {
+            a.abort();
             let _ = a.await;
         }
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        let _ = self.nats.drain().await;
-        self.kms.close().await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.nats.drain()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.kms.close()).await;
     }
 }
 
@@ -609,6 +643,10 @@ impl Actor {
         };
         let mut seen = std::collections::HashSet::new();
         for pipeline in pipelines {
+            // Lost KMS mid-scan: requests would queue until reconnection; look again then.
+            if !self.kms_connected() {
+                return;
+            }
             let Ok(room) = discovery::room_name(&pipeline, &self.config.tags).await else {
                 continue;
             };
@@ -941,11 +979,7 @@ impl Actor {
             injector.stop(release).await;
         }
         if release {
-            match tokio::time::timeout(RELEASE_TIMEOUT, t.tap.release()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(tap = t.tap.id(), error = %e, "release failed"),
-                Err(_) => debug!(tap = t.tap.id(), "release timed out"),
-            }
+            release_bounded(&self.kms, t.tap.id(), t.tap.release()).await;
         }
         drop(t);
         self.metrics.taps_active.dec();

@@ -201,6 +201,7 @@ pub struct InjectorContext {
 
 /// The DataChannel path of one tapped participant.
 pub struct Injector {
+    kms: KurentoClient,
     task: tokio::task::JoinHandle<()>,
     endpoint: Arc<Mutex<Option<WebRtcEndpoint>>>,
     open: Arc<AtomicBool>,
@@ -235,6 +236,13 @@ impl SetupError {
     }
 }
 
+impl Drop for Injector {
+    fn drop(&mut self) {
+        // Dropped without `stop` (the control actor itself stopped): the session must not outlive it.
+        self.task.abort();
+    }
+}
+
 /// Keeps the open-channels gauge right however the session ends (including abort).
 struct OpenGuard {
     metrics: Arc<Metrics>,
@@ -258,6 +266,7 @@ impl Injector {
     ) -> Injector {
         let endpoint = Arc::new(Mutex::new(None));
         let open = Arc::new(AtomicBool::new(false));
+        let kms = ctx.kms.clone();
         let task = tokio::spawn(run(
             ctx,
             participant,
@@ -266,6 +275,7 @@ impl Injector {
             open.clone(),
         ));
         Injector {
+            kms,
             task,
             endpoint,
             open,
@@ -287,16 +297,12 @@ impl Injector {
     }
 
     /// Stops; releases our endpoint when `release` (never anything else).
-    pub async fn stop(self, release: bool) {
+    pub async fn stop(mut self, release: bool) {
         self.task.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
         let ep = self.endpoint.lock().expect("endpoint lock").take();
         if let (true, Some(ep)) = (release, ep) {
-            match tokio::time::timeout(crate::daemon::RELEASE_TIMEOUT, ep.release()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(endpoint = ep.id(), error = %e, "release failed"),
-                Err(_) => debug!(endpoint = ep.id(), "release timed out"),
-            }
+            crate::daemon::release_bounded(&self.kms, ep.id(), ep.release()).await;
         }
     }
 }

@@ -251,7 +251,8 @@ async fn shutdown_does_not_hang_when_kms_is_gone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sim.stop();
-    // Four objects of ours would each wait out the 20 s request timeout without the fix.
+    // Four objects of ours would each wait out the 20 s request timeout without the fix; the
+    // bound here only catches a hang (shutdown gives the actor 10 s at most).
     tokio::time::timeout(Duration::from_secs(30), daemon.shutdown())
         .await
         .expect("shutdown finished");
