@@ -22,6 +22,8 @@ pub struct Nats {
     dir: PathBuf,
 }
 
+static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -44,8 +46,47 @@ fn nats_binary() -> String {
 }
 
 impl Nats {
+    /// A server on a port the server picks itself (`-p -1`, read back from its ports file): no
+    /// window in which another test's server or connection could take it, so tests never share a
+    /// server.
     pub async fn start() -> Nats {
-        Self::start_on(free_port()).await
+        let dir = std::env::temp_dir().join(format!(
+            "tap-nats-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.join("js"))
+            .arg("--ports_file_dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/setup installs it)");
+        let ports_file = dir.join(format!("nats-server_{}.ports", child.id()));
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited: {status}");
+            }
+            let port = std::fs::read_to_string(&ports_file).ok().and_then(|t| {
+                let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                let url = v["nats"][0].as_str()?.to_owned();
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                return Nats {
+                    child,
+                    url: format!("nats://127.0.0.1:{port}"),
+                    port,
+                    dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        panic!("nats-server wrote no ports file in 5 s");
     }
 
     pub async fn start_on(port: u16) -> Nats {
@@ -59,26 +100,45 @@ impl Nats {
     }
 
     async fn start_in(port: u16, dir: PathBuf) -> Nats {
+        Self::try_start_in(port, dir)
+            .await
+            .unwrap_or_else(|| panic!("nats-server did not start on port {port}"))
+    }
+
+    /// Starts a server on `port`; `None` if it exited (port taken) instead of listening.
+    async fn try_start_in(port: u16, dir: PathBuf) -> Option<Nats> {
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(nats_binary())
+        let mut child = Command::new(nats_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
+            .arg(dir.join("js"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server runs (scripts/setup installs it)");
         for _ in 0..100 {
+            if let Ok(Some(_)) = child.try_wait() {
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
+            }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+                // Listening, and still ours (a server that lost the port exits at once).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Ok(Some(_)) = child.try_wait() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return None;
+                }
+                return Some(Nats {
+                    child,
+                    url: format!("nats://127.0.0.1:{port}"),
+                    port,
+                    dir,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Nats {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            dir,
-        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn stop(&mut self) {
