@@ -12,7 +12,6 @@
 //! participant ([`Pacer`]), and dropped (counted) rather than queued when the channel is slow.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use tracing::{debug, info, warn};
 use webrtc_data::{application_ports, DataPeer, PeerEvent, PeerOptions, SendError};
 
 use crate::discovery::{Participant, TagKeys};
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::Metrics;
 
 /// How results reach participants' DataChannels.
 #[derive(Debug, Clone)]
@@ -204,7 +203,6 @@ pub struct Injector {
     kms: KurentoClient,
     task: tokio::task::JoinHandle<()>,
     endpoint: Arc<Mutex<Option<WebRtcEndpoint>>>,
-    open: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,12 +244,10 @@ impl Drop for Injector {
 /// Keeps the open-channels gauge right however the session ends (including abort).
 struct OpenGuard {
     metrics: Arc<Metrics>,
-    open: Arc<AtomicBool>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.open.store(false, Ordering::Relaxed);
         self.metrics.datachannels_open.dec();
     }
 }
@@ -265,35 +261,13 @@ impl Injector {
         results: broadcast::Receiver<Arc<ResultMessage>>,
     ) -> Injector {
         let endpoint = Arc::new(Mutex::new(None));
-        let open = Arc::new(AtomicBool::new(false));
         let kms = ctx.kms.clone();
-        let task = tokio::spawn(run(
-            ctx,
-            participant,
-            results,
-            endpoint.clone(),
-            open.clone(),
-        ));
+        let task = tokio::spawn(run(ctx, participant, results, endpoint.clone()));
         Injector {
             kms,
             task,
             endpoint,
-            open,
         }
-    }
-
-    /// Whether results are flowing into the participant's channel.
-    pub fn is_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Our endpoint's id, while one exists.
-    pub fn endpoint_id(&self) -> Option<String> {
-        self.endpoint
-            .lock()
-            .expect("endpoint lock")
-            .as_ref()
-            .map(|e| e.id().to_owned())
     }
 
     /// Stops; releases our endpoint when `release` (never anything else).
@@ -312,7 +286,6 @@ async fn run(
     p: Participant,
     mut results: broadcast::Receiver<Arc<ResultMessage>>,
     slot: Arc<Mutex<Option<WebRtcEndpoint>>>,
-    open: Arc<AtomicBool>,
 ) {
     let Ok(publisher) = ctx.kms.object::<WebRtcEndpoint>(&p.endpoint) else {
         return;
@@ -324,14 +297,10 @@ async fn run(
         };
         debug!(participant = %p.name, "waiting for the participant's DataChannel");
         loop {
-            tokio::select! {
-                ev = opened.recv() => match ev {
-                    Some(Ok(_)) => break,
-                    Some(Err(_)) => continue,
-                    None => return,
-                },
-                // Nobody reads results meanwhile; keep the receiver from lagging forever.
-                r = results.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
+            match opened.recv().await {
+                Some(Ok(_)) => break,
+                Some(Err(_)) => continue,
+                None => return,
             }
         }
     }
@@ -347,7 +316,7 @@ async fn run(
             }
         }
         let started = Instant::now();
-        let outcome = session(&ctx, &p, &publisher, &mut results, &slot, &open).await;
+        let outcome = session(&ctx, &p, &publisher, &mut results, &slot).await;
         // The endpoint of a failed or finished session is ours to release.
         let ep = slot.lock().expect("endpoint lock").take();
         if let Some(ep) = ep {
@@ -399,9 +368,10 @@ async fn session(
     publisher: &WebRtcEndpoint,
     results: &mut broadcast::Receiver<Arc<ResultMessage>>,
     slot: &Arc<Mutex<Option<WebRtcEndpoint>>>,
-    open: &Arc<AtomicBool>,
 ) -> Result<(), SetupError> {
     let cfg = &ctx.config;
+    // Results from before this session (while waiting or backing off) are stale: start from now.
+    *results = results.resubscribe();
     // KMS keeps one DATA source per sink: never silently take over a link the app made. A self-loop
     // and our own endpoints (e.g. one whose release failed) may be replaced.
     for c in publisher.get_source_connections(MediaType::Data).await? {
@@ -511,8 +481,7 @@ async fn session(
                     // Our channel is up: only now take the participant's DATA input.
                     ep.connect(publisher, MediaType::Data).await?;
                     ctx.metrics.datachannels_open.inc();
-                    open.store(true, Ordering::Relaxed);
-                    guard = Some(OpenGuard { metrics: ctx.metrics.clone(), open: open.clone() });
+                    guard = Some(OpenGuard { metrics: ctx.metrics.clone() });
                     ctx.metrics.datachannel_setup("opened");
                     info!(room = %p.room, participant = %p.name, endpoint = ep.id(), label, id, "results flow into the participant's DataChannel");
                 }
@@ -539,9 +508,7 @@ async fn session(
                     }
                 }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    ctx.metrics.datachannel_messages.get_or_create(&OutcomeLabel { outcome: "lagged".into() }).inc_by(n);
-                }
+                Err(broadcast::error::RecvError::Lagged(n)) => ctx.metrics.datachannel_messages_n("lagged", n),
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
@@ -557,12 +524,7 @@ async fn session(
 fn send_due(ctx: &InjectorContext, peer: &DataPeer, pacer: &mut Pacer) {
     let (due, stale) = pacer.take(Instant::now());
     if stale > 0 {
-        ctx.metrics
-            .datachannel_messages
-            .get_or_create(&OutcomeLabel {
-                outcome: "stale".into(),
-            })
-            .inc_by(stale);
+        ctx.metrics.datachannel_messages_n("stale", stale);
     }
     for r in due {
         let Some(text) = DataChannelMessage::from_result(&r).encode(ctx.config.max_message_bytes)

@@ -265,11 +265,16 @@ impl Metrics {
 
     /// Counts a DataChannel message outcome.
     pub fn datachannel_message(&self, outcome: &str) {
+        self.datachannel_messages_n(outcome, 1);
+    }
+
+    /// Counts `n` DataChannel messages with one outcome.
+    pub fn datachannel_messages_n(&self, outcome: &str, n: u64) {
         self.datachannel_messages
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts a dropped chunk.

@@ -404,11 +404,6 @@ impl DataPeer {
         Ok(())
     }
 
-    /// Whether a channel is open.
-    pub fn is_open(&self) -> bool {
-        self.open_channel_handle().is_some()
-    }
-
     fn open_channel_handle(&self) -> Option<WebRTCDataChannel> {
         self.shared
             .channels
@@ -427,13 +422,6 @@ impl DataPeer {
         }
         ch.send_string_full(Some(text))
             .map_err(|_| SendError::Refused)
-    }
-
-    /// Bytes queued in SCTP on the open channel.
-    pub fn backlog_bytes(&self) -> u64 {
-        self.open_channel_handle()
-            .map(|c| c.buffered_amount())
-            .unwrap_or(0)
     }
 
     /// Events dropped because the event receiver was not read fast enough.

@@ -2,7 +2,6 @@
 //! temporary directory, model registration with heartbeats, and test workers.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,14 +22,6 @@ pub struct Nats {
 }
 
 static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn nats_binary() -> String {
     for p in [
@@ -87,11 +78,6 @@ impl Nats {
         }
         let _ = child.kill();
         panic!("nats-server wrote no ports file in 5 s");
-    }
-
-    pub async fn start_on(port: u16) -> Nats {
-        let dir = std::env::temp_dir().join(format!("tap-nats-{}-{}", std::process::id(), port));
-        Self::start_in(port, dir).await
     }
 
     /// A new server on the same port and store directory (a restart).
