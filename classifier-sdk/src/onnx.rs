@@ -1,9 +1,14 @@
-//! ONNX Runtime helpers for model authors (feature `onnx`): one environment per process loaded from
-//! `ORT_DYLIB_PATH` with telemetry off, sessions from checksummed model files, and the image and
-//! score helpers emotion models need.
+//! ONNX Runtime helpers for model authors (feature `onnx`): one environment per process with
+//! telemetry off, sessions from checksummed model files, and the image and score helpers emotion
+//! models need.
 //!
 //! The runtime library is not linked: `scripts/setup` extracts `libonnxruntime.so` from PyPI's
-//! `onnxruntime` wheel into `vendor/onnxruntime/` and `ORT_DYLIB_PATH` points at it.
+//! `onnxruntime` wheel into `vendor/onnxruntime/`. It is found, in this order: `$ORT_DYLIB_PATH`
+//! (only that, when set); next to the executable (and its `../lib`); a `vendor/onnxruntime/` in a
+//! folder above the executable (a workspace's `target/release/fer-worker` finds the workspace's);
+//! this source tree's `vendor/onnxruntime/`; the system library path (`libonnxruntime.so.1`,
+//! `libonnxruntime.so`, as `dlopen` resolves them). When none loads, the error names every path
+//! tried and why each failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -18,14 +23,12 @@ pub use ort::session::Session;
 pub enum OnnxError {
     /// The runtime library could not be loaded.
     #[error(
-        "cannot load ONNX Runtime from {path}: {reason}. Set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1 \
-         (scripts/setup puts it in vendor/onnxruntime/)"
+        "cannot load ONNX Runtime; tried:\n{tried}\nSet ORT_DYLIB_PATH to libonnxruntime.so.1.31.1, put it next \
+         to the binary, or run scripts/setup (it puts the library in vendor/onnxruntime/)"
     )]
     Runtime {
-        /// The path tried.
-        path: String,
-        /// Why.
-        reason: String,
+        /// Every path tried, one per line, with why it failed.
+        tried: String,
     },
     /// A model file is missing or unreadable.
     #[error("cannot read model {0}: {1}")]
@@ -51,9 +54,123 @@ fn ort_err(e: impl std::fmt::Display) -> OnnxError {
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// Where an ONNX Runtime library may be, in the order tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeCandidate {
+    /// A file path (tried only if it exists).
+    File(PathBuf),
+    /// A bare library name, resolved by the dynamic loader (system library path).
+    System(String),
+}
+
+impl std::fmt::Display for RuntimeCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeCandidate::File(p) => write!(f, "{}", p.display()),
+            RuntimeCandidate::System(n) => write!(f, "{n} (system library path)"),
+        }
+    }
+}
+
+/// The ONNX Runtime library files in `dir`, the project's pinned version first.
+fn libraries_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    // Pinned version, then the longest (most specific) names, newest versions first.
+    found.sort_by_key(|p| {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        (!name.ends_with(".so.1.31.1"), std::cmp::Reverse(name))
+    });
+    found
+}
+
+/// The candidates, in order, for an explicit path (`ORT_DYLIB_PATH`), the running executable and
+/// this source tree. Pure: the file system is only listed, nothing is loaded.
+pub fn runtime_candidates(
+    explicit: Option<&std::ffi::OsStr>,
+    exe: Option<&Path>,
+    source_tree: &Path,
+) -> Vec<RuntimeCandidate> {
+    if let Some(p) = explicit.filter(|p| !p.is_empty()) {
+        return vec![RuntimeCandidate::File(PathBuf::from(p))];
+    }
+    let mut out = Vec::new();
+    let push_dir = |dir: &Path, out: &mut Vec<RuntimeCandidate>| {
+        let found = libraries_in(dir);
+        if found.is_empty() {
+            out.push(RuntimeCandidate::File(dir.join("libonnxruntime.so.1.31.1")));
+        }
+        out.extend(found.into_iter().map(RuntimeCandidate::File));
+    };
+    if let Some(bin_dir) = exe.and_then(Path::parent) {
+        push_dir(bin_dir, &mut out);
+        push_dir(&bin_dir.join("../lib"), &mut out);
+        // target/release/fer-worker → the workspace's vendor/onnxruntime/.
+        for ancestor in bin_dir.ancestors().skip(1).take(4) {
+            let vendor = ancestor.join("vendor/onnxruntime");
+            if vendor.is_dir() {
+                push_dir(&vendor, &mut out);
+                break;
+            }
+        }
+    }
+    push_dir(&source_tree.join("vendor/onnxruntime"), &mut out);
+    out.push(RuntimeCandidate::System("libonnxruntime.so.1".into()));
+    out.push(RuntimeCandidate::System("libonnxruntime.so".into()));
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| match c {
+        RuntimeCandidate::File(p) => seen.insert(p.canonicalize().unwrap_or_else(|_| p.clone())),
+        RuntimeCandidate::System(n) => seen.insert(PathBuf::from(n)),
+    });
+    out
+}
+
+/// The first candidate that is an ONNX Runtime (a loadable library exporting `OrtGetApiBase`),
+/// or every reason why not.
+fn find_runtime(candidates: &[RuntimeCandidate]) -> Result<String, String> {
+    let mut tried = Vec::new();
+    for c in candidates {
+        let name = match c {
+            RuntimeCandidate::File(p) if !p.exists() => {
+                tried.push(format!("  {c}: no such file"));
+                continue;
+            }
+            RuntimeCandidate::File(p) => p.display().to_string(),
+            RuntimeCandidate::System(n) => n.clone(),
+        };
+        // Probe before handing the path to ort, which keeps the first path it is given.
+        // SAFETY: loading ONNX Runtime runs only its initialisers, as ort's own load would.
+        match unsafe { libloading::Library::new(&name) } {
+            Ok(lib) => {
+                // SAFETY: only the symbol's presence is checked; it is not called.
+                let exported =
+                    unsafe { lib.get::<unsafe extern "C" fn()>(b"OrtGetApiBase\0") }.is_ok();
+                if exported {
+                    return Ok(name);
+                }
+                tried.push(format!("  {c}: not an ONNX Runtime (no OrtGetApiBase)"));
+            }
+            Err(e) => tried.push(format!("  {c}: {e}")),
+        }
+    }
+    Err(tried.join("\n"))
+}
+
 /// The process's ONNX Runtime environment (loaded once; telemetry disabled).
 pub fn environment() -> Result<&'static ort::environment::Environment, OnnxError> {
-    let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| "libonnxruntime.so".into());
     ENVIRONMENT
         .get_or_init(|| {
             // Also read by the library itself: no device id file, no event queue on disk.
@@ -61,17 +178,23 @@ pub fn environment() -> Result<&'static ort::environment::Environment, OnnxError
                 // SAFETY: set once, before the library is loaded and before any thread reads it.
                 unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
             }
-            let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
+            let candidates = runtime_candidates(
+                std::env::var_os("ORT_DYLIB_PATH").as_deref(),
+                std::env::current_exe().ok().as_deref(),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            );
+            let path = find_runtime(&candidates)?;
+            tracing::debug!(library = %path, "ONNX Runtime found");
+            let builder = ort::init_from(&path).map_err(|e| format!("  {path}: {e}"))?;
             builder
                 .with_name("kurento-tap")
                 .with_telemetry(false)
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("  {path}: {e}"))
         })
         .as_ref()
-        .map_err(|reason| OnnxError::Runtime {
-            path,
-            reason: reason.clone(),
+        .map_err(|tried| OnnxError::Runtime {
+            tried: tried.clone(),
         })
 }
 
@@ -247,6 +370,76 @@ pub fn gray_crop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ort-lookup-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_explicit_path_is_the_only_candidate() {
+        let c = runtime_candidates(Some("/x/lib.so".as_ref()), None, Path::new("/src"));
+        assert_eq!(c, vec![RuntimeCandidate::File("/x/lib.so".into())]);
+    }
+
+    #[test]
+    fn lookup_order_binary_dir_then_workspace_vendor_then_system() {
+        // A workspace: ws/target/release/fer-worker and ws/vendor/onnxruntime/libonnxruntime.so.1.31.1
+        let ws = scratch("ws");
+        std::fs::create_dir_all(ws.join("target/release")).unwrap();
+        std::fs::create_dir_all(ws.join("vendor/onnxruntime")).unwrap();
+        let vendored = ws.join("vendor/onnxruntime/libonnxruntime.so.1.31.1");
+        std::fs::write(&vendored, b"").unwrap();
+        let exe = ws.join("target/release/fer-worker");
+        let c = runtime_candidates(None, Some(&exe), Path::new("/nonexistent-source"));
+        let shown: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+        let pos = |needle: &str| shown.iter().position(|s| s.contains(needle)).unwrap();
+        assert!(
+            pos("target/release/libonnxruntime")
+                < pos("vendor/onnxruntime/libonnxruntime.so.1.31.1")
+        );
+        assert!(pos("vendor/onnxruntime/libonnxruntime.so.1.31.1") < pos("/nonexistent-source/"));
+        assert_eq!(
+            c.last(),
+            Some(&RuntimeCandidate::System("libonnxruntime.so".into()))
+        );
+        // A library next to the binary comes first.
+        std::fs::write(ws.join("target/release/libonnxruntime.so.1"), b"").unwrap();
+        let c = runtime_candidates(None, Some(&exe), Path::new("/nonexistent-source"));
+        assert_eq!(
+            c[0],
+            RuntimeCandidate::File(ws.join("target/release/libonnxruntime.so.1"))
+        );
+    }
+
+    #[test]
+    fn a_failed_lookup_names_every_path_and_why() {
+        let d = scratch("bad");
+        let not_a_library = d.join("libonnxruntime.so.1.31.1");
+        std::fs::write(&not_a_library, b"not an ELF file").unwrap();
+        let err = find_runtime(&[
+            RuntimeCandidate::File(d.join("missing.so")),
+            RuntimeCandidate::File(not_a_library.clone()),
+            RuntimeCandidate::System("libonnxruntime-that-does-not-exist.so".into()),
+        ])
+        .unwrap_err();
+        assert!(err.contains("missing.so: no such file"), "{err}");
+        assert!(err.contains(&not_a_library.display().to_string()), "{err}");
+        assert!(
+            err.contains("libonnxruntime-that-does-not-exist.so (system library path)"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 3);
+    }
+
+    #[test]
+    fn a_library_without_the_onnx_runtime_api_is_refused() {
+        // libm loads but is no ONNX Runtime.
+        let err = find_runtime(&[RuntimeCandidate::System("libm.so.6".into())]).unwrap_err();
+        assert!(err.contains("no OrtGetApiBase"), "{err}");
+    }
 
     #[test]
     fn softmax_sums_to_one() {

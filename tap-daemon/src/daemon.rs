@@ -1,7 +1,7 @@
 //! The daemon: one control task owns the set of taps; discovery events, a periodic rescan, control
 //! requests and KMS reconnections all come to it through channels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,21 +12,21 @@ use kurento_client::prelude::*;
 use kurento_client::{ConnectionState, Error as KmsError, ReconnectPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tap_protocol::{safe_token, CTL_ATTACH, CTL_DETACH, RESULTS_STREAM, RESULT_SUBJECTS};
+use tap_protocol::{CTL_ATTACH, CTL_DETACH, RESULTS_STREAM, RESULT_SUBJECTS};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::chunker::{Chunker, LiveSpecs};
+use crate::chunker::LiveSpecs;
 use crate::discovery::{self, Examined, Participant, TagKeys};
-use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
-use crate::injector::{Injector, InjectorConfig, InjectorContext};
-use crate::metrics::{MediaLabel, Metrics, ReasonLabel};
-use crate::ports::{PortPair, PortPool};
-use crate::receiver::{
-    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, Receiver, ReceiverConfig,
-};
+use crate::dispatch::Dispatcher;
+use crate::injector::InjectorConfig;
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::orphans::{orphans, OwnedKind, OwnedObject, PublisherState};
+use crate::ports::PortPool;
 use crate::registry;
-use crate::sdp_offer::{check_answer, tap_offer, OPUS_PT, VIDEO_PT};
+use crate::tap::{media_list, Tap, TapContext};
+
+pub use crate::tap::TapError;
 
 /// Longest wait for KMS to release one of our objects when stopping a tap (a dead KMS must not
 /// hold up shutdown; a restart sweeps what is left).
@@ -159,74 +159,16 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Why a tap could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum TapError {
-    /// The port range is exhausted.
-    #[error("no free receive ports in the configured range")]
-    NoPorts,
-    /// GStreamer.
-    #[error(transparent)]
-    Receiver(#[from] crate::receiver::ReceiverError),
-    /// KMS refused something.
-    #[error("KMS: {0}")]
-    Kms(#[from] KmsError),
-    /// KMS's answer is unusable.
-    #[error(transparent)]
-    Sdp(#[from] crate::sdp_offer::SdpError),
-}
-
-impl TapError {
-    fn reason(&self) -> &'static str {
-        match self {
-            TapError::NoPorts => "no_ports",
-            TapError::Receiver(_) => "receiver",
-            TapError::Kms(_) => "kms",
-            TapError::Sdp(_) => "sdp",
-        }
-    }
-}
-
-/// Counts decoded media, then hands it to the chunker.
-struct CountingSink {
-    chunker: Chunker,
-    metrics: Arc<Metrics>,
-}
-
-impl MediaSink for CountingSink {
-    fn video(&self, frame: DecodedFrame) {
-        self.metrics
-            .decoded
-            .get_or_create(&MediaLabel {
-                media: "video".into(),
-            })
-            .inc();
-        self.chunker.video(frame);
-    }
-    fn audio(&self, audio: DecodedAudio<'_>) {
-        self.metrics
-            .decoded
-            .get_or_create(&MediaLabel {
-                media: "audio".into(),
-            })
-            .inc();
-        self.chunker.audio(audio);
-    }
-}
-
-struct Tap {
-    participant: Participant,
-    tap: RtpEndpoint,
-    receiver: Receiver,
-    dispatch: Arc<TapDispatch>,
-    _ports: Vec<PortPair>,
-    watcher: tokio::task::JoinHandle<()>,
-    errors_seen: u64,
-    injector: Option<Injector>,
-}
-
 enum Known {
     Tapped(Box<Tap>),
+    /// A setup (examine + tap) is running for it.
+    Pending,
+    /// It went away while its setup ran: when the setup returns, stop what it made (and release
+    /// our objects when `release`: the room lives on).
+    Cancelled {
+        /// Release our objects (false when the whole pipeline went).
+        release: bool,
+    },
     /// Not a publisher, or one we do not tap (opt-out, excluded, detached by control).
     Ignored,
     /// Not negotiated or not live yet.
@@ -344,14 +286,22 @@ impl Daemon {
             None => None,
         };
         let pool = PortPool::new(config.bind_ip, config.ports.0, config.ports.1);
+        let config = Arc::new(config);
         let actor = Actor {
+            ctx: TapContext {
+                config: config.clone(),
+                kms: kms.clone(),
+                metrics: metrics.clone(),
+                dispatcher: dispatcher.clone(),
+                live: live.clone(),
+                pool: pool.clone(),
+            },
             config,
             kms: kms.clone(),
             metrics: metrics.clone(),
-            dispatcher: dispatcher.clone(),
-            live: live.clone(),
-            pool: pool.clone(),
             known: HashMap::new(),
+            setups: tokio::task::JoinSet::new(),
+            owned_cache: HashMap::new(),
         };
         let actor = tokio::spawn(actor.run(cmd_rx, created, destroyed));
         Ok(Daemon {
@@ -497,13 +447,25 @@ async fn serve_control(
 }
 
 struct Actor {
-    config: DaemonConfig,
+    ctx: TapContext,
+    config: Arc<DaemonConfig>,
     kms: KurentoClient,
     metrics: Arc<Metrics>,
-    dispatcher: Arc<Dispatcher>,
-    live: LiveSpecs,
-    pool: PortPool,
     known: HashMap<String, Known>,
+    /// Setups running concurrently (one per endpoint): a room's participants are tapped side by
+    /// side, and the actor keeps answering events while KMS works.
+    setups: tokio::task::JoinSet<(String, Setup)>,
+    /// Objects already looked at by the orphan sweep: `Some(publisher)` if ours.
+    owned_cache: HashMap<String, Option<(OwnedKind, Option<String>)>>,
+}
+
+/// What a setup found and did.
+enum Setup {
+    Tapped(Box<Tap>),
+    Ignored,
+    Waiting,
+    Gone,
+    Failed,
 }
 
 impl Actor {
@@ -525,14 +487,19 @@ impl Actor {
                     // A new endpoint is looked at by the next rescan, once it is negotiated.
                     if let Ok(ev) = ev { debug!(object = %ev.object, "object created"); }
                 }
+                Some(done) = self.setups.join_next() => {
+                    if let Ok((endpoint, outcome)) = done {
+                        self.on_setup_done(endpoint, outcome).await;
+                    }
+                }
                 _ = tick.tick() => self.rescan().await,
                 Ok(()) = state.changed() => {
                     let s = state.borrow_and_update().clone();
                     self.on_connection(s).await;
                 }
                 cmd = cmd_rx.recv() => match cmd {
-                    None => { self.detach_all(self.kms_connected()).await; return; }
-                    Some(Command::Shutdown(done)) => { self.detach_all(self.kms_connected()).await; let _ = done.send(()); return; }
+                    None => { self.stop_all().await; return; }
+                    Some(Command::Shutdown(done)) => { self.stop_all().await; let _ = done.send(()); return; }
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
                     Some(Command::Attach(req, reply)) => { let r = self.control_attach(req).await; let _ = reply.send(r); }
                     Some(Command::Detach(req, reply)) => {
@@ -550,6 +517,17 @@ impl Actor {
                 .kms_decode_errors
                 .set(self.kms.stats().decode_errors as i64);
         }
+    }
+
+    /// Waits for setups in flight (so nothing they create escapes release), then stops every tap.
+    async fn stop_all(&mut self) {
+        let release = self.kms_connected();
+        while let Some(done) = self.setups.join_next().await {
+            if let Ok((_, Setup::Tapped(t))) = done {
+                t.stop(&self.kms, release).await;
+            }
+        }
+        self.detach_all(release).await;
     }
 
     fn status(&self) -> Vec<TapStatus> {
@@ -588,8 +566,16 @@ impl Actor {
                 kurento_client::Recovery::NewServer => {
                     warn!("KMS restarted: every tap is gone; rediscovering");
                     self.metrics.kms_reconnects.inc();
+                    // Setups in flight talk to a server that is gone: their objects went with it.
+                    for k in self.known.values_mut() {
+                        if matches!(k, Known::Pending) {
+                            *k = Known::Cancelled { release: false };
+                        }
+                    }
                     self.detach_all(false).await;
-                    self.known.clear();
+                    self.known
+                        .retain(|_, k| matches!(k, Known::Cancelled { .. }));
+                    self.owned_cache.clear();
                 }
                 r => {
                     info!(recovery = ?r, "reconnected to KMS; resynchronizing");
@@ -600,6 +586,7 @@ impl Actor {
     }
 
     async fn on_destroyed(&mut self, id: &str) {
+        self.owned_cache.remove(id);
         let affected: Vec<String> = self
             .known
             .iter()
@@ -614,24 +601,62 @@ impl Actor {
             // When the room's pipeline went, everything in it went too. When only the publisher
             // (or one of our objects) went, the room lives on: release what is ours in it.
             let pipeline_gone = ep.starts_with(&format!("{id}/"));
-            self.detach(&ep, !pipeline_gone).await;
-            self.known.remove(&ep);
+            self.forget(&ep, !pipeline_gone, "destroyed").await;
         }
     }
 
-    fn room_allowed(&self, room: &str) -> bool {
-        let included = self.config.include_rooms.is_empty()
-            || self
-                .config
-                .include_rooms
-                .iter()
-                .any(|p| discovery::matches(p, room));
-        included
-            && !self
-                .config
-                .exclude_rooms
-                .iter()
-                .any(|p| discovery::matches(p, room))
+    /// A publisher is gone (event, or no longer listed): stop its tap, or cancel its setup.
+    async fn forget(&mut self, endpoint: &str, release: bool, why: &'static str) {
+        match self.known.get(endpoint) {
+            Some(Known::Pending) => {
+                self.known
+                    .insert(endpoint.to_owned(), Known::Cancelled { release });
+            }
+            Some(Known::Cancelled { .. }) => {}
+            Some(Known::Tapped(t)) => {
+                info!(room = %t.participant.room, participant = %t.participant.name, why, "participant left");
+                self.detach(endpoint, release).await;
+            }
+            _ => {
+                self.known.remove(endpoint);
+            }
+        }
+    }
+
+    async fn on_setup_done(&mut self, endpoint: String, outcome: Setup) {
+        let cancelled = match self.known.get(&endpoint) {
+            Some(Known::Pending) => None,
+            Some(Known::Cancelled { release }) => Some(*release),
+            // Forgotten meanwhile (KMS restarted): nothing it made survives.
+            _ => Some(false),
+        };
+        if let Some(release) = cancelled {
+            self.known.remove(&endpoint);
+            if let Setup::Tapped(t) = outcome {
+                info!(
+                    endpoint,
+                    "participant left while being tapped; stopping its tap"
+                );
+                t.stop(&self.kms, release && self.kms_connected()).await;
+            }
+            return;
+        }
+        let k = match outcome {
+            Setup::Tapped(t) => {
+                info!(room = %t.participant.room, participant = %t.participant.name, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
+                self.metrics.taps_active.inc();
+                self.metrics.taps_total.inc();
+                Known::Tapped(t)
+            }
+            Setup::Ignored => Known::Ignored,
+            Setup::Waiting => Known::Waiting,
+            Setup::Failed => Known::Failed(Instant::now() + Duration::from_secs(15)),
+            Setup::Gone => {
+                self.known.remove(&endpoint);
+                return;
+            }
+        };
+        self.known.insert(endpoint, k);
     }
 
     async fn rescan(&mut self) {
@@ -641,7 +666,11 @@ impl Actor {
         let Ok(pipelines) = self.kms.server_manager().get_pipelines().await else {
             return;
         };
-        let mut seen = std::collections::HashSet::new();
+        let live_pipelines: HashSet<String> = pipelines.iter().map(|p| p.id().to_owned()).collect();
+        // Pipelines whose children were read: only their endpoints can be judged gone.
+        let mut listed = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut owned = Vec::new();
         for pipeline in pipelines {
             // Lost KMS mid-scan: requests would queue until reconnection; look again then.
             if !self.kms_connected() {
@@ -653,32 +682,50 @@ impl Actor {
             let Ok(children) = pipeline.get_children().await else {
                 continue;
             };
+            listed.insert(pipeline.id().to_owned());
             for child in children {
+                seen.insert(child.id().to_owned());
+                if let Some(o) = self.owned_object(&child).await {
+                    owned.push(o);
+                    continue;
+                }
                 let Some(ep) = child.downcast::<WebRtcEndpoint>() else {
                     continue;
                 };
-                seen.insert(ep.id().to_owned());
                 let due = match self.known.get(ep.id()) {
                     None | Some(Known::Waiting) => true,
                     Some(Known::Failed(at)) => Instant::now() >= *at,
                     Some(_) => false,
                 };
                 if due {
-                    self.consider(&room, &pipeline, &ep).await;
+                    self.known.insert(ep.id().to_owned(), Known::Pending);
+                    let ctx = self.ctx.clone();
+                    let (room, pipeline, id) = (room.clone(), pipeline.clone(), ep.id().to_owned());
+                    self.setups
+                        .spawn(async move { (id, setup(ctx, room, pipeline, ep).await) });
                 }
             }
         }
-        // Endpoints that vanished without an event we saw (e.g. while disconnected).
-        let vanished: Vec<String> = self
+        // Publishers that vanished without an event we handled yet (the event may still be queued
+        // behind this scan, or was lost while disconnected). The room may live on (a participant
+        // left or rejoined): then our objects for it are released, not abandoned.
+        let vanished: Vec<(String, bool)> = self
             .known
             .keys()
             .filter(|k| !seen.contains(*k))
-            .cloned()
+            .filter_map(|k| {
+                let pipeline = k.split('/').next().unwrap_or_default();
+                if live_pipelines.contains(pipeline) && !listed.contains(pipeline) {
+                    return None; // not read this time: no verdict
+                }
+                Some((k.clone(), live_pipelines.contains(pipeline)))
+            })
             .collect();
-        for ep in vanished {
-            self.detach(&ep, false).await;
-            self.known.remove(&ep);
+        for (ep, room_lives) in vanished {
+            self.forget(&ep, room_lives, "vanished").await;
         }
+        self.owned_cache.retain(|id, _| seen.contains(id));
+        self.release_orphans(owned).await;
         // Receiver errors since the last look.
         for k in self.known.values_mut() {
             if let Known::Tapped(t) = k {
@@ -695,92 +742,57 @@ impl Actor {
         }
     }
 
-    async fn consider(&mut self, room: &str, pipeline: &MediaPipeline, ep: &WebRtcEndpoint) {
-        let examined = match discovery::examine(room, pipeline, ep, &self.config.tags).await {
-            Ok(e) => e,
-            Err(e) => {
-                debug!(endpoint = ep.id(), error = %e, "cannot examine endpoint");
-                return;
-            }
-        };
-        let p = match examined {
-            Examined::Publisher(p) => p,
-            Examined::Other => {
-                self.known.insert(ep.id().to_owned(), Known::Ignored);
-                return;
-            }
-            Examined::NotYet(_) => {
-                self.known.insert(ep.id().to_owned(), Known::Waiting);
-                return;
-            }
-            Examined::Gone => {
-                self.known.remove(ep.id());
-                return;
-            }
-        };
-        let ignore = if !p.consent {
-            Some("opt_out")
-        } else if !self.room_allowed(&p.room) {
-            Some("room_excluded")
-        } else if self
-            .config
-            .exclude_participants
-            .iter()
-            .any(|x| discovery::matches(x, &p.name))
-        {
-            Some("participant_excluded")
+    /// Our object (by owner tag) with the publisher it serves; tags are read once per object.
+    async fn owned_object(&mut self, child: &MediaObject) -> Option<OwnedObject> {
+        let id = child.id().to_owned();
+        let kind = if id.ends_with("_kurento.WebRtcEndpoint") {
+            OwnedKind::DataPeer
+        } else if id.ends_with("_kurento.RtpEndpoint") {
+            OwnedKind::Tap
         } else {
-            None
+            return None;
         };
-        if let Some(reason) = ignore {
-            info!(room = %p.room, participant = %p.name, reason, "not tapping");
-            self.metrics
-                .not_tapped
-                .get_or_create(&ReasonLabel {
-                    reason: reason.into(),
-                })
-                .inc();
-            self.known.insert(p.endpoint.clone(), Known::Ignored);
-            return;
+        if !self.owned_cache.contains_key(&id) {
+            let Ok(tags) = child.get_tags().await else {
+                return None;
+            };
+            let ours = tags
+                .iter()
+                .any(|t| t.key == self.config.tags.owner && t.value == self.config.owner);
+            let serves = tags
+                .iter()
+                .find(|t| t.key == self.config.tags.tapped_endpoint)
+                .map(|t| t.value.clone());
+            self.owned_cache
+                .insert(id.clone(), ours.then_some((kind, serves)));
         }
-        if !p.live {
-            self.known.insert(p.endpoint.clone(), Known::Waiting);
-            return;
-        }
-        self.attach(p).await;
+        let (kind, serves) = self.owned_cache.get(&id)?.clone()?;
+        Some(OwnedObject { id, kind, serves })
     }
 
-    async fn attach(&mut self, p: Participant) -> Option<String> {
-        let endpoint = p.endpoint.clone();
-        match self.make_tap(p.clone()).await {
-            Ok(tap) => {
-                let id = tap.tap.id().to_owned();
-                info!(room = %p.room, participant = %p.name, tap = %id, media = ?media_list(&p), "tapping");
-                self.metrics.taps_active.inc();
-                self.metrics.taps_total.inc();
-                self.known.insert(endpoint, Known::Tapped(Box::new(tap)));
-                Some(id)
-            }
-            Err(e) => {
-                warn!(room = %p.room, participant = %p.name, error = %e, "cannot tap participant");
-                self.metrics
-                    .tap_errors
-                    .get_or_create(&ReasonLabel {
-                        reason: e.reason().into(),
-                    })
-                    .inc();
-                self.known.insert(
-                    endpoint,
-                    Known::Failed(Instant::now() + Duration::from_secs(15)),
-                );
-                None
-            }
+    async fn release_orphans(&mut self, owned: Vec<OwnedObject>) {
+        let known = &self.known;
+        let to_release: Vec<String> = orphans(&owned, |publisher| match known.get(publisher) {
+            Some(Known::Tapped(t)) => PublisherState::Tapped { tap: t.tap.id() },
+            Some(Known::Pending) | Some(Known::Cancelled { .. }) => PublisherState::SettingUp,
+            _ => PublisherState::NotTapped,
+        })
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for id in to_release {
+            warn!(object = %id, "releasing an object of ours that no tap stands for");
+            self.metrics.orphans_released.inc();
+            release_bounded(&self.kms, &id, self.kms.release(&id)).await;
+            self.owned_cache.remove(&id);
         }
     }
 
     async fn control_attach(&mut self, req: ControlRequest) -> Result<String, String> {
-        if let Some(Known::Tapped(t)) = self.known.get(&req.endpoint) {
-            return Ok(t.tap.id().to_owned());
+        match self.known.get(&req.endpoint) {
+            Some(Known::Tapped(t)) => return Ok(t.tap.id().to_owned()),
+            Some(Known::Pending) => return Err("a tap for it is being set up".into()),
+            _ => {}
         }
         let pipeline: MediaPipeline = self.kms.object(&req.pipeline).map_err(|e| e.to_string())?;
         let ep: WebRtcEndpoint = self.kms.object(&req.endpoint).map_err(|e| e.to_string())?;
@@ -806,182 +818,23 @@ impl Actor {
             p.name = name;
         }
         p.room = room;
-        self.attach(p)
-            .await
-            .ok_or_else(|| "tap failed (see the daemon's log)".to_owned())
+        let endpoint = p.endpoint.clone();
+        let outcome = attach(&self.ctx, p).await;
+        let reply = match &outcome {
+            Setup::Tapped(t) => Ok(t.tap.id().to_owned()),
+            _ => Err("tap failed (see the daemon's log)".to_owned()),
+        };
+        self.known.insert(endpoint.clone(), Known::Pending);
+        self.on_setup_done(endpoint, outcome).await;
+        reply
     }
 
-    async fn make_tap(&mut self, p: Participant) -> Result<Tap, TapError> {
-        let pool = self.pool.clone();
-        let audio_ports = if p.media.audio {
-            Some(pool.take().ok_or(TapError::NoPorts)?)
-        } else {
-            None
-        };
-        let video_ports = if p.media.video.is_some() {
-            Some(pool.take().ok_or(TapError::NoPorts)?)
-        } else {
-            None
-        };
-        let codec = p.media.video.clone();
-        let ident = TapIdent {
-            room: safe_token(&p.room),
-            participant: safe_token(&p.name),
-            endpoint: p.endpoint.clone(),
-            instance: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        let dispatch = TapDispatch::new(ident, self.dispatcher.clone());
-        let sink = Arc::new(CountingSink {
-            chunker: Chunker::new(self.live.clone(), Arc::new(TapSink(dispatch.clone()))),
-            metrics: self.metrics.clone(),
-        });
-        // The receiver listens before KMS is told to connect: the first keyframe must not be lost.
-        let receiver = Receiver::start(
-            &ReceiverConfig {
-                bind_ip: self.config.bind_ip,
-                audio: audio_ports.as_ref().map(|a| MediaPorts {
-                    rtp_port: a.rtp,
-                    payload_type: OPUS_PT,
-                }),
-                video: match (&video_ports, &codec) {
-                    (Some(v), Some(c)) => Some((
-                        MediaPorts {
-                            rtp_port: v.rtp,
-                            payload_type: VIDEO_PT,
-                        },
-                        c.clone(),
-                    )),
-                    _ => None,
-                },
-                latency_ms: self.config.latency_ms,
-            },
-            sink,
-        )?;
-        let offer = tap_offer(
-            self.config.bind_ip,
-            audio_ports.as_ref().map(|a| a.rtp),
-            video_ports
-                .as_ref()
-                .zip(codec.as_ref())
-                .map(|(v, c)| (v.rtp, c)),
-        );
-        let pipeline: MediaPipeline = self.kms.object(&p.pipeline)?;
-        let publisher: WebRtcEndpoint = self.kms.object(&p.endpoint)?;
-        let mut tx = self.kms.transaction();
-        let tap_ref = tx.create(RtpEndpoint::builder(&pipeline))?;
-        tx.invoke(
-            &tap_ref,
-            "addTag",
-            json!({"key": self.config.tags.owner, "value": self.config.owner}),
-        );
-        tx.invoke(
-            &tap_ref,
-            "addTag",
-            json!({"key": self.config.tags.tapped_endpoint, "value": p.endpoint}),
-        );
-        let offer_index = tx.invoke(&tap_ref, "processOffer", json!({ "offer": offer }));
-        if audio_ports.is_some() {
-            tx.invoke(
-                &publisher,
-                "connect",
-                json!({"sink": tap_ref.newref(), "mediaType": "AUDIO"}),
-            );
-        }
-        if video_ports.is_some() {
-            tx.invoke(
-                &publisher,
-                "connect",
-                json!({"sink": tap_ref.newref(), "mediaType": "VIDEO"}),
-            );
-        }
-        let results = tx.commit().await?;
-        // From here on, a failure must release the endpoint we created, and nothing else.
-        let created = results.object(&tap_ref).ok();
-        let outcome = (|| -> Result<crate::sdp_offer::AnswerPorts, TapError> {
-            results.check()?;
-            let answer = results
-                .value(offer_index)?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            Ok(check_answer(
-                &answer,
-                audio_ports.is_some(),
-                video_ports.is_some(),
-            )?)
-        })();
-        let answer = match outcome {
-            Ok(a) => a,
-            Err(e) => {
-                if let Some(t) = created {
-                    let _ = t.release().await;
-                }
-                return Err(e);
-            }
-        };
-        let Some(tap) = created else {
-            return Err(TapError::Kms(KmsError::UnexpectedResponse {
-                operation: "create".into(),
-                reason: "no tap id".into(),
-            }));
-        };
-        if let Some(a) = answer.audio_rtcp {
-            receiver.set_kms_rtcp(false, a);
-        }
-        if let Some(v) = answer.video_rtcp {
-            receiver.set_kms_rtcp(true, v);
-            // Best effort (7.x; 40111 when nothing flows yet). The receiver also sends PLI itself.
-            let _ = tap.request_keyframe().await;
-        }
-        let watcher = tokio::spawn(watch_publisher(
-            publisher,
-            tap.clone(),
-            self.metrics.clone(),
-            receiver.stats.clone(),
-            receiver.keyframe_requester(),
-        ));
-        let mut ports = Vec::new();
-        ports.extend(audio_ports);
-        ports.extend(video_ports);
-        let injector = self.config.datachannel.enabled.then(|| {
-            Injector::start(
-                InjectorContext {
-                    kms: self.kms.clone(),
-                    config: self.config.datachannel.clone(),
-                    tags: self.config.tags.clone(),
-                    owner: self.config.owner.clone(),
-                    metrics: self.metrics.clone(),
-                },
-                p.clone(),
-                self.dispatcher.subscribe_results(),
-            )
-        });
-        Ok(Tap {
-            participant: p,
-            tap,
-            receiver,
-            dispatch,
-            _ports: ports,
-            watcher,
-            errors_seen: 0,
-            injector,
-        })
-    }
-
-    /// Stops a tap; releases our RtpEndpoint when `release` (never anything else).
+    /// Stops a tap; releases our objects when `release` (never anything else).
     async fn detach(&mut self, endpoint: &str, release: bool) -> bool {
-        let Some(Known::Tapped(mut t)) = self.known.remove(endpoint) else {
+        let Some(Known::Tapped(t)) = self.known.remove(endpoint) else {
             return false;
         };
-        t.watcher.abort();
-        t.dispatch.close();
-        if let Some(injector) = t.injector.take() {
-            injector.stop(release).await;
-        }
-        if release {
-            release_bounded(&self.kms, t.tap.id(), t.tap.release()).await;
-        }
-        drop(t);
+        t.stop(&self.kms, release).await;
         self.metrics.taps_active.dec();
         true
     }
@@ -1004,54 +857,80 @@ impl Actor {
     }
 }
 
-fn media_list(p: &Participant) -> Vec<String> {
-    let mut m = Vec::new();
-    if p.media.audio {
-        m.push("audio".to_owned());
+/// Looks at one endpoint and taps it if it is a live publisher we may tap (runs concurrently).
+async fn setup(
+    ctx: TapContext,
+    room: String,
+    pipeline: MediaPipeline,
+    ep: WebRtcEndpoint,
+) -> Setup {
+    let examined = match discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await {
+        Ok(e) => e,
+        Err(e) => {
+            debug!(endpoint = ep.id(), error = %e, "cannot examine endpoint");
+            return Setup::Waiting;
+        }
+    };
+    let p = match examined {
+        Examined::Publisher(p) => p,
+        Examined::Other => return Setup::Ignored,
+        Examined::NotYet(_) => return Setup::Waiting,
+        Examined::Gone => return Setup::Gone,
+    };
+    if let Some(reason) = not_tapped_reason(&ctx.config, &p) {
+        info!(room = %p.room, participant = %p.name, reason, "not tapping");
+        ctx.metrics
+            .not_tapped
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+        return Setup::Ignored;
     }
-    if let Some(v) = &p.media.video {
-        m.push(format!("video:{}", v.encoding));
+    if !p.live {
+        return Setup::Waiting;
     }
-    m
+    attach(&ctx, p).await
 }
 
-/// Per tap: warns when KMS starts transcoding for the publisher (our offer should prevent it), and
-/// asks for a keyframe if no frame decodes in the first seconds.
-async fn watch_publisher(
-    publisher: WebRtcEndpoint,
-    tap: RtpEndpoint,
-    metrics: Arc<Metrics>,
-    stats: Arc<crate::receiver::ReceiverStats>,
-    pli: crate::receiver::KeyframeRequester,
-) {
-    let transcoding = publisher.on::<MediaTranscodingStateChanged>().await.ok();
-    let keyframe_check = async {
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if stats
-                .video_frames
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-            {
-                return;
-            }
-            // RTCP PLI from our receiver (forwarded by KMS to the browser), and on 7.x the API call.
-            if pli.request() {
-                metrics.keyframe_requests.inc();
-            }
-            let _ = tap.request_keyframe().await;
+async fn attach(ctx: &TapContext, p: Participant) -> Setup {
+    match ctx.make_tap(p.clone()).await {
+        Ok(tap) => Setup::Tapped(Box::new(tap)),
+        Err(e) => {
+            warn!(room = %p.room, participant = %p.name, error = %e, "cannot tap participant");
+            ctx.metrics
+                .tap_errors
+                .get_or_create(&ReasonLabel {
+                    reason: e.reason().into(),
+                })
+                .inc();
+            Setup::Failed
         }
-    };
-    let watch_transcoding = async {
-        let Some(mut events) = transcoding else {
-            return std::future::pending().await;
-        };
-        while let Some(Ok(ev)) = events.recv().await {
-            if ev.state == MediaTranscodingState::Transcoding {
-                metrics.transcoding.inc();
-                warn!(publisher = publisher.id(), media = ?ev.media_type, "KMS is transcoding for a tapped publisher");
-            }
-        }
-    };
-    tokio::join!(keyframe_check, watch_transcoding);
+    }
+}
+
+/// Why a publisher is not tapped by configuration or consent, if it is not.
+fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static str> {
+    let room_allowed = (config.include_rooms.is_empty()
+        || config
+            .include_rooms
+            .iter()
+            .any(|pat| discovery::matches(pat, &p.room)))
+        && !config
+            .exclude_rooms
+            .iter()
+            .any(|pat| discovery::matches(pat, &p.room));
+    if !p.consent {
+        Some("opt_out")
+    } else if !room_allowed {
+        Some("room_excluded")
+    } else if config
+        .exclude_participants
+        .iter()
+        .any(|x| discovery::matches(x, &p.name))
+    {
+        Some("participant_excluded")
+    } else {
+        None
+    }
 }

@@ -2,6 +2,7 @@
 //! KMS through RtpEndpoints, decodes it with GStreamer, cuts it into the chunks each model asks for,
 //! and dispatches them over NATS with bounded latency.
 
+pub mod capture_clock;
 pub mod chunker;
 pub mod config;
 pub mod daemon;
@@ -10,10 +11,12 @@ pub mod dispatch;
 pub mod http;
 pub mod injector;
 pub mod metrics;
+pub mod orphans;
 pub mod ports;
 pub mod receiver;
 pub mod registry;
 pub mod results;
 pub mod sdp_offer;
+pub mod tap;
 
 pub use daemon::{Daemon, DaemonConfig, TapStatus};

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub tap_errors: Family<ReasonLabel, Counter>,
     /// Participants seen and not tapped, by reason (opt-out, excluded…).
     pub not_tapped: Family<ReasonLabel, Counter>,
+    /// Objects of ours found in KMS that no tap stood for, released by the rescan.
+    pub orphans_released: Counter,
     /// Decoded video frames and audio buffers.
     pub decoded: Family<MediaLabel, Counter>,
     /// GStreamer errors in receivers.
@@ -116,6 +118,7 @@ impl Metrics {
             taps_active: Gauge::default(),
             tap_errors: Family::default(),
             not_tapped: Family::default(),
+            orphans_released: Counter::default(),
             decoded: Family::default(),
             decode_errors: Counter::default(),
             chunks_sent: Family::default(),
@@ -145,6 +148,11 @@ impl Metrics {
             m.taps_active.clone(),
         );
         registry.register("tap_errors", "Failed tap attempts", m.tap_errors.clone());
+        registry.register(
+            "orphans_released",
+            "Objects of this daemon that no tap stood for (a leave or rejoin race), released by the rescan",
+            m.orphans_released.clone(),
+        );
         registry.register(
             "participants_not_tapped",
             "Participants not tapped, by reason",

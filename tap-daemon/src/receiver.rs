@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gstreamer as gst;
@@ -18,6 +18,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use tracing::{debug, warn};
+
+use crate::capture_clock::CaptureClock;
 
 /// A video codec the tap can receive (the publisher's, so KMS never transcodes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +87,11 @@ pub struct ReceiverStats {
     pub audio_buffers: AtomicU64,
     /// GStreamer errors seen on the bus.
     pub errors: AtomicU64,
-    /// Frames whose capture time came from RTCP sender reports (the rest: arrival time).
+    /// Buffers whose capture time came from RTCP sender reports (anchored to our clock; the rest:
+    /// arrival time).
     pub ntp_timestamps: AtomicU64,
+    /// Streams whose sender clock was judged unusable (capture times from arrival instead).
+    pub sender_clock_unusable: AtomicU64,
 }
 
 /// Receiver errors.
@@ -131,28 +136,62 @@ fn unix_us_now() -> u64 {
         .as_micros() as u64
 }
 
-/// Capture time of a buffer: the NTP reference timestamp rtpbin derives from RTCP sender reports
-/// when present; otherwise the wall-clock time the pipeline reached that buffer's running time.
-fn capture_us(buffer: &gst::BufferRef, clock_to_unix: &ClockMap, stats: &ReceiverStats) -> u64 {
+/// The sender's capture time of a buffer, µs on the sender's NTP clock taken as Unix time: the
+/// reference timestamp rtpbin derives from RTCP sender reports. Not comparable with our clock as it
+/// is (KMS's sender-report clock is its own): [`CaptureClock`] anchors it.
+fn sender_us(buffer: &gst::BufferRef) -> Option<u64> {
     let ntp_caps = gst::Caps::new_empty_simple("timestamp/x-ntp");
-    for meta in buffer.iter_meta::<gst::ReferenceTimestampMeta>() {
-        if meta.reference().can_intersect(&ntp_caps) {
-            // NTP epoch 1900 → Unix epoch 1970.
-            let ns = meta.timestamp().nseconds();
-            let unix_ns = ns.saturating_sub(2_208_988_800 * 1_000_000_000);
-            if unix_ns > 0 {
-                stats.ntp_timestamps.fetch_add(1, Ordering::Relaxed);
-                return unix_ns / 1000;
-            }
-        }
-    }
-    // Before the first sender report: the pipeline time of the buffer. The jitterbuffer may stamp a
-    // buffer ahead of the clock; a frame cannot have been captured after it was decoded.
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|meta| meta.reference().can_intersect(&ntp_caps))
+        // NTP epoch 1900 → Unix epoch 1970 (wrapping: a sender clock near 1900 is still a clock).
+        .map(|meta| (meta.timestamp().nseconds() / 1000).wrapping_sub(2_208_988_800 * 1_000_000))
+}
+
+/// When a buffer arrived, our Unix µs: the running time the jitterbuffer gave it (socket arrival,
+/// de-jittered) on the wall clock; never after now.
+fn arrival_us(buffer: &gst::BufferRef, clock_to_unix: &ClockMap) -> u64 {
     let now = unix_us_now();
     match buffer.pts() {
         Some(pts) => clock_to_unix.unix_us(pts).min(now),
         None => now,
     }
+}
+
+/// Capture time of a buffer in our clock (see [`CaptureClock`]).
+fn capture_us(
+    buffer: &gst::BufferRef,
+    clock_to_unix: &ClockMap,
+    clock: &Mutex<CaptureClock>,
+    stats: &ReceiverStats,
+    media: &'static str,
+) -> u64 {
+    let sender = sender_us(buffer);
+    let arrival = arrival_us(buffer, clock_to_unix);
+    let mut c = clock.lock().unwrap_or_else(|e| e.into_inner());
+    let was_usable = !c.unusable;
+    let capture = c.capture_us(sender, arrival);
+    if was_usable && c.unusable {
+        stats.sender_clock_unusable.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            media,
+            offset_us = c.offset_us(),
+            "the sender's RTCP clock does not keep time (KMS re-times taps): using arrival times"
+        );
+    }
+    if let Some(s) = sender {
+        stats.ntp_timestamps.fetch_add(1, Ordering::Relaxed);
+        if c.mapped == 1 || c.mapped.is_multiple_of(900) {
+            debug!(
+                media,
+                sender_us = s,
+                arrival_us = arrival,
+                offset_us = c.offset_us(),
+                "sender clock anchored"
+            );
+        }
+    }
+    capture
 }
 
 /// Maps pipeline running time to Unix time (the pipeline clock is monotonic).
@@ -435,6 +474,7 @@ fn link_video(
     chain.push(convert);
     chain.push(appsink.clone().upcast());
     add_chain(pipeline, &chain)?;
+    let clock = Mutex::new(CaptureClock::default());
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
@@ -446,7 +486,7 @@ fn link_video(
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 stats.video_frames.fetch_add(1, Ordering::Relaxed);
-                let capture_us = capture_us(&buffer, &clock_map, &stats);
+                let capture_us = capture_us(&buffer, &clock_map, &clock, &stats, "video");
                 sink.video(DecodedFrame {
                     buffer,
                     info,
@@ -493,6 +533,7 @@ fn link_audio(
         appsink.clone().upcast(),
     ];
     add_chain(pipeline, &chain)?;
+    let clock = Mutex::new(CaptureClock::default());
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
@@ -509,7 +550,7 @@ fn link_audio(
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
                 stats.audio_buffers.fetch_add(1, Ordering::Relaxed);
-                let capture_us = capture_us(buffer, &clock_map, &stats);
+                let capture_us = capture_us(buffer, &clock_map, &clock, &stats, "audio");
                 sink.audio(DecodedAudio {
                     samples: &samples,
                     capture_us,

@@ -424,7 +424,13 @@ impl DataPeer {
             .map_err(|_| SendError::Refused)
     }
 
-    /// Events dropped because the event receiver was not read fast enough.
+    /// Whether the ICE agent would run UPnP-IGD discovery (it never should; `None` when the ICE
+    /// implementation is not libnice).
+    pub fn upnp_enabled(&self) -> Option<bool> {
+        upnp_enabled(&self.webrtc)
+    }
+
+    /// Events lost because the consumer did not keep up.
     pub fn dropped_events(&self) -> u64 {
         self.shared
             .dropped
@@ -502,6 +508,13 @@ fn configure_ice(webrtc: &gst::Element, ports: Option<(u16, u16)>) {
     if ice.find_property("ice-tcp").is_some() {
         ice.set_property("ice-tcp", false);
     }
+    // libnice runs UPnP-IGD discovery by default: SSDP multicast to 239.255.255.250 from a server
+    // daemon onto the operator's LAN, several times a second per peer. The call needs none of it.
+    if let Some(agent) = nice_agent(&ice) {
+        if agent.find_property("upnp").is_some() {
+            agent.set_property("upnp", false);
+        }
+    }
     if let Some((min, max)) = ports {
         if ice.find_property("min-rtp-port").is_some()
             && ice.find_property("max-rtp-port").is_some()
@@ -511,6 +524,20 @@ fn configure_ice(webrtc: &gst::Element, ports: Option<(u16, u16)>) {
             ice.set_property("min-rtp-port", u32::from(min));
         }
     }
+}
+
+/// The libnice `NiceAgent` behind webrtcbin's ICE object (GStreamer ≥ 1.20 exposes it as `agent`).
+fn nice_agent(ice: &gst::Object) -> Option<glib::Object> {
+    ice.find_property("agent")?;
+    ice.property::<Option<glib::Object>>("agent")
+}
+
+/// Whether an ICE agent would run UPnP discovery (`None`: no libnice agent to ask).
+fn upnp_enabled(webrtc: &gst::Element) -> Option<bool> {
+    let ice = webrtc.property::<gst::Object>("ice-agent");
+    let agent = nice_agent(&ice)?;
+    agent.find_property("upnp")?;
+    Some(agent.property::<bool>("upnp"))
 }
 
 fn description(

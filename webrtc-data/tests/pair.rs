@@ -160,3 +160,11 @@ async fn ice_ports_are_kept_within_the_configured_range() {
         "{ports:?}"
     );
 }
+
+/// A server daemon's ICE agent must not multicast SSDP (UPnP-IGD discovery) onto the operator's LAN:
+/// libnice enables it by default.
+#[tokio::test]
+async fn the_ice_agent_never_runs_upnp_discovery() {
+    let (a, _ra) = peer("upnp");
+    assert_eq!(a.upnp_enabled(), Some(false), "libnice agent with UPnP off");
+}

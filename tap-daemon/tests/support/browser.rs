@@ -29,7 +29,13 @@ impl Drop for Browser {
 
 /// Starts Chromium on `url`, with `extra` flags after the standard headless ones.
 pub fn launch(url: &str, extra: &[&str]) -> Browser {
-    let profile = std::env::temp_dir().join(format!("tap-chromium-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // One profile per browser: several participants run side by side in one test.
+    let profile = std::env::temp_dir().join(format!(
+        "tap-chromium-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut child = Command::new("chromium")
         .args([
             "--headless",

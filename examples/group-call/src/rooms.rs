@@ -1,0 +1,291 @@
+//! Rooms and participants on KMS, as the Java tutorial's `Room`, `UserSession` and `CallHandler` do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use kurento_client::prelude::*;
+use kurento_client::KurentoClient;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{info, warn};
+
+use crate::Opts;
+
+pub struct App {
+    kms: KurentoClient,
+    opts: Opts,
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+struct Room {
+    pipeline: MediaPipeline,
+    users: HashMap<String, User>,
+}
+
+struct User {
+    tx: mpsc::Sender<String>,
+    outgoing: WebRtcEndpoint,
+    /// Subscriber endpoints, by the name of the participant they show.
+    incoming: HashMap<String, WebRtcEndpoint>,
+    /// ICE candidate forwarders of this user's endpoints.
+    forwarders: Vec<JoinHandle<()>>,
+}
+
+impl User {
+    fn send(&self, msg: Value) {
+        // A browser that stopped reading loses signalling messages, never blocks the room.
+        let _ = self.tx.try_send(msg.to_string());
+    }
+}
+
+/// Who a signalling connection is, once joined.
+struct Joined {
+    room: String,
+    name: String,
+}
+
+impl App {
+    pub fn new(kms: KurentoClient, opts: Opts) -> Self {
+        App {
+            kms,
+            opts,
+            rooms: Mutex::default(),
+        }
+    }
+
+    async fn join(&self, room: &str, name: &str, tx: mpsc::Sender<String>) -> anyhow::Result<()> {
+        let mut rooms = self.rooms.lock().await;
+        if !rooms.contains_key(room) {
+            let pipeline = self.kms.create_pipeline().await?;
+            if self.opts.tags {
+                pipeline.add_tag("kurento-tap.room", room).await?;
+            }
+            info!(room, pipeline = pipeline.id(), "room created");
+            rooms.insert(
+                room.to_owned(),
+                Room {
+                    pipeline,
+                    users: HashMap::new(),
+                },
+            );
+        }
+        let r = rooms.get_mut(room).expect("inserted above");
+        if r.users.contains_key(name) {
+            anyhow::bail!("{name} is already in {room}");
+        }
+        let outgoing = r
+            .pipeline
+            .create::<WebRtcEndpoint>()
+            .use_data_channels(self.opts.data_channels)
+            .await?;
+        if self.opts.tags {
+            outgoing.add_tag("kurento-tap.participant", name).await?;
+            outgoing.add_tag("kurento-tap.role", "publisher").await?;
+        }
+        let forwarder = forward_candidates(&outgoing, name, tx.clone()).await?;
+        let others: Vec<String> = r.users.keys().cloned().collect();
+        for u in r.users.values() {
+            u.send(json!({"id": "newParticipantArrived", "name": name}));
+        }
+        let user = User {
+            tx,
+            outgoing,
+            incoming: HashMap::new(),
+            forwarders: vec![forwarder],
+        };
+        user.send(json!({"id": "existingParticipants", "data": others}));
+        info!(
+            room,
+            name,
+            publisher = user.outgoing.id(),
+            "participant joined"
+        );
+        r.users.insert(name.to_owned(), user);
+        Ok(())
+    }
+
+    async fn receive_video_from(
+        &self,
+        who: &Joined,
+        sender: &str,
+        offer: &str,
+    ) -> anyhow::Result<()> {
+        let mut rooms = self.rooms.lock().await;
+        let r = rooms
+            .get_mut(&who.room)
+            .ok_or_else(|| anyhow::anyhow!("no room"))?;
+        let endpoint = if sender == who.name {
+            // The tutorial answers the browser's sendonly offer with the publisher itself.
+            r.users[&who.name].outgoing.clone()
+        } else {
+            let source = r
+                .users
+                .get(sender)
+                .ok_or_else(|| anyhow::anyhow!("{sender} is not in the room"))?
+                .outgoing
+                .clone();
+            let existing = r.users[&who.name].incoming.get(sender).cloned();
+            match existing {
+                Some(ep) => ep,
+                None => {
+                    let ep = r.pipeline.create::<WebRtcEndpoint>().await?;
+                    let tx = r.users[&who.name].tx.clone();
+                    let forwarder = forward_candidates(&ep, sender, tx).await?;
+                    source.connect(&ep, ()).await?;
+                    let me = r.users.get_mut(&who.name).expect("joined");
+                    me.forwarders.push(forwarder);
+                    me.incoming.insert(sender.to_owned(), ep.clone());
+                    ep
+                }
+            }
+        };
+        let answer = endpoint.process_offer(offer).await?;
+        r.users[&who.name]
+            .send(json!({"id": "receiveVideoAnswer", "name": sender, "sdpAnswer": answer}));
+        endpoint.gather_candidates().await?;
+        Ok(())
+    }
+
+    async fn add_candidate(
+        &self,
+        who: &Joined,
+        name: &str,
+        candidate: &Value,
+    ) -> anyhow::Result<()> {
+        let candidate = IceCandidate {
+            candidate: candidate["candidate"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            sdp_mid: candidate["sdpMid"].as_str().unwrap_or_default().to_owned(),
+            sdp_m_line_index: candidate["sdpMLineIndex"].as_i64().unwrap_or(0) as i32,
+        };
+        let endpoint = {
+            let rooms = self.rooms.lock().await;
+            let Some(me) = rooms.get(&who.room).and_then(|r| r.users.get(&who.name)) else {
+                return Ok(());
+            };
+            if name == who.name {
+                Some(me.outgoing.clone())
+            } else {
+                me.incoming.get(name).cloned()
+            }
+        };
+        if let Some(ep) = endpoint {
+            ep.add_ice_candidate(&candidate).await?;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, who: &Joined) {
+        let mut rooms = self.rooms.lock().await;
+        let Some(r) = rooms.get_mut(&who.room) else {
+            return;
+        };
+        let Some(user) = r.users.remove(&who.name) else {
+            return;
+        };
+        for f in &user.forwarders {
+            f.abort();
+        }
+        for other in r.users.values_mut() {
+            other.send(json!({"id": "participantLeft", "name": who.name}));
+            if let Some(ep) = other.incoming.remove(&who.name) {
+                let _ = ep.release().await;
+            }
+        }
+        for ep in user.incoming.values() {
+            let _ = ep.release().await;
+        }
+        let _ = user.outgoing.release().await;
+        info!(room = %who.room, name = %who.name, "participant left");
+        if r.users.is_empty() {
+            let _ = r.pipeline.release().await;
+            rooms.remove(&who.room);
+            info!(room = %who.room, "room closed");
+        }
+    }
+}
+
+/// Sends every candidate KMS finds for `ep` to the browser, as the tutorial's `iceCandidate`.
+async fn forward_candidates(
+    ep: &WebRtcEndpoint,
+    name: &str,
+    tx: mpsc::Sender<String>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut events = ep.on::<IceCandidateFound>().await?;
+    let name = name.to_owned();
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(ev)) = events.recv().await {
+            let msg = json!({"id": "iceCandidate", "name": name, "candidate": {
+                "candidate": ev.candidate.candidate,
+                "sdpMid": ev.candidate.sdp_mid,
+                "sdpMLineIndex": ev.candidate.sdp_m_line_index,
+            }});
+            let _ = tx.try_send(msg.to_string());
+        }
+    }))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// One browser's signalling connection; leaving the room when it closes.
+pub async fn session(app: Arc<App>, ws: Ws) {
+    let (mut write, mut read) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write.send(Message::text(m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut joined: Option<Joined> = None;
+    while let Some(Ok(msg)) = read.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(m) = serde_json::from_str::<Value>(text.as_str()) else {
+            warn!("unparsable signalling message");
+            continue;
+        };
+        let result = match (m["id"].as_str().unwrap_or_default(), &joined) {
+            ("joinRoom", None) => {
+                let room = m["room"].as_str().unwrap_or("default").to_owned();
+                let name = m["name"].as_str().unwrap_or_default().to_owned();
+                let r = app.join(&room, &name, tx.clone()).await;
+                if r.is_ok() {
+                    joined = Some(Joined { room, name });
+                }
+                r
+            }
+            ("receiveVideoFrom", Some(who)) => {
+                app.receive_video_from(
+                    who,
+                    m["sender"].as_str().unwrap_or_default(),
+                    m["sdpOffer"].as_str().unwrap_or_default(),
+                )
+                .await
+            }
+            ("onIceCandidate", Some(who)) => {
+                app.add_candidate(who, m["name"].as_str().unwrap_or_default(), &m["candidate"])
+                    .await
+            }
+            ("leaveRoom", Some(who)) => {
+                app.leave(who).await;
+                joined = None;
+                Ok(())
+            }
+            (other, _) => Err(anyhow::anyhow!("unexpected message {other}")),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "signalling request failed");
+            let _ = tx.try_send(json!({"id": "error", "message": e.to_string()}).to_string());
+        }
+    }
+    if let Some(who) = joined {
+        app.leave(&who).await;
+    }
+    writer.abort();
+}

@@ -1,0 +1,117 @@
+// A group-call participant, as Kurento's tutorial page (conferenceroom.js) behaves, with plain
+// RTCPeerConnection: one sendonly connection for our own camera and microphone (with a DataChannel
+// opened before the offer, so KMS can deliver kurento-tap results), one recvonly connection per
+// other participant.
+//
+// Query parameters: room, name, audio=0|1, video=0|1, codec=vp8|h264, dc=0|1, subscribe=0|1.
+'use strict';
+const q = new URLSearchParams(location.search);
+const room = q.get('room') || 'demo';
+const me = q.get('name') || 'user' + Math.floor(Math.random() * 1e6);
+const wantAudio = q.get('audio') !== '0';
+const wantVideo = q.get('video') !== '0';
+const codec = (q.get('codec') || 'vp8').toLowerCase();
+const wantChannel = q.get('dc') !== '0';
+const subscribe = q.get('subscribe') !== '0';
+
+// What tests read (and a person can look at in the console).
+window.gc = { room, me, joined: false, published: false, connection: 'new', channel: 'none',
+              results: [], kinds: {}, errors: [], peers: {} };
+
+const peers = {};   // name -> RTCPeerConnection (our own under `me`)
+const ws = new WebSocket(`ws://${location.host}/groupcall`);
+const send = (m) => ws.readyState === 1 && ws.send(JSON.stringify(m));
+const status = (t) => { document.getElementById('status').textContent = t; };
+
+ws.onopen = () => send({ id: 'joinRoom', name: me, room });
+ws.onmessage = async (e) => {
+  const m = JSON.parse(e.data);
+  try {
+    switch (m.id) {
+      case 'existingParticipants': gc.joined = true; await publish(); if (subscribe) m.data.forEach(watch); break;
+      case 'newParticipantArrived': if (subscribe) watch(m.name); break;
+      case 'participantLeft': drop(m.name); break;
+      case 'receiveVideoAnswer': await peers[m.name]?.setRemoteDescription({ type: 'answer', sdp: m.sdpAnswer }); break;
+      case 'iceCandidate': await peers[m.name]?.addIceCandidate(m.candidate); break;
+      case 'error': gc.errors.push(m.message); break;
+    }
+  } catch (err) { gc.errors.push(String(err)); }
+};
+window.addEventListener('beforeunload', () => send({ id: 'leaveRoom' }));
+
+function tile(name) {
+  let f = document.getElementById('tile-' + name);
+  if (!f) {
+    f = document.createElement('figure');
+    f.id = 'tile-' + name;
+    f.innerHTML = `<video autoplay muted playsinline></video><figcaption></figcaption><div class="result"></div>`;
+    f.querySelector('figcaption').textContent = name === me ? `${name} (me)` : name;
+    document.getElementById('videos').appendChild(f);
+  }
+  return f;
+}
+
+function connect(name) {
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-compat' });
+  pc.onicecandidate = (e) => e.candidate && send({ id: 'onIceCandidate', name, candidate: e.candidate });
+  peers[name] = pc;
+  return pc;
+}
+
+async function publish() {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: wantAudio,
+    video: wantVideo ? { width: 320, height: 240, frameRate: 15 } : false,
+  });
+  tile(me).querySelector('video').srcObject = stream;
+  const pc = connect(me);
+  pc.onconnectionstatechange = () => { gc.connection = pc.connectionState; status(`${me} in ${room}: ${pc.connectionState}`); };
+  if (wantChannel) {
+    // Before the offer, or Chrome puts no m=application in it.
+    const ch = pc.createDataChannel('kurento-tap');
+    ch.onopen = () => { gc.channel = 'open'; };
+    ch.onclose = () => { gc.channel = 'closed'; };
+    ch.onmessage = (e) => {
+      let msg;
+      try { msg = JSON.parse(e.data); } catch { return; }
+      gc.results.push({ at: Date.now(), msg });
+      const kind = msg.type || 'unknown';
+      gc.kinds[kind] = (gc.kinds[kind] || 0) + 1;
+      if (msg.model) gc.kinds[msg.model] = (gc.kinds[msg.model] || 0) + 1;
+      tile(me).querySelector('.result').textContent = `${msg.model ?? ''} ${msg.top ?? ''}`;
+      if (gc.results.length > 2000) gc.results.splice(0, 1000);
+    };
+  }
+  for (const track of stream.getTracks()) {
+    const t = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    if (track.kind === 'video' && codec === 'h264') {
+      const caps = RTCRtpSender.getCapabilities('video').codecs;
+      t.setCodecPreferences([...caps.filter(c => /h264/i.test(c.mimeType)),
+                             ...caps.filter(c => !/h264/i.test(c.mimeType))]);
+    }
+  }
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ id: 'receiveVideoFrom', sender: me, sdpOffer: offer.sdp });
+  gc.published = true;
+}
+
+async function watch(name) {
+  if (peers[name] || name === me) return;
+  const pc = connect(name);
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  const stream = new MediaStream();
+  pc.ontrack = (e) => { stream.addTrack(e.track); tile(name).querySelector('video').srcObject = stream; };
+  pc.onconnectionstatechange = () => { gc.peers[name] = pc.connectionState; };
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ id: 'receiveVideoFrom', sender: name, sdpOffer: offer.sdp });
+}
+
+function drop(name) {
+  peers[name]?.close();
+  delete peers[name];
+  delete gc.peers[name];
+  document.getElementById('tile-' + name)?.remove();
+}

@@ -1,0 +1,346 @@
+//! One tap: our RtpEndpoint in the room's pipeline, the GStreamer receiver behind it, its chunker
+//! and dispatcher, the watcher of its publisher and, when enabled, the DataChannel injector. Made
+//! by [`TapContext::make_tap`] (which may run concurrently for many participants: it only reads
+//! shared state) and stopped by [`Tap::stop`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kurento_client::prelude::*;
+use kurento_client::Error as KmsError;
+use serde_json::json;
+use tracing::warn;
+
+use crate::chunker::{Chunker, LiveSpecs};
+use crate::daemon::{release_bounded, DaemonConfig};
+use crate::discovery::Participant;
+use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
+use crate::injector::{Injector, InjectorContext};
+use crate::metrics::{MediaLabel, Metrics};
+use crate::ports::{PortPair, PortPool};
+use crate::receiver::{
+    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, Receiver, ReceiverConfig,
+};
+use crate::sdp_offer::{check_answer, tap_offer, OPUS_PT, VIDEO_PT};
+use tap_protocol::safe_token;
+
+/// Why a tap could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The port range is exhausted.
+    #[error("no free receive ports in the configured range")]
+    NoPorts,
+    /// GStreamer.
+    #[error(transparent)]
+    Receiver(#[from] crate::receiver::ReceiverError),
+    /// KMS refused something.
+    #[error("KMS: {0}")]
+    Kms(#[from] KmsError),
+    /// KMS's answer is unusable.
+    #[error(transparent)]
+    Sdp(#[from] crate::sdp_offer::SdpError),
+}
+
+impl TapError {
+    /// The metric label of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TapError::NoPorts => "no_ports",
+            TapError::Receiver(_) => "receiver",
+            TapError::Kms(_) => "kms",
+            TapError::Sdp(_) => "sdp",
+        }
+    }
+}
+
+/// Counts decoded media, then hands it to the chunker.
+struct CountingSink {
+    chunker: Chunker,
+    metrics: Arc<Metrics>,
+}
+
+impl MediaSink for CountingSink {
+    fn video(&self, frame: DecodedFrame) {
+        self.metrics
+            .decoded
+            .get_or_create(&MediaLabel {
+                media: "video".into(),
+            })
+            .inc();
+        self.chunker.video(frame);
+    }
+    fn audio(&self, audio: DecodedAudio<'_>) {
+        self.metrics
+            .decoded
+            .get_or_create(&MediaLabel {
+                media: "audio".into(),
+            })
+            .inc();
+        self.chunker.audio(audio);
+    }
+}
+
+/// A running tap.
+pub struct Tap {
+    /// Who is tapped.
+    pub participant: Participant,
+    /// Our RtpEndpoint.
+    pub tap: RtpEndpoint,
+    /// The GStreamer side.
+    pub receiver: Receiver,
+    dispatch: Arc<TapDispatch>,
+    _ports: Vec<PortPair>,
+    watcher: tokio::task::JoinHandle<()>,
+    /// Receiver errors already counted in the metrics.
+    pub errors_seen: u64,
+    injector: Option<Injector>,
+}
+
+impl Tap {
+    /// Stops the tap: receiver, dispatch, injector (releasing its endpoint when `release`), and
+    /// releases our RtpEndpoint when `release` (never anything else).
+    pub async fn stop(mut self, kms: &KurentoClient, release: bool) {
+        self.watcher.abort();
+        self.dispatch.close();
+        if let Some(injector) = self.injector.take() {
+            injector.stop(release).await;
+        }
+        if release {
+            release_bounded(kms, self.tap.id(), self.tap.release()).await;
+        }
+    }
+
+    /// The DataChannel peer's WebRtcEndpoint, if one is up.
+    pub fn has_injector(&self) -> bool {
+        self.injector.is_some()
+    }
+}
+
+/// What making a tap needs; cheap to clone, so setups run concurrently.
+#[derive(Clone)]
+pub struct TapContext {
+    /// Configuration.
+    pub config: Arc<DaemonConfig>,
+    /// KMS.
+    pub kms: KurentoClient,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Chunk dispatch.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Live model specs.
+    pub live: LiveSpecs,
+    /// Receive ports.
+    pub pool: PortPool,
+}
+
+impl TapContext {
+    pub async fn make_tap(&self, p: Participant) -> Result<Tap, TapError> {
+        let pool = self.pool.clone();
+        let audio_ports = if p.media.audio {
+            Some(pool.take().ok_or(TapError::NoPorts)?)
+        } else {
+            None
+        };
+        let video_ports = if p.media.video.is_some() {
+            Some(pool.take().ok_or(TapError::NoPorts)?)
+        } else {
+            None
+        };
+        let codec = p.media.video.clone();
+        let ident = TapIdent {
+            room: safe_token(&p.room),
+            participant: safe_token(&p.name),
+            endpoint: p.endpoint.clone(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let dispatch = TapDispatch::new(ident, self.dispatcher.clone());
+        let sink = Arc::new(CountingSink {
+            chunker: Chunker::new(self.live.clone(), Arc::new(TapSink(dispatch.clone()))),
+            metrics: self.metrics.clone(),
+        });
+        // The receiver listens before KMS is told to connect: the first keyframe must not be lost.
+        let receiver = Receiver::start(
+            &ReceiverConfig {
+                bind_ip: self.config.bind_ip,
+                audio: audio_ports.as_ref().map(|a| MediaPorts {
+                    rtp_port: a.rtp,
+                    payload_type: OPUS_PT,
+                }),
+                video: match (&video_ports, &codec) {
+                    (Some(v), Some(c)) => Some((
+                        MediaPorts {
+                            rtp_port: v.rtp,
+                            payload_type: VIDEO_PT,
+                        },
+                        c.clone(),
+                    )),
+                    _ => None,
+                },
+                latency_ms: self.config.latency_ms,
+            },
+            sink,
+        )?;
+        let offer = tap_offer(
+            self.config.bind_ip,
+            audio_ports.as_ref().map(|a| a.rtp),
+            video_ports
+                .as_ref()
+                .zip(codec.as_ref())
+                .map(|(v, c)| (v.rtp, c)),
+        );
+        let pipeline: MediaPipeline = self.kms.object(&p.pipeline)?;
+        let publisher: WebRtcEndpoint = self.kms.object(&p.endpoint)?;
+        let mut tx = self.kms.transaction();
+        let tap_ref = tx.create(RtpEndpoint::builder(&pipeline))?;
+        tx.invoke(
+            &tap_ref,
+            "addTag",
+            json!({"key": self.config.tags.owner, "value": self.config.owner}),
+        );
+        tx.invoke(
+            &tap_ref,
+            "addTag",
+            json!({"key": self.config.tags.tapped_endpoint, "value": p.endpoint}),
+        );
+        let offer_index = tx.invoke(&tap_ref, "processOffer", json!({ "offer": offer }));
+        if audio_ports.is_some() {
+            tx.invoke(
+                &publisher,
+                "connect",
+                json!({"sink": tap_ref.newref(), "mediaType": "AUDIO"}),
+            );
+        }
+        if video_ports.is_some() {
+            tx.invoke(
+                &publisher,
+                "connect",
+                json!({"sink": tap_ref.newref(), "mediaType": "VIDEO"}),
+            );
+        }
+        let results = tx.commit().await?;
+        // From here on, a failure must release the endpoint we created, and nothing else.
+        let created = results.object(&tap_ref).ok();
+        let outcome = (|| -> Result<crate::sdp_offer::AnswerPorts, TapError> {
+            results.check()?;
+            let answer = results
+                .value(offer_index)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(check_answer(
+                &answer,
+                audio_ports.is_some(),
+                video_ports.is_some(),
+            )?)
+        })();
+        let answer = match outcome {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(t) = created {
+                    let _ = t.release().await;
+                }
+                return Err(e);
+            }
+        };
+        let Some(tap) = created else {
+            return Err(TapError::Kms(KmsError::UnexpectedResponse {
+                operation: "create".into(),
+                reason: "no tap id".into(),
+            }));
+        };
+        if let Some(a) = answer.audio_rtcp {
+            receiver.set_kms_rtcp(false, a);
+        }
+        if let Some(v) = answer.video_rtcp {
+            receiver.set_kms_rtcp(true, v);
+            // Best effort (7.x; 40111 when nothing flows yet). The receiver also sends PLI itself.
+            let _ = tap.request_keyframe().await;
+        }
+        let watcher = tokio::spawn(watch_publisher(
+            publisher,
+            tap.clone(),
+            self.metrics.clone(),
+            receiver.stats.clone(),
+            receiver.keyframe_requester(),
+        ));
+        let mut ports = Vec::new();
+        ports.extend(audio_ports);
+        ports.extend(video_ports);
+        let injector = self.config.datachannel.enabled.then(|| {
+            Injector::start(
+                InjectorContext {
+                    kms: self.kms.clone(),
+                    config: self.config.datachannel.clone(),
+                    tags: self.config.tags.clone(),
+                    owner: self.config.owner.clone(),
+                    metrics: self.metrics.clone(),
+                },
+                p.clone(),
+                self.dispatcher.subscribe_results(),
+            )
+        });
+        Ok(Tap {
+            participant: p,
+            tap,
+            receiver,
+            dispatch,
+            _ports: ports,
+            watcher,
+            errors_seen: 0,
+            injector,
+        })
+    }
+}
+
+/// The tapped media, for status lines.
+pub(crate) fn media_list(p: &Participant) -> Vec<String> {
+    let mut m = Vec::new();
+    if p.media.audio {
+        m.push("audio".to_owned());
+    }
+    if let Some(v) = &p.media.video {
+        m.push(format!("video:{}", v.encoding));
+    }
+    m
+}
+
+/// Per tap: warns when KMS starts transcoding for the publisher (our offer should prevent it), and
+/// asks for a keyframe if no frame decodes in the first seconds.
+async fn watch_publisher(
+    publisher: WebRtcEndpoint,
+    tap: RtpEndpoint,
+    metrics: Arc<Metrics>,
+    stats: Arc<crate::receiver::ReceiverStats>,
+    pli: crate::receiver::KeyframeRequester,
+) {
+    let transcoding = publisher.on::<MediaTranscodingStateChanged>().await.ok();
+    let keyframe_check = async {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if stats
+                .video_frames
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+            {
+                return;
+            }
+            // RTCP PLI from our receiver (forwarded by KMS to the browser), and on 7.x the API call.
+            if pli.request() {
+                metrics.keyframe_requests.inc();
+            }
+            let _ = tap.request_keyframe().await;
+        }
+    };
+    let watch_transcoding = async {
+        let Some(mut events) = transcoding else {
+            return std::future::pending().await;
+        };
+        while let Some(Ok(ev)) = events.recv().await {
+            if ev.state == MediaTranscodingState::Transcoding {
+                metrics.transcoding.inc();
+                warn!(publisher = publisher.id(), media = ?ev.media_type, "KMS is transcoding for a tapped publisher");
+            }
+        }
+    };
+    tokio::join!(keyframe_check, watch_transcoding);
+}
