@@ -347,7 +347,8 @@ fn ssdp_sockets(pid: u32) -> usize {
 }
 
 #[test]
-fn tutorial_topology_three_vp8_participants_results_for_the_whole_call_and_clean_shutdown() {
+fn real_kms_tutorial_topology_three_vp8_participants_results_for_the_whole_call_and_clean_shutdown()
+{
     with_kms("tutorial_topology", |kms| async move {
         let mut call = Call::start(kms, &[]).await;
         for name in ["ana", "ben", "cyd"] {
@@ -434,5 +435,203 @@ fn tutorial_topology_three_vp8_participants_results_for_the_whole_call_and_clean
             "the app's objects"
         );
         call.wait_connected(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn real_kms_tagged_rooms_h264_audio_only_and_video_only_publishers() {
+    with_kms("tagged_h264_audio_video_only", |kms| async move {
+        let mut call = Call::start(kms.clone(), &["--tags"]).await;
+        call.join("review", "ana", "codec=h264");
+        call.join("review", "ben", "video=0");
+        call.join("review", "cyd", "audio=0");
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_workers();
+        call.start_daemon("tap-e2e-tags").await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 3.0, Duration::from_secs(40))
+                .await,
+            "three taps:\n{}",
+            call.daemon_output()
+        );
+        // Discovery by tags: room and participant names are the app's.
+        let rooms = Command::new(workspace_bin("kurento-tap"))
+            .args(["rooms", "--kurento", &call.kms.url])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&rooms.stdout);
+        assert!(listing.contains("room review"), "{listing}");
+        for (name, media) in [
+            ("ana", "video:H264"),
+            ("ben", "audio"),
+            ("cyd", "video:VP8"),
+        ] {
+            let line = listing
+                .lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{name} listed:\n{listing}"));
+            assert!(line.contains(media), "{line}");
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let start = Instant::now();
+        let window = Duration::from_secs(15);
+        tokio::time::sleep(window).await;
+        let seen = call.results_since(start);
+        let counts = per_participant(&seen);
+        eprintln!("results in {window:?}: {counts:?}");
+        let n = |p: &str, m: &str| counts.get(&(p.into(), m.into())).copied().unwrap_or(0);
+        let video_min = (0.6 * FER_FPS * window.as_secs_f64()) as usize;
+        let audio_min = (0.6 * 2.0 * window.as_secs_f64()) as usize;
+        assert!(n("ana", "video") >= video_min, "H.264 video: {counts:?}");
+        assert!(n("ana", "audio") >= audio_min, "{counts:?}");
+        assert!(n("ben", "audio") >= audio_min, "audio-only: {counts:?}");
+        assert_eq!(n("ben", "video"), 0, "audio-only has no video");
+        assert!(n("cyd", "video") >= video_min, "video-only: {counts:?}");
+        assert_eq!(n("cyd", "audio"), 0, "video-only has no audio");
+        assert_eq!(
+            call.metric("kurento_tap_transcoding_total").await,
+            0.0,
+            "H.264 and VP8 taken as sent"
+        );
+        assert!(call.stop_daemon());
+        assert_eq!(call.owned("tap-e2e-tags").await, (0, 0));
+    });
+}
+
+/// Busy loops on every core, as on the machine where the leave/rejoin leak showed.
+struct CpuLoad(Vec<Proc>);
+
+impl CpuLoad {
+    fn start(n: usize) -> CpuLoad {
+        CpuLoad(
+            (0..n)
+                .map(|_| {
+                    let mut c = Command::new("sh");
+                    c.args(["-c", "while :; do :; done"]);
+                    Proc::spawn("cpu-load", c)
+                })
+                .collect(),
+        )
+    }
+}
+
+#[test]
+fn real_kms_leave_and_rejoin_churn_under_cpu_load_leaves_no_object_behind() {
+    with_kms("churn", |kms| async move {
+        let mut call = Call::start(kms.clone(), &[]).await;
+        for name in ["ana", "ben", "cyd"] {
+            call.join("churn", name, "codec=vp8");
+        }
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_daemon("tap-e2e-churn").await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 3.0, Duration::from_secs(40))
+                .await
+        );
+        let _load = CpuLoad::start(2);
+        let mut page = call.page("cyd").await;
+        let cycles = 8;
+        for cycle in 0..cycles {
+            // Reload: the page leaves (the app releases its endpoints) and joins again with new
+            // ones. Every other cycle the next reload comes before the new publisher is tapped.
+            page.call("Page.reload", serde_json::json!({"ignoreCache": true}))
+                .await;
+            let pause = if cycle % 2 == 0 { 600 } else { 2500 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        call.wait_connected(Duration::from_secs(60)).await;
+        // Whatever raced, what the daemon holds converges to one tap and one peer per participant.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut owned = (0, 0);
+        while Instant::now() < deadline {
+            owned = call.owned("tap-e2e-churn").await;
+            if owned == (3, 3) && call.metric("kurento_tap_taps_active").await == 3.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "after {cycles} rejoins: owned {owned:?}, taps_total {}, orphans released {}",
+            call.metric("kurento_tap_taps_total").await,
+            call.metric("kurento_tap_orphans_released_total").await
+        );
+        assert_eq!(
+            owned,
+            (3, 3),
+            "objects of ours in KMS after churn:\n{}",
+            call.daemon_output()
+        );
+        assert_eq!(call.metric("kurento_tap_taps_active").await, 3.0);
+        assert_eq!(
+            call.app_endpoints().await,
+            9,
+            "the app's objects are its own"
+        );
+        assert!(call.stop_daemon());
+        assert_eq!(
+            call.owned("tap-e2e-churn").await,
+            (0, 0),
+            "objects left after shutdown"
+        );
+    });
+}
+
+#[test]
+fn real_kms_kms_restart_is_seen_and_the_new_server_is_tapped() {
+    with_kms("kms_restart", |kms| async move {
+        let mut call = Call::start(kms.clone(), &[]).await;
+        call.join("before", "ana", "");
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_workers();
+        call.start_daemon("tap-e2e-restart").await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 1.0, Duration::from_secs(40))
+                .await
+        );
+        let health = || async { support::http_get(call.metrics.unwrap(), "/healthz").await };
+        assert!(health().await.starts_with("HTTP/1.1 200"));
+        kms.stop();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut unhealthy = false;
+        while Instant::now() < deadline && !unhealthy {
+            unhealthy = health().await.starts_with("HTTP/1.1 503");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(unhealthy, "/healthz says 503 while KMS is down");
+        kms.restart();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline && !health().await.starts_with("HTTP/1.1 200") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            health().await.starts_with("HTTP/1.1 200"),
+            "/healthz back to 200"
+        );
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 0.0, Duration::from_secs(10))
+                .await,
+            "the old taps are gone with the old server"
+        );
+        // The app starts afresh on the new server; a participant joins and is tapped.
+        call.participants.clear();
+        call.join("after", "dan", "");
+        call.wait_connected(Duration::from_secs(60)).await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 1.0, Duration::from_secs(40))
+                .await,
+            "rediscovered:\n{}",
+            call.daemon_output()
+        );
+        assert!(call.metric("kurento_tap_kms_reconnects_total").await >= 1.0);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let video = call
+            .results_since(start)
+            .iter()
+            .filter(|s| s.media == "video")
+            .count();
+        assert!(video >= 20, "results after the restart: {video}");
+        assert!(call.stop_daemon());
+        assert_eq!(call.owned("tap-e2e-restart").await, (0, 0));
     });
 }

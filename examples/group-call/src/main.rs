@@ -23,7 +23,6 @@ mod rooms;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Parser;
 use kurento_client::KurentoClient;
@@ -71,6 +70,6 @@ async fn main() -> anyhow::Result<()> {
     // The line tests and scripts wait for.
     println!("group-call listening on http://{}/", listener.local_addr()?);
     info!(kms = %opts.kms, tags = opts.tags, data_channels = opts.data_channels, "group-call app ready");
-    let app = Arc::new(rooms::App::new(kms, opts));
+    let app = rooms::App::new(kms, opts);
     http::serve(listener, static_dir, app).await
 }

@@ -48,12 +48,14 @@ struct Joined {
 }
 
 impl App {
-    pub fn new(kms: KurentoClient, opts: Opts) -> Self {
-        App {
+    pub fn new(kms: KurentoClient, opts: Opts) -> Arc<Self> {
+        let app = Arc::new(App {
             kms,
             opts,
             rooms: Mutex::default(),
-        }
+        });
+        tokio::spawn(forget_rooms_when_kms_restarts(Arc::downgrade(&app)));
+        app
     }
 
     async fn join(&self, room: &str, name: &str, tx: mpsc::Sender<String>) -> anyhow::Result<()> {
@@ -206,6 +208,37 @@ impl App {
             let _ = r.pipeline.release().await;
             rooms.remove(&who.room);
             info!(room = %who.room, "room closed");
+        }
+    }
+}
+
+/// A restarted KMS has none of the rooms' objects: tell everyone, and start afresh (as an app's
+/// `KurentoClient` reconnection handler would).
+async fn forget_rooms_when_kms_restarts(app: std::sync::Weak<App>) {
+    let Some(mut state) = app.upgrade().map(|a| a.kms.state()) else {
+        return;
+    };
+    while state.changed().await.is_ok() {
+        let restarted = matches!(
+            &*state.borrow_and_update(),
+            kurento_client::ConnectionState::Connected {
+                recovery: kurento_client::Recovery::NewServer,
+                ..
+            }
+        );
+        let Some(app) = app.upgrade() else { return };
+        if restarted {
+            let mut rooms = app.rooms.lock().await;
+            warn!(rooms = rooms.len(), "KMS restarted: every room is gone");
+            for r in rooms.values() {
+                for u in r.users.values() {
+                    u.send(json!({"id": "error", "message": "media server restarted"}));
+                    for f in &u.forwarders {
+                        f.abort();
+                    }
+                }
+            }
+            rooms.clear();
         }
     }
 }
