@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         scenario,
         announce_ip: args.announce_ip,
         port_range: (min, max),
+        ..Default::default()
     })
     .await?;
     println!("kms-sim listening on {}", server.url());

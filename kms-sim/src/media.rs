@@ -290,6 +290,9 @@ impl RtpSender {
         rtcp_src
             .link_pads(Some("src"), &rtpbin, Some("recv_rtcp_sink_0"))
             .map_err(gst_err)?;
+        if let Some(pad) = rtpbin.static_pad("send_rtcp_src_0") {
+            retime_sender_reports_as_kms(&pad);
+        }
 
         let description = format!(
             "{encoding} pt {} -> {} (rtcp {}), from :{}",
@@ -385,6 +388,44 @@ fn stamp_at_delivery(element: &gst::Element) {
                 let b = buffer.make_mut();
                 b.set_pts(pts + duration);
             }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// How KMS 7.3's RtpEndpoint sender reports look to a tap (measured on a real KMS with Chromium
+/// publishers): their NTP clock starts seconds behind the wall clock and advances far slower than
+/// real time (3.3 s of sender time in 18 s for an Opus tap). A receiver that trusted them saw every
+/// video frame as seconds old. The simulator's reports follow: 5 s behind, then a fifth of real time.
+pub const SR_CLOCK_BEHIND_S: f64 = 5.0;
+/// See [`SR_CLOCK_BEHIND_S`].
+pub const SR_CLOCK_RATE: f64 = 0.2;
+
+/// Rewrites the NTP timestamp of outgoing RTCP sender reports as KMS's would read.
+fn retime_sender_reports_as_kms(pad: &gst::Pad) {
+    let first = std::sync::Mutex::new(None::<f64>);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let buffer = buffer.make_mut();
+        let Ok(mut map) = buffer.map_writable() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let data = map.as_mut_slice();
+        // A compound packet starts with the SR (PT 200): NTP seconds and fraction at bytes 8..16.
+        if data.len() >= 16 && data[1] == 200 {
+            let secs = u32::from_be_bytes([data[8], data[9], data[10], data[11]]) as f64;
+            let frac = u32::from_be_bytes([data[12], data[13], data[14], data[15]]) as f64;
+            let ntp = secs + frac / 4_294_967_296.0;
+            let start = *first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(ntp);
+            let kms = start - SR_CLOCK_BEHIND_S + (ntp - start) * SR_CLOCK_RATE;
+            let (s, f) = (kms.trunc(), kms.fract());
+            data[8..12].copy_from_slice(&(s as u32).to_be_bytes());
+            data[12..16].copy_from_slice(&((f * 4_294_967_296.0) as u32).to_be_bytes());
         }
         gst::PadProbeReturn::Ok
     });

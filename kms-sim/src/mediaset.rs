@@ -162,6 +162,9 @@ pub struct SimConfig {
     pub announce_ip: IpAddr,
     /// RTP port range (KMS `minPort`/`maxPort`).
     pub port_range: (u16, u16),
+    /// How late `ObjectDestroyed` reaches clients after the object left `getChildren` (KMS raises
+    /// it from another thread: a client scanning meanwhile sees the object gone with no event yet).
+    pub destroyed_event_delay: std::time::Duration,
 }
 
 /// The simulated server state shared by every connection.
@@ -612,11 +615,30 @@ impl MediaSet {
             let frame = json!({"jsonrpc": "2.0", "method": "onEvent", "params": {"value": {
                 "data": Value::Object(data), "object": ev.object, "type": ev.ty}}})
             .to_string();
+            let delay = if ev.ty == "ObjectDestroyed" {
+                self.config.destroyed_event_delay
+            } else {
+                std::time::Duration::ZERO
+            };
             for s in st.sessions.values() {
                 if s.subs.values().any(|(o, t)| *o == ev.object && t == ev.ty) {
                     if let Some(conn) = &s.conn {
-                        if conn.try_send(frame.clone()).is_err() {
-                            warn!("event dropped: a client is not reading");
+                        let runtime = tokio::runtime::Handle::try_current();
+                        match runtime {
+                            Ok(rt) if !delay.is_zero() => {
+                                let (conn, frame) = (conn.clone(), frame.clone());
+                                rt.spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    if conn.try_send(frame).is_err() {
+                                        warn!("event dropped: a client is not reading");
+                                    }
+                                });
+                            }
+                            _ => {
+                                if conn.try_send(frame.clone()).is_err() {
+                                    warn!("event dropped: a client is not reading");
+                                }
+                            }
                         }
                     }
                 }

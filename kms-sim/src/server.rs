@@ -26,6 +26,9 @@ pub struct SimOptions {
     pub announce_ip: Option<std::net::IpAddr>,
     /// RTP ports (KMS `minPort`/`maxPort`).
     pub port_range: (u16, u16),
+    /// Delay of `ObjectDestroyed` events after the object is gone (KMS raises them asynchronously;
+    /// a loaded KMS later still).
+    pub destroyed_event_delay: std::time::Duration,
 }
 
 impl Default for SimOptions {
@@ -35,6 +38,7 @@ impl Default for SimOptions {
             scenario: Scenario::builtin(),
             announce_ip: None,
             port_range: (30000, 39999),
+            destroyed_event_delay: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -71,6 +75,7 @@ impl SimServer {
             SimConfig {
                 announce_ip,
                 port_range: options.port_range,
+                destroyed_event_delay: options.destroyed_event_delay,
             },
         );
         let (kill_conns, _) = broadcast::channel(4);

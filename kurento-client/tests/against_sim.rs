@@ -20,6 +20,7 @@ async fn sim_with(scenario: Scenario, port: u16) -> SimServer {
         scenario,
         announce_ip: Some([127, 0, 0, 1].into()),
         port_range: (41000, 45999),
+        ..Default::default()
     })
     .await
     .expect("simulator starts")

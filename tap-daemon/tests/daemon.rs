@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -373,4 +374,120 @@ async fn control_requests_and_the_rooms_listing() {
     assert_eq!(parts[1]["name"], "q");
     assert_eq!(parts[1]["tapped"], false);
     daemon.shutdown().await;
+}
+
+/// KMS's tap sender reports carry a clock that starts seconds behind and barely advances (the
+/// simulator's reports do the same): video chunks must still come at the asked rate, fresh, for the
+/// whole call, not stop at the first sender report (the first real-KMS run got 2 chunks, then none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_chunks_keep_their_rate_and_freshness_for_the_whole_call() {
+    const ONE: &str = "
+[[room]]
+name = 'long'
+[[room.participant]]
+name = 'erin'
+video = { codec = 'VP8', width = 160, height = 120, fps = 15 }
+audio = { tone = 440.0 }
+";
+    let nats = Nats::start().await;
+    let sim = sim(ONE, (54000, 54999)).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let daemon = Daemon::start(config(&sim, &nats, (55000, 55999)))
+        .await
+        .unwrap();
+    let fps5 = video_spec("fps5", Some(5.0), None, 80, 60, PixelFormat::Gray8);
+    let nth3 = video_spec("nth3", None, Some(3), 80, 60, PixelFormat::Gray8);
+    let (fps_seen, _w1) = worker(&client, &fps5.id, Duration::ZERO).await;
+    let (nth_seen, _w2) = worker(&client, &nth3.id, Duration::ZERO).await;
+    let _r = (
+        Registration::new(&client, fps5.clone()).await,
+        Registration::new(&client, nth3.clone()).await,
+    );
+    wait_taps(&daemon, 1).await;
+    // Sender reports come every few seconds: look well past several of them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let from = now_ms();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let late = |seen: &Arc<Mutex<Vec<Seen>>>| -> Vec<Seen> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at_ms >= from)
+            .cloned()
+            .collect()
+    };
+    let fps = late(&fps_seen);
+    let nth = late(&nth_seen);
+    assert!(fps.len() >= 15, "5 fps for 5 s: {} chunks", fps.len());
+    assert!(
+        nth.len() >= 15,
+        "every 3rd of 15 fps for 5 s: {} chunks",
+        nth.len()
+    );
+    for s in fps.iter().chain(&nth) {
+        let age = s.meta.sent_us.saturating_sub(s.meta.capture_us);
+        assert!(age < 1_000_000, "a chunk {age} µs old when sent");
+    }
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("kurento_tap_chunks_dropped_total")
+                && l.contains("stale")
+                && !l.ends_with(" 0")),
+        "no chunk dropped as stale:\n{metrics}"
+    );
+    daemon.shutdown().await;
+}
+
+/// Participants who leave and rejoin, many times, with KMS's `ObjectDestroyed` arriving after the
+/// endpoint is already gone from `getChildren` (KMS raises it from another thread; a loaded KMS
+/// later still): a rescan that sees the publisher gone before the event must still release our
+/// objects (it used to stop the tap and leave its RtpEndpoint in the room). At the end, exactly one
+/// tap per present participant is in KMS, and none after shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_and_rejoin_churn_leaves_no_tap_behind() {
+    let mut scenario = String::from(
+        "[[room]]\nname = 'churn'\n[[room.participant]]\nname = 'stays'\nvideo = { codec = 'VP8', width = 160, height = 120, fps = 15 }\n",
+    );
+    // Ten visits of 'comes' (a new publisher each time, as a page reload makes).
+    for i in 0..10u64 {
+        let join = 300 + i * 900;
+        scenario.push_str(&format!(
+            "[[room.participant]]\nname = 'comes{i}'\nvideo = {{ codec = 'VP8', width = 160, height = 120, fps = 15 }}\njoin_ms = {join}\nleave_ms = {}\n",
+            join + 700
+        ));
+    }
+    let nats = Nats::start().await;
+    let sim = kms_sim::SimServer::start(kms_sim::SimOptions {
+        scenario: kms_sim::Scenario::parse(&scenario).unwrap(),
+        announce_ip: Some([127, 0, 0, 1].into()),
+        port_range: (54000, 54999),
+        destroyed_event_delay: Duration::from_millis(250),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&sim, &nats, (55000, 55999));
+    cfg.rescan_interval = Duration::from_millis(100);
+    let daemon = Daemon::start(cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300 + 10 * 900 + 1500)).await;
+    let taps = |sim: &kms_sim::SimServer| {
+        sim.media_set()
+            .object_ids()
+            .into_iter()
+            .filter(|i| i.ends_with("_kurento.RtpEndpoint"))
+            .count()
+    };
+    let status = daemon.status().await;
+    assert_eq!(status.len(), 1, "only 'stays' is tapped: {status:?}");
+    assert_eq!(
+        taps(&sim),
+        1,
+        "one RtpEndpoint of ours in KMS after 10 rejoins"
+    );
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    assert!(metrics.contains("kurento_tap_taps_active 1"), "{metrics}");
+    daemon.shutdown().await;
+    assert_eq!(taps(&sim), 0, "none after shutdown");
 }
