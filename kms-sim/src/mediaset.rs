@@ -611,7 +611,10 @@ impl MediaSet {
             data.insert("source".into(), ev.object.clone().into());
             data.insert("tags".into(), tags);
             data.insert("timestampMillis".into(), now_millis().into());
-            data.insert("type".into(), ev.ty.into());
+            // KMS 7.3 names the type inside `data` for element events, not for the ServerManager's.
+            if !matches!(ev.ty, "ObjectCreated" | "ObjectDestroyed") {
+                data.insert("type".into(), ev.ty.into());
+            }
             let frame = json!({"jsonrpc": "2.0", "method": "onEvent", "params": {"value": {
                 "data": Value::Object(data), "object": ev.object, "type": ev.ty}}})
             .to_string();
@@ -1054,26 +1057,23 @@ impl MediaSet {
                         // A sink pad takes one source: a new connection replaces the old one.
                         st.links.retain(|l| !(l.sink == sink && l.media == m));
                         st.links.push(link);
-                        for obj in [id, sink.as_str()] {
-                            raised.push(Raised {
-                                object: obj.to_owned(),
-                                ty: "ElementConnected",
-                                data: evdata.clone(),
-                            });
-                        }
+                        // On the source only, as KMS 7.3 raises it (checked by the conformance test).
+                        raised.push(Raised {
+                            object: id.to_owned(),
+                            ty: "ElementConnected",
+                            data: evdata.clone(),
+                        });
                         if m != "DATA" && self.is_publisher_with(st, id, m) {
                             raised.push(Raised { object: sink.clone(), ty: "MediaFlowInStateChanged",
                                 data: obj_map(json!({"state": "FLOWING", "padName": "default", "mediaType": m})) });
                         }
                     } else if let Some(pos) = st.links.iter().position(|l| *l == link) {
                         st.links.remove(pos);
-                        for obj in [id, sink.as_str()] {
-                            raised.push(Raised {
-                                object: obj.to_owned(),
-                                ty: "ElementDisconnected",
-                                data: evdata.clone(),
-                            });
-                        }
+                        raised.push(Raised {
+                            object: id.to_owned(),
+                            ty: "ElementDisconnected",
+                            data: evdata.clone(),
+                        });
                     }
                 }
                 self.reconcile_senders(st);
@@ -1197,14 +1197,14 @@ impl MediaSet {
                         return Err(RpcError::new(
                             40202,
                             "SDP_END_POINT_NO_LOCAL_SDP_ERROR",
-                            "Local SDP not available",
+                            "No local SDP",
                         ))
                     }
                     None => {
                         return Err(RpcError::new(
                             40203,
                             "SDP_END_POINT_NO_REMOTE_SDP_ERROR",
-                            "Remote SDP not available",
+                            "No remote SDP",
                         ))
                     }
                 }

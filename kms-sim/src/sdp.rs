@@ -212,6 +212,7 @@ pub fn rtp_answer(
             .push(Attribute::new(direction.to_owned(), None));
         md.attributes
             .push(Attribute::new("rtcp".into(), Some((port + 1).to_string())));
+        // KMS's order: every rtpmap, then every rtcp-fb, then every fmtp.
         for f in &formats {
             let mut map = format!("{} {}/{}", f.pt, f.encoding, f.clock_rate);
             if let Some(p) = &f.params {
@@ -220,12 +221,8 @@ pub fn rtp_answer(
             }
             md.attributes
                 .push(Attribute::new("rtpmap".into(), Some(map)));
-            if let Some(fmtp) = &f.fmtp {
-                md.attributes.push(Attribute::new(
-                    "fmtp".into(),
-                    Some(format!("{} {fmtp}", f.pt)),
-                ));
-            }
+        }
+        for f in &formats {
             for fb in &f.feedback {
                 if matches!(fb.as_str(), "nack" | "nack pli" | "ccm fir" | "goog-remb") {
                     md.attributes.push(Attribute::new(
@@ -233,6 +230,14 @@ pub fn rtp_answer(
                         Some(format!("{} {fb}", f.pt)),
                     ));
                 }
+            }
+        }
+        for f in &formats {
+            if let Some(fmtp) = &f.fmtp {
+                md.attributes.push(Attribute::new(
+                    "fmtp".into(),
+                    Some(format!("{} {fmtp}", f.pt)),
+                ));
             }
         }
         md.attributes.push(Attribute::new(

@@ -120,7 +120,8 @@ async fn tap_a_publisher_and_receive_real_rtp() {
     );
     assert!(answer.contains("a=rtcp:"), "{answer}");
     assert!(answer.contains("a=ssrc:"), "{answer}");
-    let mut connected = tap.on::<ElementConnected>().await.unwrap();
+    // KMS raises ElementConnected on the source only.
+    let mut connected = publisher.on::<ElementConnected>().await.unwrap();
     publisher.connect(&tap, MediaType::Video).await.unwrap();
     let ev = tokio::time::timeout(Duration::from_secs(5), connected.recv())
         .await

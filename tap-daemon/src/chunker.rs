@@ -66,6 +66,12 @@ struct AudioState {
     skip: usize,
 }
 
+/// A buffer this much later than the samples before it end means audio was lost (a lost packet the
+/// decoder did not conceal): the gap is filled with silence so that window times stay true.
+const AUDIO_GAP_US: i64 = 60_000;
+/// Beyond this, a gap or a backward jump is not filled: the windows start afresh.
+const AUDIO_RESYNC_US: i64 = 500_000;
+
 /// One tap's chunker.
 pub struct Chunker {
     specs: LiveSpecs,
@@ -241,8 +247,27 @@ impl AudioState {
     }
 
     /// Adds 48 kHz samples; returns every complete window.
+    ///
+    /// Window times come from counting samples, so every buffer's capture time is checked against
+    /// the count: lost audio would otherwise make each later window look older by the loss (5 %
+    /// packet loss on a real KMS: a second behind after 20 s, every voice chunk stale from then on).
     fn push(&mut self, input: &[f32], capture_us: u64) -> Vec<(u64, Bytes)> {
         let rate = u64::from(self.spec.sample_rate);
+        if let (Some(start), false, 0) = (self.start_us, self.buffered.is_empty(), self.skip) {
+            let expected = start + self.buffered.len() as u64 * 1_000_000 / rate.max(1);
+            let gap = capture_us as i64 - expected as i64;
+            if gap.abs() > AUDIO_RESYNC_US {
+                self.buffered.clear();
+                self.start_us = None;
+            } else if gap > AUDIO_GAP_US {
+                let missing = (gap as u64 * rate / 1_000_000) as usize;
+                self.buffered.resize(self.buffered.len() + missing, 0.0);
+            } else if gap < -AUDIO_GAP_US {
+                // Samples arrive earlier than counted (the sender's clock is faster than the
+                // count): the buffered audio is re-dated to end where this buffer begins.
+                self.start_us = Some(start.saturating_sub(gap.unsigned_abs()));
+            }
+        }
         let mut resampled = Vec::with_capacity(input.len() / self.decimator.factor + 1);
         self.decimator.process(input, &mut resampled);
         let mut fresh = &resampled[..];
@@ -421,6 +446,81 @@ mod tests {
         let starts: Vec<u64> = windows.iter().map(|(t, _)| *t).collect();
         assert!(
             starts.windows(2).all(|w| w[1] - w[0] == 50_000),
+            "{starts:?}"
+        );
+    }
+
+    fn voice_spec() -> AudioChunkSpec {
+        AudioChunkSpec {
+            window_ms: 1000,
+            hop_ms: 500,
+            sample_rate: 16_000,
+            channels: 1,
+            format: SampleFormat::F32,
+        }
+    }
+
+    #[test]
+    fn lost_audio_does_not_age_later_windows() {
+        let mut st = AudioState::new(voice_spec());
+        let mut windows = Vec::new();
+        // 20 s of 20 ms packets with every 20th lost (5 %), each stamped with its true time.
+        for i in 0..1000u64 {
+            if i % 20 == 7 {
+                continue;
+            }
+            let at = 1_000_000 + i * 20_000;
+            for (start, _) in st.push(&[0.1; 960], at) {
+                windows.push((start, at));
+            }
+        }
+        // The last window ends where the last buffer does: its start is one window before.
+        let (start, pushed_at) = *windows.last().unwrap();
+        let age = pushed_at as i64 + 20_000 - start as i64;
+        assert!(
+            (age - 1_000_000).abs() <= 60_000,
+            "window start {age} µs before the end of the audio"
+        );
+        // Still every 0.5 s (the silence fills the gaps).
+        assert!((38..=39).contains(&windows.len()), "{}", windows.len());
+    }
+
+    #[test]
+    fn a_long_gap_or_a_backward_jump_starts_the_windows_afresh() {
+        let mut st = AudioState::new(voice_spec());
+        for i in 0..30u64 {
+            st.push(&[0.1; 960], i * 20_000);
+        }
+        // 10 s of nothing (a muted sender), then audio again: no 10 s of silence invented.
+        let mut after = Vec::new();
+        for i in 0..60u64 {
+            after.extend(st.push(&[0.1; 960], 10_600_000 + i * 20_000));
+        }
+        assert!(!after.is_empty());
+        assert!(
+            after[0].0 >= 10_600_000,
+            "the first window after the gap starts in it: {}",
+            after[0].0
+        );
+        // A sender clock jumping back: windows follow it.
+        let mut back = Vec::new();
+        for i in 0..60u64 {
+            back.extend(st.push(&[0.1; 960], 2_000_000 + i * 20_000));
+        }
+        assert!(back.iter().all(|(t, _)| *t < 4_000_000), "{back:?}");
+    }
+
+    #[test]
+    fn jitter_below_the_gap_threshold_changes_nothing() {
+        let mut st = AudioState::new(voice_spec());
+        let mut starts = Vec::new();
+        for i in 0..250u64 {
+            let jitter = [0i64, 25_000, -20_000, 10_000][(i % 4) as usize];
+            let at = (5_000_000 + i as i64 * 20_000 + jitter) as u64;
+            starts.extend(st.push(&[0.1; 960], at).into_iter().map(|(t, _)| t));
+        }
+        assert!(
+            starts.windows(2).all(|w| w[1] - w[0] == 500_000),
             "{starts:?}"
         );
     }

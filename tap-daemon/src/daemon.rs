@@ -701,8 +701,22 @@ impl Actor {
                     self.known.insert(ep.id().to_owned(), Known::Pending);
                     let ctx = self.ctx.clone();
                     let (room, pipeline, id) = (room.clone(), pipeline.clone(), ep.id().to_owned());
-                    self.setups
-                        .spawn(async move { (id, setup(ctx, room, pipeline, ep).await) });
+                    self.metrics.setups_in_flight.inc();
+                    self.setups.spawn(async move {
+                        let started = Instant::now();
+                        let outcome = setup(ctx.clone(), room, pipeline, ep).await;
+                        ctx.metrics.setups_in_flight.dec();
+                        if matches!(outcome, Setup::Tapped(_)) {
+                            ctx.metrics
+                                .setup_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        (id, outcome)
+                    });
+                    let running = self.setups.len() as i64;
+                    if running > self.metrics.setups_peak.get() {
+                        self.metrics.setups_peak.set(running);
+                    }
                 }
             }
         }
@@ -738,6 +752,28 @@ impl Actor {
                     self.metrics.decode_errors.inc_by(errors - t.errors_seen);
                     t.errors_seen = errors;
                 }
+                let stats = &t.receiver.stats;
+                let sent = stats
+                    .keyframe_requests
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let held = stats
+                    .keyframe_requests_throttled
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let (seen_sent, seen_held) = t.keyframes_seen;
+                self.metrics
+                    .receiver_keyframe_requests
+                    .inc_by(sent.saturating_sub(seen_sent));
+                self.metrics
+                    .receiver_keyframe_requests_throttled
+                    .inc_by(held.saturating_sub(seen_held));
+                t.keyframes_seen = (sent, held);
+                let unusable = stats
+                    .sender_clock_unusable
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .sender_clocks_unusable
+                    .inc_by(unusable.saturating_sub(t.clocks_unusable_seen));
+                t.clocks_unusable_seen = unusable;
             }
         }
     }

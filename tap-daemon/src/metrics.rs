@@ -55,6 +55,18 @@ pub struct Metrics {
     pub not_tapped: Family<ReasonLabel, Counter>,
     /// Objects of ours found in KMS that no tap stood for, released by the rescan.
     pub orphans_released: Counter,
+    /// Keyframe requests the receivers sent upstream (RTCP PLI/FIR to KMS).
+    pub receiver_keyframe_requests: Counter,
+    /// Keyframe requests held back by the per-tap throttle.
+    pub receiver_keyframe_requests_throttled: Counter,
+    /// Streams whose sender clock (RTCP sender reports) did not keep time: capture times from arrival.
+    pub sender_clocks_unusable: Counter,
+    /// Participant setups (examine + tap) running now.
+    pub setups_in_flight: Gauge,
+    /// Most setups that ran at once since start (a room's participants are set up side by side).
+    pub setups_peak: Gauge,
+    /// Time from a publisher's discovery to its tap running.
+    pub setup_seconds: Histogram,
     /// Decoded video frames and audio buffers.
     pub decoded: Family<MediaLabel, Counter>,
     /// GStreamer errors in receivers.
@@ -119,6 +131,12 @@ impl Metrics {
             tap_errors: Family::default(),
             not_tapped: Family::default(),
             orphans_released: Counter::default(),
+            receiver_keyframe_requests: Counter::default(),
+            receiver_keyframe_requests_throttled: Counter::default(),
+            sender_clocks_unusable: Counter::default(),
+            setups_in_flight: Gauge::default(),
+            setups_peak: Gauge::default(),
+            setup_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             decoded: Family::default(),
             decode_errors: Counter::default(),
             chunks_sent: Family::default(),
@@ -148,6 +166,36 @@ impl Metrics {
             m.taps_active.clone(),
         );
         registry.register("tap_errors", "Failed tap attempts", m.tap_errors.clone());
+        registry.register(
+            "receiver_keyframe_requests",
+            "Keyframe requests the receivers sent to KMS (RTCP PLI/FIR; after loss, on a new tap)",
+            m.receiver_keyframe_requests.clone(),
+        );
+        registry.register(
+            "receiver_keyframe_requests_throttled",
+            "Keyframe requests held back (at most one per 500 ms and tap)",
+            m.receiver_keyframe_requests_throttled.clone(),
+        );
+        registry.register(
+            "sender_clocks_unusable",
+            "Tapped streams whose RTCP sender-report clock did not keep time (capture times from arrival)",
+            m.sender_clocks_unusable.clone(),
+        );
+        registry.register(
+            "tap_setups_in_flight",
+            "Participant setups (examine + tap) running now",
+            m.setups_in_flight.clone(),
+        );
+        registry.register(
+            "tap_setups_peak",
+            "Most participant setups that ran at once",
+            m.setups_peak.clone(),
+        );
+        registry.register(
+            "tap_setup_seconds",
+            "From a publisher's discovery to its tap running",
+            m.setup_seconds.clone(),
+        );
         registry.register(
             "orphans_released",
             "Objects of this daemon that no tap stood for (a leave or rejoin race), released by the rescan",

@@ -93,6 +93,10 @@ pub struct Tap {
     watcher: tokio::task::JoinHandle<()>,
     /// Receiver errors already counted in the metrics.
     pub errors_seen: u64,
+    /// Keyframe requests (sent, throttled) already counted in the metrics.
+    pub keyframes_seen: (u64, u64),
+    /// Streams with an unusable sender clock already counted in the metrics.
+    pub clocks_unusable_seen: u64,
     injector: Option<Injector>,
 }
 
@@ -287,6 +291,8 @@ impl TapContext {
             _ports: ports,
             watcher,
             errors_seen: 0,
+            keyframes_seen: (0, 0),
+            clocks_unusable_seen: 0,
             injector,
         })
     }

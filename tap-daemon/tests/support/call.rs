@@ -1,0 +1,310 @@
+//! A real-KMS call for tests and benchmarks: nats-server, the group-call app, Chromium
+//! participants, the daemon and the workers as processes, and what they report.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kurento_client::prelude::*;
+use serde_json::Value;
+
+use super::browser;
+use super::kms::{participant, workspace_bin, Proc, RealKms};
+use super::support::{self, Nats};
+
+pub const OWNER_KEY: &str = "kurento-tap.owner";
+pub const FER_FPS: f64 = 5.0;
+/// The daemon's RTP port range in these calls (iptables' MIN:MAX form): the tap leg KMS → daemon.
+pub const TAP_PORTS: &str = "44000:44999";
+
+/// One result seen on NATS.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub participant: String,
+    pub media: String,
+    pub latency_ms: f64,
+}
+
+/// The call under test: nats-server, the app, participants, the daemon and workers.
+pub struct Call {
+    pub kms: Arc<RealKms>,
+    pub nats: Nats,
+    pub app: Proc,
+    pub app_url: String,
+    pub observer: KurentoClient,
+    pub participants: HashMap<String, browser::Browser>,
+    pub daemon: Option<Proc>,
+    pub metrics: Option<SocketAddr>,
+    pub workers: Vec<Proc>,
+    pub results: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Call {
+    pub async fn start(kms: Arc<RealKms>, app_args: &[&str]) -> Call {
+        let nats = Nats::start().await;
+        let mut cmd = Command::new(workspace_bin("group-call"));
+        cmd.args(["--kms", &kms.url, "--listen", "127.0.0.1:0"])
+            .args(app_args)
+            .env("RUST_LOG", "info");
+        let app = Proc::spawn("group-call", cmd);
+        let line = app
+            .wait_line("listening on http://", Duration::from_secs(20))
+            .await
+            .expect("the group-call app starts");
+        let app_url = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        let observer = KurentoClient::connect(&kms.url).await.unwrap();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let mut sub = client.subscribe("tap.v1.result.>").await.unwrap();
+        let sink = results.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                let Ok(v) = serde_json::from_slice::<Value>(&m.payload) else {
+                    continue;
+                };
+                sink.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    participant: v["participant"].as_str().unwrap_or_default().into(),
+                    media: v["media"].as_str().unwrap_or_default().into(),
+                    latency_ms: v["latency_ms"].as_f64().unwrap_or(-1.0),
+                });
+            }
+        });
+        Call {
+            kms,
+            nats,
+            app,
+            app_url,
+            observer,
+            participants: HashMap::new(),
+            daemon: None,
+            metrics: None,
+            workers: Vec::new(),
+            results,
+        }
+    }
+
+    pub fn join(&mut self, room: &str, name: &str, query: &str) {
+        let b = participant(&self.app_url, room, name, query);
+        self.participants.insert(name.to_owned(), b);
+    }
+
+    pub async fn page(&self, name: &str) -> browser::Page {
+        browser::open_page(&self.participants[name]).await
+    }
+
+    /// Waits until every participant's own connection is up and its subscriptions too.
+    pub async fn wait_connected(&self, limit: Duration) {
+        for name in self.participants.keys() {
+            let mut page = self.page(name).await;
+            let ok = page
+                .wait_for(
+                    "window.gc && gc.connection === 'connected' && Object.values(gc.peers).every(s => s === 'connected')",
+                    limit,
+                )
+                .await;
+            let state = page.eval("JSON.stringify(window.gc)").await;
+            assert!(
+                ok,
+                "{name} did not connect: {state}\napp:\n{}",
+                self.app.output()
+            );
+        }
+    }
+
+    pub fn start_workers(&mut self) {
+        let mut fer = Command::new(workspace_bin("fer-worker"));
+        fer.args([
+            "run",
+            "--nats",
+            &self.nats.url,
+            "--fps",
+            &FER_FPS.to_string(),
+        ]);
+        self.workers.push(Proc::spawn("fer-worker", fer));
+        let mut voice = Command::new(workspace_bin("audio-worker"));
+        voice.args(["run", "--nats", &self.nats.url]);
+        self.workers.push(Proc::spawn("audio-worker", voice));
+    }
+
+    pub async fn start_daemon(&mut self, owner: &str) {
+        let mut cmd = Command::new(workspace_bin("kurento-tap"));
+        cmd.args(["run", "--kurento", &self.kms.url, "--nats", &self.nats.url])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--ports",
+                &TAP_PORTS.replace(':', "-"),
+            ])
+            .args(["--http", "127.0.0.1:0", "--owner", owner])
+            .env("RUST_LOG", "info,tap_daemon=debug");
+        let daemon = Proc::spawn("kurento-tap", cmd);
+        let line = daemon
+            .wait_line("metrics on http://", Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("the daemon starts:\n{}", daemon.output()));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("/metrics")
+            .parse()
+            .unwrap();
+        self.metrics = Some(addr);
+        self.daemon = Some(daemon);
+    }
+
+    /// Stops the daemon as an operator does (SIGTERM); true if it exited by itself.
+    pub fn stop_daemon(&mut self) -> bool {
+        let mut d = self.daemon.take().expect("daemon running");
+        let clean = d.terminate(Duration::from_secs(40));
+        if !clean {
+            eprintln!("daemon did not exit:\n{}", d.output());
+        }
+        clean
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = support::http_get(self.metrics.unwrap(), "/metrics").await;
+        metric_sum(&text, name)
+    }
+
+    pub async fn wait_metric(&self, name: &str, want: f64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.metric(name).await == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// Objects in KMS tagged with `owner` by the daemon: (RtpEndpoints, WebRtcEndpoints).
+    pub async fn owned(&self, owner: &str) -> (usize, usize) {
+        let mut rtp = 0;
+        let mut webrtc = 0;
+        for p in self
+            .observer
+            .server_manager()
+            .get_pipelines()
+            .await
+            .unwrap()
+        {
+            let Ok(children) = p.get_children().await else {
+                continue;
+            };
+            for c in children {
+                let Ok(tags) = c.get_tags().await else {
+                    continue;
+                };
+                if tags.iter().any(|t| t.key == OWNER_KEY && t.value == owner) {
+                    if c.id().ends_with("RtpEndpoint") && !c.id().ends_with("WebRtcEndpoint") {
+                        rtp += 1;
+                    } else {
+                        webrtc += 1;
+                    }
+                }
+            }
+        }
+        (rtp, webrtc)
+    }
+
+    /// The app's WebRtcEndpoints (not tagged by any kurento-tap).
+    pub async fn app_endpoints(&self) -> usize {
+        let mut n = 0;
+        for p in self
+            .observer
+            .server_manager()
+            .get_pipelines()
+            .await
+            .unwrap()
+        {
+            for c in p.get_children().await.unwrap_or_default() {
+                if !c.id().ends_with("_kurento.WebRtcEndpoint") {
+                    continue;
+                }
+                let tags = c.get_tags().await.unwrap_or_default();
+                if !tags.iter().any(|t| t.key == OWNER_KEY) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    pub fn results_since(&self, since: Instant) -> Vec<Seen> {
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at >= since)
+            .cloned()
+            .collect()
+    }
+
+    pub fn daemon_output(&self) -> String {
+        self.daemon.as_ref().map(|d| d.output()).unwrap_or_default()
+    }
+}
+
+/// Sum of every sample of a metric family (all label sets).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Counts results per (participant, media) in `window`.
+pub fn per_participant(results: &[Seen]) -> HashMap<(String, String), usize> {
+    let mut m = HashMap::new();
+    for r in results {
+        *m.entry((r.participant.clone(), r.media.clone()))
+            .or_default() += 1;
+    }
+    m
+}
+
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Busy loops on every core, as on the machine where the leave/rejoin leak showed.
+pub struct CpuLoad {
+    _busy: Vec<Proc>,
+}
+
+impl CpuLoad {
+    pub fn start(n: usize) -> CpuLoad {
+        CpuLoad {
+            _busy: (0..n)
+                .map(|_| {
+                    let mut c = Command::new("sh");
+                    c.args(["-c", "while :; do :; done"]);
+                    Proc::spawn("cpu-load", c)
+                })
+                .collect(),
+        }
+    }
+}
