@@ -683,9 +683,10 @@ impl Actor {
                 continue;
             };
             listed.insert(pipeline.id().to_owned());
+            self.learn_owners(&children).await;
             for child in children {
                 seen.insert(child.id().to_owned());
-                if let Some(o) = self.owned_object(&child).await {
+                if let Some(o) = self.owned_object(&child) {
                     owned.push(o);
                     continue;
                 }
@@ -778,19 +779,19 @@ impl Actor {
         }
     }
 
-    /// Our object (by owner tag) with the publisher it serves; tags are read once per object.
-    async fn owned_object(&mut self, child: &MediaObject) -> Option<OwnedObject> {
-        let id = child.id().to_owned();
-        let kind = if id.ends_with("_kurento.WebRtcEndpoint") {
-            OwnedKind::DataPeer
-        } else if id.ends_with("_kurento.RtpEndpoint") {
-            OwnedKind::Tap
-        } else {
-            return None;
-        };
-        if !self.owned_cache.contains_key(&id) {
-            let Ok(tags) = child.get_tags().await else {
-                return None;
+    /// Reads the tags of the endpoints not seen before, all at once: a busy room adds dozens of
+    /// endpoints between two rescans, and one round trip each, in turn, held the control actor for
+    /// over a second on a loaded machine (setups finished but not recorded, leaves seen late).
+    async fn learn_owners(&mut self, children: &[MediaObject]) {
+        let new: Vec<&MediaObject> = children
+            .iter()
+            .filter(|c| owned_kind(c.id()).is_some() && !self.owned_cache.contains_key(c.id()))
+            .collect();
+        let tags = futures_util::future::join_all(new.iter().map(|c| c.get_tags())).await;
+        for (child, tags) in new.into_iter().zip(tags) {
+            // Unreadable (being released): looked at again by the next rescan.
+            let (Ok(tags), Some(kind)) = (tags, owned_kind(child.id())) else {
+                continue;
             };
             let ours = tags
                 .iter()
@@ -800,10 +801,18 @@ impl Actor {
                 .find(|t| t.key == self.config.tags.tapped_endpoint)
                 .map(|t| t.value.clone());
             self.owned_cache
-                .insert(id.clone(), ours.then_some((kind, serves)));
+                .insert(child.id().to_owned(), ours.then_some((kind, serves)));
         }
-        let (kind, serves) = self.owned_cache.get(&id)?.clone()?;
-        Some(OwnedObject { id, kind, serves })
+    }
+
+    /// Our object (by owner tag) with the publisher it serves, as [`Self::learn_owners`] read it.
+    fn owned_object(&self, child: &MediaObject) -> Option<OwnedObject> {
+        let (kind, serves) = self.owned_cache.get(child.id())?.clone()?;
+        Some(OwnedObject {
+            id: child.id().to_owned(),
+            kind,
+            serves,
+        })
     }
 
     async fn release_orphans(&mut self, owned: Vec<OwnedObject>) {
@@ -894,6 +903,17 @@ impl Actor {
 }
 
 /// Looks at one endpoint and taps it if it is a live publisher we may tap (runs concurrently).
+/// The kinds of object the daemon creates, by id.
+fn owned_kind(id: &str) -> Option<OwnedKind> {
+    if id.ends_with("_kurento.WebRtcEndpoint") {
+        Some(OwnedKind::DataPeer)
+    } else if id.ends_with("_kurento.RtpEndpoint") {
+        Some(OwnedKind::Tap)
+    } else {
+        None
+    }
+}
+
 async fn setup(
     ctx: TapContext,
     room: String,

@@ -34,7 +34,7 @@ async fn fifty_join_leave_cycles_leak_nothing() {
         .unwrap();
     assert!(
         taps_total >= 45.0,
-        "{taps_total} of 51 participants tapped while present"
+        "{taps_total} of 51 participants tapped while present\n{m}"
     );
     assert!(daemon.status().await.is_empty());
     assert!(m.contains("kurento_tap_taps_active 0"), "{m}");
