@@ -35,6 +35,7 @@ mod worker;
 
 pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};
 pub use metrics::WorkerMetrics;
+pub use tap_protocol::affect;
 pub use tap_protocol::{
     AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelSpec, PixelFormat, SampleFormat,
     VideoChunkSpec,
@@ -142,6 +143,7 @@ fn base(
         deadline_ms: 1000,
         heartbeat_ms: 2000,
         updated_ms: 0,
+        affect: None,
     }
 }
 

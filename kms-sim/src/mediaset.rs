@@ -1446,7 +1446,9 @@ impl MediaSet {
                 o.tags.push((keys.participant.clone(), p.name.clone()));
                 o.tags.push((keys.role.clone(), "publisher".into()));
             }
+            // A tag key holds one value (KMS keeps tags in a map): an extra tag replaces.
             for (k, v) in &p.extra_tags {
+                o.tags.retain(|(tk, _)| tk != k);
                 o.tags.push((k.clone(), v.clone()));
             }
             if let Kind::WebRtc(w) = &mut o.kind {

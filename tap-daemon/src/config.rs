@@ -26,6 +26,14 @@
 //! audience = "participant"        # or "room": everyone's results to everyone in the room
 //! ice_ports = "41000-41099"       # UDP ports of the peers' ICE (default: any), apart from `ports`
 //!
+//! [mood]                        # fused states and room moods (docs/architecture.md, docs/privacy.md)
+//! enabled = true
+//! min_group = 3                   # no room aggregate from fewer contributors (presenter excluded)
+//! publish_states = true           # per-participant states on tap.v1.state.* (NATS only)
+//! smoothing_s = 2.0               # time constant of the smoothing
+//! stale_s = 10.0                  # a modality without input this long is dropped
+//! max_age_s = 86400               # history kept in JetStream TAP_AFFECT_V1
+//!
 //! [tags]
 //! room = "kurento-tap.room"
 //! participant = "kurento-tap.participant"
@@ -80,6 +88,26 @@ pub struct FileConfig {
     pub tags: Option<TagKeys>,
     /// DataChannel injection.
     pub datachannel: Option<DataChannelFile>,
+    /// Fusion and room mood.
+    pub mood: Option<MoodFile>,
+}
+
+/// The `[mood]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoodFile {
+    /// On/off.
+    pub enabled: Option<bool>,
+    /// Contributors needed for a room aggregate.
+    pub min_group: Option<usize>,
+    /// Publish per-participant states on NATS.
+    pub publish_states: Option<bool>,
+    /// Smoothing time constant, seconds.
+    pub smoothing_s: Option<f64>,
+    /// A modality without input this long is dropped, seconds.
+    pub stale_s: Option<f64>,
+    /// JetStream history, seconds.
+    pub max_age_s: Option<u64>,
 }
 
 /// The `[datachannel]` table.
@@ -239,6 +267,31 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .unwrap_or(dc.audience),
         ice_ports,
     };
+    let mood_file = file.mood.unwrap_or_default();
+    let md = crate::mood::MoodSettings::default();
+    let mut engine = md.engine.clone();
+    engine.min_group = mood_file.min_group.unwrap_or(engine.min_group);
+    engine.smoothing_s = mood_file.smoothing_s.unwrap_or(engine.smoothing_s);
+    engine.stale_s = mood_file.stale_s.unwrap_or(engine.stale_s);
+    if engine.min_group == 0 || engine.min_group > 1000 {
+        return Err(ConfigError::Invalid(
+            "mood min_group must be between 1 and 1000".into(),
+        ));
+    }
+    if !(0.1..=60.0).contains(&engine.smoothing_s) || !(1.0..=600.0).contains(&engine.stale_s) {
+        return Err(ConfigError::Invalid(
+            "mood smoothing_s must be 0.1..60 and stale_s 1..600".into(),
+        ));
+    }
+    let mood = crate::mood::MoodSettings {
+        enabled: mood_file.enabled.unwrap_or(md.enabled),
+        engine,
+        publish_states: mood_file.publish_states.unwrap_or(md.publish_states),
+        max_age: mood_file
+            .max_age_s
+            .map(Duration::from_secs)
+            .unwrap_or(md.max_age),
+    };
     Ok(DaemonConfig {
         kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
         nats_url: o.nats.or(file.nats).unwrap_or(d.nats_url),
@@ -260,6 +313,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         results_per_subject: file.results_per_subject.unwrap_or(d.results_per_subject),
         rescan_interval: d.rescan_interval,
         datachannel,
+        mood,
     })
 }
 

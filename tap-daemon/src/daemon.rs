@@ -13,7 +13,7 @@ use kurento_client::{ConnectionState, Error as KmsError, ReconnectPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tap_protocol::{CTL_ATTACH, CTL_DETACH, RESULTS_STREAM, RESULT_SUBJECTS};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::chunker::LiveSpecs;
@@ -92,6 +92,8 @@ pub struct DaemonConfig {
     pub rescan_interval: Duration,
     /// Results into participants' DataChannels.
     pub datachannel: InjectorConfig,
+    /// Fused states and room moods.
+    pub mood: crate::mood::MoodSettings,
 }
 
 impl Default for DaemonConfig {
@@ -114,6 +116,7 @@ impl Default for DaemonConfig {
             results_per_subject: 1000,
             rescan_interval: Duration::from_secs(1),
             datachannel: InjectorConfig::default(),
+            mood: crate::mood::MoodSettings::default(),
         }
     }
 }
@@ -264,6 +267,26 @@ impl Daemon {
         sweep_leftovers(&kms, &config).await;
 
         let dispatcher = Dispatcher::new(nats.clone(), metrics.clone());
+        let (affect, mood_events) = if config.mood.enabled {
+            crate::mood::ensure_stream(&js, config.mood.max_age).await?;
+            let (affect_tx, _) = broadcast::channel(256);
+            let (events_tx, events_rx) = mpsc::channel(256);
+            tasks.push(tokio::spawn(crate::mood::run(
+                config.mood.clone(),
+                crate::mood::broadcast_results(dispatcher.subscribe_results(), metrics.clone()),
+                crate::mood::MoodLinks {
+                    live: live.clone(),
+                    models_changed: models_changed.clone(),
+                    events: events_rx,
+                    nats: nats.clone(),
+                    updates: affect_tx.clone(),
+                    metrics: metrics.clone(),
+                },
+            )));
+            (Some(affect_tx), Some(events_tx))
+        } else {
+            (None, None)
+        };
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         tasks.push(tokio::spawn(serve_control(
             nats.clone(),
@@ -295,6 +318,7 @@ impl Daemon {
                 dispatcher: dispatcher.clone(),
                 live: live.clone(),
                 pool: pool.clone(),
+                affect: affect.clone(),
             },
             config,
             kms: kms.clone(),
@@ -302,6 +326,7 @@ impl Daemon {
             known: HashMap::new(),
             setups: tokio::task::JoinSet::new(),
             owned_cache: HashMap::new(),
+            mood_events,
         };
         let actor = tokio::spawn(actor.run(cmd_rx, created, destroyed));
         Ok(Daemon {
@@ -457,6 +482,8 @@ struct Actor {
     setups: tokio::task::JoinSet<(String, Setup)>,
     /// Objects already looked at by the orphan sweep: `Some(publisher)` if ours.
     owned_cache: HashMap<String, Option<(OwnedKind, Option<String>)>>,
+    /// Presenters named by tag, and leaves, for the fusion (absent with it off).
+    mood_events: Option<mpsc::Sender<crate::mood::MoodEvent>>,
 }
 
 /// What a setup found and did.
@@ -646,6 +673,13 @@ impl Actor {
                 info!(room = %t.participant.room, participant = %t.participant.name, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
                 self.metrics.taps_active.inc();
                 self.metrics.taps_total.inc();
+                if t.participant.presenter {
+                    self.tell_mood(crate::mood::MoodEvent::Presenter {
+                        room: tap_protocol::safe_token(&t.participant.room),
+                        participant: Some(tap_protocol::safe_token(&t.participant.name)),
+                        source: room_mood::PresenterSource::Tag,
+                    });
+                }
                 Known::Tapped(t)
             }
             Setup::Ignored => Known::Ignored,
@@ -879,9 +913,34 @@ impl Actor {
         let Some(Known::Tapped(t)) = self.known.remove(endpoint) else {
             return false;
         };
+        let (room, name) = (
+            tap_protocol::safe_token(&t.participant.room),
+            tap_protocol::safe_token(&t.participant.name),
+        );
+        if t.participant.presenter {
+            self.tell_mood(crate::mood::MoodEvent::Presenter {
+                room: room.clone(),
+                participant: None,
+                source: room_mood::PresenterSource::Tag,
+            });
+        }
+        self.tell_mood(crate::mood::MoodEvent::Left {
+            room,
+            participant: name,
+        });
         t.stop(&self.kms, release).await;
         self.metrics.taps_active.dec();
         true
+    }
+
+    /// Tells the fusion, without waiting: a full queue drops the event (the fusion forgets silent
+    /// participants by itself; a presenter is named again on their next tap).
+    fn tell_mood(&self, ev: crate::mood::MoodEvent) {
+        if let Some(tx) = &self.mood_events {
+            if tx.try_send(ev).is_err() {
+                self.metrics.affect_result("event_dropped");
+            }
+        }
     }
 
     /// With KMS unreachable nothing can be released (the next start sweeps what is left).
@@ -902,7 +961,6 @@ impl Actor {
     }
 }
 
-/// Looks at one endpoint and taps it if it is a live publisher we may tap (runs concurrently).
 /// The kinds of object the daemon creates, by id.
 fn owned_kind(id: &str) -> Option<OwnedKind> {
     if id.ends_with("_kurento.WebRtcEndpoint") {
@@ -914,6 +972,7 @@ fn owned_kind(id: &str) -> Option<OwnedKind> {
     }
 }
 
+/// Looks at one endpoint and taps it if it is a live publisher we may tap (runs concurrently).
 async fn setup(
     ctx: TapContext,
     room: String,

@@ -60,6 +60,8 @@ pub struct Participant {
     pub consent: bool,
     /// True when media flows out of the publisher (its browser is sending).
     pub live: bool,
+    /// Tagged `role=presenter`: excluded from the room mood, and receives it.
+    pub presenter: bool,
 }
 
 /// What an endpoint turned out to be.
@@ -152,7 +154,7 @@ pub async fn examine(
         },
         Err(_) => return Ok(Examined::Other),
     };
-    let is_publisher = role == Some("publisher") || media.sendonly;
+    let is_publisher = matches!(role, Some("publisher" | "presenter")) || media.sendonly;
     if !is_publisher {
         return Ok(Examined::Other);
     }
@@ -184,6 +186,7 @@ pub async fn examine(
             .unwrap_or_else(|| short_id("p", ep.id())),
         endpoint: ep.id().to_owned(),
         consent: tag(&tags, &keys.consent) != Some("false"),
+        presenter: role == Some("presenter"),
         media,
         live,
     }))

@@ -25,6 +25,7 @@ use webrtc_data::{application_ports, DataPeer, PeerEvent, PeerOptions, SendError
 
 use crate::discovery::{Participant, TagKeys};
 use crate::metrics::Metrics;
+use crate::mood::AffectUpdate;
 
 /// How results reach participants' DataChannels.
 #[derive(Debug, Clone)]
@@ -196,6 +197,9 @@ pub struct InjectorContext {
     pub owner: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Fused states and room moods (absent with the fusion off): each participant receives their
+    /// own state, and the presenter their room's mood.
+    pub affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
 }
 
 /// The DataChannel path of one tapped participant.
@@ -316,7 +320,8 @@ async fn run(
             }
         }
         let started = Instant::now();
-        let outcome = session(&ctx, &p, &publisher, &mut results, &slot).await;
+        let mut affect = ctx.affect.as_ref().map(|tx| tx.subscribe());
+        let outcome = session(&ctx, &p, &publisher, &mut results, &mut affect, &slot).await;
         // The endpoint of a failed or finished session is ours to release.
         let ep = slot.lock().expect("endpoint lock").take();
         if let Some(ep) = ep {
@@ -367,6 +372,7 @@ async fn session(
     p: &Participant,
     publisher: &WebRtcEndpoint,
     results: &mut broadcast::Receiver<Arc<ResultMessage>>,
+    affect: &mut Option<broadcast::Receiver<Arc<AffectUpdate>>>,
     slot: &Arc<Mutex<Option<WebRtcEndpoint>>>,
 ) -> Result<(), SetupError> {
     let cfg = &ctx.config;
@@ -459,6 +465,7 @@ async fn session(
     .await?;
 
     let room_token = tap_protocol::safe_token(&p.room);
+    let me = tap_protocol::safe_token(&p.name);
     let wanted = |r: &ResultMessage| match cfg.audience {
         Audience::Participant => r.endpoint == p.endpoint,
         Audience::Room => r.room == room_token,
@@ -511,6 +518,17 @@ async fn session(
                 Err(broadcast::error::RecvError::Lagged(n)) => ctx.metrics.datachannel_messages_n("lagged", n),
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
+            u = next_affect(affect) => match u {
+                Ok(u) => {
+                    if guard.is_some() {
+                        if let Some(text) = affect_message(&u, &room_token, &me, cfg.max_message_bytes) {
+                            send_text(ctx, &peer, &text);
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => ctx.metrics.datachannel_messages_n("lagged", n),
+                Err(broadcast::error::RecvError::Closed) => *affect = None,
+            },
             _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
                 send_due(ctx, &peer, &mut pacer);
             }
@@ -519,6 +537,41 @@ async fn session(
             }
         }
     }
+}
+
+async fn next_affect(
+    rx: &mut Option<broadcast::Receiver<Arc<AffectUpdate>>>,
+) -> Result<Arc<AffectUpdate>, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The text for this participant, if the update is theirs to receive: their own state, or their
+/// room's mood when they present. Both come once a second at most (the fusion's tick), so they
+/// need no pacing of their own.
+pub fn affect_message(u: &AffectUpdate, room: &str, me: &str, max_bytes: usize) -> Option<String> {
+    let text = match u {
+        AffectUpdate::Room(m) if m.room == room && m.presenter.as_deref() == Some(me) => {
+            serde_json::to_string(m).ok()?
+        }
+        AffectUpdate::State(s) if s.room == room && s.participant == me => {
+            serde_json::to_string(s).ok()?
+        }
+        _ => return None,
+    };
+    (text.len() <= max_bytes).then_some(text)
+}
+
+fn send_text(ctx: &InjectorContext, peer: &DataPeer, text: &str) {
+    let outcome = match peer.send_text(text) {
+        Ok(()) => "sent",
+        Err(SendError::Backlog) => "backlog",
+        Err(SendError::NotOpen) => "closed",
+        Err(SendError::Refused) => "refused",
+    };
+    ctx.metrics.datachannel_message(outcome);
 }
 
 fn send_due(ctx: &InjectorContext, peer: &DataPeer, pacer: &mut Pacer) {
@@ -532,13 +585,7 @@ fn send_due(ctx: &InjectorContext, peer: &DataPeer, pacer: &mut Pacer) {
             ctx.metrics.datachannel_message("oversize");
             continue;
         };
-        let outcome = match peer.send_text(&text) {
-            Ok(()) => "sent",
-            Err(SendError::Backlog) => "backlog",
-            Err(SendError::NotOpen) => "closed",
-            Err(SendError::Refused) => "refused",
-        };
-        ctx.metrics.datachannel_message(outcome);
+        send_text(ctx, peer, &text);
     }
 }
 

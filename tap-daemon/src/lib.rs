@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod http;
 pub mod injector;
 pub mod metrics;
+pub mod mood;
 pub mod orphans;
 pub mod ports;
 pub mod receiver;

@@ -61,6 +61,11 @@ pub struct Metrics {
     pub receiver_keyframe_requests_throttled: Counter,
     /// Streams whose sender clock (RTCP sender reports) did not keep time: capture times from arrival.
     pub sender_clocks_unusable: Counter,
+    /// Results taken into the fusion, by outcome (`fused`, `undeclared`, `late`, `over_capacity`,
+    /// `invalid`).
+    pub affect_results: Family<OutcomeLabel, Counter>,
+    /// Room moods computed, by outcome (`published`, `withheld`: fewer than min_group).
+    pub room_moods: Family<OutcomeLabel, Counter>,
     /// Participant setups (examine + tap) running now.
     pub setups_in_flight: Gauge,
     /// Most setups that ran at once since start (a room's participants are set up side by side).
@@ -134,6 +139,8 @@ impl Metrics {
             receiver_keyframe_requests: Counter::default(),
             receiver_keyframe_requests_throttled: Counter::default(),
             sender_clocks_unusable: Counter::default(),
+            affect_results: Family::default(),
+            room_moods: Family::default(),
             setups_in_flight: Gauge::default(),
             setups_peak: Gauge::default(),
             setup_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
@@ -175,6 +182,16 @@ impl Metrics {
             "receiver_keyframe_requests_throttled",
             "Keyframe requests held back (at most one per 500 ms and tap)",
             m.receiver_keyframe_requests_throttled.clone(),
+        );
+        registry.register(
+            "affect_results",
+            "Results taken into the fusion, by outcome",
+            m.affect_results.clone(),
+        );
+        registry.register(
+            "room_moods",
+            "Room moods computed: published, or withheld (fewer than min_group contributors)",
+            m.room_moods.clone(),
         );
         registry.register(
             "sender_clocks_unusable",
@@ -315,6 +332,25 @@ impl Metrics {
         self.datachannel_setups
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one fusion outcome.
+    pub fn affect_result(&self, outcome: &str) {
+        self.affect_results
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one room mood.
+    pub fn room_mood(&self, published: bool) {
+        let outcome = if published { "published" } else { "withheld" };
+        self.room_moods
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
             })
             .inc();
     }

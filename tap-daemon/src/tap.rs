@@ -135,6 +135,8 @@ pub struct TapContext {
     pub live: LiveSpecs,
     /// Receive ports.
     pub pool: PortPool,
+    /// Fused states and room moods for the injectors (absent with the fusion off).
+    pub affect: Option<tokio::sync::broadcast::Sender<Arc<crate::mood::AffectUpdate>>>,
 }
 
 impl TapContext {
@@ -278,6 +280,7 @@ impl TapContext {
                     tags: self.config.tags.clone(),
                     owner: self.config.owner.clone(),
                     metrics: self.metrics.clone(),
+                    affect: self.affect.clone(),
                 },
                 p.clone(),
                 self.dispatcher.subscribe_results(),

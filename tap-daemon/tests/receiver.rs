@@ -37,6 +37,7 @@ fn video_spec(name: &str, v: VideoChunkSpec) -> Arc<ModelSpec> {
         deadline_ms: 1000,
         heartbeat_ms: 1000,
         updated_ms: 0,
+        affect: None,
     })
 }
 
@@ -111,6 +112,7 @@ async fn decoded_media_is_cut_per_spec() {
             deadline_ms: 1000,
             heartbeat_ms: 1000,
             updated_ms: 0,
+            affect: None,
         }),
     ];
     let live = Arc::new(RwLock::new(Arc::new(specs)));

@@ -13,6 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod affect;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -319,6 +320,10 @@ pub struct ModelSpec {
     /// When this entry was written (Unix ms).
     #[serde(default)]
     pub updated_ms: u64,
+    /// What the labels mean for the fusion (valence/arousal, emotions, speech); absent: the
+    /// model's results are not fused. Additive to v1: older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affect: Option<affect::AffectDeclaration>,
 }
 
 fn default_output() -> String {
@@ -399,6 +404,11 @@ impl ModelSpec {
                 }
             }
             _ => return bad("the chunk spec does not match the media kind"),
+        }
+        if let Some(a) = &self.affect {
+            if let Err(e) = a.validate() {
+                return bad(&e.to_string());
+            }
         }
         Ok(())
     }
@@ -940,6 +950,7 @@ mod tests {
             deadline_ms: 500,
             heartbeat_ms: 1000,
             updated_ms: 10_000,
+            affect: None,
         };
         s.validate().unwrap();
         assert_eq!(s.chunk_size(), 64 * 64);

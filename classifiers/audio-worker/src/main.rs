@@ -198,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
                 &["speech", "calm", "neutral", "aroused"],
             );
             spec.deadline_ms = window_ms + 1000;
+            spec.affect = Some(classifier_sdk::affect::voice_arousal_declaration());
             let factory = move || Voice {
                 vad: Vad::load(&vad_path, Some(SILERO_SHA256)).expect("checked at start"),
                 ser: ser_config

@@ -78,6 +78,10 @@ pub struct Face {
     pub score: f32,
     /// Emotion probabilities by label.
     pub labels: std::collections::BTreeMap<String, f32>,
+    /// BlazeFace's keypoints in frame pixels: eyes, nose tip, mouth, ear tragions.
+    pub keypoints: [[f32; 2]; 6],
+    /// Turned to the camera ([`frontal`]).
+    pub attentive: bool,
 }
 
 impl Face {
@@ -143,17 +147,22 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 
 /// Weighted non-maximum suppression: boxes overlapping the best one by IoU ≥ `threshold` are merged
 /// into their score-weighted mean; the merged score is the best one's.
-pub fn weighted_nms(mut candidates: Vec<([f32; 4], f32)>, threshold: f32) -> Vec<([f32; 4], f32)> {
+pub fn weighted_nms<const N: usize>(
+    mut candidates: Vec<([f32; N], f32)>,
+    threshold: f32,
+) -> Vec<([f32; N], f32)> {
+    // The first four values are the box; any further ones (keypoints) are merged alike.
+    let bx = |g: &[f32; N]| [g[0], g[1], g[2], g[3]];
     candidates.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
     let mut out = Vec::new();
     while let Some((best, best_score)) = candidates.first().cloned() {
         let (group, rest): (Vec<_>, Vec<_>) = candidates
             .into_iter()
-            .partition(|(b, _)| iou(b, &best) >= threshold);
+            .partition(|(b, _)| iou(&bx(b), &bx(&best)) >= threshold);
         let total: f32 = group.iter().map(|(_, s)| s).sum();
-        let mut merged = [0.0f32; 4];
+        let mut merged = [0.0f32; N];
         for (b, s) in &group {
-            for i in 0..4 {
+            for i in 0..N {
                 merged[i] += b[i] * s / total;
             }
         }
@@ -161,6 +170,22 @@ pub fn weighted_nms(mut candidates: Vec<([f32; 4], f32)>, threshold: f32) -> Vec
         candidates = rest;
     }
     out
+}
+
+/// Whether a face is turned to the camera, from BlazeFace's keypoints (eyes, nose tip, mouth):
+/// the nose tip sits between the eyes across (yaw) and between eyes and mouth down (pitch). Turned
+/// away by more than about 30°, it leaves the middle band.
+pub fn frontal(keypoints: &[[f32; 2]; 6]) -> bool {
+    let [eye_a, eye_b, nose, mouth, ..] = *keypoints;
+    let span_x = eye_b[0] - eye_a[0];
+    let eyes_y = (eye_a[1] + eye_b[1]) / 2.0;
+    let span_y = mouth[1] - eyes_y;
+    if span_x.abs() < 1e-3 || span_y.abs() < 1e-3 {
+        return false;
+    }
+    let across = (nose[0] - eye_a[0]) / span_x;
+    let down = (nose[1] - eyes_y) / span_y;
+    (0.25..=0.75).contains(&across) && (0.15..=0.9).contains(&down)
 }
 
 fn ort_err(e: impl std::fmt::Display) -> OnnxError {
@@ -214,12 +239,21 @@ impl FerPipeline {
                 if score < self.threshold {
                     continue;
                 }
-                let r = &reg[i * 16..i * 16 + 4];
+                let r = &reg[i * 16..i * 16 + 16];
                 let (ax, ay) = self.anchors[i];
                 let (cx, cy, bw, bh) = (ax + r[0] / s, ay + r[1] / s, r[2] / s, r[3] / s);
                 let (x0, y0) = lb.to_frame(cx - bw / 2.0, cy - bh / 2.0, DETECTOR_SIZE);
                 let (x1, y1) = lb.to_frame(cx + bw / 2.0, cy + bh / 2.0, DETECTOR_SIZE);
-                candidates.push(([x0, y0, x1, y1], score));
+                let mut g = [0.0f32; 16];
+                g[..4].copy_from_slice(&[x0, y0, x1, y1]);
+                // Six keypoints, offsets from the anchor like the box centre.
+                for k in 0..6 {
+                    let (kx, ky) =
+                        lb.to_frame(ax + r[4 + 2 * k] / s, ay + r[5 + 2 * k] / s, DETECTOR_SIZE);
+                    g[4 + 2 * k] = kx;
+                    g[5 + 2 * k] = ky;
+                }
+                candidates.push((g, score));
             }
             weighted_nms(candidates, 0.3)
         };
@@ -250,7 +284,11 @@ impl FerPipeline {
                     .map(|(l, v)| ((*l).to_owned(), *v))
                     .collect();
                 let clamp = |v: f32, max: usize| v.clamp(0.0, max as f32);
+                let keypoints: [[f32; 2]; 6] =
+                    std::array::from_fn(|k| [b[4 + 2 * k], b[5 + 2 * k]]);
                 faces.push(Face {
+                    attentive: frontal(&keypoints),
+                    keypoints,
                     bbox: [
                         clamp(b[0], w),
                         clamp(b[1], h),
@@ -360,8 +398,10 @@ impl classifier_sdk::Classifier for FerClassifier {
             prediction =
                 Prediction::scores(LABELS.iter().zip(smoothed).map(|(l, v)| (*l, f64::from(v))));
         }
+        let attentive = main.map(|i| faces[i].attentive);
         Ok(prediction.with_extras(serde_json::json!({
             "faces": faces, "dominant": main, "no_face": faces.is_empty(), "stages_ms": times,
+            "attentive": attentive,
         })))
     }
 }

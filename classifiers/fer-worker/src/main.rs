@@ -123,6 +123,8 @@ async fn main() -> anyhow::Result<()> {
                 &LABELS,
             );
             spec.deadline_ms = 1000;
+            // What the labels mean to the room mood (both nets use FER2013's seven labels).
+            spec.affect = Some(classifier_sdk::affect::fer2013_declaration());
             let (alpha, paths) = (*smoothing, model_paths.clone());
             let factory = move || {
                 FerClassifier::new(

@@ -148,3 +148,44 @@ fn a_tampered_model_is_refused() {
     assert!(err.to_string().contains("sha256"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn keypoints_sit_on_the_face_and_a_frontal_face_is_attentive() {
+    let (img, w, h) = rgb("astronaut_256.png");
+    let (faces, _) = pipeline(EmotionNet::Fer).analyze(&img, w, h).unwrap();
+    let f = &faces[0];
+    let [x0, y0, x1, y1] = f.bbox;
+    for [x, y] in &f.keypoints[..4] {
+        assert!(
+            (x0..=x1).contains(x) && (y0..=y1).contains(y),
+            "eyes, nose and mouth inside the box: {f:?}"
+        );
+    }
+    let [eye_a, eye_b, nose, mouth, ..] = f.keypoints;
+    assert!(
+        eye_a[1].max(eye_b[1]) < nose[1] && nose[1] < mouth[1],
+        "{f:?}"
+    );
+    assert!(f.attentive, "the astronaut faces the camera: {f:?}");
+}
+
+#[test]
+fn a_face_turned_aside_is_not_frontal() {
+    use fer_worker::frontal;
+    // Eyes at x 40 and 60, nose tip in the middle, mouth below: frontal.
+    let mut k = [
+        [40.0, 50.0],
+        [60.0, 50.0],
+        [50.0, 60.0],
+        [50.0, 70.0],
+        [30.0, 55.0],
+        [70.0, 55.0],
+    ];
+    assert!(frontal(&k));
+    // Nose tip past one eye (head turned ~45° or more): not frontal.
+    k[2] = [63.0, 60.0];
+    assert!(!frontal(&k));
+    // Nose tip level with the eyes (head tilted far back): not frontal.
+    k[2] = [50.0, 50.5];
+    assert!(!frontal(&k));
+}

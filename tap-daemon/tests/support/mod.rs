@@ -173,6 +173,7 @@ pub fn video_spec(
         deadline_ms: 1000,
         heartbeat_ms: 500,
         updated_ms: 0,
+        affect: None,
     }
 }
 
@@ -195,6 +196,7 @@ pub fn audio_spec(name: &str) -> ModelSpec {
         deadline_ms: 1000,
         heartbeat_ms: 500,
         updated_ms: 0,
+        affect: None,
     }
 }
 

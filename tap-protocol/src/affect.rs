@@ -1,0 +1,228 @@
+//! Affect, additive to v1: what a model's labels mean (declared in its registration, so a new model
+//! joins the fusion without code changes), and what the fusion publishes: one fused state per
+//! participant (`tap.v1.state.<room>.<participant>`) and one mood per room
+//! (`tap.v1.room.<room>`). Schemas: `docs/schemas/state.v1.json`, `docs/schemas/room.v1.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::safe_token;
+
+/// JetStream stream keeping fused states and room moods (history: the room timeline).
+pub const AFFECT_STREAM: &str = "TAP_AFFECT_V1";
+/// Subjects of every fused state.
+pub const STATE_SUBJECTS: &str = "tap.v1.state.>";
+/// Subjects of every room mood.
+pub const ROOM_SUBJECTS: &str = "tap.v1.room.>";
+/// Value of [`RoomMood::kind`] and of the DataChannel message carrying it.
+pub const ROOM_MOOD_TYPE: &str = "kurento-tap.room";
+/// Value of [`ParticipantState::kind`] and of the DataChannel message carrying it.
+pub const STATE_TYPE: &str = "kurento-tap.state";
+
+/// The subject of a participant's fused state.
+pub fn state_subject(room: &str, participant: &str) -> String {
+    format!(
+        "tap.v1.state.{}.{}",
+        safe_token(room),
+        safe_token(participant)
+    )
+}
+
+/// The subject of a room's mood.
+pub fn room_subject(room: &str) -> String {
+    format!("tap.v1.room.{}", safe_token(room))
+}
+
+/// Which channel of expression a model observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// Facial expression (video).
+    Face,
+    /// Voice (audio).
+    Voice,
+}
+
+/// Where a label sits on the valence/arousal plane (Russell's circumplex); either may be unknown
+/// (an arousal class says nothing of valence).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct AffectPoint {
+    /// −1 (unpleasant) … 1 (pleasant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valence: Option<f64>,
+    /// 0 (calm) … 1 (excited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arousal: Option<f64>,
+}
+
+/// What a model's output means, declared in its [`crate::ModelSpec`] (`affect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffectDeclaration {
+    /// What the model observes.
+    pub modality: Modality,
+    /// Label → where it sits on the valence/arousal plane (labels not listed are ignored).
+    #[serde(default)]
+    pub labels: BTreeMap<String, AffectPoint>,
+    /// Labels that are emotion categories, candidates for the dominant emotion.
+    #[serde(default)]
+    pub emotions: Vec<String>,
+    /// The label whose score is the probability that the participant speaks (voice activity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech_label: Option<String>,
+}
+
+/// Why a declaration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("affect declaration: {0}")]
+pub struct AffectError(pub String);
+
+impl AffectDeclaration {
+    /// Checks ranges and that emotion labels are declared.
+    pub fn validate(&self) -> Result<(), AffectError> {
+        for (label, p) in &self.labels {
+            if p.valence.is_some_and(|v| !(-1.0..=1.0).contains(&v)) {
+                return Err(AffectError(format!("{label}: valence outside -1..1")));
+            }
+            if p.arousal.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+                return Err(AffectError(format!("{label}: arousal outside 0..1")));
+            }
+        }
+        if let Some(e) = self.emotions.iter().find(|e| !self.labels.contains_key(*e)) {
+            return Err(AffectError(format!("emotion {e} has no affect point")));
+        }
+        if self.labels.len() > 64 {
+            return Err(AffectError("more than 64 labels".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The face models' FER2013 labels on the circumplex (after Russell 1980 and the placements used
+/// by AffectNet's valence/arousal annotations; rounded: the fusion needs the quadrant and rough
+/// intensity, not decimals).
+pub fn fer2013_declaration() -> AffectDeclaration {
+    let p = |v: f64, a: f64| AffectPoint {
+        valence: Some(v),
+        arousal: Some(a),
+    };
+    let labels: BTreeMap<String, AffectPoint> = [
+        ("angry", p(-0.6, 0.8)),
+        ("disgust", p(-0.7, 0.5)),
+        ("fear", p(-0.6, 0.8)),
+        ("happy", p(0.8, 0.55)),
+        ("sad", p(-0.7, 0.25)),
+        ("surprise", p(0.3, 0.85)),
+        ("neutral", p(0.0, 0.3)),
+    ]
+    .into_iter()
+    .map(|(l, p)| (l.to_owned(), p))
+    .collect();
+    AffectDeclaration {
+        modality: Modality::Face,
+        emotions: labels.keys().cloned().collect(),
+        labels,
+        speech_label: None,
+    }
+}
+
+/// The voice worker's labels: arousal classes (no valence from prosody) and speech activity.
+pub fn voice_arousal_declaration() -> AffectDeclaration {
+    let a = |a: f64| AffectPoint {
+        valence: None,
+        arousal: Some(a),
+    };
+    AffectDeclaration {
+        modality: Modality::Voice,
+        labels: [
+            ("calm", a(0.15)),
+            ("neutral", a(0.45)),
+            ("aroused", a(0.85)),
+        ]
+        .into_iter()
+        .map(|(l, p)| (l.to_owned(), p))
+        .collect(),
+        emotions: Vec::new(),
+        speech_label: Some("speech".into()),
+    }
+}
+
+/// One participant's fused affect (published on [`state_subject`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantState {
+    /// Protocol version (1).
+    pub v: u32,
+    /// Always [`STATE_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Room.
+    pub room: String,
+    /// Participant.
+    pub participant: String,
+    /// When this state holds, Unix ms.
+    pub at_ms: f64,
+    /// −1…1, absent while unknown.
+    pub valence: Option<f64>,
+    /// 0…1, absent while unknown.
+    pub arousal: Option<f64>,
+    /// The dominant emotion (with hysteresis), absent while unknown.
+    pub emotion: Option<String>,
+    /// 0…1: how much the state rests on fresh, confident inputs (falls as inputs stop).
+    pub confidence: f64,
+    /// A face is seen now (absent: no face model result lately).
+    pub face_visible: Option<bool>,
+    /// Speaking now (absent: no voice model result lately).
+    pub speaking: Option<bool>,
+    /// The face is turned to the screen (absent: unknown, e.g. no keypoints).
+    pub attentive: Option<bool>,
+    /// Modalities the state rests on now.
+    pub modalities: Vec<Modality>,
+}
+
+/// A short trend over the last minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trend {
+    /// Up by more than the threshold per minute.
+    Rising,
+    /// Down by more than the threshold per minute.
+    Falling,
+    /// Neither.
+    Steady,
+}
+
+/// The aggregate of a room (published on [`room_subject`], at most once a second).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomMood {
+    /// Protocol version (1).
+    pub v: u32,
+    /// Always [`ROOM_MOOD_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Room.
+    pub room: String,
+    /// When, Unix ms.
+    pub at_ms: f64,
+    /// The presenter (excluded from the aggregate), and how it was chosen.
+    pub presenter: Option<String>,
+    /// `tag`, `control`, `speaker` (dominant speaker of the last seconds), absent with no presenter.
+    pub presenter_source: Option<String>,
+    /// Participants (presenter excluded) whose state is known now.
+    pub contributors: usize,
+    /// Participants in the room, presenter excluded.
+    pub participants: usize,
+    /// False when fewer than `min_group` contribute: then no aggregate is given.
+    pub published: bool,
+    /// Dominant emotion → participants (only when published).
+    pub emotions: BTreeMap<String, usize>,
+    /// Mean valence of contributors (only when published).
+    pub valence: Option<f64>,
+    /// Mean arousal of contributors (only when published).
+    pub arousal: Option<f64>,
+    /// Share of contributors whose attention is known that are attentive (only when published).
+    pub attentive_share: Option<f64>,
+    /// Valence over the last minute (only when published).
+    pub valence_trend: Option<Trend>,
+    /// Arousal over the last minute (only when published).
+    pub arousal_trend: Option<Trend>,
+}
