@@ -135,7 +135,9 @@ async fn register_feed_store_then_unregister() {
     let mut csv = Vec::new();
     let n = tap_daemon::results::export(
         client.clone(),
+        tap_daemon::results::Kind::Result,
         Some("r"),
+        None,
         false,
         tap_daemon::results::Format::Csv,
         &mut csv,
@@ -155,7 +157,9 @@ async fn register_feed_store_then_unregister() {
     assert_eq!(
         tap_daemon::results::export(
             client.clone(),
+            tap_daemon::results::Kind::Result,
             Some("other-room"),
+            None,
             false,
             tap_daemon::results::Format::Jsonl,
             &mut none

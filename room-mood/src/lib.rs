@@ -122,7 +122,10 @@ pub enum Observed {
 #[derive(Debug, Default)]
 struct Room {
     participants: BTreeMap<String, Participant>,
-    named_presenter: Option<(String, PresenterSource)>,
+    /// Named by a control request: wins over the tag.
+    controlled: Option<String>,
+    /// Named by the application's tag.
+    tagged: Option<String>,
     speaker: Option<String>,
     /// (ms, mean valence, mean arousal) of published aggregates within the trend window.
     history: VecDeque<(f64, Option<f64>, Option<f64>)>,
@@ -194,8 +197,9 @@ impl MoodEngine {
         }
     }
 
-    /// Names (or, with `None`, un-names) the presenter of `room`; a named presenter wins over
-    /// the dominant-speaker guess until un-named.
+    /// Names (or, with `None`, un-names) the presenter of `room` for one source. A control
+    /// request's naming wins over the tag's, and either over the dominant-speaker guess; un-naming
+    /// one falls back to the next.
     pub fn set_presenter(
         &mut self,
         room: &str,
@@ -203,18 +207,13 @@ impl MoodEngine {
         source: PresenterSource,
     ) {
         let r = self.rooms.entry(room.to_owned()).or_default();
-        match participant {
-            Some(p) => r.named_presenter = Some((p.to_owned(), source)),
-            // Only the same source takes its naming back (a tag removed does not undo a control).
-            None if r
-                .named_presenter
-                .as_ref()
-                .is_some_and(|(_, s)| *s == source) =>
-            {
-                r.named_presenter = None
-            }
-            None => {}
-        }
+        let slot = match source {
+            PresenterSource::Control => &mut r.controlled,
+            PresenterSource::Tag => &mut r.tagged,
+            // The guess is the engine's own.
+            PresenterSource::Speaker => return,
+        };
+        *slot = participant.map(str::to_owned);
     }
 
     /// The participant left: their state is dropped at once.
@@ -244,10 +243,7 @@ impl MoodEngine {
     /// The presenter of `room` now, and how they were chosen.
     pub fn presenter(&self, room: &str) -> Option<(&str, PresenterSource)> {
         let r = self.rooms.get(room)?;
-        match &r.named_presenter {
-            Some((p, s)) => Some((p.as_str(), *s)),
-            None => r.speaker.as_deref().map(|p| (p, PresenterSource::Speaker)),
-        }
+        r.presenter()
     }
 
     /// Every room's mood at `now_ms` (call once a second): forgets silent participants, picks the
@@ -258,14 +254,11 @@ impl MoodEngine {
         self.rooms.retain(|_, r| {
             r.participants
                 .retain(|_, p| now_ms - p.last_ms <= cfg.forget_s * 1000.0);
-            !r.participants.is_empty() || r.named_presenter.is_some()
+            !r.participants.is_empty() || r.controlled.is_some() || r.tagged.is_some()
         });
         for (name, r) in &mut self.rooms {
             r.speaker = dominant_speaker(r, now_ms, cfg);
-            let presenter = match &r.named_presenter {
-                Some((p, s)) => Some((p.clone(), *s)),
-                None => r.speaker.clone().map(|p| (p, PresenterSource::Speaker)),
-            };
+            let presenter = r.presenter().map(|(p, s)| (p.to_owned(), s));
             out.push(aggregate(name, r, presenter, now_ms, cfg));
         }
         out.sort_by(|a, b| a.room.cmp(&b.room));
@@ -288,6 +281,20 @@ fn participant_mut<'a>(
         return None;
     }
     Some(r.participants.entry(participant.to_owned()).or_default())
+}
+
+impl Room {
+    fn presenter(&self) -> Option<(&str, PresenterSource)> {
+        if let Some(p) = &self.controlled {
+            return Some((p, PresenterSource::Control));
+        }
+        if let Some(p) = &self.tagged {
+            return Some((p, PresenterSource::Tag));
+        }
+        self.speaker
+            .as_deref()
+            .map(|p| (p, PresenterSource::Speaker))
+    }
 }
 
 /// The participant who spoke most over the speaker window, if they spoke enough; the current one

@@ -279,7 +279,11 @@ fn the_presenter_is_excluded_from_the_aggregate() {
     assert_eq!((m.participants, m.contributors), (3, 3));
     assert_eq!(m.emotions.get("sad"), None);
     assert!((m.valence.unwrap() - 0.72).abs() < 0.01);
-    // Un-naming by another source does nothing; by the same, it does.
+    // A control request wins over the tag; taking it back falls back to the tag.
+    e.set_presenter("r", Some("ana"), PresenterSource::Control);
+    assert_eq!(e.presenter("r"), Some(("ana", PresenterSource::Control)));
+    let m = &e.tick(T0 + 5_000.0)[0];
+    assert_eq!(m.emotions.get("sad"), Some(&1), "pat counts again: {m:?}");
     e.set_presenter("r", None, PresenterSource::Control);
     assert_eq!(e.presenter("r"), Some(("pat", PresenterSource::Tag)));
     e.set_presenter("r", None, PresenterSource::Tag);

@@ -267,6 +267,7 @@ impl Daemon {
         sweep_leftovers(&kms, &config).await;
 
         let dispatcher = Dispatcher::new(nats.clone(), metrics.clone());
+        let config_mood_enabled = config.mood.enabled;
         let (affect, mood_events) = if config.mood.enabled {
             crate::mood::ensure_stream(&js, config.mood.max_age).await?;
             let (affect_tx, _) = broadcast::channel(256);
@@ -326,6 +327,8 @@ impl Daemon {
             known: HashMap::new(),
             setups: tokio::task::JoinSet::new(),
             owned_cache: HashMap::new(),
+            // With the fusion elsewhere (`kurento-tap mood`), presenter tags are passed on to it.
+            presenter_announce: (!config_mood_enabled).then(|| nats.clone()),
             mood_events,
         };
         let actor = tokio::spawn(actor.run(cmd_rx, created, destroyed));
@@ -484,6 +487,8 @@ struct Actor {
     owned_cache: HashMap<String, Option<(OwnedKind, Option<String>)>>,
     /// Presenters named by tag, and leaves, for the fusion (absent with it off).
     mood_events: Option<mpsc::Sender<crate::mood::MoodEvent>>,
+    /// With the fusion off here: where presenter tags are announced for a fusion elsewhere.
+    presenter_announce: Option<async_nats::Client>,
 }
 
 /// What a setup found and did.
@@ -940,6 +945,24 @@ impl Actor {
             if tx.try_send(ev).is_err() {
                 self.metrics.affect_result("event_dropped");
             }
+        } else if let (
+            Some(nats),
+            crate::mood::MoodEvent::Presenter {
+                room, participant, ..
+            },
+        ) = (&self.presenter_announce, ev)
+        {
+            let req = tap_protocol::affect::PresenterRequest {
+                room,
+                participant,
+                source: Some("tag".into()),
+            };
+            let (nats, body) = (nats.clone(), serde_json::to_vec(&req).unwrap_or_default());
+            tokio::spawn(async move {
+                let _ = nats
+                    .publish(tap_protocol::affect::CTL_PRESENTER, body.into())
+                    .await;
+            });
         }
     }
 

@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, env = "KURENTO_TAP_DATACHANNEL_AUDIENCE")]
         datachannel_audience: Option<tap_daemon::injector::Audience>,
     },
-    /// Tail or export stored results (JetStream).
+    /// Tail or export stored results, room moods or fused states (JetStream).
     Results {
         /// NATS URL.
         #[arg(
@@ -64,12 +64,31 @@ enum Command {
         /// Only this room.
         #[arg(long)]
         room: Option<String>,
+        /// What: per-model results, room moods (the room timeline) or fused states.
+        #[arg(long, value_enum, default_value = "result")]
+        kind: tap_daemon::results::Kind,
+        /// Only what was stored in the last `DURATION` (90s, 10m, 2h, 1d).
+        #[arg(long, value_parser = tap_daemon::results::parse_since)]
+        since: Option<std::time::Duration>,
         /// Keep printing new results.
         #[arg(long)]
         follow: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: tap_daemon::results::Format,
+    },
+    /// Run the fusion (fused states, room moods) on its own, over the NATS results of every daemon.
+    Mood {
+        /// NATS URL.
+        #[arg(
+            long,
+            env = "KURENTO_TAP_NATS",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats: String,
+        /// Configuration file (TOML; its `[mood]` table).
+        #[arg(long, env = "KURENTO_TAP_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// List rooms, participants and tap state.
     Rooms {
@@ -144,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Results {
             nats,
             room,
+            kind,
+            since,
             follow,
             format,
         } => {
@@ -151,9 +172,17 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to NATS at {nats}"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            match tap_daemon::results::export(client, room.as_deref(), follow, format, &mut out)
-                .await
-            {
+            let exported = tap_daemon::results::export(
+                client,
+                kind,
+                room.as_deref(),
+                since,
+                follow,
+                format,
+                &mut out,
+            )
+            .await;
+            match exported {
                 // The reader went away (`| head`, Ctrl-C in a pipe): a normal end for a tail.
                 Err(e)
                     if e.downcast_ref::<std::io::Error>()
@@ -163,6 +192,30 @@ async fn main() -> anyhow::Result<()> {
                 }
                 other => other.map(|_| ()),
             }
+        }
+        Command::Mood { nats, config } => {
+            let file = match &config {
+                Some(p) => FileConfig::load(p)?,
+                None => FileConfig::default(),
+            };
+            let cfg = config::resolve(
+                file,
+                Overrides {
+                    nats: Some(nats.clone()),
+                    ..Default::default()
+                },
+            )?;
+            let client = tap_daemon::daemon::connect_nats(&cfg).await?;
+            let mut settings = cfg.mood.clone();
+            settings.enabled = true;
+            eprintln!("kurento-tap mood: fusing the results on {nats}");
+            tap_daemon::mood::run_standalone(
+                client,
+                settings,
+                std::sync::Arc::new(tap_daemon::metrics::Metrics::new()),
+                shutdown_signal(),
+            )
+            .await
         }
         Command::Rooms { kurento, json } => {
             let kms = kurento_client::KurentoClient::connect(&kurento)

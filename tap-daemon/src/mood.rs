@@ -12,10 +12,10 @@ use async_nats::jetstream;
 use futures_util::{Stream, StreamExt};
 use room_mood::{MoodConfig, MoodEngine, Observed, PresenterSource};
 use tap_protocol::affect::{
-    room_subject, state_subject, ParticipantState, RoomMood, AFFECT_STREAM, ROOM_SUBJECTS,
-    STATE_SUBJECTS,
+    room_subject, state_subject, ParticipantState, PresenterRequest, RoomMood, AFFECT_STREAM,
+    CTL_PRESENTER, ROOM_SUBJECTS, STATE_SUBJECTS,
 };
-use tap_protocol::ResultMessage;
+use tap_protocol::{safe_token, ResultMessage};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
 
@@ -152,6 +152,13 @@ pub async fn run(
         updates,
         metrics,
     } = links;
+    let mut control = match nats.subscribe(CTL_PRESENTER).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            warn!(error = %e, "cannot subscribe to {CTL_PRESENTER}: presenters by tag and voice only");
+            None
+        }
+    };
     let mut engine = MoodEngine::new(settings.engine.clone());
     let mut declared = Vec::new();
     sync_declarations(&mut engine, &live, &mut declared);
@@ -174,6 +181,34 @@ pub async fn run(
             Ok(()) = models_changed.changed() => {
                 sync_declarations(&mut engine, &live, &mut declared);
             }
+            Some(msg) = next_control(&mut control) => {
+                let answer = match serde_json::from_slice::<PresenterRequest>(&msg.payload) {
+                    Ok(req) if !req.room.is_empty() && matches!(req.source.as_deref(), None | Some("control" | "tag")) => {
+                        let source = if req.source.as_deref() == Some("tag") {
+                            PresenterSource::Tag
+                        } else {
+                            PresenterSource::Control
+                        };
+                        engine.set_presenter(
+                            &safe_token(&req.room),
+                            req.participant.as_deref().map(safe_token).as_deref(),
+                            source,
+                        );
+                        serde_json::json!({"ok": true})
+                    }
+                    Ok(_) => {
+                        metrics.bad_control_requests.inc();
+                        serde_json::json!({"ok": false, "error": "bad request: empty room or unknown source"})
+                    }
+                    Err(e) => {
+                        metrics.bad_control_requests.inc();
+                        serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
+                    }
+                };
+                if let Some(reply) = msg.reply {
+                    let _ = nats.publish(reply, answer.to_string().into()).await;
+                }
+            }
             Some(ev) = events.recv() => match ev {
                 MoodEvent::Presenter { room, participant, source } => {
                     engine.set_presenter(&room, participant.as_deref(), source);
@@ -195,6 +230,13 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+async fn next_control(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -248,4 +290,54 @@ pub fn nats_results(
             }
         }
     })
+}
+
+/// `kurento-tap mood`: the fusion on its own, over the NATS results of every daemon (run the daemons
+/// with `[mood] enabled = false` and one of these). Presenters come from control requests, from the
+/// daemons passing on `role=presenter` tags, or from speech. Runs until `shutdown` resolves.
+pub async fn run_standalone(
+    nats: async_nats::Client,
+    settings: MoodSettings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(nats.clone());
+    ensure_stream(&js, settings.max_age).await?;
+    let kv = crate::registry::open_bucket(&js).await?;
+    let live = crate::registry::empty();
+    let (changed_tx, changed_rx) = watch::channel(0);
+    let max_payload = nats.server_info().max_payload;
+    let registry = tokio::spawn(crate::registry::watch(
+        kv,
+        live.clone(),
+        changed_tx,
+        max_payload,
+        metrics.clone(),
+    ));
+    let sub = nats
+        .subscribe(tap_protocol::RESULT_SUBJECTS)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to results: {e}"))?;
+    // Nobody listens in process; the channel only has to exist.
+    let (updates, _) = broadcast::channel(16);
+    let (_events_tx, events) = mpsc::channel(1);
+    let fusion = run(
+        settings,
+        nats_results(sub, metrics.clone()),
+        MoodLinks {
+            live,
+            models_changed: changed_rx,
+            events,
+            nats: nats.clone(),
+            updates,
+            metrics,
+        },
+    );
+    tokio::select! {
+        _ = fusion => {}
+        _ = shutdown => {}
+    }
+    registry.abort();
+    nats.flush().await.ok();
+    Ok(())
 }

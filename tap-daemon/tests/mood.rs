@@ -187,6 +187,34 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
             assert_eq!(m.presenter.as_deref(), Some("pat"));
         }
     }
+    // A control request names another presenter: it wins over the tag.
+    let answer = client
+        .request(
+            tap_protocol::affect::CTL_PRESENTER,
+            r#"{"room":"talk","participant":"ben"}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.payload.as_ref(), br#"{"ok":true}"#);
+    let bad = client
+        .request(tap_protocol::affect::CTL_PRESENTER, "{nope".into())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.payload).contains("\"ok\":false"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline.into(), moods.next()).await else {
+            panic!("no room mood with the presenter named by control");
+        };
+        let m: RoomMood = serde_json::from_slice(&msg.payload).unwrap();
+        if m.presenter.as_deref() == Some("ben") {
+            assert_eq!(m.presenter_source.as_deref(), Some("control"));
+            // pat is in the audience now, with a sad face.
+            assert_eq!(m.emotions.get("sad"), Some(&1), "{m:?}");
+            break;
+        }
+    }
+
     let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
     assert!(
         metrics.contains("kurento_tap_affect_results_total{outcome=\"fused\"}"),
@@ -194,4 +222,124 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
     );
     assert!(metrics.contains("kurento_tap_room_moods_total{outcome=\"published\"}"));
     daemon.shutdown().await;
+}
+
+/// `kurento-tap mood` on its own: results from NATS (any daemon's), a presenter passed on as a tag,
+/// hostile messages skipped; the room timeline exported as CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_fusion_reads_any_daemons_results_and_the_timeline_exports() {
+    use tap_protocol::{MediaKind, ResultMessage};
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut spec = video_spec("face", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    spec.affect = Some(fer2013_declaration());
+    let _reg = Registration::new(&client, spec).await;
+    let mut moods = client.subscribe("tap.v1.room.hall").await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics = std::sync::Arc::new(tap_daemon::metrics::Metrics::new());
+    let fusion = tokio::spawn(tap_daemon::mood::run_standalone(
+        client.clone(),
+        tap_daemon::mood::MoodSettings::default(),
+        metrics.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    // The registry watch needs a moment to see the model.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A daemon elsewhere passes on its presenter tag.
+    client
+        .publish(
+            tap_protocol::affect::CTL_PRESENTER,
+            r#"{"room":"hall","participant":"pat","source":"tag"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let publish = |who: &'static str, t: f64, happy: f64| {
+        let client = client.clone();
+        async move {
+            let r = ResultMessage {
+                v: 1,
+                room: "hall".into(),
+                participant: who.into(),
+                endpoint: String::new(),
+                model: "face".into(),
+                version: "1".into(),
+                media: MediaKind::Video,
+                seq: 0,
+                capture_ms: t,
+                output: WorkerReply {
+                    labels: [("happy".to_owned(), happy), ("sad".to_owned(), 1.0 - happy)].into(),
+                    ..Default::default()
+                },
+                latency_ms: 0.0,
+                round_trip_ms: 0.0,
+            };
+            client
+                .publish(
+                    format!("tap.v1.result.hall.{who}.face_1"),
+                    serde_json::to_vec(&r).unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Garbage on a result subject: skipped and counted.
+    client
+        .publish("tap.v1.result.hall.x.face_1", "{not json".into())
+        .await
+        .unwrap();
+    let start = now_ms() as f64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mood = 'wait: loop {
+        let t = now_ms() as f64;
+        for who in ["ana", "ben", "cyd"] {
+            publish(who, t, 0.9).await;
+        }
+        publish("pat", t, 0.1).await;
+        while let Ok(Some(msg)) =
+            tokio::time::timeout(Duration::from_millis(200), moods.next()).await
+        {
+            let m: RoomMood = serde_json::from_slice(&msg.payload).unwrap();
+            if m.published && m.presenter.as_deref() == Some("pat") && t - start > 2000.0 {
+                break 'wait m;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room mood from the standalone fusion"
+        );
+    };
+    assert_eq!(mood.presenter_source.as_deref(), Some("tag"));
+    assert_eq!((mood.participants, mood.contributors), (3, 3));
+    assert_eq!(mood.emotions.get("happy"), Some(&3), "{mood:?}");
+    let m = metrics.encode();
+    assert!(
+        m.contains("kurento_tap_affect_results_total{outcome=\"undecodable\"} 1"),
+        "{m}"
+    );
+
+    // The room timeline, exported as CSV.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut csv = Vec::new();
+    let n = tap_daemon::results::export(
+        client.clone(),
+        tap_daemon::results::Kind::Room,
+        Some("hall"),
+        Some(tap_daemon::results::parse_since("10m").unwrap()),
+        false,
+        tap_daemon::results::Format::Csv,
+        &mut csv,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    assert!(n >= 1, "{text}");
+    assert!(text
+        .starts_with("at_ms,room,presenter,presenter_source,participants,contributors,published,"));
+    assert!(text.contains(",hall,pat,tag,3,3,true,"), "{text}");
+    assert!(text.contains("happy=3"), "{text}");
+    assert!(tap_daemon::results::parse_since("10x").is_err());
+    let _ = stop_tx.send(());
+    fusion.await.unwrap().unwrap();
 }

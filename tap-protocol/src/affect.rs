@@ -20,6 +20,24 @@ pub const ROOM_MOOD_TYPE: &str = "kurento-tap.room";
 /// Value of [`ParticipantState::kind`] and of the DataChannel message carrying it.
 pub const STATE_TYPE: &str = "kurento-tap.state";
 
+/// Request/reply subject naming (or un-naming) a room's presenter: [`PresenterRequest`].
+pub const CTL_PRESENTER: &str = "tap.v1.ctl.presenter";
+
+/// Names the presenter of a room (JSON body of a [`CTL_PRESENTER`] request); answered with
+/// `{"ok": true}` or `{"ok": false, "error": "…"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenterRequest {
+    /// Room (name or safe token).
+    pub room: String,
+    /// The presenter; absent or null un-names the one this source named.
+    #[serde(default)]
+    pub participant: Option<String>,
+    /// `control` (default): an operator or the application; `tag`: a daemon passing on the
+    /// `kurento-tap.role=presenter` tag to a fusion running elsewhere (`kurento-tap mood`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
 /// The subject of a participant's fused state.
 pub fn state_subject(room: &str, participant: &str) -> String {
     format!(
