@@ -244,3 +244,87 @@ pub struct RoomMood {
     /// Arousal over the last minute (only when published).
     pub arousal_trend: Option<Trend>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of the type is in the schema and the other way round (the schema is the
+    /// contract other languages read).
+    fn check(schema: &str, v: serde_json::Value) {
+        let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        let obj = v.as_object().unwrap();
+        for k in obj.keys() {
+            assert!(props.contains_key(k), "{k} is not in the schema");
+        }
+        for k in props.keys() {
+            assert!(obj.contains_key(k), "{k} is in the schema, not in the type");
+        }
+        for r in schema["required"].as_array().unwrap() {
+            assert!(obj.contains_key(r.as_str().unwrap()), "{r} required");
+        }
+    }
+
+    #[test]
+    fn states_and_room_moods_match_their_schemas() {
+        let s = ParticipantState {
+            v: 1,
+            kind: STATE_TYPE.into(),
+            room: "r".into(),
+            participant: "p".into(),
+            at_ms: 1.0,
+            valence: Some(0.5),
+            arousal: None,
+            emotion: Some("happy".into()),
+            confidence: 0.4,
+            face_visible: Some(true),
+            speaking: None,
+            attentive: Some(true),
+            modalities: vec![Modality::Face],
+        };
+        check(
+            include_str!("../../docs/schemas/state.v1.json"),
+            serde_json::to_value(&s).unwrap(),
+        );
+        let m = RoomMood {
+            v: 1,
+            kind: ROOM_MOOD_TYPE.into(),
+            room: "r".into(),
+            at_ms: 1.0,
+            presenter: Some("p".into()),
+            presenter_source: Some("tag".into()),
+            contributors: 3,
+            participants: 4,
+            published: true,
+            emotions: [("happy".to_owned(), 3)].into(),
+            valence: Some(0.2),
+            arousal: Some(0.4),
+            attentive_share: Some(1.0),
+            valence_trend: Some(Trend::Rising),
+            arousal_trend: None,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["valence_trend"], "rising");
+        check(include_str!("../../docs/schemas/room.v1.json"), v);
+    }
+
+    #[test]
+    fn a_spec_without_affect_reads_as_before_and_one_with_it_round_trips() {
+        let old = r#"{"protocol":1,"name":"x","version":"1","media":"audio","audio":{"window_ms":500,"hop_ms":500,"sample_rate":16000,"channels":1,"format":"S16LE"}}"#;
+        let spec: crate::ModelSpec = serde_json::from_str(old).unwrap();
+        assert!(spec.affect.is_none());
+        assert!(!serde_json::to_string(&spec).unwrap().contains("affect"));
+        let mut with = spec.clone();
+        with.affect = Some(voice_arousal_declaration());
+        let back: crate::ModelSpec =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.affect, with.affect);
+        with.validate().unwrap();
+        with.affect.as_mut().unwrap().emotions = vec!["joy".into()];
+        assert!(
+            with.validate().is_err(),
+            "an emotion without an affect point"
+        );
+    }
+}
