@@ -1,8 +1,38 @@
 """Reads `kurento-tap results --format jsonl` from stdin; once a second prints each participant's
-latest result per model, computed by the workers. Argument: seconds to run (the demo's limit)."""
+latest result per model, computed by the workers, and each room's latest mood. Arguments: seconds to
+run (the demo's limit), then the command that prints room moods as JSON lines
+(`kurento-tap results --kind room --follow --format jsonl ...`)."""
 import json
+import subprocess
 import sys
+import threading
 import time
+
+moods = {}
+moods_lock = threading.Lock()
+
+
+def follow_moods(cmd):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        with moods_lock:
+            moods[m["room"]] = m
+
+
+def describe_mood(m):
+    who = f"presenter {m['presenter']} ({m['presenter_source']})" if m.get("presenter") else "no presenter"
+    if not m.get("published"):
+        return f"{who}; waiting: {m['contributors']} of {m['participants']} contribute (min 3)"
+    arrow = {"rising": " rising", "falling": " falling", "steady": ""}
+    val = "-" if m.get("valence") is None else f"{m['valence']:+.2f}{arrow.get(m.get('valence_trend'), '')}"
+    aro = "-" if m.get("arousal") is None else f"{m['arousal']:.2f}{arrow.get(m.get('arousal_trend'), '')}"
+    att = "-" if m.get("attentive_share") is None else f"{m['attentive_share'] * 100:.0f}%"
+    emotions = ", ".join(f"{e} {n}" for e, n in sorted(m.get("emotions", {}).items())) or "none yet"
+    return f"{who}; {m['contributors']} of {m['participants']} contribute: valence {val}, arousal {aro}, attentive {att}; {emotions}"
 
 
 def describe(r):
@@ -23,6 +53,8 @@ def describe(r):
 
 def main():
     limit = float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
+    if len(sys.argv) > 2:
+        threading.Thread(target=follow_moods, args=(sys.argv[2:],), daemon=True).start()
     latest, last_print, started = {}, 0.0, time.time()
     for line in sys.stdin:
         r = json.loads(line)
@@ -32,6 +64,9 @@ def main():
             last_print = now
             for (room, who, model), r in sorted(latest.items()):
                 print(f"{room}/{who:<6} {model + '@' + r['version']:<9} {describe(r):<58} capture->result {r['latency_ms']:6.1f} ms", flush=True)
+            with moods_lock:
+                for room, m in sorted(moods.items()):
+                    print(f"{room} room mood: {describe_mood(m)}", flush=True)
             print(flush=True)
         if now - started > limit:
             break

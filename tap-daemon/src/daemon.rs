@@ -267,6 +267,12 @@ impl Daemon {
         sweep_leftovers(&kms, &config).await;
 
         let dispatcher = Dispatcher::new(nats.clone(), metrics.clone());
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        tasks.push(tokio::spawn(serve_control(
+            nats.clone(),
+            cmd_tx.clone(),
+            metrics.clone(),
+        )));
         let config_mood_enabled = config.mood.enabled;
         let (affect, mood_events) = if config.mood.enabled {
             crate::mood::ensure_stream(&js, config.mood.max_age).await?;
@@ -288,12 +294,6 @@ impl Daemon {
         } else {
             (None, None)
         };
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        tasks.push(tokio::spawn(serve_control(
-            nats.clone(),
-            cmd_tx.clone(),
-            metrics.clone(),
-        )));
         let http_addr = match config.http_listen {
             Some(addr) => {
                 let (task, bound) = crate::http::serve(
@@ -302,6 +302,7 @@ impl Daemon {
                     kms.state(),
                     nats.clone(),
                     dispatcher.clone(),
+                    affect.clone(),
                 )
                 .await?;
                 tasks.push(task);

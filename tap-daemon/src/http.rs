@@ -1,6 +1,7 @@
 //! `/metrics` (Prometheus text), `/healthz`, and the live dashboard: `/` (a page with no build step)
 //! fed by `/events` (Server-Sent Events: every result as it arrives, after the latest one per
-//! room, participant and model for a page that just opened).
+//! room, participant and model for a page that just opened; and, with the fusion on, every room
+//! mood and fused state) and `/history` (the room moods of the last 30 minutes, from JetStream).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,15 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
 use kurento_client::ConnectionState;
-use tokio::sync::watch;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tap_protocol::affect::AFFECT_STREAM;
+use tokio::sync::{broadcast, watch};
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::mood::AffectUpdate;
 use tap_protocol::ResultMessage;
 
 type Latest =
@@ -28,6 +34,59 @@ struct AppState {
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     latest: Latest,
+    affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
+}
+
+/// Room moods kept in JetStream for a page that just opened, oldest first.
+const HISTORY: Duration = Duration::from_secs(30 * 60);
+/// At most this many (a 30-minute timeline of ~11 rooms at one a second).
+const HISTORY_MAX: usize = 20_000;
+
+async fn history(State(s): State<AppState>) -> impl IntoResponse {
+    match read_history(&s.nats).await {
+        Ok(moods) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&moods).unwrap_or_else(|_| "[]".into()),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("no history: {e}"),
+        ),
+    }
+}
+
+async fn read_history(nats: &async_nats::Client) -> anyhow::Result<Vec<serde_json::Value>> {
+    use async_nats::jetstream::{self, consumer};
+    let js = jetstream::new(nats.clone());
+    let stream = js.get_stream(AFFECT_STREAM).await?;
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: tap_protocol::affect::ROOM_SUBJECTS.into(),
+            deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::now_utc() - HISTORY,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    if consumer.info().await?.num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+        let msg = msg?;
+        let remaining = msg.info().map(|i| i.pending).unwrap_or(0);
+        // Only well-formed room moods reach the page.
+        if let Ok(m) = serde_json::from_slice::<tap_protocol::affect::RoomMood>(&msg.payload) {
+            out.push(serde_json::to_value(m)?);
+        }
+        if remaining == 0 || out.len() >= HISTORY_MAX {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 const DASHBOARD: &str = include_str!("../dashboard/index.html");
@@ -37,10 +96,7 @@ async fn dashboard() -> impl IntoResponse {
 }
 
 /// Keeps the newest result per (room, participant, model); forgets those older than 5 minutes.
-async fn keep_latest(
-    mut results: tokio::sync::broadcast::Receiver<Arc<ResultMessage>>,
-    latest: Latest,
-) {
+async fn keep_latest(mut results: broadcast::Receiver<Arc<ResultMessage>>, latest: Latest) {
     loop {
         match results.recv().await {
             Ok(r) => {
@@ -56,8 +112,8 @@ async fn keep_latest(
                     r,
                 );
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -79,12 +135,32 @@ async fn events(
             match rx.recv().await {
                 Ok(r) => return Some((Ok(result_event(&r)), rx)),
                 // A slow page skips results rather than holding the daemon's memory.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    Sse::new(futures_util::StreamExt::chain(first, live)).keep_alive(KeepAlive::default())
+    let affect = s.affect.as_ref().map(|tx| tx.subscribe());
+    let moods = futures_util::stream::unfold(affect, |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(u) => return Some((Ok(affect_event(&u)), Some(rx))),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let all = futures_util::stream::select(futures_util::StreamExt::chain(first, live), moods);
+    Sse::new(all).keep_alive(KeepAlive::default())
+}
+
+fn affect_event(u: &AffectUpdate) -> Event {
+    let (name, data) = match u {
+        AffectUpdate::Room(m) => ("room", serde_json::to_string(m)),
+        AffectUpdate::State(s) => ("state", serde_json::to_string(s)),
+    };
+    Event::default().event(name).data(data.unwrap_or_default())
 }
 
 fn result_event(r: &ResultMessage) -> Event {
@@ -126,12 +202,14 @@ pub async fn serve(
     kms: watch::Receiver<ConnectionState>,
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
+    affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let latest: Latest = Default::default();
     let keeper = tokio::spawn(keep_latest(dispatcher.subscribe_results(), latest.clone()));
     let app = Router::new()
         .route("/", get(dashboard))
         .route("/events", get(events))
+        .route("/history", get(history))
         .route("/metrics", get(self::metrics))
         .route("/healthz", get(healthz))
         .with_state(AppState {
@@ -140,6 +218,7 @@ pub async fn serve(
             nats,
             dispatcher,
             latest,
+            affect,
         });
     let listener = tokio::net::TcpListener::bind(addr)
         .await

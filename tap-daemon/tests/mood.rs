@@ -2,6 +2,8 @@
 //! model that declares its labels' meaning; room moods on NATS (and kept in JetStream), into the
 //! presenter's DataChannel only; everyone else gets their own results and state, nobody else's.
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -187,6 +189,56 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
             assert_eq!(m.presenter.as_deref(), Some("pat"));
         }
     }
+    // The dashboard: the room's mood with its timeline (loaded from history when the page opens),
+    // and each participant's fused state.
+    let browser = browser::launch(&format!("http://{}/", daemon.http_addr.unwrap()), &[]);
+    let mut page = browser::open_page(&browser).await;
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shown = page
+            .eval("(document.querySelector('[data-mood=\"talk\"] [data-field=\"mood-valence\"]') || {}).textContent || null")
+            .await;
+        if shown.is_string() {
+            break;
+        }
+    }
+    assert!(
+        shown
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("valence 0.7"),
+        "the room mood on the dashboard: {shown}"
+    );
+    let history = page.eval("Number(document.body.dataset.history)").await;
+    assert!(
+        history.as_u64().unwrap_or(0) >= 2,
+        "moods loaded at open: {history}"
+    );
+    assert!(
+        page.eval("Number(document.querySelector('[data-timeline=\"talk\"]').dataset.points)")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    );
+    assert_eq!(
+        page.eval(
+            "document.querySelector('[data-mood=\"talk\"] [data-emotion=\"happy\"]') !== null"
+        )
+        .await,
+        serde_json::json!(true)
+    );
+    let ana_state = page
+        .eval("document.querySelector('[data-participant=\"ana\"] [data-field=\"state\"]').textContent")
+        .await;
+    assert!(
+        ana_state.as_str().unwrap_or_default().starts_with("happy"),
+        "{ana_state}"
+    );
+    assert!(page.screenshot("dashboard-mood.png").await > 5_000);
+    drop(browser);
+
     // A control request names another presenter: it wins over the tag.
     let answer = client
         .request(

@@ -23,16 +23,33 @@ use tap_protocol::PixelFormat;
 async fn the_overlay_shows_results_received_on_its_datachannel() {
     let nats = Nats::start().await;
     let sim = sim(
-        "[[room]]\nname='live'\n[[room.participant]]\nname='ana'\nvideo={width=160,height=120}\ndata_channels=true\n[[room.participant]]\nname='ben'\nvideo={width=160,height=120,pattern='snow'}\ndata_channels=true\n",
+        "[[room]]\nname='live'\n[[room.participant]]\nname='ana'\nvideo={width=160,height=120}\ndata_channels=true\nextra_tags={'kurento-tap.role'='presenter'}\n[[room.participant]]\nname='ben'\nvideo={width=160,height=120,pattern='snow'}\ndata_channels=true\n",
         (36000, 36499),
     )
     .await;
     let client = async_nats::connect(&nats.url).await.unwrap();
-    let spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    let mut spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    // The test worker's labels `a` and `b`, declared for the fusion.
+    let point = |v: f64, a: f64| tap_protocol::affect::AffectPoint {
+        valence: Some(v),
+        arousal: Some(a),
+    };
+    spec.affect = Some(tap_protocol::affect::AffectDeclaration {
+        modality: tap_protocol::affect::Modality::Face,
+        labels: [
+            ("a".to_owned(), point(0.6, 0.5)),
+            ("b".to_owned(), point(-0.4, 0.3)),
+        ]
+        .into(),
+        emotions: vec!["a".into(), "b".into()],
+        speech_label: None,
+    });
     let (_seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
     let _reg = Registration::new(&client, spec).await;
     let mut cfg = config(&sim, &nats, (36500, 36999));
     cfg.datachannel.audience = Audience::Room;
+    // ana presents (tag); ben alone is the audience here.
+    cfg.mood.engine.min_group = 1;
     let daemon = Daemon::start(cfg).await.unwrap();
     let taps = wait_taps(&daemon, 2).await;
     let ana = taps.iter().find(|t| t.participant == "ana").unwrap();
@@ -135,6 +152,24 @@ async fn the_overlay_shows_results_received_on_its_datachannel() {
             .await;
         assert!(updated.as_f64().unwrap_or(0.0) > 0.0, "{who}: {updated}");
     }
+    // ana presents: her channel also carries the room mood, drawn as the bar at the top.
+    assert!(
+        page.wait_for(
+            "(document.querySelector('.kurento-tap-room') || {dataset: {}}).dataset.published === 'true'",
+            Duration::from_secs(15)
+        )
+        .await,
+        "room bar: {:?}",
+        page.eval("(document.querySelector('.kurento-tap-room') || {}).textContent").await
+    );
+    let valence = page
+        .eval("Number(document.querySelector('.kurento-tap-room').dataset.valence)")
+        .await;
+    // ben's face is `a` 0.75 / `b` 0.25: valence 0.75·0.6 + 0.25·(−0.4) = 0.35.
+    assert!(
+        (valence.as_f64().unwrap_or(9.0) - 0.35).abs() < 0.05,
+        "{valence}"
+    );
     page.screenshot("overlay-datachannel.png").await;
     drop(browser);
     daemon.shutdown().await;
