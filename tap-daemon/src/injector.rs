@@ -521,7 +521,7 @@ async fn session(
             u = next_affect(affect) => match u {
                 Ok(u) => {
                     if guard.is_some() {
-                        if let Some(text) = affect_message(&u, &room_token, &me, cfg.max_message_bytes) {
+                        if let Some(text) = affect_message(&u, &room_token, &me, cfg.audience, cfg.max_message_bytes) {
                             send_text(ctx, &peer, &text);
                         }
                     }
@@ -548,15 +548,23 @@ async fn next_affect(
     }
 }
 
-/// The text for this participant, if the update is theirs to receive: their own state, or their
-/// room's mood when they present. Both come once a second at most (the fusion's tick), so they
-/// need no pacing of their own.
-pub fn affect_message(u: &AffectUpdate, room: &str, me: &str, max_bytes: usize) -> Option<String> {
+/// The text for this participant, if the update is theirs to receive: their own state (everyone's
+/// in their room with `audience = "room"`), or their room's mood when they present. Both come once
+/// a second at most (the fusion's tick), so they need no pacing of their own.
+pub fn affect_message(
+    u: &AffectUpdate,
+    room: &str,
+    me: &str,
+    audience: Audience,
+    max_bytes: usize,
+) -> Option<String> {
     let text = match u {
         AffectUpdate::Room(m) if m.room == room && m.presenter.as_deref() == Some(me) => {
             serde_json::to_string(m).ok()?
         }
-        AffectUpdate::State(s) if s.room == room && s.participant == me => {
+        AffectUpdate::State(s)
+            if s.room == room && (s.participant == me || audience == Audience::Room) =>
+        {
             serde_json::to_string(s).ok()?
         }
         _ => return None,
@@ -592,6 +600,56 @@ fn send_due(ctx: &InjectorContext, peer: &DataPeer, pacer: &mut Pacer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_go_to_their_participant_and_room_moods_to_the_presenter() {
+        use tap_protocol::affect::{ParticipantState, RoomMood};
+        let state = |who: &str| {
+            AffectUpdate::State(ParticipantState {
+                v: 1,
+                kind: "kurento-tap.state".into(),
+                room: "r".into(),
+                participant: who.into(),
+                at_ms: 0.0,
+                valence: None,
+                arousal: None,
+                emotion: None,
+                confidence: 0.0,
+                face_visible: None,
+                speaking: None,
+                attentive: None,
+                modalities: vec![],
+            })
+        };
+        let mood = AffectUpdate::Room(RoomMood {
+            v: 1,
+            kind: "kurento-tap.room".into(),
+            room: "r".into(),
+            at_ms: 0.0,
+            presenter: Some("pat".into()),
+            presenter_source: Some("tag".into()),
+            contributors: 0,
+            participants: 2,
+            published: false,
+            emotions: Default::default(),
+            valence: None,
+            arousal: None,
+            attentive_share: None,
+            valence_trend: None,
+            arousal_trend: None,
+        });
+        let p = Audience::Participant;
+        assert!(affect_message(&state("ana"), "r", "ana", p, 4096).is_some());
+        assert!(affect_message(&state("ben"), "r", "ana", p, 4096).is_none());
+        assert!(affect_message(&state("ben"), "r", "ana", Audience::Room, 4096).is_some());
+        assert!(affect_message(&state("ana"), "other", "ana", Audience::Room, 4096).is_none());
+        assert!(affect_message(&mood, "r", "pat", p, 4096).is_some());
+        assert!(affect_message(&mood, "r", "ana", Audience::Room, 4096).is_none());
+        assert!(
+            affect_message(&mood, "r", "pat", p, 64).is_none(),
+            "oversize"
+        );
+    }
     use tap_protocol::{MediaKind, WorkerReply};
 
     fn result(model: &str, seq: u64) -> Arc<ResultMessage> {

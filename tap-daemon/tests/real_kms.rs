@@ -176,7 +176,7 @@ fn real_kms_tutorial_topology_three_vp8_participants_results_for_the_whole_call_
 fn real_kms_tagged_rooms_h264_audio_only_and_video_only_publishers() {
     with_kms("tagged_h264_audio_video_only", |kms| async move {
         let mut call = Call::start(kms.clone(), &["--tags"]).await;
-        call.join("review", "ana", "codec=h264");
+        call.join("review", "ana", "codec=h264&presenter=1");
         call.join("review", "ben", "video=0");
         call.join("review", "cyd", "audio=0");
         call.wait_connected(Duration::from_secs(60)).await;
@@ -227,6 +227,53 @@ fn real_kms_tagged_rooms_h264_audio_only_and_video_only_publishers() {
             0.0,
             "H.264 and VP8 taken as sent"
         );
+
+        // ana presents (the app tagged her `role=presenter`): her DataChannel carries the room
+        // mood. Two in the audience are fewer than min_group (3): the mood says how many
+        // contribute and nothing else.
+        let mut ana = call.page("ana").await;
+        let mut moods = serde_json::Value::Null;
+        for _ in 0..50 {
+            moods = ana
+                .eval("gc.results.filter(r => r.msg.type === 'kurento-tap.room').map(r => r.msg)")
+                .await;
+            if moods.as_array().is_some_and(|m| m.len() >= 3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let moods = moods.as_array().cloned().unwrap_or_default();
+        assert!(
+            moods.len() >= 3,
+            "room moods in the presenter's channel: {moods:?}"
+        );
+        // (The fusion knows a participant from their first result on.)
+        assert_eq!(moods.last().unwrap()["participants"], 2, "{moods:?}");
+        for m in &moods {
+            assert_eq!(m["presenter"], "ana", "{m}");
+            assert_eq!(m["presenter_source"], "tag");
+            assert!(m["participants"].as_u64().unwrap_or(9) <= 2, "{m}");
+            assert_eq!(m["published"], false, "{m}");
+            assert!(m["valence"].is_null() && m["arousal"].is_null(), "{m}");
+            assert_eq!(m["emotions"], serde_json::json!({}), "{m}");
+        }
+        assert!(
+            moods.iter().any(|m| m["contributors"] == 2),
+            "ben's voice and cyd's face both count: {moods:?}"
+        );
+        // The audience receives its own fused state, and no room mood.
+        for name in ["ben", "cyd"] {
+            let mut page = call.page(name).await;
+            let got = page
+                .eval("gc.results.filter(r => r.msg.type === 'kurento-tap.state' || r.msg.type === 'kurento-tap.room').map(r => r.msg)")
+                .await;
+            let got = got.as_array().cloned().unwrap_or_default();
+            assert!(!got.is_empty(), "{name}'s own state");
+            for m in &got {
+                assert_eq!(m["type"], "kurento-tap.state", "{name}: {m}");
+                assert_eq!(m["participant"], name, "{name}: {m}");
+            }
+        }
         assert!(call.stop_daemon());
         assert_eq!(call.owned("tap-e2e-tags").await, (0, 0));
     });

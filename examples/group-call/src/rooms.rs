@@ -58,7 +58,13 @@ impl App {
         app
     }
 
-    async fn join(&self, room: &str, name: &str, tx: mpsc::Sender<String>) -> anyhow::Result<()> {
+    async fn join(
+        &self,
+        room: &str,
+        name: &str,
+        presenter: bool,
+        tx: mpsc::Sender<String>,
+    ) -> anyhow::Result<()> {
         let mut rooms = self.rooms.lock().await;
         if !rooms.contains_key(room) {
             let pipeline = self.kms.create_pipeline().await?;
@@ -85,7 +91,9 @@ impl App {
             .await?;
         if self.opts.tags {
             outgoing.add_tag("kurento-tap.participant", name).await?;
-            outgoing.add_tag("kurento-tap.role", "publisher").await?;
+            // The presenter is left out of the room mood and receives it (docs/integration.md).
+            let role = if presenter { "presenter" } else { "publisher" };
+            outgoing.add_tag("kurento-tap.role", role).await?;
         }
         let forwarder = forward_candidates(&outgoing, name, tx.clone()).await?;
         let others: Vec<String> = r.users.keys().cloned().collect();
@@ -287,7 +295,8 @@ pub async fn session(app: Arc<App>, ws: Ws) {
             ("joinRoom", None) => {
                 let room = m["room"].as_str().unwrap_or("default").to_owned();
                 let name = m["name"].as_str().unwrap_or_default().to_owned();
-                let r = app.join(&room, &name, tx.clone()).await;
+                let presenter = m["presenter"].as_bool().unwrap_or(false);
+                let r = app.join(&room, &name, presenter, tx.clone()).await;
                 if r.is_ok() {
                     joined = Some(Joined { room, name });
                 }

@@ -3,7 +3,8 @@
 // opened before the offer, so KMS can deliver kurento-tap results), one recvonly connection per
 // other participant.
 //
-// Query parameters: room, name, audio=0|1, video=0|1, codec=vp8|h264, dc=0|1, subscribe=0|1.
+// Query parameters: room, name, audio=0|1, video=0|1, codec=vp8|h264, dc=0|1, subscribe=0|1,
+// presenter=0|1 (with the app's --tags: tagged kurento-tap.role=presenter, receives the room mood).
 'use strict';
 const q = new URLSearchParams(location.search);
 const room = q.get('room') || 'demo';
@@ -13,6 +14,7 @@ const wantVideo = q.get('video') !== '0';
 const codec = (q.get('codec') || 'vp8').toLowerCase();
 const wantChannel = q.get('dc') !== '0';
 const subscribe = q.get('subscribe') !== '0';
+const presenter = q.get('presenter') === '1';
 
 // What tests read (and a person can look at in the console).
 window.gc = { room, me, joined: false, published: false, connection: 'new', channel: 'none',
@@ -23,7 +25,7 @@ const ws = new WebSocket(`ws://${location.host}/groupcall`);
 const send = (m) => ws.readyState === 1 && ws.send(JSON.stringify(m));
 const status = (t) => { document.getElementById('status').textContent = t; };
 
-ws.onopen = () => send({ id: 'joinRoom', name: me, room });
+ws.onopen = () => send({ id: 'joinRoom', name: me, room, presenter });
 ws.onmessage = async (e) => {
   const m = JSON.parse(e.data);
   try {
@@ -78,7 +80,17 @@ async function publish() {
       const kind = msg.type || 'unknown';
       gc.kinds[kind] = (gc.kinds[kind] || 0) + 1;
       if (msg.model) gc.kinds[msg.model] = (gc.kinds[msg.model] || 0) + 1;
-      tile(me).querySelector('.result').textContent = `${msg.model ?? ''} ${msg.top ?? ''}`;
+      if (msg.type === 'kurento-tap.room') {
+        // We present: the room's mood (without us), or how many contribute until enough do.
+        gc.mood = msg;
+        status(msg.published
+          ? `${me} presents · room valence ${msg.valence?.toFixed(2) ?? '—'} · arousal ${msg.arousal?.toFixed(2) ?? '—'} · ${msg.contributors} contribute`
+          : `${me} presents · room mood: ${msg.contributors} of ${msg.participants} contribute (too few to show)`);
+      } else if (msg.type === 'kurento-tap.state') {
+        tile(me).querySelector('.result').textContent = `${msg.emotion ?? '—'} ${Math.round(msg.confidence * 100)}%`;
+      } else {
+        tile(me).querySelector('.result').textContent = `${msg.model ?? ''} ${msg.top ?? ''}`;
+      }
       if (gc.results.length > 2000) gc.results.splice(0, 1000);
     };
   }
