@@ -12,6 +12,8 @@ use classifier_sdk::onnx::ort::value::TensorRef;
 use classifier_sdk::onnx::{self, gray_crop, letterbox_rgb, sigmoid, OnnxError, Session};
 use serde::Serialize;
 
+pub mod track;
+
 /// FER2013 label order (index 0..6).
 pub const LABELS: [&str; 7] = [
     "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
@@ -103,6 +105,8 @@ pub struct StageTimes {
     pub detect_ms: f64,
     /// Crops + emotion net.
     pub classify_ms: f64,
+    /// Following faces between detections (template matching).
+    pub track_ms: f64,
 }
 
 /// Detector + classifier.
@@ -204,7 +208,7 @@ impl FerPipeline {
         })
     }
 
-    /// Faces in an RGB24 frame, each with its emotions; timings per stage.
+    /// Faces in an RGB24 frame, each with its emotions; timings per stage. Runs the detector.
     pub fn analyze(
         &mut self,
         rgb: &[u8],
@@ -212,6 +216,49 @@ impl FerPipeline {
         h: usize,
     ) -> Result<(Vec<Face>, StageTimes), OnnxError> {
         let mut times = StageTimes::default();
+        let boxes = self.detect(rgb, w, h, &mut times)?;
+        let faces = self.classify(rgb, w, h, &boxes, &mut times)?;
+        Ok((faces, times))
+    }
+
+    /// The same, with the detector only when `tracker` says so (track::Tracker); the faces it
+    /// followed otherwise. The third value tells whether the detector ran.
+    pub fn analyze_tracked(
+        &mut self,
+        tracker: &mut track::Tracker,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        at_ms: f64,
+    ) -> Result<(Vec<Face>, StageTimes, bool), OnnxError> {
+        let mut times = StageTimes::default();
+        let frame = track::Rgb { pixels: rgb, w, h };
+        let t = std::time::Instant::now();
+        let step = tracker.step(frame, at_ms);
+        times.track_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (boxes, detected) = match step {
+            track::Step::Tracked(faces) => (
+                faces.into_iter().map(|(g, score, _)| (g, score)).collect(),
+                false,
+            ),
+            track::Step::Detect(_) => {
+                let boxes = self.detect(rgb, w, h, &mut times)?;
+                tracker.detected(frame, &boxes);
+                (boxes, true)
+            }
+        };
+        let faces = self.classify(rgb, w, h, &boxes, &mut times)?;
+        Ok((faces, times, detected))
+    }
+
+    /// BlazeFace: boxes with keypoints (frame pixels) and scores.
+    fn detect(
+        &mut self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        times: &mut StageTimes,
+    ) -> Result<Vec<([f32; 16], f32)>, OnnxError> {
         let t = std::time::Instant::now();
         let (input, lb) = letterbox_rgb(rgb, w, h, DETECTOR_SIZE);
         times.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -258,11 +305,23 @@ impl FerPipeline {
             weighted_nms(candidates, 0.3)
         };
         times.detect_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok(boxes)
+    }
+
+    /// The emotion net on each box's grey crop (one batch).
+    fn classify(
+        &mut self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        boxes: &[([f32; 16], f32)],
+        times: &mut StageTimes,
+    ) -> Result<Vec<Face>, OnnxError> {
         let t = std::time::Instant::now();
         let mut faces = Vec::with_capacity(boxes.len());
         if !boxes.is_empty() {
             let mut batch = Vec::with_capacity(boxes.len() * 64 * 64);
-            for (b, _) in &boxes {
+            for (b, _) in boxes {
                 let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
                 let side = (b[2] - b[0]).max(b[3] - b[1]) * (1.0 + 2.0 * self.margin);
                 batch.extend(gray_crop(rgb, w, h, (cx, cy), side, 64));
@@ -301,7 +360,7 @@ impl FerPipeline {
             }
         }
         times.classify_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok((faces, times))
+        Ok(faces)
     }
 }
 
@@ -353,7 +412,16 @@ pub struct FerClassifier {
     pipeline: FerPipeline,
     smoother: Smoother,
     spec: classifier_sdk::ModelSpec,
+    /// Detect-then-track per participant (None: the detector on every frame).
+    tracking: Option<track::TrackerConfig>,
+    /// Trackers by participant, with the capture time of their last frame (bounded: the least
+    /// recently seen goes first). Per worker instance: when a participant's chunks are spread
+    /// over several instances, each sees gaps and falls back to detection (track::DetectReason::Gap).
+    trackers: HashMap<String, (track::Tracker, f64)>,
 }
+
+/// Participants tracked per worker instance, at most.
+pub const MAX_TRACKED_PARTICIPANTS: usize = 512;
 
 impl FerClassifier {
     /// A classifier serving `spec` (RGB24 frames), smoothing with `alpha` (1 = off).
@@ -362,7 +430,15 @@ impl FerClassifier {
             pipeline,
             smoother: Smoother::new(alpha),
             spec,
+            tracking: None,
+            trackers: HashMap::new(),
         }
+    }
+
+    /// Detects every `cfg.detect_interval` frames of a participant and tracks in between.
+    pub fn with_tracking(mut self, cfg: track::TrackerConfig) -> Self {
+        self.tracking = Some(cfg);
+        self
     }
 }
 
@@ -382,10 +458,40 @@ impl classifier_sdk::Classifier for FerClassifier {
         if f.format != PixelFormat::Rgb24 {
             return Err(ClassifierError::Unsupported);
         }
-        let (faces, times) = self
-            .pipeline
-            .analyze(f.pixels, f.width as usize, f.height as usize)
-            .map_err(|e| ClassifierError::Failed(e.to_string()))?;
+        let (w, h) = (f.width as usize, f.height as usize);
+        let (faces, times, detected) = match self.tracking {
+            None => {
+                let (faces, times) = self
+                    .pipeline
+                    .analyze(f.pixels, w, h)
+                    .map_err(|e| ClassifierError::Failed(e.to_string()))?;
+                (faces, times, true)
+            }
+            Some(cfg) => {
+                let who = format!("{}/{}", chunk.meta.room, chunk.meta.participant);
+                let at_ms = chunk.meta.capture_us as f64 / 1e3;
+                if !self.trackers.contains_key(&who)
+                    && self.trackers.len() >= MAX_TRACKED_PARTICIPANTS
+                {
+                    let oldest = self
+                        .trackers
+                        .iter()
+                        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        self.trackers.remove(&k);
+                    }
+                }
+                let entry = self
+                    .trackers
+                    .entry(who)
+                    .or_insert_with(|| (track::Tracker::new(cfg), at_ms));
+                entry.1 = at_ms;
+                self.pipeline
+                    .analyze_tracked(&mut entry.0, f.pixels, w, h, at_ms)
+                    .map_err(|e| ClassifierError::Failed(e.to_string()))?
+            }
+        };
         let main = dominant(&faces);
         let mut prediction = Prediction::default();
         if let Some(i) = main {
@@ -401,7 +507,7 @@ impl classifier_sdk::Classifier for FerClassifier {
         let attentive = main.map(|i| faces[i].attentive);
         Ok(prediction.with_extras(serde_json::json!({
             "faces": faces, "dominant": main, "no_face": faces.is_empty(), "stages_ms": times,
-            "attentive": attentive,
+            "attentive": attentive, "detected": detected,
         })))
     }
 }

@@ -26,6 +26,9 @@ struct Room {
 }
 
 struct User {
+    /// The signalling connection that joined (a reloaded page joins again on a new one before
+    /// its old one is seen closing: the newer wins, the older's late messages are ignored).
+    conn: u64,
     tx: mpsc::Sender<String>,
     outgoing: WebRtcEndpoint,
     /// Subscriber endpoints, by the name of the participant they show.
@@ -45,7 +48,10 @@ impl User {
 struct Joined {
     room: String,
     name: String,
+    conn: u64,
 }
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl App {
     pub fn new(kms: KurentoClient, opts: Opts) -> Arc<Self> {
@@ -63,6 +69,7 @@ impl App {
         room: &str,
         name: &str,
         presenter: bool,
+        conn: u64,
         tx: mpsc::Sender<String>,
     ) -> anyhow::Result<()> {
         let mut rooms = self.rooms.lock().await;
@@ -82,7 +89,9 @@ impl App {
         }
         let r = rooms.get_mut(room).expect("inserted above");
         if r.users.contains_key(name) {
-            anyhow::bail!("{name} is already in {room}");
+            // The same person again (a reload): their old connection is on its way out.
+            info!(room, name, "joined again; the older connection is replaced");
+            remove_user(r, name).await;
         }
         let outgoing = r
             .pipeline
@@ -101,6 +110,7 @@ impl App {
             u.send(json!({"id": "newParticipantArrived", "name": name}));
         }
         let user = User {
+            conn,
             tx,
             outgoing,
             incoming: HashMap::new(),
@@ -127,6 +137,9 @@ impl App {
         let r = rooms
             .get_mut(&who.room)
             .ok_or_else(|| anyhow::anyhow!("no room"))?;
+        if r.users.get(&who.name).is_none_or(|u| u.conn != who.conn) {
+            anyhow::bail!("{} rejoined on another connection", who.name);
+        }
         let endpoint = if sender == who.name {
             // The tutorial answers the browser's sendonly offer with the publisher itself.
             r.users[&who.name].outgoing.clone()
@@ -175,7 +188,11 @@ impl App {
         };
         let endpoint = {
             let rooms = self.rooms.lock().await;
-            let Some(me) = rooms.get(&who.room).and_then(|r| r.users.get(&who.name)) else {
+            let Some(me) = rooms
+                .get(&who.room)
+                .and_then(|r| r.users.get(&who.name))
+                .filter(|u| u.conn == who.conn)
+            else {
                 return Ok(());
             };
             if name == who.name {
@@ -195,22 +212,11 @@ impl App {
         let Some(r) = rooms.get_mut(&who.room) else {
             return;
         };
-        let Some(user) = r.users.remove(&who.name) else {
+        // Replaced by a newer connection of the same person: nothing of ours to leave.
+        if r.users.get(&who.name).is_none_or(|u| u.conn != who.conn) {
             return;
-        };
-        for f in &user.forwarders {
-            f.abort();
         }
-        for other in r.users.values_mut() {
-            other.send(json!({"id": "participantLeft", "name": who.name}));
-            if let Some(ep) = other.incoming.remove(&who.name) {
-                let _ = ep.release().await;
-            }
-        }
-        for ep in user.incoming.values() {
-            let _ = ep.release().await;
-        }
-        let _ = user.outgoing.release().await;
+        remove_user(r, &who.name).await;
         info!(room = %who.room, name = %who.name, "participant left");
         if r.users.is_empty() {
             let _ = r.pipeline.release().await;
@@ -218,6 +224,27 @@ impl App {
             info!(room = %who.room, "room closed");
         }
     }
+}
+
+/// Takes `name` out of the room: their endpoints and the others' subscriber endpoints for them are
+/// released, the others told.
+async fn remove_user(r: &mut Room, name: &str) {
+    let Some(user) = r.users.remove(name) else {
+        return;
+    };
+    for f in &user.forwarders {
+        f.abort();
+    }
+    for other in r.users.values_mut() {
+        other.send(json!({"id": "participantLeft", "name": name}));
+        if let Some(ep) = other.incoming.remove(name) {
+            let _ = ep.release().await;
+        }
+    }
+    for ep in user.incoming.values() {
+        let _ = ep.release().await;
+    }
+    let _ = user.outgoing.release().await;
 }
 
 /// A restarted KMS has none of the rooms' objects: tell everyone, and start afresh (as an app's
@@ -285,6 +312,7 @@ pub async fn session(app: Arc<App>, ws: Ws) {
         }
     });
     let mut joined: Option<Joined> = None;
+    let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     while let Some(Ok(msg)) = read.next().await {
         let Message::Text(text) = msg else { continue };
         let Ok(m) = serde_json::from_str::<Value>(text.as_str()) else {
@@ -296,9 +324,9 @@ pub async fn session(app: Arc<App>, ws: Ws) {
                 let room = m["room"].as_str().unwrap_or("default").to_owned();
                 let name = m["name"].as_str().unwrap_or_default().to_owned();
                 let presenter = m["presenter"].as_bool().unwrap_or(false);
-                let r = app.join(&room, &name, presenter, tx.clone()).await;
+                let r = app.join(&room, &name, presenter, conn, tx.clone()).await;
                 if r.is_ok() {
-                    joined = Some(Joined { room, name });
+                    joined = Some(Joined { room, name, conn });
                 }
                 r
             }
