@@ -232,6 +232,11 @@ pub fn load(path: &Path, expected_sha256: Option<&str>) -> Result<Session, OnnxE
         .map_err(ort_err)?
         .with_intra_threads(1)
         .map_err(ort_err)?
+        // An idle worker must cost nothing: no thread spinning while waiting for work.
+        .with_intra_op_spinning(false)
+        .map_err(ort_err)?
+        .with_inter_op_spinning(false)
+        .map_err(ort_err)?
         .commit_from_memory(&bytes)
         .map_err(ort_err)
 }

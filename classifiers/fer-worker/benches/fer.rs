@@ -1,12 +1,18 @@
 //! Benchmark (prints figures): FER pipeline frames per second on one core (one intra-op thread),
-//! with and without a face, at 320x240 and 640x480, and the time of each stage.
+//! with and without a face, at 320x240 and 640x480, and the time of each stage; then
+//! detect-then-track side by side (detector every 1, 3, 5, 10 frames) with the agreement of each
+//! with the every-frame path on the moving-face clip; then the idle cost.
 //!
 //! `ORT_DYLIB_PATH=… cargo bench -p fer-worker --bench fer`
 
 use std::path::Path;
 use std::time::Instant;
 
-use fer_worker::{default_models_dir, EmotionNet, FerPipeline, ModelPaths, StageTimes};
+use fer_worker::track::{Tracker, TrackerConfig};
+use fer_worker::{default_models_dir, EmotionNet, Face, FerPipeline, ModelPaths, StageTimes};
+
+#[path = "../tests/support/clip.rs"]
+mod clip;
 
 fn frame(w: usize, h: usize, face: bool) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
@@ -32,12 +38,136 @@ fn frame(w: usize, h: usize, face: bool) -> Vec<u8> {
     out
 }
 
-fn main() {
-    let mut pipeline = FerPipeline::load(&ModelPaths::vendored(
+fn load() -> FerPipeline {
+    FerPipeline::load(&ModelPaths::vendored(
         &default_models_dir(),
         EmotionNet::Fer,
     ))
-    .expect("set ORT_DYLIB_PATH");
+    .expect("set ORT_DYLIB_PATH")
+}
+
+fn dominant(faces: &[Face]) -> Option<&Face> {
+    let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
+    faces.iter().max_by(|a, b| area(a).total_cmp(&area(b)))
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let ix = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let iy = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = ix * iy;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+/// CPU seconds this process used so far (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn tracking() {
+    let img = frame(320, 240, true);
+    let frames = clip::clip();
+    println!();
+    println!("| 320x240, one face | frames/s per core | ms/frame | detector runs (steady face) | moving clip: label agreement / IoU ≥ 0.8 with every-frame detection | detector runs on the clip |");
+    println!("|---|---|---|---|---|---|");
+    let mut reference = load();
+    let want: Vec<Vec<Face>> = frames
+        .iter()
+        .map(|f| reference.analyze(f, clip::W, clip::H).unwrap().0)
+        .collect();
+    for n in [1u32, 3, 5, 10] {
+        let cfg = TrackerConfig {
+            detect_interval: n,
+            ..Default::default()
+        };
+        let mut p = load();
+        let mut tracker = Tracker::new(cfg);
+        for i in 0..50 {
+            p.analyze_tracked(
+                &mut tracker,
+                &img,
+                320,
+                240,
+                i as f64 * 66.7,
+                Some(i as u64),
+            )
+            .unwrap();
+        }
+        let count = 2000;
+        let mut detections = 0;
+        let t = Instant::now();
+        for i in 50..50 + count {
+            let (_, _, d) = p
+                .analyze_tracked(
+                    &mut tracker,
+                    &img,
+                    320,
+                    240,
+                    i as f64 * 66.7,
+                    Some(i as u64),
+                )
+                .unwrap();
+            detections += usize::from(d);
+        }
+        let per = t.elapsed().as_secs_f64() / count as f64;
+        // The clip, against the every-frame reference.
+        let mut p = load();
+        let mut tracker = Tracker::new(cfg);
+        let (mut face_frames, mut agree, mut boxes, mut clip_detections) = (0, 0, 0, 0);
+        for (i, (f, w)) in frames.iter().zip(&want).enumerate() {
+            let (got, _, d) = p
+                .analyze_tracked(
+                    &mut tracker,
+                    f,
+                    clip::W,
+                    clip::H,
+                    i as f64 * 66.7,
+                    Some(i as u64),
+                )
+                .unwrap();
+            clip_detections += usize::from(d);
+            if let Some(w) = dominant(w) {
+                face_frames += 1;
+                if let Some(g) = dominant(&got) {
+                    agree += usize::from(w.top().map(|t| t.0) == g.top().map(|t| t.0));
+                    boxes += usize::from(iou(&w.bbox, &g.bbox) >= 0.8);
+                }
+            }
+        }
+        println!(
+            "| fp32, detect every {n} | {:.0} | {:.3} | {detections} of {count} | {:.1} % / {:.1} % | {clip_detections} of {} |",
+            1.0 / per,
+            per * 1e3,
+            agree as f64 / face_frames as f64 * 100.0,
+            boxes as f64 / face_frames as f64 * 100.0,
+            frames.len()
+        );
+    }
+    // Idle: the models loaded, nothing to do.
+    let _p = load();
+    let before = cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    println!(
+        "\nidle, models loaded: {:.2} % of a core over 2 s",
+        (cpu_seconds() - before) / 2.0 * 100.0
+    );
+}
+
+fn main() {
+    let mut pipeline = load();
     for (w, h) in [(320usize, 240usize), (640, 480)] {
         for face in [true, false] {
             let img = frame(w, h, face);
@@ -67,4 +197,5 @@ fn main() {
             );
         }
     }
+    tracking();
 }

@@ -230,11 +230,12 @@ impl FerPipeline {
         w: usize,
         h: usize,
         at_ms: f64,
+        seq: Option<u64>,
     ) -> Result<(Vec<Face>, StageTimes, bool), OnnxError> {
         let mut times = StageTimes::default();
         let frame = track::Rgb { pixels: rgb, w, h };
         let t = std::time::Instant::now();
-        let step = tracker.step(frame, at_ms);
+        let step = tracker.step(frame, at_ms, seq);
         times.track_ms = t.elapsed().as_secs_f64() * 1e3;
         let (boxes, detected) = match step {
             track::Step::Tracked(faces) => (
@@ -415,10 +416,14 @@ pub struct FerClassifier {
     /// Detect-then-track per participant (None: the detector on every frame).
     tracking: Option<track::TrackerConfig>,
     /// Trackers by participant, with the capture time of their last frame (bounded: the least
-    /// recently seen goes first). Per worker instance: when a participant's chunks are spread
-    /// over several instances, each sees gaps and falls back to detection (track::DetectReason::Gap).
-    trackers: HashMap<String, (track::Tracker, f64)>,
+    /// recently seen goes first). Shared by the model instances of one worker process (see
+    /// [`FerClassifier::with_tracking`]); a participant's chunks spread over several processes
+    /// show as sequence gaps there, and those fall back to detection (track::DetectReason::Gap).
+    trackers: SharedTrackers,
 }
+
+/// Trackers shared by a worker process's model instances.
+pub type SharedTrackers = std::sync::Arc<std::sync::Mutex<HashMap<String, (track::Tracker, f64)>>>;
 
 /// Participants tracked per worker instance, at most.
 pub const MAX_TRACKED_PARTICIPANTS: usize = 512;
@@ -431,13 +436,16 @@ impl FerClassifier {
             smoother: Smoother::new(alpha),
             spec,
             tracking: None,
-            trackers: HashMap::new(),
+            trackers: SharedTrackers::default(),
         }
     }
 
-    /// Detects every `cfg.detect_interval` frames of a participant and tracks in between.
-    pub fn with_tracking(mut self, cfg: track::TrackerConfig) -> Self {
+    /// Detects every `cfg.detect_interval` frames of a participant and tracks in between, with
+    /// trackers in `trackers` (give every instance of one process the same: a participant's
+    /// chunks go to whichever instance is free).
+    pub fn with_tracking(mut self, cfg: track::TrackerConfig, trackers: SharedTrackers) -> Self {
         self.tracking = Some(cfg);
+        self.trackers = trackers;
         self
     }
 }
@@ -470,26 +478,35 @@ impl classifier_sdk::Classifier for FerClassifier {
             Some(cfg) => {
                 let who = format!("{}/{}", chunk.meta.room, chunk.meta.participant);
                 let at_ms = chunk.meta.capture_us as f64 / 1e3;
-                if !self.trackers.contains_key(&who)
-                    && self.trackers.len() >= MAX_TRACKED_PARTICIPANTS
-                {
-                    let oldest = self
-                        .trackers
-                        .iter()
-                        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
-                        .map(|(k, _)| k.clone());
-                    if let Some(k) = oldest {
-                        self.trackers.remove(&k);
+                // Taken out while in use: the daemon sends one chunk per participant at a time
+                // (max_in_flight 1), and another instance finding none starts afresh (detects).
+                let mut tracker = {
+                    let mut map = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+                    match map.remove(&who) {
+                        Some((t, _)) => t,
+                        None => {
+                            if map.len() >= MAX_TRACKED_PARTICIPANTS {
+                                let oldest = map
+                                    .iter()
+                                    .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+                                    .map(|(k, _)| k.clone());
+                                if let Some(k) = oldest {
+                                    map.remove(&k);
+                                }
+                            }
+                            track::Tracker::new(cfg)
+                        }
                     }
-                }
-                let entry = self
-                    .trackers
-                    .entry(who)
-                    .or_insert_with(|| (track::Tracker::new(cfg), at_ms));
-                entry.1 = at_ms;
-                self.pipeline
-                    .analyze_tracked(&mut entry.0, f.pixels, w, h, at_ms)
-                    .map_err(|e| ClassifierError::Failed(e.to_string()))?
+                };
+                let out = self
+                    .pipeline
+                    .analyze_tracked(&mut tracker, f.pixels, w, h, at_ms, Some(chunk.meta.seq))
+                    .map_err(|e| ClassifierError::Failed(e.to_string()));
+                self.trackers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(who, (tracker, at_ms));
+                out?
             }
         };
         let main = dominant(&faces);

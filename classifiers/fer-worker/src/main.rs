@@ -60,6 +60,11 @@ enum Command {
         /// /metrics address.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Run the face detector every N frames of a participant and track faces in between
+        /// (1: detect on every frame). 5 is the least frequent that keeps the quality bar on
+        /// the moving-face clip (docs/benchmarks.md).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=30))]
+        detect_interval: u32,
     },
     /// Classify image files (PNG, JPEG); prints JSON per image.
     Classify {
@@ -113,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             smoothing,
             concurrency,
             metrics,
+            detect_interval,
         } => {
             // Fail here, clearly, rather than inside the worker.
             FerPipeline::load(&model_paths)?;
@@ -126,12 +132,21 @@ async fn main() -> anyhow::Result<()> {
             // What the labels mean to the room mood (both nets use FER2013's seven labels).
             spec.affect = Some(classifier_sdk::affect::fer2013_declaration());
             let (alpha, paths) = (*smoothing, model_paths.clone());
+            let tracking = (*detect_interval > 1).then(|| fer_worker::track::TrackerConfig {
+                detect_interval: *detect_interval,
+                ..Default::default()
+            });
+            let trackers = fer_worker::SharedTrackers::default();
             let factory = move || {
-                FerClassifier::new(
+                let c = FerClassifier::new(
                     FerPipeline::load(&paths).expect("models checked at start"),
                     spec.clone(),
                     alpha,
-                )
+                );
+                match tracking {
+                    Some(cfg) => c.with_tracking(cfg, trackers.clone()),
+                    None => c,
+                }
             };
             let mut options = WorkerOptions::new(nats.clone()).concurrency(*concurrency);
             options.http_listen = *metrics;

@@ -4,8 +4,8 @@
 //! model, no clock (capture times passed in).
 //!
 //! Why template matching: between two detections a webcam face moves a few pixels and barely
-//! changes size; a 16×16 normalised cross-correlation over ±30 % of the face's size at three
-//! scales costs ~25 k pixel samples (tens of µs), against 1.8 ms for BlazeFace, and fails loudly
+//! changes size; a 16×16 normalised cross-correlation over ±25 % of the face's size, then at
+//! three scales, costs ~40 patches (~0.1 ms), against 1.9 ms for BlazeFace and its letterbox, and fails loudly
 //! (low correlation) when the face turns away, is covered or leaves, which is when the detector
 //! must run again anyway. Keypoint-based tracking would need the keypoints re-estimated, i.e. the
 //! detector. The template is the one taken at the last detection, never updated from tracked
@@ -15,7 +15,10 @@
 //! re-checked every frame, so a face that enters is found at once), a tracked face's correlation
 //! falls below `min_similarity` or its box leaves the frame, the picture changes as a whole (scene
 //! change: a 16×12 thumbnail differs by more than `scene_change`), or frames of this participant
-//! stopped for `max_gap_ms` (dropped chunks, or chunks spread over several worker instances).
+//! stopped for `max_gap_ms`, or a chunk's sequence number is not the one after the last seen: the
+//! frames in between went to another worker process of the queue group (or were dropped), so what
+//! is tracked here is older than it looks. Within one process the trackers are shared by its
+//! model instances (`FerClassifier`), so `--concurrency` does not cause gaps.
 
 /// Tuning of the tracker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,44 +76,6 @@ impl Rgb<'_> {
         }
     }
 
-    /// A `TPL`×`TPL` grey patch of the square of side `side` centred on (cx, cy), zero-mean and
-    /// unit-norm (so the dot product of two is their normalised cross-correlation).
-    fn patch(&self, cx: f32, cy: f32, side: f32) -> [f32; TPL * TPL] {
-        let mut out = [0f32; TPL * TPL];
-        let step = side / TPL as f32;
-        let x0 = cx - side / 2.0 + step / 2.0;
-        let y0 = cy - side / 2.0 + step / 2.0;
-        let mut sum = 0.0;
-        // Each template pixel is the mean of four samples over its cell (a box filter): the
-        // correlation then changes smoothly with sub-cell shifts instead of aliasing.
-        let q = step / 4.0;
-        for j in 0..TPL {
-            for i in 0..TPL {
-                let (x, y) = (x0 + i as f32 * step, y0 + j as f32 * step);
-                let v = (self.grey(x - q, y - q)
-                    + self.grey(x + q, y - q)
-                    + self.grey(x - q, y + q)
-                    + self.grey(x + q, y + q))
-                    / 4.0;
-                out[j * TPL + i] = v;
-                sum += v;
-            }
-        }
-        let mean = sum / (TPL * TPL) as f32;
-        let mut norm = 0.0;
-        for v in &mut out {
-            *v -= mean;
-            norm += *v * *v;
-        }
-        let norm = norm.sqrt();
-        if norm > 1e-6 {
-            for v in &mut out {
-                *v /= norm;
-            }
-        }
-        out
-    }
-
     fn thumbnail(&self) -> [f32; THUMB_W * THUMB_H] {
         let mut out = [0f32; THUMB_W * THUMB_H];
         for j in 0..THUMB_H {
@@ -124,6 +89,91 @@ impl Rgb<'_> {
         out
     }
 }
+
+/// Grey values of a square region of the frame at half a template pixel per cell (each cell the
+/// mean of four samples): built once per face and frame, so that the ~90 patches the search
+/// compares are read from a small array instead of converting RGB pixels each time.
+struct Grid {
+    x0: f32,
+    y0: f32,
+    cell: f32,
+    n: usize,
+    v: Vec<f32>,
+}
+
+impl Grid {
+    /// The region of half-width `reach` around (cx, cy), for templates of side `side`.
+    fn new(frame: Rgb<'_>, cx: f32, cy: f32, side: f32, reach: f32) -> Grid {
+        let cell = side / TPL as f32 / 2.0;
+        let n = ((2.0 * reach / cell).ceil() as usize + 1).min(512);
+        let (x0, y0) = (cx - reach, cy - reach);
+        let q = cell / 4.0;
+        let mut v = Vec::with_capacity(n * n);
+        for j in 0..n {
+            for i in 0..n {
+                let (x, y) = (x0 + (i as f32 + 0.5) * cell, y0 + (j as f32 + 0.5) * cell);
+                v.push(
+                    (frame.grey(x - q, y - q)
+                        + frame.grey(x + q, y - q)
+                        + frame.grey(x - q, y + q)
+                        + frame.grey(x + q, y + q))
+                        / 4.0,
+                );
+            }
+        }
+        Grid { x0, y0, cell, n, v }
+    }
+
+    fn at(&self, x: f32, y: f32) -> f32 {
+        let i = (((x - self.x0) / self.cell) as isize).clamp(0, self.n as isize - 1) as usize;
+        let j = (((y - self.y0) / self.cell) as isize).clamp(0, self.n as isize - 1) as usize;
+        self.v[j * self.n + i]
+    }
+
+    /// The normalised `TPL`×`TPL` patch of the square of side `side` centred on (cx, cy): each
+    /// template pixel the mean of the four grid cells it covers.
+    fn patch(&self, cx: f32, cy: f32, side: f32) -> [f32; TPL * TPL] {
+        let mut out = [0f32; TPL * TPL];
+        let step = side / TPL as f32;
+        let (x0, y0) = (cx - side / 2.0 + step / 2.0, cy - side / 2.0 + step / 2.0);
+        let q = step / 4.0;
+        let mut sum = 0.0;
+        for j in 0..TPL {
+            let y = y0 + j as f32 * step;
+            for i in 0..TPL {
+                let x = x0 + i as f32 * step;
+                let v = (self.at(x - q, y - q)
+                    + self.at(x + q, y - q)
+                    + self.at(x - q, y + q)
+                    + self.at(x + q, y + q))
+                    / 4.0;
+                out[j * TPL + i] = v;
+                sum += v;
+            }
+        }
+        normalise(&mut out, sum);
+        out
+    }
+}
+
+fn normalise(p: &mut [f32; TPL * TPL], sum: f32) {
+    let mean = sum / (TPL * TPL) as f32;
+    let mut norm = 0.0;
+    for v in p.iter_mut() {
+        *v -= mean;
+        norm += *v * *v;
+    }
+    let norm = norm.sqrt();
+    if norm > 1e-6 {
+        for v in p.iter_mut() {
+            *v /= norm;
+        }
+    }
+}
+
+/// How far the search reaches from a face's centre, in face sides: the largest patch (scale
+/// 1.075) at the largest offset (0.3 + refinement).
+const REACH: f32 = 0.5 * 1.075 + 0.35;
 
 fn dot(a: &[f32; TPL * TPL], b: &[f32; TPL * TPL]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -169,6 +219,7 @@ pub struct Tracker {
     faces: Vec<Tracked>,
     since_detect: u32,
     last_ms: Option<f64>,
+    last_seq: Option<u64>,
     thumb: [f32; THUMB_W * THUMB_H],
 }
 
@@ -183,16 +234,24 @@ impl Tracker {
             faces: Vec::new(),
             since_detect: 0,
             last_ms: None,
+            last_seq: None,
             thumb: [0.0; THUMB_W * THUMB_H],
         }
     }
 
-    /// Decides for the frame captured at `at_ms`: detect, or the tracked faces.
-    pub fn step(&mut self, frame: Rgb<'_>, at_ms: f64) -> Step {
-        let gap = self
+    /// Decides for the frame captured at `at_ms` (chunk sequence number `seq`, if known):
+    /// detect, or the tracked faces.
+    pub fn step(&mut self, frame: Rgb<'_>, at_ms: f64, seq: Option<u64>) -> Step {
+        let time_gap = self
             .last_ms
             .is_none_or(|t| !(0.0..=self.cfg.max_gap_ms).contains(&(at_ms - t)));
+        let seq_gap = match (self.last_seq, seq) {
+            (Some(last), Some(s)) => s != last.wrapping_add(1),
+            _ => false,
+        };
+        let gap = time_gap || seq_gap;
         self.last_ms = Some(at_ms);
+        self.last_seq = seq;
         if gap {
             return Step::Detect(DetectReason::Gap);
         }
@@ -235,10 +294,11 @@ impl Tracker {
             .take(MAX_FACES)
             .map(|(geom, score)| {
                 let (cx, cy, side) = square(geom);
+                let grid = Grid::new(frame, cx, cy, side, side * 0.55);
                 Tracked {
                     geom: *geom,
                     score: *score,
-                    template: frame.patch(cx, cy, side),
+                    template: grid.patch(cx, cy, side),
                 }
             })
             .collect();
@@ -261,16 +321,24 @@ fn square(g: &[f32; 16]) -> (f32, f32, f32) {
 fn follow(frame: Rgb<'_>, f: &Tracked) -> Option<([f32; 16], f32)> {
     let (cx, cy, side) = square(&f.geom);
     let px = side / TPL as f32;
+    let grid = Grid::new(frame, cx, cy, side, side * REACH);
+    // Where it went (a grid over ±4 template pixels at its size), then whether it grew or
+    // shrank there, then the refinements: ~40 patches.
     let mut best = (f32::MIN, 0.0f32, 0.0f32, 1.0f32);
-    for scale in [0.93f32, 1.0, 1.075] {
-        for dy in (-4..=4).step_by(2) {
-            for dx in (-4..=4).step_by(2) {
-                let (ox, oy) = (dx as f32 * px, dy as f32 * px);
-                let sim = dot(&f.template, &frame.patch(cx + ox, cy + oy, side * scale));
-                if sim > best.0 {
-                    best = (sim, ox, oy, scale);
-                }
+    for dy in (-4..=4).step_by(2) {
+        for dx in (-4..=4).step_by(2) {
+            let (ox, oy) = (dx as f32 * px, dy as f32 * px);
+            let sim = dot(&f.template, &grid.patch(cx + ox, cy + oy, side));
+            if sim > best.0 {
+                best = (sim, ox, oy, 1.0);
             }
+        }
+    }
+    let (_, bx, by, _) = best;
+    for scale in [0.93f32, 1.075] {
+        let sim = dot(&f.template, &grid.patch(cx + bx, cy + by, side * scale));
+        if sim > best.0 {
+            best = (sim, bx, by, scale);
         }
     }
     // Refine: one template pixel, then half of one, around the best.
@@ -282,7 +350,7 @@ fn follow(frame: Rgb<'_>, f: &Tracked) -> Option<([f32; 16], f32)> {
                     continue;
                 }
                 let (ox, oy) = (bx + dx as f32 * px * frac, by + dy as f32 * px * frac);
-                let sim = dot(&f.template, &frame.patch(cx + ox, cy + oy, side * bs));
+                let sim = dot(&f.template, &grid.patch(cx + ox, cy + oy, side * bs));
                 if sim > best.0 {
                     best = (sim, ox, oy, bs);
                 }
@@ -354,12 +422,12 @@ mod tests {
     fn follows_a_moving_face_between_detections_and_detects_on_interval() {
         let mut t = Tracker::new(TrackerConfig::default());
         let f0 = frame(160.0, 120.0, 60.0);
-        assert_eq!(t.step(rgb(&f0), 0.0), Step::Detect(DetectReason::Gap));
+        assert_eq!(t.step(rgb(&f0), 0.0, None), Step::Detect(DetectReason::Gap));
         t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
         for i in 1..5 {
             let (cx, cy) = (160.0 + 3.0 * i as f32, 120.0 - 2.0 * i as f32);
             let f = frame(cx, cy, 60.0);
-            match t.step(rgb(&f), i as f64 * 66.0) {
+            match t.step(rgb(&f), i as f64 * 66.0, None) {
                 Step::Tracked(faces) => {
                     let g = faces[0].0;
                     let (tx, ty) = ((g[0] + g[2]) / 2.0, (g[1] + g[3]) / 2.0);
@@ -374,7 +442,7 @@ mod tests {
         }
         let f = frame(175.0, 110.0, 60.0);
         assert_eq!(
-            t.step(rgb(&f), 5.0 * 66.0),
+            t.step(rgb(&f), 5.0 * 66.0, None),
             Step::Detect(DetectReason::Interval)
         );
     }
@@ -383,34 +451,54 @@ mod tests {
     fn a_face_that_leaves_or_a_gap_or_no_face_means_detect() {
         let mut t = Tracker::new(TrackerConfig::default());
         let f0 = frame(160.0, 120.0, 60.0);
-        t.step(rgb(&f0), 0.0);
+        t.step(rgb(&f0), 0.0, None);
         t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
         // The face is gone (empty background): correlation collapses.
         let empty = vec![90u8; 320 * 240 * 3];
         assert!(matches!(
-            t.step(rgb(&empty), 66.0),
+            t.step(rgb(&empty), 66.0, None),
             Step::Detect(DetectReason::Lost | DetectReason::SceneChange)
         ));
         t.detected(rgb(&empty), &[]);
         assert_eq!(
-            t.step(rgb(&empty), 132.0),
+            t.step(rgb(&empty), 132.0, None),
             Step::Detect(DetectReason::NoFace)
         );
         t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
-        assert_eq!(t.step(rgb(&f0), 2_000.0), Step::Detect(DetectReason::Gap));
+        assert_eq!(
+            t.step(rgb(&f0), 2_000.0, None),
+            Step::Detect(DetectReason::Gap)
+        );
         // Frames out of order (another instance took some): detect too.
         t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
-        assert_eq!(t.step(rgb(&f0), 1_000.0), Step::Detect(DetectReason::Gap));
+        assert_eq!(
+            t.step(rgb(&f0), 1_000.0, None),
+            Step::Detect(DetectReason::Gap)
+        );
+    }
+
+    #[test]
+    fn a_skipped_sequence_number_means_detect() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let f0 = frame(160.0, 120.0, 60.0);
+        t.step(rgb(&f0), 0.0, Some(7));
+        t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
+        assert!(matches!(t.step(rgb(&f0), 66.0, Some(8)), Step::Tracked(_)));
+        // Chunk 9 went to another worker process.
+        assert_eq!(
+            t.step(rgb(&f0), 200.0, Some(10)),
+            Step::Detect(DetectReason::Gap)
+        );
     }
 
     #[test]
     fn follows_a_zoom() {
         let mut t = Tracker::new(TrackerConfig::default());
         let f0 = frame(160.0, 120.0, 60.0);
-        t.step(rgb(&f0), 0.0);
+        t.step(rgb(&f0), 0.0, None);
         t.detected(rgb(&f0), &[(geom(160.0, 120.0, 60.0), 0.9)]);
         let f1 = frame(160.0, 120.0, 64.0);
-        let Step::Tracked(faces) = t.step(rgb(&f1), 66.0) else {
+        let Step::Tracked(faces) = t.step(rgb(&f1), 66.0, None) else {
             panic!("tracked")
         };
         let side = faces[0].0[2] - faces[0].0[0];
