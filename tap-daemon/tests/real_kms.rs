@@ -126,7 +126,9 @@ fn real_kms_tutorial_topology_three_vp8_participants_results_for_the_whole_call_
         assert_eq!(call.metric("kurento_tap_transcoding_total").await, 0.0);
 
         // Results inside the call: every browser's DataChannel received its own.
-        // (audience = participant: only results about themselves, one participant id each).
+        // (audience = participant: only results and states about themselves, one participant id
+        // each). With no presenter tag the dominant speaker presents and also receives the room
+        // mood: two in the audience are fewer than min_group, so it says nothing but counts.
         for name in ["ana", "ben", "cyd"] {
             let mut page = call.page(name).await;
             let got = page
@@ -135,10 +137,17 @@ fn real_kms_tutorial_topology_three_vp8_participants_results_for_the_whole_call_
                 .as_u64()
                 .unwrap_or(0);
             let subjects = page
-                .eval("new Set(gc.results.map(r => r.msg.participant)).size")
+                .eval("new Set(gc.results.filter(r => r.msg.type !== 'kurento-tap.room').map(r => r.msg.participant)).size")
                 .await;
             assert!(got >= 20, "{name}'s DataChannel got {got} results");
             assert_eq!(subjects, serde_json::json!(1), "{name} got others' results");
+            let moods = page
+                .eval("gc.results.filter(r => r.msg.type === 'kurento-tap.room').map(r => r.msg)")
+                .await;
+            for m in moods.as_array().into_iter().flatten() {
+                assert_eq!(m["presenter_source"], "speaker", "{m}");
+                assert_eq!(m["published"], false, "{name}: {m}");
+            }
         }
 
         // The daemon's ICE agent sends nothing but the call's traffic: no UPnP/SSDP.
