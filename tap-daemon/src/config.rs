@@ -33,6 +33,7 @@
 //! smoothing_s = 2.0               # time constant of the smoothing
 //! stale_s = 10.0                  # a modality without input this long is dropped
 //! max_age_s = 86400               # history kept in JetStream TAP_AFFECT_V1
+//! per_subject = 14400             # and at most this many per participant / room (4 h at 1/s)
 //!
 //! [tags]
 //! room = "kurento-tap.room"
@@ -108,6 +109,8 @@ pub struct MoodFile {
     pub stale_s: Option<f64>,
     /// JetStream history, seconds.
     pub max_age_s: Option<u64>,
+    /// JetStream history, messages per subject.
+    pub per_subject: Option<i64>,
 }
 
 /// The `[datachannel]` table.
@@ -291,7 +294,13 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .max_age_s
             .map(Duration::from_secs)
             .unwrap_or(md.max_age),
+        per_subject: mood_file.per_subject.unwrap_or(md.per_subject),
     };
+    if mood.per_subject == 0 || mood.per_subject < -1 {
+        return Err(ConfigError::Invalid(
+            "mood per_subject must be positive (or -1: unlimited)".into(),
+        ));
+    }
     Ok(DaemonConfig {
         kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
         nats_url: o.nats.or(file.nats).unwrap_or(d.nats_url),
@@ -320,6 +329,25 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mood_table_is_read_and_checked() {
+        let file: FileConfig =
+            toml::from_str("[mood]\nmin_group = 5\nenabled = false\nper_subject = 100\n").unwrap();
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.mood.engine.min_group, 5);
+        assert!(!c.mood.enabled);
+        assert_eq!(c.mood.per_subject, 100);
+        for bad in [
+            "[mood]\nmin_group = 0\n",
+            "[mood]\nstale_s = 0.1\n",
+            "[mood]\nper_subject = 0\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(resolve(file, Overrides::default()).is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[mood]\nmin_grop = 3\n").is_err());
+    }
 
     #[test]
     fn flags_win_over_the_file() {

@@ -275,7 +275,7 @@ impl Daemon {
         )));
         let config_mood_enabled = config.mood.enabled;
         let (affect, mood_events) = if config.mood.enabled {
-            crate::mood::ensure_stream(&js, config.mood.max_age).await?;
+            crate::mood::ensure_stream(&js, &config.mood).await?;
             let (affect_tx, _) = broadcast::channel(256);
             let (events_tx, events_rx) = mpsc::channel(256);
             tasks.push(tokio::spawn(crate::mood::run(

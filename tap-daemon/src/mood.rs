@@ -63,6 +63,9 @@ pub struct MoodSettings {
     pub publish_states: bool,
     /// How long states and room moods are kept in JetStream.
     pub max_age: Duration,
+    /// At most this many kept per subject (a participant's states, a room's moods): at one a
+    /// second, the default keeps the last 4 hours (a state is ~300 bytes: 4.3 MB per participant).
+    pub per_subject: i64,
 }
 
 impl Default for MoodSettings {
@@ -72,17 +75,19 @@ impl Default for MoodSettings {
             engine: MoodConfig::default(),
             publish_states: true,
             max_age: Duration::from_secs(24 * 3600),
+            per_subject: 4 * 3600,
         }
     }
 }
 
 /// Creates (or finds) the stream keeping states and room moods.
-pub async fn ensure_stream(js: &jetstream::Context, max_age: Duration) -> anyhow::Result<()> {
+pub async fn ensure_stream(js: &jetstream::Context, settings: &MoodSettings) -> anyhow::Result<()> {
     js.get_or_create_stream(jetstream::stream::Config {
         name: AFFECT_STREAM.into(),
         description: Some("kurento-tap fused states and room moods (protocol v1)".into()),
         subjects: vec![STATE_SUBJECTS.into(), ROOM_SUBJECTS.into()],
-        max_age,
+        max_age: settings.max_age,
+        max_messages_per_subject: settings.per_subject,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     })
@@ -302,7 +307,7 @@ pub async fn run_standalone(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(nats.clone());
-    ensure_stream(&js, settings.max_age).await?;
+    ensure_stream(&js, &settings).await?;
     let kv = crate::registry::open_bucket(&js).await?;
     let live = crate::registry::empty();
     let (changed_tx, changed_rx) = watch::channel(0);
