@@ -600,7 +600,10 @@ fn throttle_keyframe_requests(depay: &gst::Element, stats: Arc<ReceiverStats>) {
             stats
                 .keyframe_requests_throttled
                 .fetch_add(1, Ordering::Relaxed);
-            return gst::PadProbeReturn::Drop;
+            // Consumed here (Handled, not Drop: with Drop the event was released twice,
+            // "gst_mini_object_unref: assertion 'mini_object != NULL' failed").
+            drop(info.take_event());
+            return gst::PadProbeReturn::Handled;
         }
         *last = Some(now);
         stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);

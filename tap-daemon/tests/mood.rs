@@ -210,17 +210,21 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
             .starts_with("valence 0.7"),
         "the room mood on the dashboard: {shown}"
     );
-    let history = page.eval("Number(document.body.dataset.history)").await;
     assert!(
-        history.as_u64().unwrap_or(0) >= 2,
-        "moods loaded at open: {history}"
+        page.wait_for(
+            "Number(document.body.dataset.history) >= 2",
+            Duration::from_secs(10)
+        )
+        .await,
+        "moods loaded at open: {}",
+        page.eval("document.body.dataset.history").await
     );
     assert!(
-        page.eval("Number(document.querySelector('[data-timeline=\"talk\"]').dataset.points)")
-            .await
-            .as_u64()
-            .unwrap_or(0)
-            >= 2
+        page.wait_for(
+            "Number((document.querySelector('[data-timeline=\"talk\"]') || {dataset: {}}).dataset.points) >= 2",
+            Duration::from_secs(10)
+        )
+        .await
     );
     assert_eq!(
         page.eval(
@@ -228,6 +232,14 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
         )
         .await,
         serde_json::json!(true)
+    );
+    // States come once a second over the event stream (the mood may have come from history).
+    assert!(
+        page.wait_for(
+            "document.querySelector('[data-participant=\"ana\"] [data-field=\"state\"]') !== null",
+            Duration::from_secs(10)
+        )
+        .await
     );
     let ana_state = page
         .eval("document.querySelector('[data-participant=\"ana\"] [data-field=\"state\"]').textContent")
