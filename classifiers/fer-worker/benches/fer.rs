@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use fer_worker::track::{Tracker, TrackerConfig};
-use fer_worker::{default_models_dir, EmotionNet, Face, FerPipeline, ModelPaths, StageTimes};
+use fer_worker::{
+    default_models_dir, EmotionNet, Face, FerPipeline, ModelPaths, Precision, StageTimes,
+};
 
 #[path = "../tests/support/clip.rs"]
 mod clip;
@@ -88,11 +90,23 @@ fn tracking() {
         .iter()
         .map(|f| reference.analyze(f, clip::W, clip::H).unwrap().0)
         .collect();
-    for n in [1u32, 3, 5, 10] {
+    let dir = default_models_dir();
+    let with = |d| ModelPaths::vendored_with(&dir, EmotionNet::Fer, d);
+    let configs = [
+        ("fp32", Precision::Fp32, 1u32),
+        ("fp32", Precision::Fp32, 3),
+        ("fp32", Precision::Fp32, 5),
+        ("fp32", Precision::Fp32, 10),
+        ("int8 detector", Precision::Int8, 1),
+        ("int8 detector", Precision::Int8, 3),
+        ("int8 detector", Precision::Int8, 5),
+    ];
+    for (name, det, n) in configs {
         let cfg = TrackerConfig {
             detect_interval: n,
             ..Default::default()
         };
+        let load = || FerPipeline::load(&with(det)).expect("set ORT_DYLIB_PATH");
         let mut p = load();
         let mut tracker = Tracker::new(cfg);
         for i in 0..50 {
@@ -148,7 +162,7 @@ fn tracking() {
             }
         }
         println!(
-            "| fp32, detect every {n} | {:.0} | {:.3} | {detections} of {count} | {:.1} % / {:.1} % | {clip_detections} of {} |",
+            "| {name}, detect every {n} | {:.0} | {:.3} | {detections} of {count} | {:.1} % / {:.1} % | {clip_detections} of {} |",
             1.0 / per,
             per * 1e3,
             agree as f64 / face_frames as f64 * 100.0,

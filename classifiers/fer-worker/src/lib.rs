@@ -24,6 +24,9 @@ pub const BLAZEFACE_SHA256: &str =
     "af5db35512441e80e5b143d8fabdafea05adc2cc6ca480c4d7458759ec5d7148";
 /// sha256 of `fer_mini_xception.onnx`.
 pub const FER_SHA256: &str = "77258c4b293a28f33cf996bcd1ae39ed14d1cecaf82f8d9a368a9fab6db64c8a";
+/// sha256 of `blazeface_front_128_int8.onnx` (models/tools/quantize.py).
+pub const BLAZEFACE_INT8_SHA256: &str =
+    "b5d07ad34bdabcff08e9cf0450e63eaed5f6d78b9f5c8179a4d39b32c013df4f";
 /// sha256 of `human_emotion.onnx`.
 pub const HUMAN_SHA256: &str = "21351b2bbe94b02ed3a9da274dafd87ca71a1b726eaceeaa75d6a8e997903d70";
 
@@ -51,7 +54,28 @@ pub struct ModelPaths {
     pub emotion_sha256: Option<&'static str>,
 }
 
+/// Numeric precision of a vendored model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// The original float model.
+    #[default]
+    Fp32,
+    /// The static int8 (QDQ) version made by `models/tools/quantize.py`.
+    Int8,
+}
+
 impl ModelPaths {
+    /// The vendored models in `dir`, with the face detector at `detector` precision. (There is
+    /// no int8 emotion net: quantized, mini-XCEPTION disagreed with fp32 on every frame.)
+    pub fn vendored_with(dir: &Path, net: EmotionNet, detector: Precision) -> Self {
+        let mut p = Self::vendored(dir, net);
+        if detector == Precision::Int8 {
+            p.detector = dir.join("blazeface_front_128_int8.onnx");
+            p.detector_sha256 = Some(BLAZEFACE_INT8_SHA256);
+        }
+        p
+    }
+
     /// The vendored models in `dir`.
     pub fn vendored(dir: &Path, net: EmotionNet) -> Self {
         let (file, sha) = match net {

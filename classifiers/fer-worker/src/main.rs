@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use classifier_sdk::*;
-use fer_worker::{default_models_dir, EmotionNet, FerClassifier, FerPipeline, ModelPaths, LABELS};
+use fer_worker::{
+    default_models_dir, EmotionNet, FerClassifier, FerPipeline, ModelPaths, Precision, LABELS,
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +30,10 @@ struct Cli {
     /// Your own emotion model (same contract as fer_mini_xception.onnx; not checksummed).
     #[arg(long, global = true)]
     emotion: Option<PathBuf>,
+    /// The vendored face detector's precision: fp32, or the int8 model made by
+    /// models/tools/quantize.py (faster, see docs/benchmarks.md for its agreement with fp32).
+    #[arg(long, global = true, value_enum, default_value = "fp32")]
+    detector_precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,9 +80,10 @@ enum Command {
 }
 
 fn paths(cli: &Cli) -> ModelPaths {
-    let mut p = ModelPaths::vendored(
+    let mut p = ModelPaths::vendored_with(
         &cli.models_dir.clone().unwrap_or_else(default_models_dir),
         cli.net,
+        cli.detector_precision,
     );
     if let Some(d) = &cli.detector {
         p.detector = d.clone();

@@ -189,3 +189,25 @@ fn a_face_turned_aside_is_not_frontal() {
     k[2] = [50.0, 50.5];
     assert!(!frontal(&k));
 }
+
+#[test]
+fn the_int8_detector_finds_the_same_face() {
+    let (img, w, h) = rgb("astronaut_256.png");
+    let fp32 = pipeline(EmotionNet::Fer).analyze(&img, w, h).unwrap().0;
+    let mut int8 = FerPipeline::load(&fer_worker::ModelPaths::vendored_with(
+        &default_models_dir(),
+        EmotionNet::Fer,
+        fer_worker::Precision::Int8,
+    ))
+    .expect("the int8 detector loads and its checksum matches");
+    let (faces, _) = int8.analyze(&img, w, h).unwrap();
+    assert_eq!(faces.len(), 1, "{faces:?}");
+    assert_eq!(faces[0].top().unwrap().0, "happy");
+    let (a, b) = (faces[0].bbox, fp32[0].bbox);
+    for k in 0..4 {
+        assert!((a[k] - b[k]).abs() < 4.0, "int8 {a:?} vs fp32 {b:?}");
+    }
+    // Nothing where there is nothing.
+    let (noise, w, h) = rgb("noise.png");
+    assert!(int8.analyze(&noise, w, h).unwrap().0.is_empty());
+}
