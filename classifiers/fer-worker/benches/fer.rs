@@ -180,6 +180,55 @@ fn tracking() {
     );
 }
 
+/// Whether batching FER crops of several participants pays: the emotion net on 4 and 8 crops as
+/// one call each against one call per crop, on one core, and two instances on two threads.
+fn batching() {
+    let crops: Vec<f32> = (0..8 * 64 * 64)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    println!();
+    println!("| emotion net (mini-XCEPTION, fp32) | ms per crop | crops/s |");
+    println!("|---|---|---|");
+    let mut p = load();
+    for batch in [1usize, 4, 8] {
+        let input = &crops[..batch * 64 * 64];
+        for _ in 0..50 {
+            p.emotions(input).unwrap();
+        }
+        let calls = 2000 / batch;
+        let t = Instant::now();
+        for _ in 0..calls {
+            p.emotions(input).unwrap();
+        }
+        let per_crop = t.elapsed().as_secs_f64() / (calls * batch) as f64;
+        println!(
+            "| one core, {batch} crop(s) per call | {:.3} | {:.0} |",
+            per_crop * 1e3,
+            1.0 / per_crop
+        );
+    }
+    // Two instances side by side (what --concurrency 2 does), one crop per call each.
+    let t = Instant::now();
+    let per_thread = 2000;
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut p = load();
+                let input = &crops[..64 * 64];
+                for _ in 0..per_thread {
+                    p.emotions(input).unwrap();
+                }
+            });
+        }
+    });
+    let per_crop = t.elapsed().as_secs_f64() / (2 * per_thread) as f64;
+    println!(
+        "| two cores, two instances, 1 crop per call | {:.3} | {:.0} |",
+        per_crop * 1e3,
+        1.0 / per_crop
+    );
+}
+
 fn main() {
     let mut pipeline = load();
     for (w, h) in [(320usize, 240usize), (640, 480)] {
@@ -212,4 +261,5 @@ fn main() {
         }
     }
     tracking();
+    batching();
 }

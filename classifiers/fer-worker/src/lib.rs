@@ -333,6 +333,34 @@ impl FerPipeline {
         Ok(boxes)
     }
 
+    /// The emotion net on prepared crops: N×64×64 grey values in [-1, 1] (as
+    /// `classifier_sdk::onnx::gray_crop` makes them), one call; probabilities in [`LABELS`] order.
+    pub fn emotions(&mut self, crops: &[f32]) -> Result<Vec<[f32; 7]>, OnnxError> {
+        let n = crops.len() / (64 * 64);
+        if n == 0 || crops.len() != n * 64 * 64 {
+            return Err(OnnxError::Ort(format!(
+                "{} values are not a whole number of 64x64 crops",
+                crops.len()
+            )));
+        }
+        let tensor = TensorRef::from_array_view(([n, 64usize, 64, 1], crops)).map_err(ort_err)?;
+        let out = self
+            .emotion
+            .run(classifier_sdk::onnx::ort::inputs!["input" => tensor])
+            .map_err(ort_err)?;
+        let (_, probs) = out["predictions"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err)?;
+        if probs.len() < n * 7 {
+            return Err(OnnxError::Ort(
+                "the emotion net gave too few outputs".into(),
+            ));
+        }
+        Ok((0..n)
+            .map(|i| std::array::from_fn(|k| probs[i * 7 + k]))
+            .collect())
+    }
+
     /// The emotion net on each box's grey crop (one batch).
     fn classify(
         &mut self,
@@ -351,17 +379,9 @@ impl FerPipeline {
                 let side = (b[2] - b[0]).max(b[3] - b[1]) * (1.0 + 2.0 * self.margin);
                 batch.extend(gray_crop(rgb, w, h, (cx, cy), side, 64));
             }
-            let tensor = TensorRef::from_array_view(([boxes.len(), 64usize, 64, 1], &batch[..]))
-                .map_err(ort_err)?;
-            let out = self
-                .emotion
-                .run(classifier_sdk::onnx::ort::inputs!["input" => tensor])
-                .map_err(ort_err)?;
-            let (_, probs) = out["predictions"]
-                .try_extract_tensor::<f32>()
-                .map_err(ort_err)?;
+            let probs = self.emotions(&batch)?;
             for (i, (b, score)) in boxes.iter().enumerate() {
-                let p = &probs[i * 7..i * 7 + 7];
+                let p = &probs[i];
                 let labels = LABELS
                     .iter()
                     .zip(p)

@@ -211,3 +211,17 @@ fn the_int8_detector_finds_the_same_face() {
     let (noise, w, h) = rgb("noise.png");
     assert!(int8.analyze(&noise, w, h).unwrap().0.is_empty());
 }
+
+#[test]
+fn emotions_on_prepared_crops_checks_its_input() {
+    let mut p = pipeline(EmotionNet::Fer);
+    assert!(p.emotions(&[0.0; 100]).is_err(), "not a whole crop");
+    assert!(p.emotions(&[]).is_err(), "no crop");
+    let two = p.emotions(&vec![0.0; 2 * 64 * 64]).unwrap();
+    assert_eq!(two.len(), 2);
+    assert!(
+        (two[0].iter().sum::<f32>() - 1.0).abs() < 1e-3,
+        "{:?}",
+        two[0]
+    );
+}
