@@ -71,12 +71,15 @@ async fn three_participants_two_video_specs_and_audio() {
     let rgb_by = by_participant(&rgb_seen);
     let gray_by = by_participant(&gray_seen);
     let voice_by = by_participant(&voice_seen);
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
     for p in ["alice", "bob"] {
         let r = &rgb_by[p];
+        // (The metrics say where chunks went if this ever fails: decoded, dropped by reason.)
         assert!(
             r.len() >= 10,
-            "{p}: {} RGB chunks in ~4 s at 5 fps",
-            r.len()
+            "{p}: {} RGB chunks in ~4 s at 5 fps; status {:?}\n{metrics}",
+            r.len(),
+            daemon.status().await
         );
         assert!(r.iter().all(|s| s.len == 160 * 120 * 3
             && s.meta.layout
