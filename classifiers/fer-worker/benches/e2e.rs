@@ -39,8 +39,13 @@ async fn run(label: &str, participants: usize, fps: u32, spec: VideoChunkSpec, p
     let mut model = ModelSpec::video("fer", "1", spec, &LABELS);
     model.deadline_ms = 1000;
     let paths = ModelPaths::vendored(&default_models_dir(), EmotionNet::Fer);
+    // The worker's defaults: detector every 5 frames, faces tracked in between.
+    let trackers = fer_worker::SharedTrackers::default();
     let worker = Worker::new(move || {
-        FerClassifier::new(FerPipeline::load(&paths).unwrap(), model.clone(), 1.0)
+        FerClassifier::new(FerPipeline::load(&paths).unwrap(), model.clone(), 1.0).with_tracking(
+            fer_worker::track::TrackerConfig::default(),
+            trackers.clone(),
+        )
     })
     .options(WorkerOptions::new(&nats.url))
     .start()
