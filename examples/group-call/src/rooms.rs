@@ -23,6 +23,17 @@ pub struct App {
 struct Room {
     pipeline: MediaPipeline,
     users: HashMap<String, User>,
+    /// The KMS connection generation the room was made in: a restart forgets only older rooms
+    /// (the restart may be noticed after a new room was already made on the new server).
+    generation: u64,
+}
+
+/// The KMS connection's generation now (increases with every (re)connection).
+fn generation(kms: &KurentoClient) -> u64 {
+    match &*kms.state().borrow() {
+        kurento_client::ConnectionState::Connected { generation, .. } => *generation,
+        _ => 0,
+    }
 }
 
 struct User {
@@ -84,6 +95,7 @@ impl App {
                 Room {
                     pipeline,
                     users: HashMap::new(),
+                    generation: generation(&self.kms),
                 },
             );
         }
@@ -254,18 +266,30 @@ async fn forget_rooms_when_kms_restarts(app: std::sync::Weak<App>) {
         return;
     };
     while state.changed().await.is_ok() {
-        let restarted = matches!(
-            &*state.borrow_and_update(),
+        let restarted = match &*state.borrow_and_update() {
             kurento_client::ConnectionState::Connected {
                 recovery: kurento_client::Recovery::NewServer,
+                generation,
                 ..
-            }
-        );
+            } => Some(*generation),
+            _ => None,
+        };
         let Some(app) = app.upgrade() else { return };
-        if restarted {
+        if let Some(current) = restarted {
             let mut rooms = app.rooms.lock().await;
-            warn!(rooms = rooms.len(), "KMS restarted: every room is gone");
-            for r in rooms.values() {
+            let gone: Vec<String> = rooms
+                .iter()
+                .filter(|(_, r)| r.generation < current)
+                .map(|(name, _)| name.clone())
+                .collect();
+            warn!(
+                rooms = gone.len(),
+                "KMS restarted: the rooms made before are gone"
+            );
+            for name in gone {
+                let Some(r) = rooms.remove(&name) else {
+                    continue;
+                };
                 for u in r.users.values() {
                     u.send(json!({"id": "error", "message": "media server restarted"}));
                     for f in &u.forwarders {
@@ -273,7 +297,6 @@ async fn forget_rooms_when_kms_restarts(app: std::sync::Weak<App>) {
                     }
                 }
             }
-            rooms.clear();
         }
     }
 }
