@@ -581,12 +581,23 @@ fn link_audio(
 }
 
 /// Counts the keyframe requests leaving the depayloader upstream and lets at most one through per
-/// [`KEYFRAME_REQUEST_INTERVAL`].
+/// [`KEYFRAME_REQUEST_INTERVAL`]. A request held back is not lost: it is remembered and sent with
+/// the first packet after the interval (a decoder that asked for a sync point discards its input
+/// until a keyframe comes; swallowing its request left video stalled until the sender's next
+/// periodic keyframe).
 fn throttle_keyframe_requests(depay: &gst::Element, stats: Arc<ReceiverStats>) {
+    struct State {
+        last: Option<std::time::Instant>,
+        pending: bool,
+    }
     let Some(pad) = depay.static_pad("sink") else {
         return;
     };
-    let last: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let state = Arc::new(Mutex::new(State {
+        last: None,
+        pending: false,
+    }));
+    let held = state.clone();
     pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         let Some(gst::PadProbeData::Event(ev)) = &info.data else {
             return gst::PadProbeReturn::Ok;
@@ -594,9 +605,13 @@ fn throttle_keyframe_requests(depay: &gst::Element, stats: Arc<ReceiverStats>) {
         if !gst_video::ForceKeyUnitEvent::is(ev) {
             return gst::PadProbeReturn::Ok;
         }
-        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = held.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+        if st
+            .last
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            st.pending = true;
             stats
                 .keyframe_requests_throttled
                 .fetch_add(1, Ordering::Relaxed);
@@ -605,8 +620,26 @@ fn throttle_keyframe_requests(depay: &gst::Element, stats: Arc<ReceiverStats>) {
             drop(info.take_event());
             return gst::PadProbeReturn::Handled;
         }
-        *last = Some(now);
+        st.last = Some(now);
+        st.pending = false;
         stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+        let due = {
+            let st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.pending
+                && st
+                    .last
+                    .is_none_or(|t| t.elapsed() >= KEYFRAME_REQUEST_INTERVAL)
+        };
+        if due {
+            // Goes through the probe above, which lets it pass and records it.
+            let ev = gst_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
+            let _ = pad.push_event(ev);
+        }
         gst::PadProbeReturn::Ok
     });
 }
