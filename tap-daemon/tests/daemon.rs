@@ -32,6 +32,7 @@ extra_tags = { 'kurento-tap.consent' = 'false' }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_two_video_specs_and_audio() {
+    let _turn = one_media_rate_test_at_a_time().await;
     let nats = Nats::start().await;
     let sim = sim(THREE, (54000, 54999)).await;
     let client = async_nats::connect(&nats.url).await.unwrap();
@@ -384,6 +385,7 @@ async fn control_requests_and_the_rooms_listing() {
 /// whole call, not stop at the first sender report (the first real-KMS run got 2 chunks, then none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_chunks_keep_their_rate_and_freshness_for_the_whole_call() {
+    let _turn = one_media_rate_test_at_a_time().await;
     const ONE: &str = "
 [[room]]
 name = 'long'
@@ -450,6 +452,7 @@ audio = { tone = 440.0 }
 /// tap per present participant is in KMS, and none after shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_and_rejoin_churn_leaves_no_tap_behind() {
+    let _turn = one_media_rate_test_at_a_time().await;
     let mut scenario = String::from(
         "[[room]]\nname = 'churn'\n[[room.participant]]\nname = 'stays'\nvideo = { codec = 'VP8', width = 160, height = 120, fps = 15 }\n",
     );

@@ -345,3 +345,13 @@ pub fn proc_status(key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap()
 }
+
+/// Tests that measure media rates in one test binary take turns: on 2 cores, several simulated
+/// calls encoding VP8/H.264 side by side starve each other's media (one run saw 9 frames decoded
+/// in 4 s), which is the machine, not the daemon.
+static MEDIA_RATE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held for the whole of a test that asserts media rates.
+pub async fn one_media_rate_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    MEDIA_RATE_TESTS.lock().await
+}
