@@ -127,10 +127,7 @@ async fn main() -> anyhow::Result<()> {
             datachannel_rate,
             datachannel_audience,
         } => {
-            let file = match &config {
-                Some(p) => FileConfig::load(p)?,
-                None => FileConfig::default(),
-            };
+            let file = load_file(config.as_deref())?;
             let cfg = config::resolve(
                 file,
                 Overrides {
@@ -194,10 +191,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Mood { nats, config } => {
-            let file = match &config {
-                Some(p) => FileConfig::load(p)?,
-                None => FileConfig::default(),
-            };
+            let file = load_file(config.as_deref())?;
             let cfg = config::resolve(
                 file,
                 Overrides {
@@ -246,6 +240,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration file if one was given, else every key at its default.
+fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
+    Ok(match path {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    })
 }
 
 async fn shutdown_signal() {
