@@ -224,8 +224,13 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
             .add(chunk_subject(&spec.id))
             .await
             .map_err(nats_err)?;
-        // The subscription is live on the server once this returns (no race with the first chunk).
-        client.flush().await.map_err(nats_err)?;
+        // Reachable when this returns: the server has registered the endpoint's subscription (a
+        // round trip, not a flush) and the registry holds our entry (a JetStream-acknowledged put),
+        // so a chunk sent at once finds us and a daemon started at once serves us.
+        tap_protocol::nats::confirm_with_server(&client, CONFIRM_TIMEOUT)
+            .await
+            .map_err(WorkerError::Nats)?;
+        register(&kv, &spec).await?;
         info!(model = %spec.id, concurrency, "worker serving");
         let heartbeat = tokio::spawn(keep_registered(kv, spec.clone()));
         let pool = Arc::new(Mutex::new(std::mem::take(&mut instances)));
@@ -270,21 +275,28 @@ fn semver(v: &str) -> String {
 }
 
 /// Writes the spec every half heartbeat (the daemon drops a model after three missed heartbeats).
+/// How long start-up waits for the server to confirm the subscriptions and the registry entry.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes the spec, freshly dated, to the registry.
+async fn register(kv: &jetstream::kv::Store, spec: &ModelSpec) -> Result<(), WorkerError> {
+    let mut s = spec.clone();
+    s.updated_ms = now_us() / 1000;
+    let body = serde_json::to_vec(&s).map_err(|e| WorkerError::Spec(e.to_string()))?;
+    kv.put(spec.id.key(), body.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| WorkerError::Nats(format!("cannot register {} in the registry: {e}", spec.id)))
+}
+
+/// Refreshes the registry entry every half heartbeat (the first write was done by `start`).
 async fn keep_registered(kv: jetstream::kv::Store, spec: ModelSpec) {
-    let key = spec.id.key();
     let every = Duration::from_millis(u64::from(spec.heartbeat_ms) / 2);
     loop {
-        let mut s = spec.clone();
-        s.updated_ms = now_us() / 1000;
-        match serde_json::to_vec(&s) {
-            Ok(body) => {
-                if let Err(e) = kv.put(&key, body.into()).await {
-                    debug!(error = %e, "registry heartbeat failed; retrying");
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot encode the spec"),
-        }
         tokio::time::sleep(every).await;
+        if let Err(e) = register(&kv, &spec).await {
+            debug!(error = %e, "registry heartbeat failed; retrying");
+        }
     }
 }
 

@@ -276,28 +276,17 @@ async fn a_slow_model_gets_fresh_chunks_not_a_backlog() {
     daemon.shutdown().await;
 }
 
-/// A request, retried while the server answers "no responders": under CI load the worker's connection
-/// can be momentarily away (a retried request never reached the worker, so its counters hold).
-async fn request_retrying(
+/// A request that must be answered: the worker is reachable once `start` returned.
+async fn request(
     client: &async_nats::Client,
     subject: &str,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
 ) -> async_nats::Message {
-    let mut attempt = 0;
-    loop {
-        match client
-            .request_with_headers(subject.to_owned(), headers.clone(), payload.clone())
-            .await
-        {
-            Ok(m) => return m,
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders && attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("request failed: {e}"),
-        }
-    }
+    client
+        .request_with_headers(subject.to_owned(), headers, payload)
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,7 +346,7 @@ async fn hostile_chunks_get_errors_and_the_worker_keeps_serving() {
         },
     ];
     for (h, p, want) in cases {
-        let r = request_retrying(&client, &subject, h, p).await;
+        let r = request(&client, &subject, h, p).await;
         let err = r
             .headers
             .as_ref()
@@ -366,7 +355,7 @@ async fn hostile_chunks_get_errors_and_the_worker_keeps_serving() {
         assert_eq!(err.as_deref(), Some(want));
     }
     let (h, p) = good(32 * 24, "32", "24", far);
-    let r = request_retrying(&client, &subject, h, p).await;
+    let r = request(&client, &subject, h, p).await;
     let reply: tap_protocol::WorkerReply = serde_json::from_slice(&r.payload).unwrap();
     assert!(
         (reply.labels["bright"] - 128.0 / 255.0).abs() < 1e-9,

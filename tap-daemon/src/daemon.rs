@@ -238,14 +238,18 @@ impl Daemon {
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the results stream {RESULTS_STREAM}: {e}"))?;
         let kv = registry::open_bucket(&js).await?;
-        for spec in registry::snapshot(&kv).await? {
+        let registered = registry::snapshot(&kv).await?;
+        for spec in &registered {
             if spec.validate().is_ok() {
-                if let Some(reason) = registry::reject_reason(&spec, max_payload) {
+                if let Some(reason) = registry::reject_reason(spec, max_payload) {
                     anyhow::bail!("{reason}");
                 }
             }
         }
+        // Models registered before the start are served from the first frame, not from the watch's
+        // first pass.
         let live = registry::empty();
+        registry::seed(&live, &registered, max_payload, &metrics);
         let (changed_tx, models_changed) = watch::channel(0);
         let mut tasks = vec![tokio::spawn(registry::watch(
             kv,
@@ -268,8 +272,18 @@ impl Daemon {
 
         let dispatcher = Dispatcher::new(nats.clone(), metrics.clone());
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let attach = nats
+            .subscribe(CTL_ATTACH)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to {CTL_ATTACH}: {e}"))?;
+        let detach = nats
+            .subscribe(CTL_DETACH)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to {CTL_DETACH}: {e}"))?;
         tasks.push(tokio::spawn(serve_control(
             nats.clone(),
+            attach,
+            detach,
             cmd_tx.clone(),
             metrics.clone(),
         )));
@@ -278,6 +292,7 @@ impl Daemon {
             crate::mood::ensure_stream(&js, &config.mood).await?;
             let (affect_tx, _) = broadcast::channel(256);
             let (events_tx, events_rx) = mpsc::channel(256);
+            let presenter_requests = crate::mood::subscribe_control(&nats).await?;
             tasks.push(tokio::spawn(crate::mood::run(
                 config.mood.clone(),
                 crate::mood::broadcast_results(dispatcher.subscribe_results(), metrics.clone()),
@@ -288,6 +303,7 @@ impl Daemon {
                     nats: nats.clone(),
                     updates: affect_tx.clone(),
                     metrics: metrics.clone(),
+                    presenter_requests,
                 },
             )));
             (Some(affect_tx), Some(events_tx))
@@ -333,6 +349,10 @@ impl Daemon {
             mood_events,
         };
         let actor = tokio::spawn(actor.run(cmd_rx, created, destroyed));
+        // Ready when this returns: control requests sent at once find their subscribers.
+        tap_protocol::nats::confirm_with_server(&nats, Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS: {e}"))?;
         Ok(Daemon {
             cmd_tx,
             metrics,
@@ -430,16 +450,11 @@ async fn sweep_leftovers(kms: &KurentoClient, config: &DaemonConfig) {
 
 async fn serve_control(
     nats: async_nats::Client,
+    mut attach: async_nats::Subscriber,
+    mut detach: async_nats::Subscriber,
     cmd_tx: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
 ) {
-    let (Ok(mut attach), Ok(mut detach)) = (
-        nats.subscribe(CTL_ATTACH).await,
-        nats.subscribe(CTL_DETACH).await,
-    ) else {
-        warn!("cannot subscribe to the control subjects");
-        return;
-    };
     loop {
         let (msg, is_attach) = tokio::select! {
             Some(m) = attach.next() => (m, true),

@@ -141,6 +141,18 @@ pub struct MoodLinks {
     pub updates: broadcast::Sender<Arc<AffectUpdate>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Presenter control requests (`tap.v1.ctl.presenter`), subscribed by whoever starts the fusion
+    /// so that it is reachable when the start returns.
+    pub presenter_requests: async_nats::Subscriber,
+}
+
+/// Subscribes to presenter control requests (see [`MoodLinks::presenter_requests`]).
+pub async fn subscribe_control(
+    nats: &async_nats::Client,
+) -> anyhow::Result<async_nats::Subscriber> {
+    nats.subscribe(CTL_PRESENTER)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {CTL_PRESENTER}: {e}"))
 }
 
 /// Runs the fusion until `results` ends.
@@ -156,14 +168,9 @@ pub async fn run(
         nats,
         updates,
         metrics,
+        presenter_requests,
     } = links;
-    let mut control = match nats.subscribe(CTL_PRESENTER).await {
-        Ok(sub) => Some(sub),
-        Err(e) => {
-            warn!(error = %e, "cannot subscribe to {CTL_PRESENTER}: presenters by tag and voice only");
-            None
-        }
-    };
+    let mut control = Some(presenter_requests);
     let mut engine = MoodEngine::new(settings.engine.clone());
     let mut declared = Vec::new();
     sync_declarations(&mut engine, &live, &mut declared);
@@ -323,6 +330,10 @@ pub async fn run_standalone(
         .subscribe(tap_protocol::RESULT_SUBJECTS)
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to results: {e}"))?;
+    let presenter_requests = subscribe_control(&nats).await?;
+    tap_protocol::nats::confirm_with_server(&nats, Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!("NATS: {e}"))?;
     // Nobody listens in process; the channel only has to exist.
     let (updates, _) = broadcast::channel(16);
     let (_events_tx, events) = mpsc::channel(1);
@@ -336,6 +347,7 @@ pub async fn run_standalone(
             nats: nats.clone(),
             updates,
             metrics,
+            presenter_requests,
         },
     );
     tokio::select! {

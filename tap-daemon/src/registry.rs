@@ -59,6 +59,21 @@ pub async fn snapshot(kv: &kv::Store) -> anyhow::Result<Vec<ModelSpec>> {
     Ok(out)
 }
 
+/// Puts the live, servable specs among `entries` into `live` (the start-up state the watch then
+/// keeps current).
+pub fn seed(live: &LiveSpecs, entries: &[ModelSpec], max_payload: usize, metrics: &Metrics) {
+    let now_ms = now_us() / 1000;
+    let mut specs: Vec<Arc<ModelSpec>> = entries
+        .iter()
+        .filter(|s| s.is_live(now_ms) && reject_reason(s, max_payload).is_none())
+        .map(|s| Arc::new(s.clone()))
+        .collect();
+    specs.sort_by(|a, b| a.id.cmp(&b.id));
+    specs.dedup_by(|a, b| a.id == b.id);
+    metrics.models_live.set(specs.len() as i64);
+    *live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(specs);
+}
+
 /// Watches the bucket forever, keeping `live` current; `changed` ticks on every change of the set.
 pub async fn watch(
     kv: kv::Store,

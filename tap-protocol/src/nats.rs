@@ -48,3 +48,39 @@ pub async fn open_registry(js: &jetstream::Context) -> Result<kv::Store, String>
     )
     .await
 }
+
+/// Returns once the server has processed every command this client sent before the call.
+///
+/// `Client::flush` only writes the socket: a subscription it "flushed" may not be registered on the
+/// server yet, and a request sent at once from another connection gets "no responders". The server
+/// handles one connection's commands in order, so a message to our own fresh inbox coming back
+/// proves that the subscriptions sent before it are live (the round trip a NATS PING would give).
+pub async fn confirm_with_server(
+    client: &async_nats::Client,
+    timeout: Duration,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("cannot subscribe to confirm with the server: {e}"))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| format!("cannot publish to confirm with the server: {e}"))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| format!("cannot flush to confirm with the server: {e}"))?;
+    let answered = tokio::time::timeout(timeout, echo.next()).await;
+    let _ = echo.unsubscribe().await;
+    match answered {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed before the server confirmed".into()),
+        Err(_) => Err(format!(
+            "the server did not confirm within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
