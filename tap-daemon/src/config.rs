@@ -154,7 +154,12 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Toml(path.to_owned(), e))
+        Self::parse(&text, path)
+    }
+
+    /// Reads a file's text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml(origin.to_owned(), e))
     }
 }
 
@@ -201,6 +206,9 @@ pub struct Overrides {
     /// Whose results each participant receives.
     pub datachannel_audience: Option<crate::injector::Audience>,
 }
+
+/// Longest history kept in JetStream, seconds (ten years).
+pub const MAX_HISTORY_S: u64 = 10 * 365 * 86_400;
 
 /// File + overrides + defaults → the daemon's configuration.
 pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigError> {
@@ -251,14 +259,19 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         }
         None => None,
     };
+    let max_wait_ms = dc_file
+        .max_wait_ms
+        .unwrap_or(dc.max_wait.as_millis() as u64);
+    if !(1..=60_000).contains(&max_wait_ms) {
+        return Err(ConfigError::Invalid(
+            "datachannel max_wait_ms must be between 1 and 60000".into(),
+        ));
+    }
     let datachannel = crate::injector::InjectorConfig {
         enabled: o.datachannels.or(dc_file.enabled).unwrap_or(dc.enabled),
         max_rate_hz,
         max_message_bytes,
-        max_wait: dc_file
-            .max_wait_ms
-            .map(Duration::from_millis)
-            .unwrap_or(dc.max_wait),
+        max_wait: Duration::from_millis(max_wait_ms),
         label: dc_file.label.unwrap_or(dc.label),
         replace_data_source: dc_file
             .replace_data_source
@@ -286,14 +299,19 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             "mood smoothing_s must be 0.1..60 and stale_s 1..600".into(),
         ));
     }
+    let history = |key: &str, secs: Option<u64>, default: Duration| match secs {
+        // JetStream keeps ages in nanoseconds (i64): ten years is far inside, and far beyond use.
+        Some(s) if s == 0 || s > MAX_HISTORY_S => Err(ConfigError::Invalid(format!(
+            "{key} must be between 1 and {MAX_HISTORY_S} (ten years)"
+        ))),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
     let mood = crate::mood::MoodSettings {
         enabled: mood_file.enabled.unwrap_or(md.enabled),
         engine,
         publish_states: mood_file.publish_states.unwrap_or(md.publish_states),
-        max_age: mood_file
-            .max_age_s
-            .map(Duration::from_secs)
-            .unwrap_or(md.max_age),
+        max_age: history("mood max_age_s", mood_file.max_age_s, md.max_age)?,
         per_subject: mood_file.per_subject.unwrap_or(md.per_subject),
     };
     if mood.per_subject == 0 || mood.per_subject < -1 {
@@ -315,10 +333,11 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         exclude_participants: file.exclude_participants.unwrap_or_default(),
         latency_ms,
         http_listen: http,
-        results_max_age: file
-            .results_max_age_s
-            .map(Duration::from_secs)
-            .unwrap_or(d.results_max_age),
+        results_max_age: history(
+            "results_max_age_s",
+            file.results_max_age_s,
+            d.results_max_age,
+        )?,
         results_per_subject: file.results_per_subject.unwrap_or(d.results_per_subject),
         rescan_interval: d.rescan_interval,
         datachannel,

@@ -155,6 +155,28 @@ pub struct ControlRequest {
     pub participant: Option<String>,
 }
 
+impl ControlRequest {
+    /// Reads and checks a request body: JSON, non-empty ids, names of at most
+    /// [`MAX_CONTROL_NAME`](tap_protocol::affect::MAX_CONTROL_NAME) bytes.
+    pub fn parse(payload: &[u8]) -> Result<ControlRequest, String> {
+        let req: ControlRequest =
+            serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
+        if req.pipeline.is_empty() || req.endpoint.is_empty() {
+            return Err("bad request: empty pipeline or endpoint".into());
+        }
+        let max = tap_protocol::affect::MAX_CONTROL_NAME;
+        let too_long = [Some(&req.pipeline), Some(&req.endpoint)]
+            .into_iter()
+            .chain([req.room.as_ref(), req.participant.as_ref()])
+            .flatten()
+            .any(|s| s.len() > max);
+        if too_long {
+            return Err(format!("bad request: a field is longer than {max} bytes"));
+        }
+        Ok(req)
+    }
+}
+
 enum Command {
     Attach(ControlRequest, oneshot::Sender<Result<String, String>>),
     Detach(ControlRequest, oneshot::Sender<Result<String, String>>),
@@ -464,10 +486,10 @@ async fn serve_control(
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let answer = match serde_json::from_slice::<ControlRequest>(&msg.payload) {
+        let answer = match ControlRequest::parse(&msg.payload) {
             Err(e) => {
                 metrics.bad_control_requests.inc();
-                json!({"ok": false, "error": format!("bad request: {e}")})
+                json!({"ok": false, "error": e})
             }
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();

@@ -274,20 +274,18 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
         }
     };
     let received_us = now_us();
-    if let Some(err) = msg.headers.as_ref().and_then(|h| h.get(header::ERROR)) {
-        let reason = match err.as_str() {
-            "stale" => "worker_stale",
-            "malformed" => "worker_malformed",
-            _ => "worker_error",
-        };
-        d.metrics.dropped(&model, reason);
-        return;
-    }
-    let output: WorkerReply = match serde_json::from_slice(&msg.payload) {
+    let error = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::ERROR))
+        .map(|v| v.as_str());
+    let output = match read_reply(error, &msg.payload) {
         Ok(r) => r,
-        Err(e) => {
-            warn!(%model, error = %e, "unreadable worker reply");
-            d.metrics.dropped(&model, "bad_reply");
+        Err(rejected) => {
+            if let ReplyRejected::Unreadable(e) = &rejected {
+                warn!(%model, error = %e, "unreadable worker reply");
+            }
+            d.metrics.dropped(&model, rejected.reason());
             return;
         }
     };
@@ -313,6 +311,50 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
     });
     let _ = d.results.send(result.clone());
     store(d, &tap.ident, &spec.id, result);
+}
+
+/// Why a worker's reply gives no result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyRejected {
+    /// The worker answered with an error header (`stale`, `malformed`, anything else).
+    Worker(String),
+    /// The body is not a v1 reply.
+    Unreadable(String),
+    /// More labels than [`MAX_REPLY_LABELS`], or a label name longer than [`MAX_LABEL_LEN`].
+    TooLarge,
+}
+
+impl ReplyRejected {
+    /// The `reason` label of `kurento_tap_chunks_dropped_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReplyRejected::Worker(e) if e == "stale" => "worker_stale",
+            ReplyRejected::Worker(e) if e == "malformed" => "worker_malformed",
+            ReplyRejected::Worker(_) => "worker_error",
+            ReplyRejected::Unreadable(_) | ReplyRejected::TooLarge => "bad_reply",
+        }
+    }
+}
+
+/// Most labels a reply may carry (a classifier's classes; the DataChannel sends the top 8).
+pub const MAX_REPLY_LABELS: usize = 1024;
+/// Longest label name in a reply (bytes).
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// Reads a worker's reply: its error header, if any, then the JSON body.
+pub fn read_reply(error: Option<&str>, payload: &[u8]) -> Result<WorkerReply, ReplyRejected> {
+    if let Some(e) = error {
+        return Err(ReplyRejected::Worker(e.to_owned()));
+    }
+    let reply: WorkerReply =
+        serde_json::from_slice(payload).map_err(|e| ReplyRejected::Unreadable(e.to_string()))?;
+    if reply.labels.len() > MAX_REPLY_LABELS
+        || reply.labels.keys().any(|l| l.len() > MAX_LABEL_LEN)
+        || reply.top.as_ref().is_some_and(|t| t.len() > MAX_LABEL_LEN)
+    {
+        return Err(ReplyRejected::TooLarge);
+    }
+    Ok(reply)
 }
 
 /// Publishes a result to JetStream with a message id (a retried publish is stored once).

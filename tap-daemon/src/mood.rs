@@ -12,8 +12,8 @@ use async_nats::jetstream;
 use futures_util::{Stream, StreamExt};
 use room_mood::{MoodConfig, MoodEngine, Observed, PresenterSource};
 use tap_protocol::affect::{
-    room_subject, state_subject, ParticipantState, PresenterRequest, RoomMood, AFFECT_STREAM,
-    CTL_PRESENTER, ROOM_SUBJECTS, STATE_SUBJECTS,
+    room_subject, state_subject, ParticipantState, PresenterRequest, PresenterRequestSource,
+    RoomMood, AFFECT_STREAM, CTL_PRESENTER, ROOM_SUBJECTS, STATE_SUBJECTS,
 };
 use tap_protocol::{safe_token, ResultMessage};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -194,12 +194,11 @@ pub async fn run(
                 sync_declarations(&mut engine, &live, &mut declared);
             }
             Some(msg) = next_control(&mut control) => {
-                let answer = match serde_json::from_slice::<PresenterRequest>(&msg.payload) {
-                    Ok(req) if !req.room.is_empty() && matches!(req.source.as_deref(), None | Some("control" | "tag")) => {
-                        let source = if req.source.as_deref() == Some("tag") {
-                            PresenterSource::Tag
-                        } else {
-                            PresenterSource::Control
+                let answer = match PresenterRequest::parse(&msg.payload) {
+                    Ok((req, source)) => {
+                        let source = match source {
+                            PresenterRequestSource::Tag => PresenterSource::Tag,
+                            PresenterRequestSource::Control => PresenterSource::Control,
                         };
                         engine.set_presenter(
                             &safe_token(&req.room),
@@ -208,13 +207,9 @@ pub async fn run(
                         );
                         serde_json::json!({"ok": true})
                     }
-                    Ok(_) => {
-                        metrics.bad_control_requests.inc();
-                        serde_json::json!({"ok": false, "error": "bad request: empty room or unknown source"})
-                    }
                     Err(e) => {
                         metrics.bad_control_requests.inc();
-                        serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
+                        serde_json::json!({"ok": false, "error": e})
                     }
                 };
                 if let Some(reply) = msg.reply {

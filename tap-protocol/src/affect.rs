@@ -38,6 +38,46 @@ pub struct PresenterRequest {
     pub source: Option<String>,
 }
 
+/// Longest room or participant name a control request may carry (bytes).
+pub const MAX_CONTROL_NAME: usize = 256;
+
+/// Who names a presenter in a [`PresenterRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenterRequestSource {
+    /// An operator or the application.
+    Control,
+    /// A daemon passing on the `kurento-tap.role=presenter` tag.
+    Tag,
+}
+
+impl PresenterRequest {
+    /// Reads and checks a request body: JSON, a non-empty room, names of at most
+    /// [`MAX_CONTROL_NAME`] bytes, a known source.
+    pub fn parse(payload: &[u8]) -> Result<(PresenterRequest, PresenterRequestSource), String> {
+        let req: PresenterRequest =
+            serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
+        if req.room.is_empty() {
+            return Err("bad request: empty room".into());
+        }
+        if req.room.len() > MAX_CONTROL_NAME
+            || req
+                .participant
+                .as_ref()
+                .is_some_and(|p| p.len() > MAX_CONTROL_NAME)
+        {
+            return Err(format!(
+                "bad request: a name is longer than {MAX_CONTROL_NAME} bytes"
+            ));
+        }
+        let source = match req.source.as_deref() {
+            None | Some("control") => PresenterRequestSource::Control,
+            Some("tag") => PresenterRequestSource::Tag,
+            Some(other) => return Err(format!("bad request: unknown source {other:?}")),
+        };
+        Ok((req, source))
+    }
+}
+
 /// The subject of a participant's fused state.
 pub fn state_subject(room: &str, participant: &str) -> String {
     format!(

@@ -1,0 +1,641 @@
+//! The parsers of untrusted input, each run through the product's own code.
+
+use std::path::Path;
+use std::time::Duration;
+
+use classifier_sdk::{Chunk, Data, Samples};
+use kurento_client::protocol::{decode_server_message, ServerMessage};
+use room_mood::{MoodConfig, MoodEngine};
+use tap_daemon::config::{resolve, FileConfig, Overrides};
+use tap_daemon::daemon::ControlRequest;
+use tap_daemon::dispatch::read_reply;
+use tap_daemon::sdp_offer::{check_answer, publisher_media};
+use tap_protocol::affect::{fer2013_declaration, PresenterRequest};
+use tap_protocol::{ChunkMeta, DataChannelMessage, MediaKind, ModelSpec, ResultMessage};
+
+use crate::{Target, Verdict};
+
+/// Every target, in the order reports list them.
+pub fn all() -> Vec<Box<dyn Target>> {
+    vec![
+        Box::new(JsonRpc),
+        Box::new(SdpAnswer),
+        Box::new(ChunkHeaders),
+        Box::new(WorkerReplies),
+        Box::new(RegistryEntries),
+        Box::new(ControlRequests),
+        Box::new(ConfigFile),
+    ]
+}
+
+fn verdict<T, E>(r: &Result<T, E>) -> Verdict {
+    if r.is_ok() {
+        Verdict::Accepted
+    } else {
+        Verdict::Rejected
+    }
+}
+
+fn text(input: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(input)
+}
+
+/// Frames from KMS (real KMS 7.3 frames as seeds), through the decoder and the typed events.
+pub struct JsonRpc;
+
+const KMS_FRAMES: &[&str] = &[
+    r#"{"id":1,"jsonrpc":"2.0","result":{"value":"pong"}}"#,
+    r#"{"id":2,"jsonrpc":"2.0","result":{"sessionId":"80ad","value":"5f87_kurento.MediaPipeline"}}"#,
+    r#"{"error":{"code":40008,"data":{"type":"MALFORMED_TRANSACTION"},"message":"Method 'x' with 0 parameters not found"},"id":14,"jsonrpc":"2.0"}"#,
+    r#"{"jsonrpc":"2.0","method":"onEvent","params":{"value":{"data":{"candidate":{"__module__":"kurento","__type__":"IceCandidate","candidate":"candidate:1 1 UDP 2015363583 127.0.0.1 40150 typ host","sdpMLineIndex":0,"sdpMid":"audio0"},"source":"W","tags":[],"timestampMillis":"1796010846163","type":"IceCandidateFound"},"object":"W","type":"IceCandidateFound"}}}"#,
+    r#"{"jsonrpc":"2.0","method":"onEvent","params":{"value":{"data":{"object":"P/E","source":"manager_ServerManager","tags":[],"timestampMillis":"1","type":"ObjectCreated"},"object":"manager_ServerManager","type":"ObjectCreated"}}}"#,
+    r#"{"jsonrpc":"2.0","method":"onEvent","params":{"value":{"data":{"objectId":"5f87_kurento.MediaPipeline/1a2b_kurento.WebRtcEndpoint","source":"manager_ServerManager","tags":[{"key":"kurento-tap.room","value":"r"}],"timestampMillis":"2","type":"ObjectDestroyed"},"object":"manager_ServerManager","type":"ObjectDestroyed"}}}"#,
+    r#"{"id":3,"jsonrpc":"2.0","result":{"sessionId":"S","value":[{"id":0,"result":{"value":"P/R_kurento.RtpEndpoint"}},{"id":1,"error":{"code":40101,"message":"m"}}]}}"#,
+    r#"{"id":4,"jsonrpc":"2.0","result":{"hierarchy":["kurento.BaseRtpEndpoint","kurento.SdpEndpoint","kurento.SessionEndpoint","kurento.Endpoint","kurento.MediaElement","kurento.MediaObject"],"qualifiedType":"kurento.WebRtcEndpoint","sessionId":"S","type":"WebRtcEndpoint"}}"#,
+];
+
+impl Target for JsonRpc {
+    fn name(&self) -> &'static str {
+        "jsonrpc"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        KMS_FRAMES.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "true",
+            "\"\"",
+            "\\u0000",
+            "\\ud800",
+            "\u{1F600}",
+            "\"id\":",
+            "\"result\":",
+            "\"error\":",
+            "\"method\":\"onEvent\"",
+            "\"params\":",
+            "\"value\":",
+            "\"data\":",
+            "\"type\":",
+            "\"object\":",
+            "\"code\":",
+            "\"sessionId\":",
+            "ObjectCreated",
+            "IceCandidateFound",
+            "_kurento.",
+            "/",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let message = decode_server_message(&text(input));
+        if let Ok(ServerMessage::Event(ev)) = &message {
+            let _ = serde_json::from_value::<kurento_client::IceCandidateFound>(ev.data.clone());
+            let _ = serde_json::from_value::<kurento_client::ObjectCreated>(ev.data.clone());
+            let _ = serde_json::from_value::<kurento_client::ObjectDestroyed>(ev.data.clone());
+            let _ = serde_json::from_value::<kurento_client::ElementConnected>(ev.data.clone());
+        }
+        verdict(&message)
+    }
+}
+
+/// KMS's SDP answers to the tap's offer, and the publishers' SDPs the daemon reads.
+pub struct SdpAnswer;
+
+const SDPS: &[&str] = &[
+    "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=Kurento Media Server\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio 40266 RTP/AVP 111\r\na=sendonly\r\na=rtcp:40267\r\na=rtpmap:111 opus/48000/2\r\nm=video 40462 RTP/AVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n",
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 103 96\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 profile-level-id=42e01f\r\na=rtpmap:96 VP8/90000\r\n",
+    "v=0\r\no=- 3 1 IN IP4 127.0.0.1\r\ns=Kurento Media Server\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\na=sctp-port:5000\r\n",
+];
+
+impl Target for SdpAnswer {
+    fn name(&self) -> &'static str {
+        "sdp"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        SDPS.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "\r\n",
+            "\n",
+            "m=audio ",
+            "m=video ",
+            "m=application ",
+            "a=rtcp:",
+            "a=rtpmap:",
+            "a=fmtp:",
+            "a=mid:",
+            "c=IN IP4 ",
+            "c=IN IP6 ::1",
+            "a=sendonly",
+            "a=inactive",
+            " RTP/AVP ",
+            "opus/48000/2",
+            "VP8/90000",
+            "H264/90000",
+            " 0 ",
+            " 65535 ",
+            "=",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let sdp = text(input);
+        let both = check_answer(&sdp, true, true);
+        let _ = check_answer(&sdp, true, false);
+        let _ = check_answer(&sdp, false, true);
+        let media = publisher_media(&sdp, Some(&sdp));
+        let _ = webrtc_data::application_ports(&sdp);
+        let _ = webrtc_data::media_ids(&sdp);
+        if let Ok(ports) = &both {
+            for addr in [ports.audio_rtcp, ports.video_rtcp].into_iter().flatten() {
+                assert!(addr.port() != 0, "an accepted answer names RTCP port 0");
+            }
+        }
+        if both.is_ok() || media.is_ok() {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        }
+    }
+}
+
+/// A chunk as a worker receives it. Harness format: `Name: value` header lines, then a line
+/// `#payload N` giving the payload's size (N bytes of zeros, at most [`MAX_PAYLOAD`]: NATS
+/// delivers nothing larger than its `max_payload`).
+pub struct ChunkHeaders;
+
+/// The largest payload NATS delivers by default.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+
+fn chunk_seed(meta: &ChunkMeta, payload: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for (k, v) in meta.to_headers() {
+        s.push_str(&format!("{k}: {v}\n"));
+    }
+    s.push_str(&format!("#payload {payload}\n"));
+    s.into_bytes()
+}
+
+impl Target for ChunkHeaders {
+    fn name(&self) -> &'static str {
+        "chunk"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        use tap_protocol::{Layout, ModelId, PixelFormat, SampleFormat};
+        let meta = |layout| ChunkMeta {
+            room: "room-1".into(),
+            participant: "ana".into(),
+            endpoint: "5f87_kurento.MediaPipeline/1a2b_kurento.WebRtcEndpoint".into(),
+            model: ModelId::new("fer", "1"),
+            seq: 42,
+            capture_us: 1_796_010_846_163_000,
+            sent_us: 1_796_010_846_170_000,
+            deadline_us: 1_796_010_846_663_000,
+            layout,
+        };
+        vec![
+            chunk_seed(
+                &meta(Layout::Video {
+                    format: PixelFormat::Rgb24,
+                    width: 64,
+                    height: 48,
+                }),
+                64 * 48 * 3,
+            ),
+            chunk_seed(
+                &meta(Layout::Video {
+                    format: PixelFormat::Gray8,
+                    width: 48,
+                    height: 48,
+                }),
+                48 * 48,
+            ),
+            chunk_seed(
+                &meta(Layout::Audio {
+                    format: SampleFormat::F32,
+                    rate: 16_000,
+                    channels: 1,
+                }),
+                16_000 * 4 / 10,
+            ),
+            chunk_seed(
+                &meta(Layout::Audio {
+                    format: SampleFormat::S16,
+                    rate: 48_000,
+                    channels: 2,
+                }),
+                48_000 * 2 * 2 / 10,
+            ),
+        ]
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "\n",
+            ": ",
+            "Tap-",
+            "RGB24",
+            "GRAY8",
+            "I420",
+            "F32LE",
+            "S16LE",
+            "video",
+            "audio",
+            "#payload ",
+            "fer@1",
+            "@",
+            "0",
+            "-1",
+            "4294967295",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let text = text(input);
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        let mut payload_len = 0usize;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("#payload ") {
+                payload_len = n.trim().parse::<usize>().unwrap_or(0).min(MAX_PAYLOAD);
+            } else if let Some((k, v)) = line.split_once(": ") {
+                headers.push((k, v));
+            }
+        }
+        let payload = vec![0u8; payload_len];
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        let chunk = Chunk::parse(get, &payload);
+        if let Ok(c) = &chunk {
+            match &c.data {
+                Data::Video(f) => {
+                    let need = f.format.frame_size(f.width, f.height);
+                    assert_eq!(f.pixels.len(), need, "accepted frame of the wrong size");
+                    assert!(f.width > 0 && f.height > 0, "accepted an empty frame");
+                }
+                Data::Audio(a) => {
+                    assert!(
+                        a.rate > 0 && a.channels > 0,
+                        "accepted audio without a rate"
+                    );
+                    let bytes = match &a.samples {
+                        Samples::F32(s) => s.len() * 4,
+                        Samples::S16(s) => s.len() * 2,
+                    };
+                    assert_eq!(bytes, payload.len(), "samples lost in the window");
+                }
+            }
+        }
+        verdict(&chunk)
+    }
+}
+
+/// Workers' replies, on to the result the daemon publishes, the DataChannel message, and the
+/// fusion. Harness format: an optional first line `error: X` (the `Tap-Error` header), then the
+/// body.
+pub struct WorkerReplies;
+
+impl Target for WorkerReplies {
+    fn name(&self) -> &'static str {
+        "reply"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        [
+            r#"{"labels":{"angry":0.02,"fear":0.01,"happy":0.91,"neutral":0.04,"sad":0.01,"surprise":0.01},"top":"happy","extras":{"box":[0.31,0.22,0.4,0.52],"keypoints":[[0.4,0.35],[0.6,0.35],[0.5,0.45],[0.5,0.6],[0.3,0.4],[0.7,0.4]],"attentive":true},"queue_ms":0.4,"inference_ms":1.1}"#,
+            r#"{"labels":{},"top":null,"extras":{"no_face":true},"queue_ms":0.1,"inference_ms":0.9}"#,
+            r#"{"labels":{"speech":0.8,"aroused":0.66,"calm":0.34},"top":"aroused","extras":{"pitch_hz":182.5,"rms_db":-23.1}}"#,
+            "error: stale\n",
+            "error: malformed\n{}",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect()
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "true",
+            "1e308",
+            "-1e308",
+            "\"labels\":",
+            "\"top\":",
+            "\"extras\":",
+            "\"no_face\":",
+            "\"attentive\":",
+            "\"happy\":",
+            "\"speech\":",
+            "error: ",
+            "\n",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let text = text(input);
+        let (error, body) = match text.strip_prefix("error: ") {
+            Some(rest) => {
+                let (e, body) = rest.split_once('\n').unwrap_or((rest, ""));
+                (Some(e), body)
+            }
+            None => (None, &*text),
+        };
+        let Ok(output) = read_reply(error, body.as_bytes()) else {
+            return Verdict::Rejected;
+        };
+        let result = ResultMessage {
+            v: tap_protocol::VERSION,
+            room: "room-1".into(),
+            participant: "ana".into(),
+            endpoint: "E".into(),
+            model: "fer".into(),
+            version: "1".into(),
+            media: MediaKind::Video,
+            seq: 1,
+            capture_ms: 1_796_010_846_163.0,
+            output,
+            latency_ms: 12.0,
+            round_trip_ms: 3.0,
+        };
+        serde_json::to_vec(&result).expect("an accepted result is publishable");
+        let dc = DataChannelMessage::from_result(&result);
+        let dc_json = serde_json::to_vec(&dc).expect("its DataChannel message encodes");
+        assert!(dc.labels.len() <= 8, "DataChannel message over 8 labels");
+        assert!(
+            dc_json.len() < 16 * 1024,
+            "DataChannel message of {} bytes",
+            dc_json.len()
+        );
+        let mut engine = MoodEngine::new(MoodConfig::default());
+        engine.declare("fer", "1", fer2013_declaration());
+        engine.observe(&result);
+        for state in engine.states(result.capture_ms + 100.0) {
+            for v in [state.valence, state.arousal].into_iter().flatten() {
+                assert!((-1.0..=1.0).contains(&v), "fused value {v} out of range");
+            }
+            assert!(
+                (0.0..=1.0).contains(&state.confidence),
+                "confidence out of range"
+            );
+        }
+        let _ = engine.tick(result.capture_ms + 1000.0);
+        Verdict::Accepted
+    }
+}
+
+/// Model registry entries (workers write them; the daemon trusts none).
+pub struct RegistryEntries;
+
+impl Target for RegistryEntries {
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        let video = r#"{"protocol":1,"name":"fer","version":"1","media":"video","video":{"fps":5.0,"width":320,"height":240,"format":"RGB24"},"labels":["angry","fear","happy","neutral","sad","surprise"],"max_in_flight":2,"deadline_ms":500,"heartbeat_ms":2000,"updated_ms":1796010846163}"#;
+        let audio = r#"{"protocol":1,"name":"voice","version":"1","media":"audio","audio":{"window_ms":1000,"hop_ms":500,"sample_rate":16000,"channels":1,"format":"F32LE"},"labels":["calm","aroused","speech"],"deadline_ms":1500}"#;
+        let mut with_affect: ModelSpec = serde_json::from_str(video).expect("seed spec");
+        with_affect.affect = Some(fer2013_declaration());
+        vec![
+            video.as_bytes().to_vec(),
+            audio.as_bytes().to_vec(),
+            serde_json::to_vec(&with_affect).expect("spec encodes"),
+        ]
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "0",
+            "-1",
+            "4294967295",
+            "65535",
+            "1e9",
+            "\"width\":",
+            "\"height\":",
+            "\"fps\":",
+            "\"sample_rate\":",
+            "\"window_ms\":",
+            "\"deadline_ms\":",
+            "\"affect\":",
+            "\"valence\":",
+            "\"arousal\":",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let Ok(spec) = serde_json::from_slice::<ModelSpec>(input) else {
+            return Verdict::Rejected;
+        };
+        let reason = tap_daemon::registry::reject_reason(&spec, MAX_PAYLOAD);
+        let _ = spec.is_live(1_796_010_846_163);
+        let _ = tap_protocol::chunk_subject(&spec.id);
+        if reason.is_some() {
+            return Verdict::Rejected;
+        }
+        assert!(
+            spec.chunk_size() > 0,
+            "an accepted spec asks for empty chunks"
+        );
+        assert!(
+            spec.chunk_size() + tap_daemon::registry::HEADER_ALLOWANCE <= MAX_PAYLOAD,
+            "an accepted spec's chunks do not fit the server"
+        );
+        Verdict::Accepted
+    }
+}
+
+/// Control requests (`tap.v1.ctl.attach`, `.detach`, `.presenter`).
+pub struct ControlRequests;
+
+impl Target for ControlRequests {
+    fn name(&self) -> &'static str {
+        "control"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        [
+            r#"{"pipeline":"5f87_kurento.MediaPipeline","endpoint":"5f87_kurento.MediaPipeline/1a2b_kurento.WebRtcEndpoint","room":"standup","participant":"ana"}"#,
+            r#"{"pipeline":"P","endpoint":"P/E"}"#,
+            r#"{"room":"standup","participant":"ana"}"#,
+            r#"{"room":"standup","participant":null,"source":"tag"}"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect()
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "{",
+            "}",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "\"\"",
+            "\"pipeline\":",
+            "\"endpoint\":",
+            "\"room\":",
+            "\"participant\":",
+            "\"source\":",
+            "\"control\"",
+            "\"tag\"",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let attach = ControlRequest::parse(input);
+        if let Ok(r) = &attach {
+            assert!(!r.pipeline.is_empty() && !r.endpoint.is_empty());
+        }
+        let presenter = PresenterRequest::parse(input);
+        if let Ok((r, _)) = &presenter {
+            assert!(!r.room.is_empty());
+            let _ = tap_protocol::safe_token(&r.room);
+        }
+        if attach.is_ok() || presenter.is_ok() {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        }
+    }
+}
+
+/// The daemon's config file, parsed and resolved as `kurento-tap run --config` does.
+pub struct ConfigFile;
+
+/// The example in `tap-daemon/src/config.rs`'s documentation: the seed stays what users copy.
+fn documented_config() -> String {
+    let source = include_str!("../../tap-daemon/src/config.rs");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in source.lines() {
+        let Some(doc) = line.strip_prefix("//!") else {
+            continue;
+        };
+        let doc = doc.strip_prefix(' ').unwrap_or(doc);
+        if doc.starts_with("```") {
+            if inside {
+                break;
+            }
+            inside = doc.starts_with("```toml");
+            continue;
+        }
+        if inside {
+            out.push_str(doc);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Target for ConfigFile {
+    fn name(&self) -> &'static str {
+        "config"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        let doc = documented_config();
+        // Without the credentials file line: it names a path that only exists on a server.
+        let minimal = "kurento = \"ws://kms:8888/kurento\"\nports = \"40000-40099\"\n[mood]\nenabled = false\n";
+        vec![doc.into_bytes(), minimal.as_bytes().to_vec()]
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "\n",
+            " = ",
+            "\"",
+            "[",
+            "]",
+            "[mood]\n",
+            "[datachannel]\n",
+            "[tags]\n",
+            "true",
+            "-1",
+            "1e308",
+            "nan",
+            "inf",
+            "18446744073709551615",
+            "max_wait_ms",
+            "max_age_s",
+            "results_max_age_s",
+            "smoothing_s",
+            "ports",
+            "ice_ports",
+            "#",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let Ok(file) = FileConfig::parse(&text(input), Path::new("fuzz.toml")) else {
+            return Verdict::Rejected;
+        };
+        let Ok(config) = resolve(file, Overrides::default()) else {
+            return Verdict::Rejected;
+        };
+        // Durations end up added to `Instant`s: a resolved config must not overflow them.
+        let now = std::time::Instant::now();
+        for d in [
+            config.datachannel.max_wait,
+            config.results_max_age,
+            config.mood.max_age,
+            Duration::from_millis(u64::from(config.latency_ms)),
+        ] {
+            assert!(
+                now.checked_add(d).is_some(),
+                "duration {d:?} overflows an Instant"
+            );
+            assert!(
+                d <= Duration::from_secs(10 * 365 * 86_400),
+                "duration {d:?} accepted"
+            );
+        }
+        assert!(config.ports.0 < config.ports.1, "port range reversed");
+        Verdict::Accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_is_accepted() {
+        for target in all() {
+            for (i, seed) in target.seeds().iter().enumerate() {
+                if target.name() == "reply" && seed.starts_with(b"error: ") {
+                    assert_eq!(target.check(seed), Verdict::Rejected);
+                    continue;
+                }
+                assert_eq!(
+                    target.check(seed),
+                    Verdict::Accepted,
+                    "{} seed {i}: {}",
+                    target.name(),
+                    crate::show_input(seed, 400)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_config_is_found() {
+        let doc = documented_config();
+        assert!(
+            doc.contains("[datachannel]") && doc.contains("[mood]"),
+            "{doc}"
+        );
+    }
+}
