@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 mod chunk;
 mod metrics;
 #[cfg(feature = "onnx")]

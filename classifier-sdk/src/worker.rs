@@ -12,6 +12,8 @@ use tap_protocol::{
     chunk_subject, header, queue_group, safe_token, ChunkMeta, ModelSpec, WorkerReply,
 };
 use tokio::sync::{oneshot, Semaphore};
+
+use crate::admission::InferenceEstimate;
 use tracing::{debug, info, warn};
 
 use crate::chunk::Chunk;
@@ -313,6 +315,7 @@ async fn serve<C: Classifier>(
     client: async_nats::Client,
 ) -> Result<(), WorkerError> {
     let permits = Arc::new(Semaphore::new(concurrency));
+    let estimate = Arc::new(Mutex::new(InferenceEstimate::new()));
     loop {
         let permit = tokio::select! {
             _ = &mut stop => break,
@@ -332,8 +335,9 @@ async fn serve<C: Classifier>(
         }
         let pool = pool.clone();
         let metrics = metrics.clone();
+        let estimate = estimate.clone();
         tokio::spawn(async move {
-            handle(batch, pool, &metrics).await;
+            handle(batch, pool, &metrics, &estimate).await;
             drop(permit);
         });
     }
@@ -363,7 +367,9 @@ async fn handle<C: Classifier>(
     requests: Vec<async_nats::service::Request>,
     pool: Arc<Mutex<Vec<C>>>,
     metrics: &WorkerMetrics,
+    estimate: &Mutex<InferenceEstimate>,
 ) {
+    let estimate_now = *estimate.lock().unwrap_or_else(|e| e.into_inner());
     let mut accepted = Vec::with_capacity(requests.len());
     for request in requests {
         let received = Instant::now();
@@ -381,6 +387,13 @@ async fn handle<C: Classifier>(
             }
             Ok(meta) if now_us() >= meta.deadline_us => {
                 metrics.drop_reason("stale");
+                reply_error(&request, "stale").await;
+            }
+            // Answered too late to be used: the daemon gets "stale" now, the model's time goes to
+            // chunks that can make it.
+            Ok(meta) if estimate_now.would_miss(now_us(), meta.deadline_us) => {
+                estimate.lock().unwrap_or_else(|e| e.into_inner()).refused();
+                metrics.drop_reason("would_miss");
                 reply_error(&request, "stale").await;
             }
             Ok(meta) => accepted.push(Accepted {
@@ -453,6 +466,10 @@ async fn handle<C: Classifier>(
     }
     // A batch's inference time is shared by its chunks.
     let inference_ms = inference.as_secs_f64() * 1e3 / count as f64;
+    estimate
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe((inference_ms * 1e3) as u64);
     for (a, result) in accepted.into_iter().zip(results) {
         let prediction = match result {
             Ok(p) => p,

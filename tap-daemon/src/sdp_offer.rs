@@ -253,6 +253,12 @@ pub fn check_answer(
         if m.media_name.port.value <= 0 {
             return Err(SdpError::Answer(format!("{kind} rejected (port 0)")));
         }
+        let port = u16::try_from(m.media_name.port.value).map_err(|_| {
+            SdpError::Answer(format!(
+                "{kind} port {} out of range",
+                m.media_name.port.value
+            ))
+        })?;
         if m.media_name.formats.first().map(String::as_str) != Some(pt.to_string().as_str()) {
             return Err(SdpError::Answer(format!(
                 "{kind} answered with formats {:?}, not {pt}",
@@ -269,11 +275,20 @@ pub fn check_answer(
         let ip: IpAddr = ip
             .parse()
             .map_err(|_| SdpError::Answer(format!("bad address {ip}")))?;
-        let rtcp_port = attrs(m, "rtcp")
-            .next()
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(m.media_name.port.value as u16 + 1);
+        // `a=rtcp` when given (RFC 3605), else the RTP port + 1; never port 0.
+        let rtcp_port = match attrs(m, "rtcp").next() {
+            Some(v) => v
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| SdpError::Answer(format!("{kind} a=rtcp:{v} is not a port")))?,
+            None => port.checked_add(1).ok_or_else(|| {
+                SdpError::Answer(format!(
+                    "{kind} port {port} leaves no room for RTCP at port + 1"
+                ))
+            })?,
+        };
         let addr = Some(SocketAddr::new(ip, rtcp_port));
         if kind == "audio" {
             out.audio_rtcp = addr;
@@ -293,6 +308,20 @@ pub fn check_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_with_ports_out_of_range_are_refused() {
+        let base = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio PORT RTP/AVP 111\r\nRTCPa=rtpmap:111 opus/48000/2\r\n";
+        let answer = |port: &str, rtcp: &str| base.replace("PORT", port).replace("RTCP", rtcp);
+        assert!(check_answer(&answer("65535", ""), true, false).is_err());
+        assert!(check_answer(&answer("70000", ""), true, false).is_err());
+        assert!(check_answer(&answer("40000", "a=rtcp:0\r\n"), true, false).is_err());
+        assert!(check_answer(&answer("40000", "a=rtcp:x\r\n"), true, false).is_err());
+        let ok = check_answer(&answer("65535", "a=rtcp:40001\r\n"), true, false).unwrap();
+        assert_eq!(ok.audio_rtcp.unwrap().port(), 40001);
+        let ok = check_answer(&answer("40000", ""), true, false).unwrap();
+        assert_eq!(ok.audio_rtcp.unwrap().port(), 40001);
+    }
 
     #[test]
     fn offer_has_the_publishers_codec_and_no_remb() {

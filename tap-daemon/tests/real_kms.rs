@@ -46,7 +46,7 @@ async fn assert_rates(
             assert!(
                 n as f64 >= 0.6 * rate * window.as_secs_f64(),
                 "{name}: {n} {m} results in {window:?} ({counts:?})\nmetrics:\n{}",
-                support::http_get(call.metrics.unwrap(), "/metrics").await
+                call.all_metrics().await
             );
             // Still flowing at the end, not a burst at the start.
             let last = seen
@@ -223,6 +223,9 @@ fn real_kms_tagged_rooms_h264_audio_only_and_video_only_publishers() {
         let counts = per_participant(&seen);
         eprintln!("results in {window:?}: {counts:?}");
         let n = |p: &str, m: &str| counts.get(&(p.into(), m.into())).copied().unwrap_or(0);
+        if n("ana", "audio") < (0.6 * 2.0 * window.as_secs_f64()) as usize {
+            eprintln!("metrics:\n{}", call.all_metrics().await);
+        }
         let video_min = (0.6 * FER_FPS * window.as_secs_f64()) as usize;
         let audio_min = (0.6 * 2.0 * window.as_secs_f64()) as usize;
         assert!(n("ana", "video") >= video_min, "H.264 video: {counts:?}");

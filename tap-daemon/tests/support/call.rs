@@ -20,6 +20,9 @@ pub const OWNER_KEY: &str = "kurento-tap.owner";
 pub const FER_FPS: f64 = 5.0;
 /// The daemon's RTP port range in these calls (iptables' MIN:MAX form): the tap leg KMS → daemon.
 pub const TAP_PORTS: &str = "44000:44999";
+/// The workers' /metrics, inside the call's own network namespace.
+const FER_METRICS: &str = "127.0.0.1:9471";
+const VOICE_METRICS: &str = "127.0.0.1:9472";
 
 /// One result seen on NATS.
 #[derive(Debug, Clone)]
@@ -132,11 +135,40 @@ impl Call {
             &self.nats.url,
             "--fps",
             &FER_FPS.to_string(),
+            "--metrics",
+            FER_METRICS,
         ]);
         self.workers.push(Proc::spawn("fer-worker", fer));
         let mut voice = Command::new(workspace_bin("audio-worker"));
-        voice.args(["run", "--nats", &self.nats.url]);
+        voice.args([
+            "run",
+            "--nats",
+            &self.nats.url,
+            "--metrics",
+            VOICE_METRICS,
+        ]);
         self.workers.push(Proc::spawn("audio-worker", voice));
+    }
+
+    /// What the daemon and the workers count: the story of a failed rate assertion.
+    pub async fn all_metrics(&self) -> String {
+        let mut out = String::new();
+        if let Some(daemon) = self.metrics {
+            out += &format!(
+                "--- kurento-tap\n{}",
+                support::http_get(daemon, "/metrics").await
+            );
+        }
+        for (name, addr) in [("fer-worker", FER_METRICS), ("audio-worker", VOICE_METRICS)] {
+            let text = support::http_get(addr.parse().expect("address"), "/metrics").await;
+            let counted: String = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            out += &format!("--- {name}\n{counted}");
+        }
+        out
     }
 
     pub async fn start_daemon(&mut self, owner: &str) {
