@@ -114,9 +114,27 @@ async fn overhead(nats: &Nats, label: &str, spec: ModelSpec, payload: bytes::Byt
     worker.stop().await.unwrap();
 }
 
-async fn load(nats: &Nats, workers: usize, factor: f64) {
-    let cost = Duration::from_millis(20); // one worker: 50 chunks/s
-    let capacity = 50.0 * workers as f64;
+/// How a load row runs.
+#[derive(Clone, Copy)]
+struct Scenario {
+    /// The model's time per chunk.
+    cost_ms: u64,
+    /// Time already spent when a chunk is offered (an audio window is dated at its start: a 1 s
+    /// window is offered 1 s after its capture time).
+    age_ms: u64,
+    /// The worker's deadline-aware admission.
+    admission: bool,
+}
+
+const PLAIN: Scenario = Scenario {
+    cost_ms: 20,
+    age_ms: 0,
+    admission: true,
+};
+
+async fn load(nats: &Nats, workers: usize, factor: f64, scenario: Scenario) {
+    let cost = Duration::from_millis(scenario.cost_ms);
+    let capacity = 1000.0 / scenario.cost_ms as f64 * workers as f64;
     let participants = 10;
     let per_participant_rate = capacity * factor / participants as f64;
     let spec = {
@@ -137,7 +155,10 @@ async fn load(nats: &Nats, workers: usize, factor: f64) {
                 spec: spec.clone(),
                 cost,
             })
-            .options(WorkerOptions::new(&nats.url))
+            .options(WorkerOptions {
+                deadline_admission: scenario.admission,
+                ..WorkerOptions::new(&nats.url)
+            })
             .start()
             .await
             .unwrap(),
@@ -161,7 +182,7 @@ async fn load(nats: &Nats, workers: usize, factor: f64) {
                 for s in sinks.iter() {
                     s.offer(TapChunk {
                         spec: spec.clone(),
-                        capture_us: now_us(),
+                        capture_us: now_us() - scenario.age_ms * 1000,
                         payload: payload.clone(),
                     });
                 }
@@ -186,18 +207,26 @@ async fn load(nats: &Nats, workers: usize, factor: f64) {
     producer.await.unwrap();
     let delivered = lat.len() as f64 / (run_for.as_secs_f64() - 1.0);
     let m = metrics.encode();
-    let dropped: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("kurento_tap_chunks_dropped_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let count = |reason: Option<&str>| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("kurento_tap_chunks_dropped_total{"))
+            .filter(|l| reason.is_none_or(|r| l.contains(&format!("reason=\"{r}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let dropped = count(None);
     println!(
-        "{workers} worker(s) × 20 ms, offered {:>5.0}/s ({factor:>4.1}x capacity): delivered {delivered:>5.1}/s, latency p50 {:>6.1} ms p95 {:>6.1} ms max {:>6.1} ms, second half p50 {:>6.1} ms; dropped {dropped:.0}",
+        "{workers} worker(s) × {} ms, chunks {} ms old, admission {}, offered {:>5.0}/s ({factor:>4.1}x capacity): delivered {delivered:>5.1}/s, latency p50 {:>6.1} ms p95 {:>6.1} ms max {:>6.1} ms, second half p50 {:>6.1} ms; dropped {dropped:.0} (timeout {:.0}, worker_stale {:.0})",
+        scenario.cost_ms,
+        scenario.age_ms,
+        if scenario.admission { "on" } else { "off" },
         capacity * factor,
         pct(&mut lat.clone(), 0.5),
         pct(&mut lat.clone(), 0.95),
         lat.iter().cloned().fold(0.0, f64::max),
         pct(&mut late_half, 0.5),
+        count(Some("timeout")),
+        count(Some("worker_stale")),
     );
     for w in running {
         w.stop().await.unwrap();
@@ -241,7 +270,20 @@ async fn main() {
     .await;
     for workers in [1, 3] {
         for factor in [1.0, 3.0, 10.0] {
-            load(&nats, workers, factor).await;
+            load(&nats, workers, factor, PLAIN).await;
+        }
+    }
+    // A tight budget, side by side with and without the worker's deadline-aware admission: chunks
+    // offered with 300 ms left (a voice window's shape: dated at its start), a model at 50 ms, so a
+    // worker's subscription buffer (8) holds more waiting work than the budget covers.
+    for factor in [1.0, 3.0] {
+        for admission in [false, true] {
+            let tight = Scenario {
+                cost_ms: 50,
+                age_ms: 700,
+                admission,
+            };
+            load(&nats, 1, factor, tight).await;
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct WorkerOptions {
     pub http_listen: Option<SocketAddr>,
     /// Chunks handed to one `predict_batch` call when several are waiting (default 1: no batching).
     pub max_batch: usize,
+    /// Refuse (answer `stale`) a chunk with less time left than an inference takes, before
+    /// inference (default true; see [`crate::admission`]).
+    pub deadline_admission: bool,
 }
 
 impl WorkerOptions {
@@ -51,6 +54,7 @@ impl WorkerOptions {
             subscription_capacity: 8,
             http_listen: None,
             max_batch: 1,
+            deadline_admission: true,
         }
     }
 
@@ -238,12 +242,14 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
         let pool = Arc::new(Mutex::new(std::mem::take(&mut instances)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let max_batch = self.options.max_batch.max(1);
+        let admission = self.options.deadline_admission;
         let task = tokio::spawn(serve(
             endpoint,
             service,
             pool,
             concurrency,
             max_batch,
+            admission,
             metrics.clone(),
             stop_rx,
             heartbeat,
@@ -309,6 +315,7 @@ async fn serve<C: Classifier>(
     pool: Arc<Mutex<Vec<C>>>,
     concurrency: usize,
     max_batch: usize,
+    admission: bool,
     metrics: Arc<WorkerMetrics>,
     mut stop: oneshot::Receiver<()>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -337,7 +344,7 @@ async fn serve<C: Classifier>(
         let metrics = metrics.clone();
         let estimate = estimate.clone();
         tokio::spawn(async move {
-            handle(batch, pool, &metrics, &estimate).await;
+            handle(batch, pool, &metrics, admission.then_some(&*estimate)).await;
             drop(permit);
         });
     }
@@ -367,9 +374,9 @@ async fn handle<C: Classifier>(
     requests: Vec<async_nats::service::Request>,
     pool: Arc<Mutex<Vec<C>>>,
     metrics: &WorkerMetrics,
-    estimate: &Mutex<InferenceEstimate>,
+    estimate: Option<&Mutex<InferenceEstimate>>,
 ) {
-    let estimate_now = *estimate.lock().unwrap_or_else(|e| e.into_inner());
+    let estimate_now = estimate.map(|e| *e.lock().unwrap_or_else(|e| e.into_inner()));
     let mut accepted = Vec::with_capacity(requests.len());
     for request in requests {
         let received = Instant::now();
@@ -391,8 +398,10 @@ async fn handle<C: Classifier>(
             }
             // Answered too late to be used: the daemon gets "stale" now, the model's time goes to
             // chunks that can make it.
-            Ok(meta) if estimate_now.would_miss(now_us(), meta.deadline_us) => {
-                estimate.lock().unwrap_or_else(|e| e.into_inner()).refused();
+            Ok(meta) if estimate_now.is_some_and(|e| e.would_miss(now_us(), meta.deadline_us)) => {
+                if let Some(e) = estimate {
+                    e.lock().unwrap_or_else(|e| e.into_inner()).refused();
+                }
                 metrics.drop_reason("would_miss");
                 reply_error(&request, "stale").await;
             }
@@ -466,10 +475,11 @@ async fn handle<C: Classifier>(
     }
     // A batch's inference time is shared by its chunks.
     let inference_ms = inference.as_secs_f64() * 1e3 / count as f64;
-    estimate
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .observe((inference_ms * 1e3) as u64);
+    if let Some(e) = estimate {
+        e.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe((inference_ms * 1e3) as u64);
+    }
     for (a, result) in accepted.into_iter().zip(results) {
         let prediction = match result {
             Ok(p) => p,

@@ -5,7 +5,13 @@
 
 use std::path::PathBuf;
 
+use std::sync::{Arc, Mutex};
+
+use audio_worker::arousal::{
+    class_scores, BaselineConfig, Baselines, VoiceFeatures, EMODB_MODEL, EMODB_POPULATION,
+};
 use audio_worker::ser::{Features, Layout, Ser, SerConfig};
+use audio_worker::Arousal;
 use audio_worker::{analyze_window, default_models_dir, read_wav, Vad, RATE, SILERO_SHA256};
 use clap::{Parser, Subcommand};
 use classifier_sdk::*;
@@ -61,6 +67,12 @@ enum Command {
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
     },
+    /// Measures arousal on Berlin EmoDB (its `wav/` folder) leave-one-speaker-out, against the
+    /// fixed formula, and prints the model fitted on all speakers.
+    EvaluateArousal {
+        /// Folder of EmoDB's WAV files (names like 03a01Wa.wav).
+        emodb: PathBuf,
+    },
     /// Analyse WAV files; prints JSON per window.
     Analyze {
         /// Files.
@@ -71,10 +83,15 @@ enum Command {
     },
 }
 
+/// Voices remembered per worker process (the least recently heard is forgotten first).
+const MAX_SPEAKERS: usize = 4096;
+
 struct Voice {
     vad: Vad,
     ser: Option<Ser>,
     spec: ModelSpec,
+    /// Every participant's voice baseline, shared by this process's model instances.
+    baselines: Arc<Mutex<Baselines>>,
 }
 
 impl Classifier for Voice {
@@ -88,16 +105,36 @@ impl Classifier for Voice {
         if a.rate != RATE || a.channels != 1 {
             return Err(ClassifierError::Unsupported);
         }
-        let w = analyze_window(&mut self.vad, &a.samples.to_f32(), 0.0)
+        let mut w = analyze_window(&mut self.vad, &a.samples.to_f32(), 0.0)
             .map_err(|e| ClassifierError::Failed(e.to_string()))?;
         let mut scores = vec![("speech", f64::from(w.speech_probability))];
-        if let Some(s) = w.arousal_score {
-            let s = f64::from(s);
-            // Soft class scores around the thresholds (0.35, 0.6), summing to 1.
-            let calm = (1.0 - s / 0.35).clamp(0.0, 1.0);
-            let aroused = ((s - 0.6) / 0.4).clamp(0.0, 1.0);
-            let neutral = (1.0 - calm - aroused).max(0.0);
-            scores.extend([("calm", calm), ("neutral", neutral), ("aroused", aroused)]);
+        // Arousal against this participant's own baseline (the window's formula score is not
+        // used: register and microphone decided it).
+        let features = w
+            .speaking
+            .then(|| VoiceFeatures::new(w.loudness_dbfs, w.f0_median_hz, w.f0_std_hz))
+            .flatten();
+        w.arousal_score = None;
+        w.arousal = None;
+        let mut baseline_windows = None;
+        if let Some(f) = features {
+            let speaker = format!("{}/{}", chunk.meta.room, chunk.meta.endpoint);
+            let (p, heard) = self
+                .baselines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .score(&speaker, &f, &EMODB_MODEL);
+            let classes = class_scores(p);
+            w.arousal_score = Some(p as f32);
+            w.arousal = Some(if classes[0].1 > 0.0 {
+                Arousal::Calm
+            } else if classes[2].1 > 0.0 {
+                Arousal::Aroused
+            } else {
+                Arousal::Neutral
+            });
+            baseline_windows = Some(heard);
+            scores.extend(classes);
         }
         let ser = match (&mut self.ser, w.speaking) {
             (Some(model), true) => Some(
@@ -118,6 +155,11 @@ impl Classifier for Voice {
             })
             .or_else(|| Some(if w.speaking { "speech" } else { "silent" }.to_owned()));
         let mut extras = serde_json::to_value(&w).unwrap_or_default();
+        if let Some(heard) = baseline_windows {
+            // How much of this voice the baseline has heard: below ~20 windows it is mostly the
+            // population's.
+            extras["baseline_windows"] = serde_json::json!(heard.round());
+        }
         if let Some(ser) = ser {
             extras["ser"] = ser
                 .into_iter()
@@ -154,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         Ser::load(c.clone())?;
     }
     match cli.command {
+        Command::EvaluateArousal { emodb } => evaluate_arousal(&vad_path, &emodb),
         Command::Analyze { wavs, window_ms } => {
             let mut vad = Vad::load(&vad_path, Some(SILERO_SHA256))?;
             let mut ser = ser_config.map(Ser::load).transpose()?;
@@ -199,7 +242,13 @@ async fn main() -> anyhow::Result<()> {
             );
             spec.deadline_ms = window_ms + 1000;
             spec.affect = Some(classifier_sdk::affect::voice_arousal_declaration());
+            let baselines = Arc::new(Mutex::new(Baselines::new(
+                EMODB_POPULATION,
+                BaselineConfig::default(),
+                MAX_SPEAKERS,
+            )));
             let factory = move || Voice {
+                baselines: baselines.clone(),
                 vad: Vad::load(&vad_path, Some(SILERO_SHA256)).expect("checked at start"),
                 ser: ser_config
                     .clone()
@@ -215,4 +264,86 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn evaluate_arousal(vad_path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    use audio_worker::evaluate::{
+        emodb_label, fit_all, formula_figures, leave_one_speaker_out, Clip, Figures,
+    };
+    let mut vad = Vad::load(vad_path, Some(SILERO_SHA256))?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".wav"))
+        .collect();
+    names.sort();
+    let started = std::time::Instant::now();
+    let mut clips = Vec::new();
+    let mut unlabelled = 0;
+    for name in &names {
+        let Some((speaker, gender, high)) = emodb_label(name) else {
+            unlabelled += 1;
+            continue;
+        };
+        let samples = read_wav(&dir.join(name))?;
+        let w = analyze_window(&mut vad, &samples, 0.0)?;
+        let features = w
+            .speaking
+            .then(|| VoiceFeatures::new(w.loudness_dbfs, w.f0_median_hz, w.f0_std_hz))
+            .flatten();
+        clips.push(Clip {
+            name: name.clone(),
+            speaker,
+            gender,
+            high,
+            features,
+            formula_aroused: w.arousal.map(|a| a == Arousal::Aroused),
+        });
+    }
+    let analysed = started.elapsed();
+    let cfg = BaselineConfig::default();
+    let used = clips.iter().filter(|c| c.high.is_some()).count();
+    let without = clips
+        .iter()
+        .filter(|c| c.high.is_some() && c.features.is_none())
+        .count();
+    println!(
+        "{} clips ({unlabelled} unlabelled), {used} with an arousal label (disgust left out), {without} without voiced speech; analysed in {:.1} s ({:.1} ms per clip)",
+        clips.len(),
+        analysed.as_secs_f64(),
+        analysed.as_secs_f64() * 1e3 / clips.len().max(1) as f64
+    );
+    let show = |title: &str, f: &Figures| {
+        let speakers: Vec<f64> = f.by_speaker.values().copied().collect();
+        let (lo, hi) = speakers
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        println!(
+            "{title:<52} balanced {:5.1} %  women {:5.1} %  men {:5.1} %  gap {:4.1} pts  speakers {:5.1}–{:5.1} %  ({} clips)",
+            f.balanced * 100.0,
+            f.by_gender.get(&'f').copied().unwrap_or(f64::NAN) * 100.0,
+            f.by_gender.get(&'m').copied().unwrap_or(f64::NAN) * 100.0,
+            (f.by_gender.get(&'f').copied().unwrap_or(0.0)
+                - f.by_gender.get(&'m').copied().unwrap_or(0.0))
+            .abs()
+                * 100.0,
+            lo * 100.0,
+            hi * 100.0,
+            f.scored
+        );
+    };
+    show(
+        "fixed formula (aroused = high; calm, neutral = low)",
+        &formula_figures(&clips),
+    );
+    show(
+        "speaker-adaptive, LOSO, bias fitted",
+        &leave_one_speaker_out(&clips, &cfg, true),
+    );
+    show(
+        "speaker-adaptive, LOSO, no bias (shipped)",
+        &leave_one_speaker_out(&clips, &cfg, false),
+    );
+    let (pop, model) = fit_all(&clips, &cfg, false);
+    println!("fitted on all speakers (the bundled constants):\n  population mean {:?} std {:?}\n  weights {:?} bias {:.4}", pop.mean, pop.std, model.weights, model.bias);
+    Ok(())
 }

@@ -55,6 +55,55 @@ fn speech_is_speaking_and_silence_is_silent() {
     );
 }
 
+/// Two synthetic voices an octave apart in register: against their own baselines, each one's
+/// raised rendition scores high and its usual voice does not, whatever the register.
+#[test]
+fn arousal_is_judged_against_each_voices_own_baseline() {
+    use audio_worker::arousal::{
+        BaselineConfig, Baselines, VoiceFeatures, EMODB_MODEL, EMODB_POPULATION,
+    };
+    let features = |w: &[audio_worker::WindowAnalysis]| -> Vec<VoiceFeatures> {
+        w.iter()
+            .filter(|w| w.speaking)
+            .filter_map(|w| VoiceFeatures::new(w.loudness_dbfs, w.f0_median_hz, w.f0_std_hz))
+            .collect()
+    };
+    let mut baselines = Baselines::new(EMODB_POPULATION, BaselineConfig::default(), 16);
+    for (speaker, usual_pitch, raised_pitch) in [("deep", "10", "45"), ("high", "60", "95")] {
+        let usual = features(&analyse(&speak(
+            &format!("{speaker}-usual"),
+            &["-p", usual_pitch],
+        )));
+        let raised = features(&analyse(&speak(
+            &format!("{speaker}-raised"),
+            &["-p", raised_pitch],
+        )));
+        assert!(!usual.is_empty() && !raised.is_empty());
+        // A few minutes of the usual voice make the baseline.
+        for _ in 0..20 {
+            for f in &usual {
+                baselines.score(speaker, f, &EMODB_MODEL);
+            }
+        }
+        let mean = |fs: &[VoiceFeatures], b: &mut Baselines| {
+            let ps: Vec<f64> = fs
+                .iter()
+                .map(|f| b.clone().score(speaker, f, &EMODB_MODEL).0)
+                .collect();
+            ps.iter().sum::<f64>() / ps.len() as f64
+        };
+        let (u, r) = (mean(&usual, &mut baselines), mean(&raised, &mut baselines));
+        assert!(
+            u < 0.65,
+            "{speaker}: its usual voice reads aroused ({u:.2})"
+        );
+        assert!(
+            r > 0.65 && r > u + 0.3,
+            "{speaker}: raised {r:.2} vs usual {u:.2}"
+        );
+    }
+}
+
 #[test]
 fn a_louder_higher_rendition_scores_higher_arousal() {
     let mean_arousal = |w: &[audio_worker::WindowAnalysis]| {

@@ -140,13 +140,7 @@ impl Call {
         ]);
         self.workers.push(Proc::spawn("fer-worker", fer));
         let mut voice = Command::new(workspace_bin("audio-worker"));
-        voice.args([
-            "run",
-            "--nats",
-            &self.nats.url,
-            "--metrics",
-            VOICE_METRICS,
-        ]);
+        voice.args(["run", "--nats", &self.nats.url, "--metrics", VOICE_METRICS]);
         self.workers.push(Proc::spawn("audio-worker", voice));
     }
 
