@@ -3,7 +3,9 @@ latest result per model, computed by the workers, and each room's latest mood. A
 run (the demo's limit), then the command that prints room moods as JSON lines
 (`kurento-tap results --kind room --follow --format jsonl ...`)."""
 import json
+import os
 import subprocess
+import urllib.request
 import sys
 import threading
 import time
@@ -35,6 +37,31 @@ def describe_mood(m):
     return f"{who}; {m['contributors']} of {m['participants']} contribute: valence {val}, arousal {aro}, attentive {att}; {emotions}"
 
 
+quality = {}
+
+
+def load_quality():
+    """Each model's declared accuracy (the daemon's /models): a score is not the chance of being
+    right, so the demo says how often the model is (docs/models.md)."""
+    url = os.environ.get("TAP_MODELS_URL")
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            for m in json.load(resp):
+                if m.get("quality"):
+                    quality[m["name"]] = m["quality"]
+    except (OSError, ValueError):
+        pass
+
+
+def describe_quality(model):
+    q = quality.get(model)
+    if not q:
+        return "accuracy not declared"
+    return f"right {q['value'] * 100:.0f}% ({q['metric']}, chance {100 / q['classes']:.0f}%)"
+
+
 def describe(r):
     labels, extras = r.get("labels", {}), r.get("extras") or {}
     if r["model"] == "fer":
@@ -61,9 +88,11 @@ def main():
         latest[(r["room"], r["participant"], r["model"])] = r
         now = time.time()
         if now - last_print >= 1.0:
+            if any(m not in quality for (_, _, m) in latest) and now - started < 60:
+                load_quality()
             last_print = now
             for (room, who, model), r in sorted(latest.items()):
-                print(f"{room}/{who:<6} {model + '@' + r['version']:<9} {describe(r):<58} capture->result {r['latency_ms']:6.1f} ms", flush=True)
+                print(f"{room}/{who:<6} {model + '@' + r['version']:<9} {describe(r):<58} capture->result {r['latency_ms']:6.1f} ms  [{describe_quality(model)}]", flush=True)
             with moods_lock:
                 for room, m in sorted(moods.items()):
                     print(f"{room} room mood: {describe_mood(m)}", flush=True)

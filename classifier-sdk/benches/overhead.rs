@@ -212,7 +212,8 @@ async fn load(nats: &Nats, workers: usize, factor: f64, scenario: Scenario) {
             .filter(|l| l.starts_with("kurento_tap_chunks_dropped_total{"))
             .filter(|l| reason.is_none_or(|r| l.contains(&format!("reason=\"{r}\""))))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     };
     let dropped = count(None);
     println!(

@@ -38,8 +38,8 @@ pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};
 pub use metrics::WorkerMetrics;
 pub use tap_protocol::affect;
 pub use tap_protocol::{
-    AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelSpec, PixelFormat, SampleFormat,
-    VideoChunkSpec,
+    AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelQuality, ModelSpec, PixelFormat,
+    SampleFormat, VideoChunkSpec,
 };
 pub use worker::{shutdown_signal, RunningWorker, Worker, WorkerError, WorkerOptions};
 
@@ -145,6 +145,7 @@ fn base(
         heartbeat_ms: 2000,
         updated_ms: 0,
         affect: None,
+        quality: None,
     }
 }
 

@@ -407,6 +407,12 @@ impl Target for RegistryEntries {
         let audio = r#"{"protocol":1,"name":"voice","version":"1","media":"audio","audio":{"window_ms":1000,"hop_ms":500,"sample_rate":16000,"channels":1,"format":"F32LE"},"labels":["calm","aroused","speech"],"deadline_ms":1500}"#;
         let mut with_affect: ModelSpec = serde_json::from_str(video).expect("seed spec");
         with_affect.affect = Some(fer2013_declaration());
+        with_affect.quality = Some(tap_protocol::ModelQuality {
+            dataset: "FER2013 private test, 6 classes".into(),
+            metric: "balanced accuracy".into(),
+            value: 0.56,
+            classes: 6,
+        });
         vec![
             video.as_bytes().to_vec(),
             audio.as_bytes().to_vec(),

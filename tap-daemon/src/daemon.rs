@@ -341,6 +341,7 @@ impl Daemon {
                     nats.clone(),
                     dispatcher.clone(),
                     affect.clone(),
+                    live.clone(),
                 )
                 .await?;
                 tasks.push(task);

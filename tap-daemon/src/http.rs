@@ -1,7 +1,8 @@
 //! `/metrics` (Prometheus text), `/healthz`, and the live dashboard: `/` (a page with no build step)
 //! fed by `/events` (Server-Sent Events: every result as it arrives, after the latest one per
 //! room, participant and model for a page that just opened; and, with the fusion on, every room
-//! mood and fused state) and `/history` (the room moods of the last 30 minutes, from JetStream).
+//! mood and fused state), `/history` (the room moods of the last 30 minutes, from JetStream) and
+//! `/models` (the live model specs, with each model's declared quality).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use futures_util::StreamExt as _;
 use tap_protocol::affect::AFFECT_STREAM;
 use tokio::sync::{broadcast, watch};
 
+use crate::chunker::LiveSpecs;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::mood::AffectUpdate;
@@ -35,6 +37,15 @@ struct AppState {
     dispatcher: Arc<Dispatcher>,
     latest: Latest,
     affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
+    live: LiveSpecs,
+}
+
+/// The live model specs (what the registry holds and the daemon serves), as JSON.
+async fn models(State(s): State<AppState>) -> impl IntoResponse {
+    let specs = s.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let list: Vec<&tap_protocol::ModelSpec> = specs.iter().map(|s| &**s).collect();
+    let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 /// Room moods kept in JetStream for a page that just opened, oldest first.
@@ -203,6 +214,7 @@ pub async fn serve(
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
+    live: LiveSpecs,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let latest: Latest = Default::default();
     let keeper = tokio::spawn(keep_latest(dispatcher.subscribe_results(), latest.clone()));
@@ -210,6 +222,7 @@ pub async fn serve(
         .route("/", get(dashboard))
         .route("/events", get(events))
         .route("/history", get(history))
+        .route("/models", get(models))
         .route("/metrics", get(self::metrics))
         .route("/healthz", get(healthz))
         .with_state(AppState {
@@ -219,6 +232,7 @@ pub async fn serve(
             dispatcher,
             latest,
             affect,
+            live,
         });
     let listener = tokio::net::TcpListener::bind(addr)
         .await

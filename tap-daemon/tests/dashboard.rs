@@ -29,7 +29,13 @@ async fn the_dashboard_shows_participants_and_updates() {
         .await
         .unwrap();
     wait_taps(&daemon, 2).await;
-    let spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    let mut spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    spec.quality = Some(tap_protocol::ModelQuality {
+        dataset: "a test set".into(),
+        metric: "balanced accuracy".into(),
+        value: 0.56,
+        classes: 6,
+    });
     let (_seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
     let _reg = Registration::new(&client, spec).await;
 
@@ -69,6 +75,21 @@ async fn the_dashboard_shows_participants_and_updates() {
         page.eval("document.getElementById('status').textContent")
             .await,
         json!("live")
+    );
+    // The model's declared accuracy is shown with its answers (from GET /models).
+    let mut caption = json!(null);
+    for _ in 0..50 {
+        caption = page.eval("document.querySelector('[data-participant=\"ana\"] [data-field=\"quality\"]').textContent").await;
+        if caption == json!("right 56% (balanced accuracy, chance 17%)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(caption, json!("right 56% (balanced accuracy, chance 17%)"));
+    let models = support::http_get(daemon.http_addr.unwrap(), "/models").await;
+    assert!(
+        models.contains("\"quality\":{\"dataset\":\"a test set\""),
+        "{models}"
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;

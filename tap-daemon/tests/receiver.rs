@@ -38,6 +38,7 @@ fn video_spec(name: &str, v: VideoChunkSpec) -> Arc<ModelSpec> {
         heartbeat_ms: 1000,
         updated_ms: 0,
         affect: None,
+        quality: None,
     })
 }
 
@@ -113,6 +114,7 @@ async fn decoded_media_is_cut_per_spec() {
             heartbeat_ms: 1000,
             updated_ms: 0,
             affect: None,
+            quality: None,
         }),
     ];
     let live = Arc::new(RwLock::new(Arc::new(specs)));

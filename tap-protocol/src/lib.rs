@@ -324,6 +324,23 @@ pub struct ModelSpec {
     /// model's results are not fused. Additive to v1: older readers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affect: Option<affect::AffectDeclaration>,
+    /// How often the model is right, as its author measured it on labelled data: shown next to its
+    /// answers, because a score is not a probability of being right (`docs/models.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<ModelQuality>,
+}
+
+/// A model's measured quality (see [`ModelSpec::quality`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelQuality {
+    /// What it was measured on, e.g. `FER2013 private test, 6 classes`.
+    pub dataset: String,
+    /// The metric, e.g. `balanced accuracy`.
+    pub metric: String,
+    /// Its value in [0, 1].
+    pub value: f64,
+    /// Classes the metric is over (chance is 1 / classes for a balanced accuracy).
+    pub classes: u32,
 }
 
 fn default_output() -> String {
@@ -408,6 +425,17 @@ impl ModelSpec {
         if let Some(a) = &self.affect {
             if let Err(e) = a.validate() {
                 return bad(&e.to_string());
+            }
+        }
+        if let Some(q) = &self.quality {
+            if !(0.0..=1.0).contains(&q.value)
+                || q.classes < 2
+                || q.dataset.is_empty()
+                || q.metric.is_empty()
+                || q.dataset.len() > 200
+                || q.metric.len() > 64
+            {
+                return bad("quality needs a dataset, a metric, a value in [0, 1] and ≥ 2 classes");
             }
         }
         Ok(())
@@ -951,6 +979,7 @@ mod tests {
             heartbeat_ms: 1000,
             updated_ms: 10_000,
             affect: None,
+            quality: None,
         };
         s.validate().unwrap();
         assert_eq!(s.chunk_size(), 64 * 64);

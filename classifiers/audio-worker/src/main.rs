@@ -242,6 +242,15 @@ async fn main() -> anyhow::Result<()> {
             );
             spec.deadline_ms = window_ms + 1000;
             spec.affect = Some(classifier_sdk::affect::voice_arousal_declaration());
+            // `audio-worker evaluate-arousal` on Berlin EmoDB (docs/models.md).
+            spec.quality = Some(ModelQuality {
+                dataset:
+                    "Berlin EmoDB, high vs low arousal, leave-one-speaker-out (docs/models.md)"
+                        .into(),
+                metric: "balanced accuracy".into(),
+                value: 0.945,
+                classes: 2,
+            });
             let baselines = Arc::new(Mutex::new(Baselines::new(
                 EMODB_POPULATION,
                 BaselineConfig::default(),

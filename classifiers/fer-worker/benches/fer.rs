@@ -229,7 +229,70 @@ fn batching() {
     );
 }
 
+/// The two models alone in ONNX Runtime (same session options as the worker: one intra-op thread,
+/// no spinning), on prepared input tensors: no letterbox, no decoding, no crop. The limit of what
+/// any pipeline around them could do; printed with the detect-every-N limits.
+fn bare_models() {
+    use classifier_sdk::onnx::{self, ort};
+    let dir = default_models_dir();
+    let mut detector = onnx::load(
+        &dir.join("blazeface_front_128.onnx"),
+        Some(fer_worker::BLAZEFACE_SHA256),
+    )
+    .unwrap();
+    let mut emotion = onnx::load(
+        &dir.join("fer_mini_xception.onnx"),
+        Some(fer_worker::FER_SHA256),
+    )
+    .unwrap();
+    let image: Vec<f32> = (0..128 * 128 * 3)
+        .map(|i| ((i * 31) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    let crop: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..50 {
+            f();
+        }
+        let n = 2000;
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64() / n as f64
+    };
+    let det = time(&mut || {
+        let input =
+            ort::value::TensorRef::from_array_view(([1usize, 128, 128, 3], &image[..])).unwrap();
+        detector.run(ort::inputs!["input:0" => input]).unwrap();
+    });
+    let fer = time(&mut || {
+        let input =
+            ort::value::TensorRef::from_array_view(([1usize, 64, 64, 1], &crop[..])).unwrap();
+        emotion.run(ort::inputs!["input" => input]).unwrap();
+    });
+    println!();
+    println!("| bare models in ONNX Runtime (the limit) | ms/frame | frames/s per core |");
+    println!("|---|---|---|");
+    println!("| BlazeFace alone | {:.3} | {:.0} |", det * 1e3, 1.0 / det);
+    println!(
+        "| mini-XCEPTION alone | {:.3} | {:.0} |",
+        fer * 1e3,
+        1.0 / fer
+    );
+    for n in [1.0, 3.0, 5.0, 10.0] {
+        let per = det / n + fer;
+        println!(
+            "| both, detector every {n} frames | {:.3} | {:.0} |",
+            per * 1e3,
+            1.0 / per
+        );
+    }
+}
+
 fn main() {
+    bare_models();
     let mut pipeline = load();
     for (w, h) in [(320usize, 240usize), (640, 480)] {
         for face in [true, false] {

@@ -174,6 +174,7 @@ pub fn video_spec(
         heartbeat_ms: 500,
         updated_ms: 0,
         affect: None,
+        quality: None,
     }
 }
 
@@ -197,6 +198,7 @@ pub fn audio_spec(name: &str) -> ModelSpec {
         heartbeat_ms: 500,
         updated_ms: 0,
         affect: None,
+        quality: None,
     }
 }
 
