@@ -61,6 +61,7 @@ fn taps(dispatcher: &Arc<Dispatcher>, n: usize) -> Vec<TapSink> {
                     room: "bench".into(),
                     participant: format!("p{i}"),
                     endpoint: format!("e{i}"),
+                    kms: "bench".into(),
                     instance: format!("i{i}"),
                 },
                 dispatcher.clone(),

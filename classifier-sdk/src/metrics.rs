@@ -31,6 +31,10 @@ pub struct WorkerMetrics {
     pub inference: Histogram,
     /// Capture → reply sent, seconds.
     pub capture_to_result: Histogram,
+    /// Inference time summed over the slots, microseconds (the load reports' busy time).
+    pub busy_us: Counter,
+    /// Chunks refused (every drop reason), for the load reports.
+    pub refused: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -53,6 +57,8 @@ impl WorkerMetrics {
             queue_wait: h(),
             inference: h(),
             capture_to_result: h(),
+            busy_us: Counter::default(),
+            refused: Counter::default(),
         };
         registry.register("chunks_received", "Chunks received", m.received.clone());
         registry.register(
@@ -77,11 +83,17 @@ impl WorkerMetrics {
             "Capture to reply sent",
             m.capture_to_result.clone(),
         );
+        registry.register(
+            "busy_microseconds",
+            "Inference time summed over the slots (load reports: busy / (period × slots))",
+            m.busy_us.clone(),
+        );
         WorkerMetrics { registry, ..m }
     }
 
     /// Counts a dropped chunk.
     pub fn drop_reason(&self, reason: &str) {
+        self.refused.inc();
         self.dropped
             .get_or_create(&Reason {
                 reason: reason.to_owned(),

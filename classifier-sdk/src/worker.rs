@@ -239,6 +239,12 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
         register(&kv, &spec).await?;
         info!(model = %spec.id, concurrency, "worker serving");
         let heartbeat = tokio::spawn(keep_registered(kv, spec.clone()));
+        let reporter = tokio::spawn(report_load(
+            client.clone(),
+            spec.id.clone(),
+            concurrency as u32,
+            metrics.clone(),
+        ));
         let pool = Arc::new(Mutex::new(std::mem::take(&mut instances)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let max_batch = self.options.max_batch.max(1);
@@ -253,6 +259,7 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
             metrics.clone(),
             stop_rx,
             heartbeat,
+            reporter,
             client,
         ));
         Ok(RunningWorker {
@@ -308,6 +315,59 @@ async fn keep_registered(kv: jetstream::kv::Store, spec: ModelSpec) {
     }
 }
 
+/// How often a worker reports its load.
+const LOAD_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes, every second, what this instance did in the last period (`tap.v1.load.*`): daemons
+/// turn it into the capacity and saturation a scaler reads.
+async fn report_load(
+    client: async_nats::Client,
+    model: tap_protocol::ModelId,
+    slots: u32,
+    metrics: Arc<WorkerMetrics>,
+) {
+    let instance = format!(
+        "{}-{}",
+        std::process::id(),
+        client.new_inbox().rsplit('.').next().unwrap_or("x")
+    );
+    let subject = tap_protocol::load::load_subject(&model);
+    let mut last = (
+        Instant::now(),
+        metrics.busy_us.get(),
+        metrics.predicted.get(),
+        metrics.refused.get(),
+    );
+    let mut tick = tokio::time::interval(LOAD_REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = (
+            Instant::now(),
+            metrics.busy_us.get(),
+            metrics.predicted.get(),
+            metrics.refused.get(),
+        );
+        let period_ms = now.0.duration_since(last.0).as_millis().max(1) as u64;
+        let report = tap_protocol::load::LoadReport {
+            v: tap_protocol::VERSION,
+            model: model.clone(),
+            instance: instance.clone(),
+            slots,
+            period_ms,
+            // An inference that straddles two periods is counted whole in the second: clamp.
+            busy_ms: ((now.1 - last.1) as f64 / 1e3).min(period_ms as f64 * f64::from(slots)),
+            answered: now.2 - last.2,
+            refused: now.3 - last.3,
+        };
+        last = now;
+        if let Ok(body) = serde_json::to_vec(&report) {
+            let _ = client.publish(subject.clone(), body.into()).await;
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve<C: Classifier>(
     mut endpoint: async_nats::service::endpoint::Endpoint,
@@ -319,6 +379,7 @@ async fn serve<C: Classifier>(
     metrics: Arc<WorkerMetrics>,
     mut stop: oneshot::Receiver<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    reporter: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
 ) -> Result<(), WorkerError> {
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -352,6 +413,7 @@ async fn serve<C: Classifier>(
     let _ = endpoint.stop().await;
     let _ = permits.acquire_many(concurrency as u32).await;
     heartbeat.abort();
+    reporter.abort();
     let _ = service.stop().await;
     let _ = client.drain().await;
     info!("worker stopped");
@@ -454,6 +516,7 @@ async fn handle<C: Classifier>(
     .await;
     metrics.busy.dec();
     let inference = started.elapsed();
+    metrics.busy_us.inc_by(inference.as_micros() as u64);
     let results = match outcome {
         Ok(Ok(r)) if r.len() == count => r,
         Ok(Ok(_)) => vec![],

@@ -360,6 +360,7 @@ impl Target for WorkerReplies {
             room: "room-1".into(),
             participant: "ana".into(),
             endpoint: "E".into(),
+            kms: None,
             model: "fer".into(),
             version: "1".into(),
             media: MediaKind::Video,

@@ -53,6 +53,7 @@ fn results(rooms: usize, per_room: usize, seconds: usize) -> Vec<ResultMessage> 
                         room: format!("room-{r}"),
                         participant: format!("p-{p}"),
                         endpoint: String::new(),
+                        kms: None,
                         model: model.into(),
                         version: "1".into(),
                         media,

@@ -27,6 +27,7 @@ fn result(room: &str, who: &str, model: &str, at_ms: f64, labels: &[(&str, f64)]
         room: room.into(),
         participant: who.into(),
         endpoint: format!("ep-{who}"),
+        kms: None,
         model: model.into(),
         version: "1".into(),
         media,

@@ -35,6 +35,15 @@
 //! max_age_s = 86400               # history kept in JetStream TAP_AFFECT_V1
 //! per_subject = 14400             # and at most this many per participant / room (4 h at 1/s)
 //!
+//! kms_name = "kms-a"              # this KMS in lease keys and the cluster view (default: host:port)
+//!
+//! [cluster]                     # several daemons share the KMS's rooms (docs/operations.md)
+//! enabled = false
+//! lease_ttl_ms = 3000             # a dead daemon's rooms are taken over after this (+ ~1 s)
+//! renew_ms = 1000
+//! margin_ms = 1000                # a holder stops trusting its lease ttl - margin after renewing
+//! placement_delay_ms = 1500       # a busier daemon leaves a new room to idler ones this long
+//!
 //! [tags]
 //! room = "kurento-tap.room"
 //! participant = "kurento-tap.participant"
@@ -91,6 +100,26 @@ pub struct FileConfig {
     pub datachannel: Option<DataChannelFile>,
     /// Fusion and room mood.
     pub mood: Option<MoodFile>,
+    /// This KMS's name.
+    pub kms_name: Option<String>,
+    /// Several daemons.
+    pub cluster: Option<ClusterFile>,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// On/off.
+    pub enabled: Option<bool>,
+    /// Lease entries expire this long after their last write.
+    pub lease_ttl_ms: Option<u64>,
+    /// Renewal interval.
+    pub renew_ms: Option<u64>,
+    /// Trust margin.
+    pub margin_ms: Option<u64>,
+    /// Placement delay.
+    pub placement_delay_ms: Option<u64>,
 }
 
 /// The `[mood]` table.
@@ -205,6 +234,62 @@ pub struct Overrides {
     pub datachannel_rate: Option<f64>,
     /// Whose results each participant receives.
     pub datachannel_audience: Option<crate::injector::Audience>,
+    /// Cluster mode on/off.
+    pub cluster: Option<bool>,
+    /// This KMS's name.
+    pub kms_name: Option<String>,
+}
+
+/// Parses the KMS list: `ws://h:8888/kurento`, or several as `name=url` separated by commas
+/// (a bare URL is named by its host:port).
+pub fn parse_kms_list(s: &str) -> Result<Vec<crate::daemon::KmsTarget>, ConfigError> {
+    let mut out: Vec<crate::daemon::KmsTarget> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, url) = match item.split_once('=') {
+            Some((n, u)) if !n.contains("://") => (n.trim().to_owned(), u.trim().to_owned()),
+            _ => (crate::daemon::kms_name_from_url(item), item.to_owned()),
+        };
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(ConfigError::Invalid(format!(
+                "kurento {item:?}: expected ws://host:port/kurento (or name=ws://…)"
+            )));
+        }
+        check_kms_name(&name)?;
+        if out.iter().any(|t| t.name == name) {
+            return Err(ConfigError::Invalid(format!(
+                "kurento: two KMS named {name:?}; name them (name=url,…)"
+            )));
+        }
+        out.push(crate::daemon::KmsTarget { name, url });
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Invalid("kurento: no KMS URL".into()));
+    }
+    if out.len() > 64 {
+        return Err(ConfigError::Invalid(
+            "kurento: at most 64 KMS per daemon".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_kms_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(ConfigError::Invalid(
+            "a KMS name must be 1 to 100 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// This machine's host name (a pod's name on Kubernetes).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
 }
 
 /// Longest history kept in JetStream, seconds (ten years).
@@ -319,15 +404,74 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             "mood per_subject must be positive (or -1: unlimited)".into(),
         ));
     }
+    let cluster_file = file.cluster.unwrap_or_default();
+    let ls = crate::lease::LeaseSettings::default();
+    let lease_ms = |key: &str, v: Option<u64>, default: Duration| match v {
+        Some(ms) if ms > 600_000 => Err(ConfigError::Invalid(format!(
+            "{key} must be at most 600000"
+        ))),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
+    let lease = crate::lease::LeaseSettings {
+        ttl: lease_ms("cluster lease_ttl_ms", cluster_file.lease_ttl_ms, ls.ttl)?,
+        renew_every: lease_ms("cluster renew_ms", cluster_file.renew_ms, ls.renew_every)?,
+        margin: lease_ms("cluster margin_ms", cluster_file.margin_ms, ls.margin)?,
+        placement_delay: lease_ms(
+            "cluster placement_delay_ms",
+            cluster_file.placement_delay_ms,
+            ls.placement_delay,
+        )?,
+    };
+    lease
+        .validate()
+        .map_err(|e| ConfigError::Invalid(format!("cluster: {e}")))?;
+    let cluster = crate::cluster::ClusterSettings {
+        enabled: o.cluster.or(cluster_file.enabled).unwrap_or(false),
+        lease,
+    };
+    let mut targets = match o.kurento.or(file.kurento) {
+        Some(list) => parse_kms_list(&list)?,
+        None => vec![crate::daemon::KmsTarget {
+            name: crate::daemon::kms_name_from_url(&d.kurento_url),
+            url: d.kurento_url.clone(),
+        }],
+    };
+    if let Some(name) = o.kms_name.or(file.kms_name) {
+        if targets.len() > 1 {
+            return Err(ConfigError::Invalid(
+                "kms_name names one KMS: with several, name each in the list (name=url,…)".into(),
+            ));
+        }
+        check_kms_name(&name)?;
+        targets[0].name = name;
+    }
+    let first = targets.remove(0);
+    let (kurento_url, kms_name, additional_kms) = (first.url, first.name, targets);
+    let owner = match o.owner.or(file.owner) {
+        Some(owner) => owner,
+        // Daemons sharing a KMS tell their objects apart by owner: one per host by default.
+        None if cluster.enabled => format!("{}-{}", d.owner, host_name()),
+        None => d.owner,
+    };
+    if owner.is_empty() || owner.len() > 200 {
+        return Err(ConfigError::Invalid(
+            "owner must be 1 to 200 characters".into(),
+        ));
+    }
     Ok(DaemonConfig {
-        kurento_url: o.kurento.or(file.kurento).unwrap_or(d.kurento_url),
+        kurento_url,
+        kms_name,
+        additional_kms,
+        cluster,
+        scaling_window: d.scaling_window,
         nats_url: o.nats.or(file.nats).unwrap_or(d.nats_url),
         nats_creds: file.nats_creds,
         nats_token: file.nats_token,
         bind_ip: o.bind.or(file.bind).unwrap_or(d.bind_ip),
         ports,
         tags: file.tags.unwrap_or_default(),
-        owner: o.owner.or(file.owner).unwrap_or(d.owner),
+        owner,
         include_rooms: file.include_rooms.unwrap_or_default(),
         exclude_rooms: file.exclude_rooms.unwrap_or_default(),
         exclude_participants: file.exclude_participants.unwrap_or_default(),

@@ -69,6 +69,8 @@ pub struct TapIdent {
     pub participant: String,
     /// The publisher's endpoint id.
     pub endpoint: String,
+    /// The KMS's name.
+    pub kms: String,
     /// Unique per tap instance (message ids for JetStream de-duplication).
     pub instance: String,
 }
@@ -155,6 +157,13 @@ impl ChunkSink for TapSink {
         }
         let lane = tap.lane(&chunk.spec);
         let model = chunk.spec.id.to_string();
+        tap.dispatcher
+            .metrics
+            .chunks_offered
+            .get_or_create(&ModelLabel {
+                model: model.clone(),
+            })
+            .inc();
         let replaced = lane
             .pending
             .lock()
@@ -300,6 +309,7 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
         room: tap.ident.room.clone(),
         participant: tap.ident.participant.clone(),
         endpoint: tap.ident.endpoint.clone(),
+        kms: Some(tap.ident.kms.clone()),
         model: spec.id.name.clone(),
         version: spec.id.version.clone(),
         media: spec.media,

@@ -32,7 +32,7 @@ type Latest =
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    kms: watch::Receiver<ConnectionState>,
+    kms: Vec<(String, watch::Receiver<ConnectionState>)>,
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     latest: Latest,
@@ -191,13 +191,25 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let kms_ok = s.kms.borrow().is_connected();
+    let up: Vec<(&str, bool)> = s
+        .kms
+        .iter()
+        .map(|(name, state)| (name.as_str(), state.borrow().is_connected()))
+        .collect();
+    // Ready while some KMS is reachable: a daemon watching several must not be restarted for one.
+    let kms_ok = up.iter().any(|(_, ok)| *ok);
     let nats_ok = s.nats.connection_state() == async_nats::connection::State::Connected;
-    let body = format!(
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let mut body = format!(
         "kms: {}\nnats: {}\n",
-        if kms_ok { "ok" } else { "down" },
-        if nats_ok { "ok" } else { "down" }
+        word(kms_ok && up.iter().all(|(_, ok)| *ok)),
+        word(nats_ok)
     );
+    if up.len() > 1 {
+        for (name, ok) in &up {
+            body.push_str(&format!("kms {name}: {}\n", word(*ok)));
+        }
+    }
     let code = if kms_ok && nats_ok {
         StatusCode::OK
     } else {
@@ -210,7 +222,7 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    kms: watch::Receiver<ConnectionState>,
+    kms: Vec<(String, watch::Receiver<ConnectionState>)>,
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,

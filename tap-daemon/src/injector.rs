@@ -658,6 +658,7 @@ mod tests {
             room: "r".into(),
             participant: "p".into(),
             endpoint: "e".into(),
+            kms: None,
             model: model.into(),
             version: "1".into(),
             media: MediaKind::Video,

@@ -4,12 +4,14 @@
 
 pub mod capture_clock;
 pub mod chunker;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod injector;
+pub mod lease;
 pub mod metrics;
 pub mod mood;
 pub mod orphans;
@@ -17,7 +19,9 @@ pub mod ports;
 pub mod receiver;
 pub mod registry;
 pub mod results;
+pub mod scaling;
 pub mod sdp_offer;
 pub mod tap;
+pub mod watcher;
 
 pub use daemon::{Daemon, DaemonConfig, TapStatus};

@@ -51,6 +51,25 @@ enum Command {
         /// Whose results a participant's DataChannel carries: participant (own) or room (all).
         #[arg(long, env = "KURENTO_TAP_DATACHANNEL_AUDIENCE")]
         datachannel_audience: Option<tap_daemon::injector::Audience>,
+        /// Share the KMS's rooms with other daemons through leases in NATS (true/false).
+        #[arg(long, env = "KURENTO_TAP_CLUSTER")]
+        cluster: Option<bool>,
+        /// This KMS's name in lease keys and the cluster view (default: host:port of its URL).
+        #[arg(long, env = "KURENTO_TAP_KMS_NAME")]
+        kms_name: Option<String>,
+    },
+    /// Show which daemon holds which room (cluster mode).
+    Cluster {
+        /// NATS URL.
+        #[arg(
+            long,
+            env = "KURENTO_TAP_NATS",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Tail or export stored results, room moods or fused states (JetStream).
     Results {
@@ -126,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
             datachannels,
             datachannel_rate,
             datachannel_audience,
+            cluster,
+            kms_name,
         } => {
             let file = load_file(config.as_deref())?;
             let cfg = config::resolve(
@@ -140,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
                     datachannels,
                     datachannel_rate,
                     datachannel_audience,
+                    cluster,
+                    kms_name,
                 },
             )?;
             let daemon = Daemon::start(cfg).await?;
@@ -210,6 +233,56 @@ async fn main() -> anyhow::Result<()> {
                 shutdown_signal(),
             )
             .await
+        }
+        Command::Cluster { nats, json } => {
+            let client = async_nats::connect(nats.as_str())
+                .await
+                .with_context(|| format!("cannot connect to NATS at {nats}"))?;
+            let js = async_nats::jetstream::new(client);
+            let kv = js
+                .get_key_value(tap_protocol::lease::LEASE_BUCKET)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no lease bucket on {nats}: no daemon runs in cluster mode there"
+                    )
+                })?;
+            let view = tap_daemon::cluster::read_view(&kv)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(());
+            }
+            println!("{} daemon(s)", view.daemons.len());
+            for d in &view.daemons {
+                println!(
+                    "  {:<32} rooms {:>4}  kms {}{}",
+                    d.daemon,
+                    d.rooms,
+                    d.kms.join(","),
+                    d.http
+                        .as_deref()
+                        .map(|h| format!("  http://{h}/metrics"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("{} room(s) held", view.rooms.len());
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            for r in &view.rooms {
+                println!(
+                    "  {:<20} {:<24} held by {:<32} for {} s  ({})",
+                    r.kms,
+                    r.room.as_deref().unwrap_or("?"),
+                    r.daemon,
+                    now_ms.saturating_sub(r.since_ms) / 1000,
+                    r.pipeline
+                );
+            }
+            Ok(())
         }
         Command::Rooms { kurento, json } => {
             let kms = kurento_client::KurentoClient::connect(&kurento)

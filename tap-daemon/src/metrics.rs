@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// `media` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +38,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// `kms` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsLabel {
+    /// The KMS's configured name.
+    pub kms: String,
+}
+
 /// `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -49,6 +57,8 @@ pub struct Metrics {
     registry: Registry,
     /// Taps currently receiving.
     pub taps_active: Gauge,
+    /// Taps currently receiving, by KMS.
+    pub taps_by_kms: Family<KmsLabel, Gauge>,
     /// Tap attempts that failed, by reason.
     pub tap_errors: Family<ReasonLabel, Counter>,
     /// Participants seen and not tapped, by reason (opt-out, excluded…).
@@ -114,6 +124,26 @@ pub struct Metrics {
     pub datachannel_setups: Family<OutcomeLabel, Counter>,
     /// Results for DataChannels, by outcome (`sent`, `superseded`, `stale`, `backlog`, …).
     pub datachannel_messages: Family<OutcomeLabel, Counter>,
+    /// Chunks the chunkers offered (sent, superseded before sending, or stale before sending).
+    pub chunks_offered: Family<ModelLabel, Counter>,
+    /// Chunks offered per second over the scaling window, by model.
+    pub model_offered_rate: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Chunks answered with a result per second over the scaling window, by model.
+    pub model_answered_rate: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Share of offered chunks superseded by a newer one before they could be sent.
+    pub model_superseded_share: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// What the model's live workers could answer per second at full load (from their reports).
+    pub model_capacity: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Offered / capacity: above 1 the workers cannot keep up, below 1 they idle part of the time.
+    pub model_saturation: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Worker instances that reported load lately, by model.
+    pub model_workers: Family<ModelLabel, Gauge>,
+    /// Load reports refused as malformed or impossible.
+    pub load_reports_rejected: Counter,
+    /// Rooms whose lease this daemon holds (cluster mode).
+    pub leases_held: Gauge,
+    /// Lease events (`acquired`, `lost`, `renew_failed`, `released`, `swept`).
+    pub lease_events: Family<OutcomeLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -133,6 +163,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kurento_tap");
         let m = Metrics {
             taps_active: Gauge::default(),
+            taps_by_kms: Family::default(),
             tap_errors: Family::default(),
             not_tapped: Family::default(),
             orphans_released: Counter::default(),
@@ -165,12 +196,27 @@ impl Metrics {
             datachannels_open: Gauge::default(),
             datachannel_setups: Family::default(),
             datachannel_messages: Family::default(),
+            chunks_offered: Family::default(),
+            model_offered_rate: Family::default(),
+            model_answered_rate: Family::default(),
+            model_superseded_share: Family::default(),
+            model_capacity: Family::default(),
+            model_saturation: Family::default(),
+            model_workers: Family::default(),
+            load_reports_rejected: Counter::default(),
+            leases_held: Gauge::default(),
+            lease_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
             "taps_active",
             "Participants being tapped",
             m.taps_active.clone(),
+        );
+        registry.register(
+            "taps_active_by_kms",
+            "Participants being tapped, by KMS",
+            m.taps_by_kms.clone(),
         );
         registry.register("tap_errors", "Failed tap attempts", m.tap_errors.clone());
         registry.register(
@@ -324,6 +370,56 @@ impl Metrics {
             "Results for DataChannels, by outcome",
             m.datachannel_messages.clone(),
         );
+        registry.register(
+            "chunks_offered",
+            "Chunks the chunkers offered, by model (sent + superseded + stale before sending)",
+            m.chunks_offered.clone(),
+        );
+        registry.register(
+            "model_offered_per_second",
+            "Chunks offered per second over the scaling window, by model",
+            m.model_offered_rate.clone(),
+        );
+        registry.register(
+            "model_answered_per_second",
+            "Chunks answered with a result per second over the scaling window, by model",
+            m.model_answered_rate.clone(),
+        );
+        registry.register(
+            "model_superseded_share",
+            "Share of offered chunks superseded before they could be sent, by model",
+            m.model_superseded_share.clone(),
+        );
+        registry.register(
+            "model_capacity_per_second",
+            "Chunks the model's live workers could answer per second at full load (their load reports)",
+            m.model_capacity.clone(),
+        );
+        registry.register(
+            "model_saturation",
+            "Offered / capacity, by model: the scaling signal (1 = workers fully busy)",
+            m.model_saturation.clone(),
+        );
+        registry.register(
+            "model_workers",
+            "Worker instances that reported load lately, by model",
+            m.model_workers.clone(),
+        );
+        registry.register(
+            "load_reports_rejected",
+            "Worker load reports refused as malformed or impossible",
+            m.load_reports_rejected.clone(),
+        );
+        registry.register(
+            "leases_held",
+            "Rooms whose lease this daemon holds (cluster mode)",
+            m.leases_held.clone(),
+        );
+        registry.register(
+            "lease_events",
+            "Room lease events, by outcome",
+            m.lease_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -367,6 +463,15 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts a lease event.
+    pub fn lease_events(&self, outcome: &str) {
+        self.lease_events
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a dropped chunk.

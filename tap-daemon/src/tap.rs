@@ -127,6 +127,8 @@ pub struct TapContext {
     pub config: Arc<DaemonConfig>,
     /// KMS.
     pub kms: KurentoClient,
+    /// Its name.
+    pub kms_name: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Chunk dispatch.
@@ -157,6 +159,7 @@ impl TapContext {
             room: safe_token(&p.room),
             participant: safe_token(&p.name),
             endpoint: p.endpoint.clone(),
+            kms: self.kms_name.clone(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
         };
         let dispatch = TapDispatch::new(ident, self.dispatcher.clone());

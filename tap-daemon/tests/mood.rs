@@ -327,6 +327,7 @@ async fn the_standalone_fusion_reads_any_daemons_results_and_the_timeline_export
                 room: "hall".into(),
                 participant: who.into(),
                 endpoint: String::new(),
+                kms: None,
                 model: "face".into(),
                 version: "1".into(),
                 media: MediaKind::Video,

@@ -14,6 +14,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod affect;
+pub mod lease;
+pub mod load;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -694,6 +696,10 @@ pub struct ResultMessage {
     pub participant: String,
     /// Kurento endpoint id of the participant's publisher.
     pub endpoint: String,
+    /// The KMS the room lives on (the daemon's name for it; absent from daemons before it was
+    /// added, and optional for readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
     /// Model name.
     pub model: String,
     /// Model version.
@@ -828,6 +834,7 @@ mod tests {
             room: "r".into(),
             participant: "p".into(),
             endpoint: "e".into(),
+            kms: None,
             model: "fer".into(),
             version: "1".into(),
             media: MediaKind::Video,
@@ -880,6 +887,7 @@ mod tests {
             room: "r".into(),
             participant: "p".into(),
             endpoint: "e".into(),
+            kms: Some("kms-a".into()),
             model: "m".into(),
             version: "1".into(),
             media: MediaKind::Audio,

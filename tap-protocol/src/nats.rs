@@ -16,6 +16,17 @@ pub async fn open_kv(
     bucket: &str,
     description: &str,
 ) -> Result<kv::Store, String> {
+    open_kv_aged(js, bucket, description, Duration::ZERO).await
+}
+
+/// Opens (or creates) a KV bucket whose entries expire `max_age` after their last write (zero:
+/// never). An existing bucket is opened as it is: its `max_age` is the one that counts.
+pub async fn open_kv_aged(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
     if let Ok(kv) = js.get_key_value(bucket).await {
         return Ok(kv);
     }
@@ -28,8 +39,14 @@ pub async fn open_kv(
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
+        max_age,
         storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
+        // The server refuses a duplicate window longer than the age limit.
+        duplicate_window: if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age.min(Duration::from_secs(120))
+        },
         ..Default::default()
     })
     .await
@@ -45,6 +62,17 @@ pub async fn open_registry(js: &jetstream::Context) -> Result<kv::Store, String>
         js,
         REGISTRY_BUCKET,
         "kurento-tap model registry (protocol v1)",
+    )
+    .await
+}
+
+/// Opens (or creates) the lease bucket, entries expiring `ttl` after their last write.
+pub async fn open_leases(js: &jetstream::Context, ttl: Duration) -> Result<kv::Store, String> {
+    open_kv_aged(
+        js,
+        crate::lease::LEASE_BUCKET,
+        "kurento-tap room leases and daemon members (protocol v1)",
+        ttl,
     )
     .await
 }

@@ -1,0 +1,866 @@
+//! One KMS's watcher: a control task owns the set of taps on that KMS; discovery events, a periodic
+//! rescan, control requests, lease changes and KMS reconnections all come to it through channels.
+//! The daemon runs one per KMS it watches and wires them to what they share.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kurento_client::prelude::*;
+use kurento_client::{ConnectionState, KurentoClient};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::daemon::{release_bounded, ControlRequest, DaemonConfig, TapStatus};
+use crate::discovery::{self, Examined, Participant};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::orphans::{orphans, OwnedKind, OwnedObject, PublisherState};
+use crate::tap::{media_list, Tap, TapContext};
+
+/// Why a watcher did not serve a control request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ControlRefusal {
+    /// The pipeline is not on this watcher's KMS (another watcher may have it).
+    NotHere,
+    /// In cluster mode, another daemon holds the room (its holder answers).
+    NotHolder,
+    /// Served, and failed.
+    Failed(String),
+}
+
+pub(crate) type ControlAnswer = Result<String, ControlRefusal>;
+
+pub(crate) enum Command {
+    Attach(ControlRequest, oneshot::Sender<ControlAnswer>),
+    Detach(ControlRequest, oneshot::Sender<ControlAnswer>),
+    Status(oneshot::Sender<Vec<TapStatus>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Known {
+    Tapped(Box<Tap>),
+    /// A setup (examine + tap) is running for it.
+    Pending,
+    /// It went away while its setup ran: when the setup returns, stop what it made (and release
+    /// our objects when `release`: the room lives on).
+    Cancelled {
+        /// Release our objects (false when the whole pipeline went).
+        release: bool,
+    },
+    /// Not a publisher, or one we do not tap (opt-out, excluded, detached by control).
+    Ignored,
+    /// Not negotiated or not live yet.
+    Waiting,
+    /// The tap failed; retry after this instant.
+    Failed(Instant),
+}
+
+/// Releases RtpEndpoints this owner left behind (a crashed daemon's taps outlive it: the app's
+/// session co-owns them through the pipeline).
+pub(crate) async fn sweep_leftovers(kms: &KurentoClient, config: &DaemonConfig) {
+    let Ok(pipelines) = kms.server_manager().get_pipelines().await else {
+        return;
+    };
+    for p in pipelines {
+        let Ok(children) = p.get_children().await else {
+            continue;
+        };
+        for c in children {
+            // Ours are RtpEndpoints (taps) and WebRtcEndpoints (DataChannel peers), tagged.
+            let tags = if let Some(rtp) = c.downcast::<RtpEndpoint>() {
+                rtp.get_tags().await
+            } else if let Some(webrtc) = c.downcast::<WebRtcEndpoint>() {
+                webrtc.get_tags().await
+            } else {
+                continue;
+            };
+            let Ok(tags) = tags else {
+                continue;
+            };
+            if tags
+                .iter()
+                .any(|t| t.key == config.tags.owner && t.value == config.owner)
+            {
+                info!(
+                    object = c.id(),
+                    "releasing a leftover object of a previous run"
+                );
+                let _ = c.release().await;
+            }
+        }
+    }
+}
+
+/// The watcher of one KMS.
+pub(crate) struct KmsWatcher {
+    ctx: TapContext,
+    config: Arc<DaemonConfig>,
+    kms: KurentoClient,
+    metrics: Arc<Metrics>,
+    known: HashMap<String, Known>,
+    /// Setups running concurrently (one per endpoint): a room's participants are tapped side by
+    /// side, and the actor keeps answering events while KMS works.
+    setups: tokio::task::JoinSet<(String, Setup)>,
+    /// Objects already looked at by the orphan sweep: `Some(publisher)` if ours.
+    owned_cache: HashMap<String, Option<(OwnedKind, Option<String>)>>,
+    /// Presenters named by tag, and leaves, for the fusion (absent with it off).
+    mood_events: Option<mpsc::Sender<crate::mood::MoodEvent>>,
+    /// With the fusion off here: where presenter tags are announced for a fusion elsewhere.
+    presenter_announce: Option<async_nats::Client>,
+    /// In cluster mode: the rooms this daemon may tap.
+    leases: Option<RoomLeases>,
+    /// This KMS's name (status, lease keys).
+    kms_name: String,
+}
+
+/// The watcher's view of the room leases.
+pub(crate) struct RoomLeases {
+    /// This KMS's name in lease keys.
+    pub(crate) kms: String,
+    pub(crate) link: crate::cluster::LeaseLink,
+    /// Held rooms already swept of a previous holder's objects.
+    pub(crate) swept: HashSet<String>,
+}
+
+/// What a setup found and did.
+enum Setup {
+    Tapped(Box<Tap>),
+    Ignored,
+    Waiting,
+    Gone,
+    Failed,
+}
+
+impl KmsWatcher {
+    /// A watcher for the KMS of `ctx`.
+    pub(crate) fn new(
+        ctx: TapContext,
+        kms_name: String,
+        leases: Option<RoomLeases>,
+        mood_events: Option<mpsc::Sender<crate::mood::MoodEvent>>,
+        presenter_announce: Option<async_nats::Client>,
+    ) -> Self {
+        KmsWatcher {
+            config: ctx.config.clone(),
+            kms: ctx.kms.clone(),
+            metrics: ctx.metrics.clone(),
+            ctx,
+            known: HashMap::new(),
+            setups: tokio::task::JoinSet::new(),
+            owned_cache: HashMap::new(),
+            mood_events,
+            presenter_announce,
+            leases,
+            kms_name,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut created: kurento_client::EventStream<ObjectCreated>,
+        mut destroyed: kurento_client::EventStream<ObjectDestroyed>,
+    ) {
+        let mut state = self.kms.state();
+        let mut tick = tokio::time::interval(self.config.rescan_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leases_valid = self.leases.as_ref().map(|l| l.link.valid.clone());
+        loop {
+            tokio::select! {
+                Ok(()) = async {
+                    match leases_valid.as_mut() {
+                        Some(v) => v.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_leases_changed().await,
+                Some(ev) = destroyed.recv() => {
+                    if let Ok(ev) = ev { self.on_destroyed(&ev.object_id).await; }
+                }
+                Some(ev) = created.recv() => {
+                    // A new endpoint is looked at by the next rescan, once it is negotiated.
+                    if let Ok(ev) = ev { debug!(object = %ev.object, "object created"); }
+                }
+                Some(done) = self.setups.join_next() => {
+                    if let Ok((endpoint, outcome)) = done {
+                        self.on_setup_done(endpoint, outcome).await;
+                    }
+                }
+                _ = tick.tick() => self.rescan().await,
+                Ok(()) = state.changed() => {
+                    let s = state.borrow_and_update().clone();
+                    self.on_connection(s).await;
+                }
+                cmd = cmd_rx.recv() => match cmd {
+                    None => { self.stop_all().await; return; }
+                    Some(Command::Shutdown(done)) => { self.stop_all().await; let _ = done.send(()); return; }
+                    Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Some(Command::Attach(req, reply)) => { let r = self.control_attach(req).await; let _ = reply.send(r); }
+                    Some(Command::Detach(req, reply)) => {
+                        let r = if !self.may_serve(&req.pipeline) {
+                            Err(ControlRefusal::NotHolder)
+                        } else if self.detach(&req.endpoint, true).await {
+                            self.known.insert(req.endpoint.clone(), Known::Ignored);
+                            Ok("detached".to_owned())
+                        } else {
+                            Err(ControlRefusal::NotHere)
+                        };
+                        let _ = reply.send(r);
+                    }
+                },
+            }
+            self.metrics
+                .kms_decode_errors
+                .set(self.kms.stats().decode_errors as i64);
+        }
+    }
+
+    /// Waits for setups in flight (so nothing they create escapes release), then stops every tap.
+    async fn stop_all(&mut self) {
+        let release = self.kms_connected();
+        while let Some(done) = self.setups.join_next().await {
+            if let Ok((_, Setup::Tapped(t))) = done {
+                t.stop(&self.kms, release).await;
+            }
+        }
+        self.detach_all(release).await;
+    }
+
+    fn status(&self) -> Vec<TapStatus> {
+        let mut out: Vec<TapStatus> = self
+            .known
+            .values()
+            .filter_map(|k| match k {
+                Known::Tapped(t) => Some(TapStatus {
+                    kms: self.kms_name.clone(),
+                    room: t.participant.room.clone(),
+                    participant: t.participant.name.clone(),
+                    endpoint: t.participant.endpoint.clone(),
+                    tap: t.tap.id().to_owned(),
+                    media: media_list(&t.participant),
+                    video_frames: t
+                        .receiver
+                        .stats
+                        .video_frames
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    audio_buffers: t
+                        .receiver
+                        .stats
+                        .audio_buffers
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.room, &a.participant).cmp(&(&b.room, &b.participant)));
+        out
+    }
+
+    async fn on_connection(&mut self, s: ConnectionState) {
+        if let ConnectionState::Connected { recovery, .. } = s {
+            match recovery {
+                kurento_client::Recovery::Initial => {}
+                kurento_client::Recovery::NewServer => {
+                    warn!("KMS restarted: every tap is gone; rediscovering");
+                    self.metrics.kms_reconnects.inc();
+                    // Setups in flight talk to a server that is gone: their objects went with it.
+                    for k in self.known.values_mut() {
+                        if matches!(k, Known::Pending) {
+                            *k = Known::Cancelled { release: false };
+                        }
+                    }
+                    self.detach_all(false).await;
+                    self.known
+                        .retain(|_, k| matches!(k, Known::Cancelled { .. }));
+                    self.owned_cache.clear();
+                }
+                r => {
+                    info!(recovery = ?r, "reconnected to KMS; resynchronizing");
+                    self.metrics.kms_reconnects.inc();
+                }
+            }
+        }
+    }
+
+    async fn on_destroyed(&mut self, id: &str) {
+        self.owned_cache.remove(id);
+        let affected: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(ep, k)| {
+                *ep == id
+                    || ep.starts_with(&format!("{id}/"))
+                    || matches!(k, Known::Tapped(t) if t.tap.id() == id)
+            })
+            .map(|(ep, _)| ep.clone())
+            .collect();
+        for ep in affected {
+            // When the room's pipeline went, everything in it went too. When only the publisher
+            // (or one of our objects) went, the room lives on: release what is ours in it.
+            let pipeline_gone = ep.starts_with(&format!("{id}/"));
+            self.forget(&ep, !pipeline_gone, "destroyed").await;
+        }
+    }
+
+    /// A publisher is gone (event, or no longer listed): stop its tap, or cancel its setup.
+    async fn forget(&mut self, endpoint: &str, release: bool, why: &'static str) {
+        match self.known.get(endpoint) {
+            Some(Known::Pending) => {
+                self.known
+                    .insert(endpoint.to_owned(), Known::Cancelled { release });
+            }
+            Some(Known::Cancelled { .. }) => {}
+            Some(Known::Tapped(t)) => {
+                info!(room = %t.participant.room, participant = %t.participant.name, why, "participant left");
+                self.detach(endpoint, release).await;
+            }
+            _ => {
+                self.known.remove(endpoint);
+            }
+        }
+    }
+
+    async fn on_setup_done(&mut self, endpoint: String, outcome: Setup) {
+        let cancelled = match self.known.get(&endpoint) {
+            Some(Known::Pending) => None,
+            Some(Known::Cancelled { release }) => Some(*release),
+            // Forgotten meanwhile (KMS restarted): nothing it made survives.
+            _ => Some(false),
+        };
+        if let Some(release) = cancelled {
+            self.known.remove(&endpoint);
+            if let Setup::Tapped(t) = outcome {
+                info!(
+                    endpoint,
+                    "participant left while being tapped; stopping its tap"
+                );
+                t.stop(&self.kms, release && self.kms_connected()).await;
+            }
+            return;
+        }
+        let k = match outcome {
+            Setup::Tapped(t) => {
+                info!(room = %t.participant.room, participant = %t.participant.name, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
+                self.metrics.taps_active.inc();
+                self.kms_taps().inc();
+                self.metrics.taps_total.inc();
+                if t.participant.presenter {
+                    self.tell_mood(crate::mood::MoodEvent::Presenter {
+                        room: tap_protocol::safe_token(&t.participant.room),
+                        participant: Some(tap_protocol::safe_token(&t.participant.name)),
+                        source: room_mood::PresenterSource::Tag,
+                    });
+                }
+                Known::Tapped(t)
+            }
+            Setup::Ignored => Known::Ignored,
+            Setup::Waiting => Known::Waiting,
+            Setup::Failed => Known::Failed(Instant::now() + Duration::from_secs(15)),
+            Setup::Gone => {
+                self.known.remove(&endpoint);
+                return;
+            }
+        };
+        self.known.insert(endpoint, k);
+    }
+
+    async fn rescan(&mut self) {
+        if !self.kms.state().borrow().is_connected() {
+            return;
+        }
+        let Ok(pipelines) = self.kms.server_manager().get_pipelines().await else {
+            return;
+        };
+        let live_pipelines: HashSet<String> = pipelines.iter().map(|p| p.id().to_owned()).collect();
+        // Pipelines whose children were read: only their endpoints can be judged gone.
+        let mut listed = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut owned = Vec::new();
+        let mut wanted = std::collections::BTreeMap::new();
+        for pipeline in pipelines {
+            // Lost KMS mid-scan: requests would queue until reconnection; look again then.
+            if !self.kms_connected() {
+                return;
+            }
+            let Ok(room) = discovery::room_name(&pipeline, &self.config.tags).await else {
+                continue;
+            };
+            if let Some(l) = &self.leases {
+                let key = tap_protocol::lease::room_key(&l.kms, pipeline.id());
+                if room_allowed(&self.config, &room) {
+                    wanted.insert(
+                        key.clone(),
+                        crate::cluster::WantedRoom {
+                            room: room.clone(),
+                            pipeline: pipeline.id().to_owned(),
+                            kms: l.kms.clone(),
+                        },
+                    );
+                }
+                // Another daemon's room (or nobody's yet): not looked into.
+                if !l.link.valid.borrow().contains(&key) {
+                    continue;
+                }
+                if !l.swept.contains(&key) {
+                    self.sweep_previous_holder(&pipeline).await;
+                    if let Some(l) = self.leases.as_mut() {
+                        l.swept.insert(key);
+                    }
+                }
+            }
+            let Ok(children) = pipeline.get_children().await else {
+                continue;
+            };
+            listed.insert(pipeline.id().to_owned());
+            self.learn_owners(&children).await;
+            for child in children {
+                seen.insert(child.id().to_owned());
+                if let Some(o) = self.owned_object(&child) {
+                    owned.push(o);
+                    continue;
+                }
+                let Some(ep) = child.downcast::<WebRtcEndpoint>() else {
+                    continue;
+                };
+                let due = match self.known.get(ep.id()) {
+                    None | Some(Known::Waiting) => true,
+                    Some(Known::Failed(at)) => Instant::now() >= *at,
+                    Some(_) => false,
+                };
+                if due {
+                    self.known.insert(ep.id().to_owned(), Known::Pending);
+                    let ctx = self.ctx.clone();
+                    let (room, pipeline, id) = (room.clone(), pipeline.clone(), ep.id().to_owned());
+                    self.metrics.setups_in_flight.inc();
+                    self.setups.spawn(async move {
+                        let started = Instant::now();
+                        let outcome = setup(ctx.clone(), room, pipeline, ep).await;
+                        ctx.metrics.setups_in_flight.dec();
+                        if matches!(outcome, Setup::Tapped(_)) {
+                            ctx.metrics
+                                .setup_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        (id, outcome)
+                    });
+                    let running = self.setups.len() as i64;
+                    if running > self.metrics.setups_peak.get() {
+                        self.metrics.setups_peak.set(running);
+                    }
+                }
+            }
+        }
+        // Publishers that vanished without an event we handled yet (the event may still be queued
+        // behind this scan, or was lost while disconnected). The room may live on (a participant
+        // left or rejoined): then our objects for it are released, not abandoned.
+        let vanished: Vec<(String, bool)> = self
+            .known
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .filter_map(|k| {
+                let pipeline = k.split('/').next().unwrap_or_default();
+                if live_pipelines.contains(pipeline) && !listed.contains(pipeline) {
+                    return None; // not read this time: no verdict
+                }
+                Some((k.clone(), live_pipelines.contains(pipeline)))
+            })
+            .collect();
+        for (ep, room_lives) in vanished {
+            self.forget(&ep, room_lives, "vanished").await;
+        }
+        self.owned_cache.retain(|id, _| seen.contains(id));
+        self.release_orphans(owned).await;
+        if let Some(l) = &self.leases {
+            l.link.wanted.send_if_modified(|w| {
+                if *w != wanted {
+                    *w = wanted;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        // Receiver errors since the last look.
+        for k in self.known.values_mut() {
+            if let Known::Tapped(t) = k {
+                let errors = t
+                    .receiver
+                    .stats
+                    .errors
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if errors > t.errors_seen {
+                    self.metrics.decode_errors.inc_by(errors - t.errors_seen);
+                    t.errors_seen = errors;
+                }
+                let stats = &t.receiver.stats;
+                let sent = stats
+                    .keyframe_requests
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let held = stats
+                    .keyframe_requests_throttled
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let (seen_sent, seen_held) = t.keyframes_seen;
+                self.metrics
+                    .receiver_keyframe_requests
+                    .inc_by(sent.saturating_sub(seen_sent));
+                self.metrics
+                    .receiver_keyframe_requests_throttled
+                    .inc_by(held.saturating_sub(seen_held));
+                t.keyframes_seen = (sent, held);
+                let unusable = stats
+                    .sender_clock_unusable
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .sender_clocks_unusable
+                    .inc_by(unusable.saturating_sub(t.clocks_unusable_seen));
+                t.clocks_unusable_seen = unusable;
+            }
+        }
+    }
+
+    fn kms_taps(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .taps_by_kms
+            .get_or_create(&crate::metrics::KmsLabel {
+                kms: self.kms_name.clone(),
+            })
+            .clone()
+    }
+
+    /// Whether this daemon answers for a room: always alone, only as its holder in cluster mode.
+    fn may_serve(&self, pipeline: &str) -> bool {
+        self.leases.as_ref().is_none_or(|l| {
+            l.link
+                .valid
+                .borrow()
+                .contains(&tap_protocol::lease::room_key(&l.kms, pipeline))
+        })
+    }
+
+    /// The rooms this daemon may tap changed: stop what is no longer ours, look for what is new.
+    async fn on_leases_changed(&mut self) {
+        let Some(l) = &self.leases else {
+            return;
+        };
+        let valid = l.link.valid.borrow().clone();
+        let kms = l.kms.clone();
+        let ours = |endpoint: &str| {
+            let pipeline = endpoint.split('/').next().unwrap_or_default();
+            valid.contains(&tap_protocol::lease::room_key(&kms, pipeline))
+        };
+        let lost: Vec<String> = self.known.keys().filter(|ep| !ours(ep)).cloned().collect();
+        let release = self.kms_connected();
+        for ep in lost {
+            // Unproven ownership: stop now (whoever takes the room sweeps what is left).
+            self.forget(&ep, release, "lease lost").await;
+        }
+        if let Some(l) = self.leases.as_mut() {
+            l.swept.retain(|k| valid.contains(k));
+        }
+        self.rescan().await;
+    }
+
+    /// A room just became ours: release what a previous holder (another daemon, by owner tag) left
+    /// in it. Objects without our owner tag key are the app's and are never touched.
+    async fn sweep_previous_holder(&mut self, pipeline: &MediaPipeline) {
+        let Ok(children) = pipeline.get_children().await else {
+            return;
+        };
+        for c in children {
+            let tags = if let Some(rtp) = c.downcast::<RtpEndpoint>() {
+                rtp.get_tags().await
+            } else if let Some(webrtc) = c.downcast::<WebRtcEndpoint>() {
+                webrtc.get_tags().await
+            } else {
+                continue;
+            };
+            let Ok(tags) = tags else {
+                continue;
+            };
+            let foreign = tags
+                .iter()
+                .any(|t| t.key == self.config.tags.owner && t.value != self.config.owner);
+            if foreign {
+                info!(
+                    object = c.id(),
+                    "releasing an object of the room's previous holder"
+                );
+                self.metrics.lease_events("swept");
+                release_bounded(&self.kms, c.id(), c.release()).await;
+            }
+        }
+    }
+
+    /// Reads the tags of the endpoints not seen before, all at once: a busy room adds dozens of
+    /// endpoints between two rescans, and one round trip each, in turn, held the control actor for
+    /// over a second on a loaded machine (setups finished but not recorded, leaves seen late).
+    async fn learn_owners(&mut self, children: &[MediaObject]) {
+        let new: Vec<&MediaObject> = children
+            .iter()
+            .filter(|c| owned_kind(c.id()).is_some() && !self.owned_cache.contains_key(c.id()))
+            .collect();
+        let tags = futures_util::future::join_all(new.iter().map(|c| c.get_tags())).await;
+        for (child, tags) in new.into_iter().zip(tags) {
+            // Unreadable (being released): looked at again by the next rescan.
+            let (Ok(tags), Some(kind)) = (tags, owned_kind(child.id())) else {
+                continue;
+            };
+            let ours = tags
+                .iter()
+                .any(|t| t.key == self.config.tags.owner && t.value == self.config.owner);
+            let serves = tags
+                .iter()
+                .find(|t| t.key == self.config.tags.tapped_endpoint)
+                .map(|t| t.value.clone());
+            self.owned_cache
+                .insert(child.id().to_owned(), ours.then_some((kind, serves)));
+        }
+    }
+
+    /// Our object (by owner tag) with the publisher it serves, as [`Self::learn_owners`] read it.
+    fn owned_object(&self, child: &MediaObject) -> Option<OwnedObject> {
+        let (kind, serves) = self.owned_cache.get(child.id())?.clone()?;
+        Some(OwnedObject {
+            id: child.id().to_owned(),
+            kind,
+            serves,
+        })
+    }
+
+    async fn release_orphans(&mut self, owned: Vec<OwnedObject>) {
+        let known = &self.known;
+        let to_release: Vec<String> = orphans(&owned, |publisher| match known.get(publisher) {
+            Some(Known::Tapped(t)) => PublisherState::Tapped { tap: t.tap.id() },
+            Some(Known::Pending) | Some(Known::Cancelled { .. }) => PublisherState::SettingUp,
+            _ => PublisherState::NotTapped,
+        })
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for id in to_release {
+            warn!(object = %id, "releasing an object of ours that no tap stands for");
+            self.metrics.orphans_released.inc();
+            release_bounded(&self.kms, &id, self.kms.release(&id)).await;
+            self.owned_cache.remove(&id);
+        }
+    }
+
+    async fn control_attach(&mut self, req: ControlRequest) -> ControlAnswer {
+        if !self.may_serve(&req.pipeline) {
+            return Err(ControlRefusal::NotHolder);
+        }
+        match self.known.get(&req.endpoint) {
+            Some(Known::Tapped(t)) => return Ok(t.tap.id().to_owned()),
+            Some(Known::Pending) => {
+                return Err(ControlRefusal::Failed(
+                    "a tap for it is being set up".into(),
+                ))
+            }
+            _ => {}
+        }
+        let failed = |e: String| ControlRefusal::Failed(e);
+        let pipeline: MediaPipeline = self
+            .kms
+            .object(&req.pipeline)
+            .map_err(|e| failed(e.to_string()))?;
+        let ep: WebRtcEndpoint = self
+            .kms
+            .object(&req.endpoint)
+            .map_err(|e| failed(e.to_string()))?;
+        // The room's name is read even when given: it proves the pipeline is on this KMS.
+        let tagged_room = match discovery::room_name(&pipeline, &self.config.tags).await {
+            Ok(r) => r,
+            Err(e) if e.is_object_not_found() => return Err(ControlRefusal::NotHere),
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let room = req.room.clone().unwrap_or(tagged_room);
+        let mut p = match discovery::examine(&room, &pipeline, &ep, &self.config.tags)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+        {
+            Examined::Publisher(p) => p,
+            Examined::NotYet(why) => return Err(failed(format!("endpoint not ready: {why}"))),
+            Examined::Gone => return Err(failed("endpoint not found".into())),
+            Examined::Other => return Err(failed("not a publisher endpoint".into())),
+        };
+        if !p.consent {
+            return Err(failed("participant opted out (consent=false)".into()));
+        }
+        if let Some(name) = req.participant {
+            p.name = name;
+        }
+        p.room = room;
+        let endpoint = p.endpoint.clone();
+        let outcome = attach(&self.ctx, p).await;
+        let reply = match &outcome {
+            Setup::Tapped(t) => Ok(t.tap.id().to_owned()),
+            _ => Err(failed("tap failed (see the daemon's log)".to_owned())),
+        };
+        self.known.insert(endpoint.clone(), Known::Pending);
+        self.on_setup_done(endpoint, outcome).await;
+        reply
+    }
+
+    /// Stops a tap; releases our objects when `release` (never anything else).
+    async fn detach(&mut self, endpoint: &str, release: bool) -> bool {
+        let Some(Known::Tapped(t)) = self.known.remove(endpoint) else {
+            return false;
+        };
+        let (room, name) = (
+            tap_protocol::safe_token(&t.participant.room),
+            tap_protocol::safe_token(&t.participant.name),
+        );
+        if t.participant.presenter {
+            self.tell_mood(crate::mood::MoodEvent::Presenter {
+                room: room.clone(),
+                participant: None,
+                source: room_mood::PresenterSource::Tag,
+            });
+        }
+        self.tell_mood(crate::mood::MoodEvent::Left {
+            room,
+            participant: name,
+        });
+        t.stop(&self.kms, release).await;
+        self.metrics.taps_active.dec();
+        self.kms_taps().dec();
+        true
+    }
+
+    /// Tells the fusion, without waiting: a full queue drops the event (the fusion forgets silent
+    /// participants by itself; a presenter is named again on their next tap).
+    fn tell_mood(&self, ev: crate::mood::MoodEvent) {
+        if let Some(tx) = &self.mood_events {
+            if tx.try_send(ev).is_err() {
+                self.metrics.affect_result("event_dropped");
+            }
+        } else if let (
+            Some(nats),
+            crate::mood::MoodEvent::Presenter {
+                room, participant, ..
+            },
+        ) = (&self.presenter_announce, ev)
+        {
+            let req = tap_protocol::affect::PresenterRequest {
+                room,
+                participant,
+                source: Some("tag".into()),
+            };
+            let (nats, body) = (nats.clone(), serde_json::to_vec(&req).unwrap_or_default());
+            tokio::spawn(async move {
+                let _ = nats
+                    .publish(tap_protocol::affect::CTL_PRESENTER, body.into())
+                    .await;
+            });
+        }
+    }
+
+    /// With KMS unreachable nothing can be released (the next start sweeps what is left).
+    fn kms_connected(&self) -> bool {
+        self.kms.state().borrow().is_connected()
+    }
+
+    async fn detach_all(&mut self, release: bool) {
+        let tapped: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(_, k)| matches!(k, Known::Tapped(_)))
+            .map(|(e, _)| e.clone())
+            .collect();
+        for ep in tapped {
+            self.detach(&ep, release).await;
+        }
+    }
+}
+
+/// The kinds of object the daemon creates, by id.
+fn owned_kind(id: &str) -> Option<OwnedKind> {
+    if id.ends_with("_kurento.WebRtcEndpoint") {
+        Some(OwnedKind::DataPeer)
+    } else if id.ends_with("_kurento.RtpEndpoint") {
+        Some(OwnedKind::Tap)
+    } else {
+        None
+    }
+}
+
+/// Looks at one endpoint and taps it if it is a live publisher we may tap (runs concurrently).
+async fn setup(
+    ctx: TapContext,
+    room: String,
+    pipeline: MediaPipeline,
+    ep: WebRtcEndpoint,
+) -> Setup {
+    let examined = match discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await {
+        Ok(e) => e,
+        Err(e) => {
+            debug!(endpoint = ep.id(), error = %e, "cannot examine endpoint");
+            return Setup::Waiting;
+        }
+    };
+    let p = match examined {
+        Examined::Publisher(p) => p,
+        Examined::Other => return Setup::Ignored,
+        Examined::NotYet(_) => return Setup::Waiting,
+        Examined::Gone => return Setup::Gone,
+    };
+    if let Some(reason) = not_tapped_reason(&ctx.config, &p) {
+        info!(room = %p.room, participant = %p.name, reason, "not tapping");
+        ctx.metrics
+            .not_tapped
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+        return Setup::Ignored;
+    }
+    if !p.live {
+        return Setup::Waiting;
+    }
+    attach(&ctx, p).await
+}
+
+async fn attach(ctx: &TapContext, p: Participant) -> Setup {
+    match ctx.make_tap(p.clone()).await {
+        Ok(tap) => Setup::Tapped(Box::new(tap)),
+        Err(e) => {
+            warn!(room = %p.room, participant = %p.name, error = %e, "cannot tap participant");
+            ctx.metrics
+                .tap_errors
+                .get_or_create(&ReasonLabel {
+                    reason: e.reason().into(),
+                })
+                .inc();
+            Setup::Failed
+        }
+    }
+}
+
+/// Whether the configuration lets this daemon tap a room.
+fn room_allowed(config: &DaemonConfig, room: &str) -> bool {
+    (config.include_rooms.is_empty()
+        || config
+            .include_rooms
+            .iter()
+            .any(|pat| discovery::matches(pat, room)))
+        && !config
+            .exclude_rooms
+            .iter()
+            .any(|pat| discovery::matches(pat, room))
+}
+
+/// Why a publisher is not tapped by configuration or consent, if it is not.
+fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static str> {
+    if !p.consent {
+        Some("opt_out")
+    } else if !room_allowed(config, &p.room) {
+        Some("room_excluded")
+    } else if config
+        .exclude_participants
+        .iter()
+        .any(|x| discovery::matches(x, &p.name))
+    {
+        Some("participant_excluded")
+    } else {
+        None
+    }
+}
