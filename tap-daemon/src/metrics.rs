@@ -38,6 +38,30 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Labels of the scaling gauges: the model as elsewhere (`fer@1`), and its name and version apart
+/// (Kubernetes label selectors, as an HPA's external metric uses, cannot hold `@`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalingLabel {
+    /// `name@version`.
+    pub model: String,
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+}
+
+impl ScalingLabel {
+    /// From `name@version`.
+    pub fn of(model: &str) -> Self {
+        let (name, version) = model.split_once('@').unwrap_or((model, ""));
+        ScalingLabel {
+            model: model.to_owned(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+}
+
 /// `kms` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KmsLabel {
@@ -127,17 +151,17 @@ pub struct Metrics {
     /// Chunks the chunkers offered (sent, superseded before sending, or stale before sending).
     pub chunks_offered: Family<ModelLabel, Counter>,
     /// Chunks offered per second over the scaling window, by model.
-    pub model_offered_rate: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub model_offered_rate: Family<ScalingLabel, Gauge<f64, AtomicU64>>,
     /// Chunks answered with a result per second over the scaling window, by model.
-    pub model_answered_rate: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub model_answered_rate: Family<ScalingLabel, Gauge<f64, AtomicU64>>,
     /// Share of offered chunks superseded by a newer one before they could be sent.
-    pub model_superseded_share: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub model_superseded_share: Family<ScalingLabel, Gauge<f64, AtomicU64>>,
     /// What the model's live workers could answer per second at full load (from their reports).
-    pub model_capacity: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub model_capacity: Family<ScalingLabel, Gauge<f64, AtomicU64>>,
     /// Offered / capacity: above 1 the workers cannot keep up, below 1 they idle part of the time.
-    pub model_saturation: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub model_saturation: Family<ScalingLabel, Gauge<f64, AtomicU64>>,
     /// Worker instances that reported load lately, by model.
-    pub model_workers: Family<ModelLabel, Gauge>,
+    pub model_workers: Family<ScalingLabel, Gauge>,
     /// Load reports refused as malformed or impossible.
     pub load_reports_rejected: Counter,
     /// Rooms whose lease this daemon holds (cluster mode).

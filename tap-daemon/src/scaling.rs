@@ -199,7 +199,7 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     settings: ScalingSettings,
 ) {
-    use crate::metrics::{DropLabel, ModelLabel};
+    use crate::metrics::{DropLabel, ModelLabel, ScalingLabel};
     use futures_util::StreamExt;
     let mut reports = match nats.subscribe(tap_protocol::load::LOAD_SUBJECTS).await {
         Ok(s) => Some(s),
@@ -238,7 +238,7 @@ pub async fn run(
                 }
                 for gone in shown.iter().filter(|m| !names.contains(m)) {
                     book.forget(gone);
-                    let label = ModelLabel { model: gone.clone() };
+                    let label = ScalingLabel::of(gone);
                     metrics.model_offered_rate.remove(&label);
                     metrics.model_answered_rate.remove(&label);
                     metrics.model_superseded_share.remove(&label);
@@ -250,7 +250,7 @@ pub async fn run(
                     if !names.contains(&model) {
                         continue;
                     }
-                    let label = ModelLabel { model };
+                    let label = ScalingLabel::of(&model);
                     metrics.model_offered_rate.get_or_create(&label).set(f.offered_per_s);
                     metrics.model_answered_rate.get_or_create(&label).set(f.answered_per_s);
                     metrics.model_superseded_share.get_or_create(&label).set(f.superseded_share);

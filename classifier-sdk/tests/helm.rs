@@ -1,0 +1,240 @@
+//! deploy/helm/kurento-tap renders (`helm template`, KEDA and HPA variants), its objects are wired to
+//! one another and to what the binaries accept and export (deploy/helm/validate.py), and its probes
+//! hit real endpoints: the daemon and both workers are started with the rendered environment and
+//! arguments and every probe path answers 200 on the probe's port. No cluster runs here: see
+//! docs/operations.md for what was not exercised.
+
+#[path = "common/exported.rs"]
+mod exported;
+#[path = "../../tap-daemon/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the workspace, built by `cargo build --workspace --bins` (scripts/test does).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let b = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        b.exists(),
+        "{} not built: run `cargo build --workspace --bins`",
+        b.display()
+    );
+    b
+}
+
+fn helm() -> PathBuf {
+    let vendored = root().join("vendor/helm/helm");
+    assert!(
+        vendored.exists(),
+        "run scripts/setup (it installs helm into vendor/helm)"
+    );
+    vendored
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The chart without its NATS dependency (the official chart is fetched by `helm dependency build`
+/// at deploy time; no network to its repository here), symlinks resolved.
+fn chart_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("kurento-tap");
+    let status = Command::new("cp")
+        .arg("-rL")
+        .arg(root().join("deploy/helm/kurento-tap"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let chart = std::fs::read_to_string(copy.join("Chart.yaml")).unwrap();
+    let cut = chart
+        .find("dependencies:")
+        .expect("the chart declares its NATS dependency");
+    std::fs::write(copy.join("Chart.yaml"), &chart[..cut]).unwrap();
+    copy
+}
+
+fn render(chart: &Path, sets: &[String]) -> String {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "tap"]).arg(chart);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn help(binary: &str) -> String {
+    let out = Command::new(bin(binary))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{binary} run --help");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` on 127.0.0.1:`port` until it answers 200 (or gives up after ~30 s).
+async fn answers_200(port: u16, path: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..150 {
+        if let Ok(addr) = format!("127.0.0.1:{port}").parse() {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                last = support::http_get(addr, path).await;
+                if last.starts_with("HTTP/1.1 200") {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("GET {path} on port {port} never answered 200; last: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
+    let dir = std::env::temp_dir().join(format!("tap-helm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let chart = chart_copy(&dir);
+    let nats = support::Nats::start().await;
+    let (daemon_port, fer_port, voice_port) = (free_port(), free_port(), free_port());
+    let base = vec![
+        "nats.enabled=false".to_owned(),
+        format!("nats.url={}", nats.url),
+        format!("daemon.httpPort={daemon_port}"),
+        format!("workers.fer.metricsPort={fer_port}"),
+        format!("workers.voice.metricsPort={voice_port}"),
+    ];
+
+    let (daemon_metrics, worker_metrics) = exported::expositions();
+    let mut names = exported::names(&daemon_metrics);
+    names.extend(exported::names(&worker_metrics));
+    let mut labels = exported::label_keys(&daemon_metrics);
+    labels.extend(exported::label_keys(&worker_metrics));
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let names = write("names", &names.join("\n"));
+    let labels = write("labels", &labels.join("\n"));
+    let daemon_help = write("daemon-help", &help("kurento-tap"));
+    let fer_help = write("fer-help", &help("fer-worker"));
+    let voice_help = write("voice-help", &help("audio-worker"));
+    let validate = |manifests: &Path, expect: &str| {
+        let out = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("deploy/helm/validate.py"))
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--metrics")
+            .arg(&names)
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--daemon-help")
+            .arg(&daemon_help)
+            .arg(format!("--worker-help=fer-worker={}", fer_help.display()))
+            .arg(format!(
+                "--worker-help=audio-worker={}",
+                voice_help.display()
+            ))
+            .args(["--expect", expect])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with("helm: ok"), "{text}");
+        text
+    };
+
+    let keda = write("keda.yaml", &render(&chart, &base));
+    let summary = validate(&keda, "keda");
+    let mut hpa_sets = base.clone();
+    hpa_sets.push("autoscaling.keda.enabled=false".into());
+    hpa_sets.push("autoscaling.hpa.enabled=true".into());
+    let hpa = write("hpa.yaml", &render(&chart, &hpa_sets));
+    validate(&hpa, "hpa");
+
+    // Start what the manifests describe; the probes must answer.
+    let summary: serde_json::Value = serde_json::from_str(summary.lines().last().unwrap()).unwrap();
+    let sim = support::sim(
+        "[[room]]\nname='r'\n[[room.participant]]\nname='p'\naudio={}\n",
+        (45000, 45099),
+    )
+    .await;
+    let mut daemon = Command::new(bin("kurento-tap"));
+    daemon
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in summary["daemon"]["env"].as_object().unwrap() {
+        let v = v.as_str().unwrap().replace("$(NODE_NAME)", "helm-test");
+        daemon.env(k, v);
+    }
+    // What Kubernetes fills in (downward API) or the node provides.
+    daemon
+        .env("KURENTO_TAP_BIND", "127.0.0.1")
+        .env("KURENTO_TAP_KURENTO", format!("kms-0={}", sim.url()))
+        .env("KURENTO_TAP_PORTS", "45100-45199");
+    let _daemon = Killed(daemon.spawn().unwrap());
+    for p in summary["daemon"]["probes"].as_array().unwrap() {
+        answers_200(
+            p["port"].as_u64().unwrap() as u16,
+            p["path"].as_str().unwrap(),
+        )
+        .await;
+    }
+    let mut running = Vec::new();
+    for w in summary["workers"].as_array().unwrap() {
+        let args: Vec<&str> = w["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let child = Command::new(bin(w["command"].as_str().unwrap()))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        running.push(Killed(child));
+        for p in w["probes"].as_array().unwrap() {
+            answers_200(
+                p["port"].as_u64().unwrap() as u16,
+                p["path"].as_str().unwrap(),
+            )
+            .await;
+        }
+    }
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
