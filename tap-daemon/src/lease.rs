@@ -177,12 +177,15 @@ impl LeaseBook {
         }
     }
 
-    /// Members heard from within the ttl, with their room counts (ourselves included).
+    /// Members heard from within two renew intervals (they write every half interval), with their
+    /// room counts, ourselves included. A member silent longer is presumed gone for placement: its
+    /// rooms are about to be free, and counting it would hold the takeover back by the placement
+    /// delay.
     pub fn live_members(&self, now: Instant) -> Vec<(String, u32)> {
         let mut out: Vec<(String, u32)> = self
             .members
             .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.seen) < self.settings.ttl)
+            .filter(|(_, m)| now.saturating_duration_since(m.seen) < self.settings.renew_every * 2)
             .map(|(d, m)| (d.clone(), m.rooms))
             .collect();
         out.push((self.me.clone(), self.held.len() as u32));
@@ -555,6 +558,28 @@ mod tests {
         // Had the idle daemon died, the busy one takes the room after the placement delay.
         let ops = busy.plan(t0 + ms(10) + LeaseSettings::default().placement_delay, &w2);
         assert!(ops.contains(&LeaseOp::Acquire { key: "new".into() }));
+    }
+
+    #[test]
+    fn a_dead_daemons_rooms_are_taken_as_soon_as_they_expire() {
+        let t0 = Instant::now();
+        let mut a = settled("a", t0);
+        let mine = wanted(&[("a1", Observed::Free), ("a2", Observed::Free)]);
+        let ops = a.plan(t0, &mine);
+        acquire_all(&mut a, &ops, t0, 1);
+        // b held two rooms and was last heard at t0; its leases expire at t0 + ttl.
+        a.member_seen("b", 2, t0);
+        let at = t0 + LeaseSettings::default().ttl;
+        let mut w = mine.clone();
+        w.insert("b1".into(), Observed::Free);
+        w.insert("b2".into(), Observed::Free);
+        let ops = a.plan(at, &w);
+        for k in ["b1", "b2"] {
+            assert!(
+                ops.contains(&LeaseOp::Acquire { key: k.into() }),
+                "no placement delay for a silent member's rooms: {ops:?}"
+            );
+        }
     }
 
     #[test]

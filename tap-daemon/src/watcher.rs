@@ -376,6 +376,7 @@ impl KmsWatcher {
         let mut seen = HashSet::new();
         let mut owned = Vec::new();
         let mut wanted = std::collections::BTreeMap::new();
+        self.sweep_new_rooms(&pipelines).await;
         for pipeline in pipelines {
             // Lost KMS mid-scan: requests would queue until reconnection; look again then.
             if !self.kms_connected() {
@@ -399,12 +400,6 @@ impl KmsWatcher {
                 // Another daemon's room (or nobody's yet): not looked into.
                 if !l.link.valid.borrow().contains(&key) {
                     continue;
-                }
-                if !l.swept.contains(&key) {
-                    self.sweep_previous_holder(&pipeline).await;
-                    if let Some(l) = self.leases.as_mut() {
-                        l.swept.insert(key);
-                    }
                 }
             }
             let Ok(children) = pipeline.get_children().await else {
@@ -559,35 +554,55 @@ impl KmsWatcher {
         self.rescan().await;
     }
 
+    /// Rooms that just became ours, all at once: see [`Self::sweep_previous_holder`].
+    async fn sweep_new_rooms(&mut self, pipelines: &[MediaPipeline]) {
+        let Some(l) = &self.leases else {
+            return;
+        };
+        let valid = l.link.valid.borrow().clone();
+        let new: Vec<(String, &MediaPipeline)> = pipelines
+            .iter()
+            .map(|p| (tap_protocol::lease::room_key(&l.kms, p.id()), p))
+            .filter(|(k, _)| valid.contains(k) && !l.swept.contains(k))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        futures_util::future::join_all(new.iter().map(|(_, p)| self.sweep_previous_holder(p))).await;
+        if let Some(l) = self.leases.as_mut() {
+            l.swept.extend(new.into_iter().map(|(k, _)| k));
+        }
+    }
+
     /// A room just became ours: release what a previous holder (another daemon, by owner tag) left
     /// in it. Objects without our owner tag key are the app's and are never touched.
-    async fn sweep_previous_holder(&mut self, pipeline: &MediaPipeline) {
+    async fn sweep_previous_holder(&self, pipeline: &MediaPipeline) {
         let Ok(children) = pipeline.get_children().await else {
             return;
         };
-        for c in children {
-            let tags = if let Some(rtp) = c.downcast::<RtpEndpoint>() {
-                rtp.get_tags().await
-            } else if let Some(webrtc) = c.downcast::<WebRtcEndpoint>() {
-                webrtc.get_tags().await
-            } else {
-                continue;
-            };
-            let Ok(tags) = tags else {
-                continue;
-            };
-            let foreign = tags
-                .iter()
-                .any(|t| t.key == self.config.tags.owner && t.value != self.config.owner);
-            if foreign {
-                info!(
-                    object = c.id(),
-                    "releasing an object of the room's previous holder"
-                );
-                self.metrics.lease_events("swept");
-                release_bounded(&self.kms, c.id(), c.release()).await;
-            }
-        }
+        // All at once: a takeover sweeps a dead daemon's taps in every room it held, and one round
+        // trip each, in turn, on a loaded KMS, delayed the new taps by seconds.
+        let candidates: Vec<&MediaObject> = children
+            .iter()
+            .filter(|c| c.downcast::<RtpEndpoint>().is_some() || c.downcast::<WebRtcEndpoint>().is_some())
+            .collect();
+        let tags = futures_util::future::join_all(candidates.iter().map(|c| c.get_tags())).await;
+        let foreign: Vec<&MediaObject> = candidates
+            .into_iter()
+            .zip(tags)
+            .filter_map(|(c, tags)| {
+                let tags = tags.ok()?;
+                tags.iter()
+                    .any(|t| t.key == self.config.tags.owner && t.value != self.config.owner)
+                    .then_some(c)
+            })
+            .collect();
+        futures_util::future::join_all(foreign.into_iter().map(|c| async move {
+            info!(object = c.id(), "releasing an object of the room's previous holder");
+            self.metrics.lease_events("swept");
+            release_bounded(&self.kms, c.id(), c.release()).await;
+        }))
+        .await;
     }
 
     /// Reads the tags of the endpoints not seen before, all at once: a busy room adds dozens of
