@@ -25,6 +25,7 @@ pub fn all() -> Vec<Box<dyn Target>> {
         Box::new(RegistryEntries),
         Box::new(ControlRequests),
         Box::new(ConfigFile),
+        Box::new(ClusterEntries),
     ]
 }
 
@@ -611,6 +612,104 @@ impl Target for ConfigFile {
         }
         assert!(config.ports.0 < config.ports.1, "port range reversed");
         Verdict::Accepted
+    }
+}
+
+/// What other processes write for the scale-out: worker load reports (`tap.v1.load.*`) and the
+/// lease bucket's room and member entries. Accepted reports go through the scaling figures.
+pub struct ClusterEntries;
+
+impl Target for ClusterEntries {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        vec![
+            br#"{"v":1,"model":{"name":"fer","version":"1"},"instance":"4711-abc","slots":2,"period_ms":1000,"busy_ms":612.5,"answered":140,"refused":3}"#.to_vec(),
+            br#"{"v":1,"daemon":"kurento-tap-node1","kms":"kms-a","pipeline":"0b6d3a1c-86a3-4d2b-9d60-4b3f7e1b8c11_kurento.MediaPipeline","room":"standup","since_ms":1796010846163}"#.to_vec(),
+            br#"{"v":1,"daemon":"kurento-tap-node1","kms":["kms-a","kms-b"],"rooms":12,"http":"10.0.0.11:9464"}"#.to_vec(),
+        ]
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "null",
+            "0",
+            "-1",
+            "1e308",
+            "NaN",
+            "18446744073709551615",
+            "4294967295",
+            "\"slots\":",
+            "\"period_ms\":",
+            "\"busy_ms\":",
+            "\"answered\":",
+            "\"daemon\":",
+            "\"rooms\":",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        use tap_daemon::scaling::{ModelCounters, ScalingBook, ScalingSettings};
+        let mut accepted = false;
+        if let Ok(r) = tap_protocol::load::LoadReport::parse(input) {
+            accepted = true;
+            let b = r.busy_fraction();
+            assert!((0.0..=1.0).contains(&b), "busy fraction {b} out of range");
+            let t0 = std::time::Instant::now();
+            let mut book = ScalingBook::new(ScalingSettings::default());
+            let model = r.model.to_string();
+            book.sample(&model, t0, ModelCounters::default());
+            book.report(&model, t0, &r);
+            book.sample(
+                &model,
+                t0 + Duration::from_secs(1),
+                ModelCounters {
+                    offered: 100,
+                    answered: 50,
+                    superseded: 50,
+                },
+            );
+            let f = book.figures(t0 + Duration::from_secs(1))[&model];
+            for v in [
+                f.offered_per_s,
+                f.answered_per_s,
+                f.superseded_share,
+                f.capacity_per_s,
+                f.saturation,
+            ] {
+                assert!(
+                    v.is_finite() && v >= 0.0,
+                    "a figure from an accepted report is {v}: {f:?}"
+                );
+            }
+        }
+        if let Ok(l) = tap_protocol::lease::LeaseValue::parse(input) {
+            accepted = true;
+            let key = tap_protocol::lease::room_key(&l.kms, &l.pipeline);
+            assert!(
+                key.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)),
+                "lease key {key:?} is not a valid KV key"
+            );
+        }
+        if let Ok(m) = tap_protocol::lease::MemberValue::parse(input) {
+            accepted = true;
+            let key = tap_protocol::lease::member_key(&m.daemon);
+            assert!(key
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)));
+        }
+        if accepted {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        }
     }
 }
 

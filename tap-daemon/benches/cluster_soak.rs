@@ -124,13 +124,10 @@ impl Drop for Proc {
 
 async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let mut s = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .ok()?;
@@ -145,7 +142,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 /// Sum of a gauge's samples with `model="…"` per model.
 fn gauge_by_model(text: &str, name: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{')) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+    {
         let Some(model) = line
             .split("model=\"")
             .nth(1)
@@ -183,8 +183,13 @@ async fn census(kms: &[KurentoClient], dead: &[String]) -> (usize, usize, usize)
                 owned += 1;
                 let is_tap = c.id().ends_with("RtpEndpoint") && !c.id().ends_with("WebRtcEndpoint");
                 if let (true, Some(ep)) = (is_tap, tags.iter().find(|t| t.key == TAPPED_KEY)) {
-                    let owner = tags.iter().find(|t| t.key == OWNER_KEY).map(|t| t.value.clone());
-                    taps.entry(ep.value.clone()).or_default().push(owner.unwrap_or_default());
+                    let owner = tags
+                        .iter()
+                        .find(|t| t.key == OWNER_KEY)
+                        .map(|t| t.value.clone());
+                    taps.entry(ep.value.clone())
+                        .or_default()
+                        .push(owner.unwrap_or_default());
                 }
             }
         }
@@ -236,7 +241,10 @@ fn start_nats(port: u16, store: &Path) -> Proc {
 
 async fn wait_tcp(port: u16) {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -281,7 +289,10 @@ async fn main() {
                 200.0 + 20.0 * p as f64
             ));
         }
-        let file = soak_dir().join(format!("kms{k}.toml")).display().to_string();
+        let file = soak_dir()
+            .join(format!("kms{k}.toml"))
+            .display()
+            .to_string();
         std::fs::write(&file, scenario).unwrap();
         let port = free_port();
         let base = 20000 + k as u16 * 1000;
@@ -365,14 +376,18 @@ async fn main() {
                 .unwrap();
             let mut sub = client.subscribe("tap.v1.result.>").await.unwrap();
             while let Some(m) = sub.next().await {
-                let Ok(r) = serde_json::from_slice::<tap_protocol::ResultMessage>(&m.payload) else {
+                let Ok(r) = serde_json::from_slice::<tap_protocol::ResultMessage>(&m.payload)
+                else {
                     continue;
                 };
                 let t = start.elapsed().as_secs();
                 let model = format!("{}@{}", r.model, r.version);
                 let mut s = seen.lock().unwrap();
                 *s.per_second.entry((t, model.clone())).or_default() += 1;
-                s.latency.entry((t / 60, model)).or_default().push(r.latency_ms);
+                s.latency
+                    .entry((t / 60, model))
+                    .or_default()
+                    .push(r.latency_ms);
             }
         });
     }
@@ -428,7 +443,10 @@ async fn main() {
         if tapped == total && dup == 0 {
             if first_full.is_none() {
                 first_full = Some(start.elapsed().as_secs_f64());
-                println!("{:>6.1} s  all {total} participants tapped once", first_full.unwrap());
+                println!(
+                    "{:>6.1} s  all {total} participants tapped once",
+                    first_full.unwrap()
+                );
             }
             if let Some((what, at)) = pending.take() {
                 let took = at.elapsed().as_secs_f64();
@@ -471,22 +489,38 @@ async fn main() {
     };
     w(&mut out, format!("# cluster soak: {n_kms} kms-sim × {n_participants} participants, {n_daemons} daemons, 2 FER + 1 voice worker, {seconds} s"));
     w(&mut out, String::new());
-    w(&mut out, format!("all participants tapped once after {:.1} s", first_full.unwrap_or(f64::NAN)));
+    w(
+        &mut out,
+        format!(
+            "all participants tapped once after {:.1} s",
+            first_full.unwrap_or(f64::NAN)
+        ),
+    );
     w(&mut out, String::new());
-    w(&mut out, "| fault | at (s) | every participant tapped once by a live daemon after (s) |".into());
+    w(
+        &mut out,
+        "| fault | at (s) | every participant tapped once by a live daemon after (s) |".into(),
+    );
     w(&mut out, "|---|---|---|".into());
     for (what, at, took) in &recoveries {
         w(
             &mut out,
             format!(
                 "| {what} | {at:.0} | {} |",
-                took.map(|t| format!("{t:.1}")).unwrap_or_else(|| "never".into())
+                took.map(|t| format!("{t:.1}"))
+                    .unwrap_or_else(|| "never".into())
             ),
         );
     }
     w(&mut out, String::new());
-    w(&mut out, format!("duplicate taps (most at one look): {max_dup}"));
-    w(&mut out, format!("KMS objects left by the daemons after they stopped: {leaked}"));
+    w(
+        &mut out,
+        format!("duplicate taps (most at one look): {max_dup}"),
+    );
+    w(
+        &mut out,
+        format!("KMS objects left by the daemons after they stopped: {leaked}"),
+    );
     w(&mut out, String::new());
     let models: Vec<String> = {
         let mut m: Vec<String> = seen.per_second.keys().map(|(_, m)| m.clone()).collect();
@@ -494,7 +528,17 @@ async fn main() {
         m.dedup();
         m
     };
-    w(&mut out, format!("| window (s) | {} |", models.iter().map(|m| format!("{m} results/s")).collect::<Vec<_>>().join(" | ")));
+    w(
+        &mut out,
+        format!(
+            "| window (s) | {} |",
+            models
+                .iter()
+                .map(|m| format!("{m} results/s"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    );
     w(&mut out, format!("|---|{}", "---|".repeat(models.len())));
     let step = (seconds / 15).max(10);
     let mut t = 0;
@@ -508,24 +552,50 @@ async fn main() {
                 format!("{:.1}", n as f64 / step as f64)
             })
             .collect();
-        w(&mut out, format!("| {t}–{} | {} |", t + step, cells.join(" | ")));
+        w(
+            &mut out,
+            format!("| {t}–{} | {} |", t + step, cells.join(" | ")),
+        );
         t += step;
     }
     w(&mut out, String::new());
-    w(&mut out, "| minute | model | results | capture→result p50 (ms) | p95 (ms) |".into());
+    w(
+        &mut out,
+        "| minute | model | results | capture→result p50 (ms) | p95 (ms) |".into(),
+    );
     w(&mut out, "|---|---|---|---|---|".into());
     for ((minute, model), lat) in &seen.latency {
         let mut v = lat.clone();
         let (p50, p95) = (percentile(&mut v, 0.5), percentile(&mut v, 0.95));
-        w(&mut out, format!("| {minute} | {model} | {} | {p50:.0} | {p95:.0} |", lat.len()));
+        w(
+            &mut out,
+            format!(
+                "| {minute} | {model} | {} | {p50:.0} | {p95:.0} |",
+                lat.len()
+            ),
+        );
     }
     w(&mut out, String::new());
-    w(&mut out, format!("| t (s) | {} |", models.iter().map(|m| format!("saturation {m}")).collect::<Vec<_>>().join(" | ")));
+    w(
+        &mut out,
+        format!(
+            "| t (s) | {} |",
+            models
+                .iter()
+                .map(|m| format!("saturation {m}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    );
     w(&mut out, format!("|---|{}", "---|".repeat(models.len())));
     for (t, sums) in saturation.iter().step_by(2) {
         let cells: Vec<String> = models
             .iter()
-            .map(|m| sums.get(m).map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into()))
+            .map(|m| {
+                sums.get(m)
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "–".into())
+            })
             .collect();
         w(&mut out, format!("| {t:.0} | {} |", cells.join(" | ")));
     }

@@ -568,7 +568,8 @@ impl KmsWatcher {
         if new.is_empty() {
             return;
         }
-        futures_util::future::join_all(new.iter().map(|(_, p)| self.sweep_previous_holder(p))).await;
+        futures_util::future::join_all(new.iter().map(|(_, p)| self.sweep_previous_holder(p)))
+            .await;
         if let Some(l) = self.leases.as_mut() {
             l.swept.extend(new.into_iter().map(|(k, _)| k));
         }
@@ -584,7 +585,9 @@ impl KmsWatcher {
         // trip each, in turn, on a loaded KMS, delayed the new taps by seconds.
         let candidates: Vec<&MediaObject> = children
             .iter()
-            .filter(|c| c.downcast::<RtpEndpoint>().is_some() || c.downcast::<WebRtcEndpoint>().is_some())
+            .filter(|c| {
+                c.downcast::<RtpEndpoint>().is_some() || c.downcast::<WebRtcEndpoint>().is_some()
+            })
             .collect();
         let tags = futures_util::future::join_all(candidates.iter().map(|c| c.get_tags())).await;
         let foreign: Vec<&MediaObject> = candidates
@@ -598,7 +601,10 @@ impl KmsWatcher {
             })
             .collect();
         futures_util::future::join_all(foreign.into_iter().map(|c| async move {
-            info!(object = c.id(), "releasing an object of the room's previous holder");
+            info!(
+                object = c.id(),
+                "releasing an object of the room's previous holder"
+            );
             self.metrics.lease_events("swept");
             release_bounded(&self.kms, c.id(), c.release()).await;
         }))

@@ -352,6 +352,112 @@ fn real_kms_leave_and_rejoin_churn_under_cpu_load_leaves_no_object_behind() {
     });
 }
 
+/// Two daemons in cluster mode on the real KMS: the room is tapped once; the holder killed with
+/// SIGKILL, the other sweeps its objects, taps every participant again and results flow again; the
+/// app's objects are never touched.
+#[test]
+fn real_kms_cluster_failover_after_kill_9() {
+    with_kms("cluster_failover", |kms| async move {
+        let mut call = Call::start(kms.clone(), &[]).await;
+        for name in ["ana", "ben", "cyd"] {
+            call.join("failover", name, "codec=vp8");
+        }
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_workers();
+        let daemon = |owner: &str, ports: &str| {
+            let mut cmd = Command::new(workspace_bin("kurento-tap"));
+            cmd.args(["run", "--kurento", &kms.url, "--nats", &call.nats.url])
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--ports",
+                    ports,
+                    "--http",
+                    "127.0.0.1:0",
+                ])
+                .args(["--owner", owner, "--cluster", "true"])
+                .env("RUST_LOG", "info");
+            kms::Proc::spawn(owner, cmd)
+        };
+        let mut a = daemon("tap-ha-a", "44000-44499");
+        let mut b = daemon("tap-ha-b", "44500-44999");
+        for d in [&a, &b] {
+            assert!(
+                d.wait_line("metrics on", Duration::from_secs(30))
+                    .await
+                    .is_some(),
+                "{}",
+                d.output()
+            );
+        }
+        // One room: one daemon holds it and taps all three (tap + DataChannel peer each).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut held = ((0, 0), (0, 0));
+        while Instant::now() < deadline {
+            held = (call.owned("tap-ha-a").await, call.owned("tap-ha-b").await);
+            if held == ((3, 3), (0, 0)) || held == ((0, 0), (3, 3)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            held == ((3, 3), (0, 0)) || held == ((0, 0), (3, 3)),
+            "one daemon taps the room: {held:?}\n{}\n{}",
+            a.output(),
+            b.output()
+        );
+        let (victim, survivor, dead, alive) = if held.0 == (3, 3) {
+            ("tap-ha-a", "tap-ha-b", &mut a, &mut b)
+        } else {
+            ("tap-ha-b", "tap-ha-a", &mut b, &mut a)
+        };
+        let _ = dead.child.kill();
+        let _ = dead.child.wait();
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(60);
+        let mut after = ((0, 0), (0, 0));
+        while Instant::now() < deadline {
+            after = (call.owned(victim).await, call.owned(survivor).await);
+            if after == ((0, 0), (3, 3)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = killed.elapsed();
+        assert_eq!(after, ((0, 0), (3, 3)), "takeover:\n{}", alive.output());
+        eprintln!("real KMS: {survivor} took over from {victim} (kill -9) in {took:?}");
+        // Results flow again for every participant, from the survivor's taps.
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(60);
+        let mut who = std::collections::BTreeSet::new();
+        while Instant::now() < deadline && who.len() < 3 {
+            who = call
+                .results_since(since)
+                .iter()
+                .filter(|s| s.media == "video")
+                .map(|s| s.participant.clone())
+                .collect();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(who.len(), 3, "face results after the takeover: {who:?}");
+        assert_eq!(
+            call.app_endpoints().await,
+            9,
+            "the app's objects are its own"
+        );
+        assert!(
+            alive.terminate(Duration::from_secs(40)),
+            "{}",
+            alive.output()
+        );
+        assert_eq!(
+            call.owned(survivor).await,
+            (0, 0),
+            "objects left after shutdown"
+        );
+    });
+}
+
 #[test]
 fn real_kms_kms_restart_is_seen_and_the_new_server_is_tapped() {
     with_kms("kms_restart", |kms| async move {
