@@ -43,6 +43,7 @@
 //! renew_ms = 1000
 //! margin_ms = 1000                # a holder stops trusting its lease ttl - margin after renewing
 //! placement_delay_ms = 1500       # a busier daemon leaves a new room to idler ones this long
+//! rebalance_ms = 30000            # over fair share + 1: hand one room over this often (0: never)
 //!
 //! [tags]
 //! room = "kurento-tap.room"
@@ -120,6 +121,8 @@ pub struct ClusterFile {
     pub margin_ms: Option<u64>,
     /// Placement delay.
     pub placement_delay_ms: Option<u64>,
+    /// Rebalancing interval (0: off).
+    pub rebalance_ms: Option<u64>,
 }
 
 /// The `[mood]` table.
@@ -422,6 +425,15 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             cluster_file.placement_delay_ms,
             ls.placement_delay,
         )?,
+        rebalance_every: match cluster_file.rebalance_ms {
+            Some(ms) if ms > 86_400_000 => {
+                return Err(ConfigError::Invalid(
+                    "cluster rebalance_ms must be at most 86400000 (a day)".into(),
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => ls.rebalance_every,
+        },
     };
     lease
         .validate()

@@ -29,6 +29,10 @@ pub struct LeaseSettings {
     pub margin: Duration,
     /// How long a more loaded daemon leaves an unheld room to less loaded ones.
     pub placement_delay: Duration,
+    /// A daemon holding more than its fair share + 1 hands one room over this often (zero: never),
+    /// so a daemon that joins ends up with its share without a mass re-tap: one room at a time,
+    /// each re-tapped by the least loaded daemon within a second or two.
+    pub rebalance_every: Duration,
 }
 
 impl Default for LeaseSettings {
@@ -38,6 +42,7 @@ impl Default for LeaseSettings {
             renew_every: Duration::from_millis(1000),
             margin: Duration::from_millis(1000),
             placement_delay: Duration::from_millis(1500),
+            rebalance_every: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct LeaseBook {
     /// The first plan: free rooms are contended one renew interval later, once the members that
     /// started alongside have been heard (daemons started together split the rooms).
     started: Option<Instant>,
+    /// The last room handed over for balance.
+    last_handover: Option<Instant>,
 }
 
 impl LeaseBook {
@@ -156,6 +163,7 @@ impl LeaseBook {
             free_since: HashMap::new(),
             members: HashMap::new(),
             started: None,
+            last_handover: None,
         }
     }
 
@@ -264,6 +272,37 @@ impl LeaseBook {
         let eager = mine as u32 <= least;
         let started = *self.started.get_or_insert(now);
         let settled = now.saturating_duration_since(started) >= self.settings.renew_every;
+        // Balance: over the fair share by more than one, with a less loaded live member to take
+        // it, hand over one room per interval (the last in our own order, so each daemon picks
+        // differently).
+        let since_last = self
+            .last_handover
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        if settled
+            && !self.settings.rebalance_every.is_zero()
+            && since_last >= self.settings.rebalance_every
+            && self.held.len() > fair + 1
+            && (least as usize) + 1 < self.held.len()
+        {
+            let give = self
+                .held
+                .iter()
+                .filter(|(_, h)| !h.writing)
+                .map(|(k, _)| k.clone())
+                .max_by_key(|k| spread(&self.me, k));
+            if let Some(key) = give {
+                if let Some(h) = self.held.remove(&key) {
+                    self.last_handover = Some(now);
+                    // Not ours to take straight back: it waits for the placement delay like any
+                    // room a busier daemon sees free.
+                    self.free_since.insert(key.clone(), now);
+                    ops.push(LeaseOp::Release {
+                        key,
+                        revision: h.revision,
+                    });
+                }
+            }
+        }
         // Free rooms, in an order of our own (daemons that start together do not all go for the
         // same rooms first).
         let mut free: Vec<(&String, &Observed)> = wanted
@@ -580,6 +619,49 @@ mod tests {
                 "no placement delay for a silent member's rooms: {ops:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_daemon_that_joins_gets_its_share_one_room_at_a_time() {
+        let t0 = Instant::now();
+        let mut busy = settled("busy", t0);
+        let mut w: BTreeMap<String, Observed> =
+            (0..6).map(|i| (format!("r{i}"), Observed::Free)).collect();
+        let ops = busy.plan(t0, &w);
+        acquire_all(&mut busy, &ops, t0, 1);
+        assert_eq!(busy.held_count(), 6);
+        // A newcomer with nothing (fair share 3). Every half second: the newcomer takes what was
+        // handed over; busy renews what it keeps. Handovers are counted with their times.
+        let mut handovers = Vec::new();
+        let mut now = t0;
+        for _ in 0..160 {
+            now += ms(500);
+            let theirs = w
+                .values()
+                .filter(|o| matches!(o, Observed::Held { daemon, .. } if daemon == "new"))
+                .count() as u32;
+            busy.member_seen("new", theirs, now);
+            for op in busy.plan(now, &w) {
+                match op {
+                    LeaseOp::Renew { key, .. } => busy.renewed(&key, now, WriteOutcome::Written(2)),
+                    LeaseOp::Release { key, .. } => {
+                        handovers.push(now - t0);
+                        w.insert(
+                            key,
+                            Observed::Held {
+                                daemon: "new".into(),
+                                revision: 9,
+                            },
+                        );
+                    }
+                    LeaseOp::Acquire { key } => panic!("busy took {key} back"),
+                }
+            }
+        }
+        // 6 → 4 (fair share + 1), one room per interval: no mass re-tap.
+        assert_eq!(busy.held_count(), 4);
+        assert_eq!(handovers.len(), 2, "{handovers:?}");
+        assert!(handovers[1] - handovers[0] >= LeaseSettings::default().rebalance_every);
     }
 
     #[test]
