@@ -111,7 +111,7 @@ enum Command {
     },
     /// List rooms, participants and tap state.
     Rooms {
-        /// KMS WebSocket URL.
+        /// KMS WebSocket URL, or several as name=url,name=url.
         #[arg(
             long,
             env = "KURENTO_TAP_KURENTO",
@@ -285,14 +285,32 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rooms { kurento, json } => {
-            let kms = kurento_client::KurentoClient::connect(&kurento)
-                .await
-                .with_context(|| format!("cannot connect to KMS at {kurento}"))?;
-            let rooms = list_rooms(&kms, &TagKeys::default()).await?;
+            let targets = config::parse_kms_list(&kurento)?;
+            let mut all = Vec::new();
+            for t in &targets {
+                let kms = kurento_client::KurentoClient::connect(&t.url)
+                    .await
+                    .with_context(|| format!("cannot connect to KMS {} at {}", t.name, t.url))?;
+                let rooms = list_rooms(&kms, &TagKeys::default()).await?;
+                kms.close().await;
+                all.push((t.name.clone(), rooms));
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rooms)?);
-            } else {
-                for r in &rooms {
+                // One KMS: the list of rooms, as before; several: the lists by KMS name.
+                if all.len() == 1 {
+                    println!("{}", serde_json::to_string_pretty(&all[0].1)?);
+                } else {
+                    let by_kms: std::collections::BTreeMap<&str, _> =
+                        all.iter().map(|(n, r)| (n.as_str(), r)).collect();
+                    println!("{}", serde_json::to_string_pretty(&by_kms)?);
+                }
+                return Ok(());
+            }
+            for (name, rooms) in &all {
+                if all.len() > 1 {
+                    println!("KMS {name}");
+                }
+                for r in rooms {
                     println!("room {}  ({})", r.room, r.pipeline);
                     for p in &r.participants {
                         println!(
@@ -309,7 +327,6 @@ async fn main() -> anyhow::Result<()> {
                     println!("no rooms");
                 }
             }
-            kms.close().await;
             Ok(())
         }
     }

@@ -212,7 +212,11 @@ async fn daemons_share_rooms_fail_over_and_never_double_tap() {
     // Restarted with the same id, it takes its share one room at a time: the survivor holds 4
     // rooms, the fair share is 2, and a daemon over fair share + 1 hands one room over per
     // interval; so exactly one room moves, and no participant is ever tapped twice.
-    let ports = if victim == "tap-a" { "47500-47599" } else { "47600-47699" };
+    let ports = if victim == "tap-a" {
+        "47500-47599"
+    } else {
+        "47600-47699"
+    };
     let restarted = daemon(&victim, &sim.url(), &nats.url, ports);
     assert!(restarted
         .wait_line("metrics on", Duration::from_secs(20))
@@ -239,12 +243,23 @@ async fn daemons_share_rooms_fail_over_and_never_double_tap() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(moved, "the joining daemon got no room: {:?}", taps_in_kms(&kms).await.0);
+    assert!(
+        moved,
+        "the joining daemon got no room: {:?}",
+        taps_in_kms(&kms).await.0
+    );
     // Two more intervals: nothing else moves (3 of 4 rooms is fair share + 1).
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (taps, _) = taps_in_kms(&kms).await;
-    assert_eq!((rooms_of(&taps, &victim), rooms_of(&taps, survivor)), (1, 3), "{taps:?}");
-    assert!(taps.values().all(|o| o.len() == 1) && taps.len() == PUBLISHERS, "{taps:?}");
+    assert_eq!(
+        (rooms_of(&taps, &victim), rooms_of(&taps, survivor)),
+        (1, 3),
+        "{taps:?}"
+    );
+    assert!(
+        taps.values().all(|o| o.len() == 1) && taps.len() == PUBLISHERS,
+        "{taps:?}"
+    );
     if victim == "tap-a" {
         a = restarted;
     } else {

@@ -85,23 +85,45 @@ fn tracking() {
     println!();
     println!("| 320x240, one face | frames/s per core | ms/frame | detector runs (steady face) | moving clip: label agreement / IoU ≥ 0.8 with every-frame detection | detector runs on the clip |");
     println!("|---|---|---|---|---|---|");
-    let mut reference = load();
-    let want: Vec<Vec<Face>> = frames
-        .iter()
-        .map(|f| reference.analyze(f, clip::W, clip::H).unwrap().0)
-        .collect();
     let dir = default_models_dir();
-    let with = |d| ModelPaths::vendored_with(&dir, EmotionNet::Fer, d);
+    // Each net is compared with itself, detecting on every frame.
+    let reference = |net| {
+        let mut r =
+            FerPipeline::load(&ModelPaths::vendored(&dir, net)).expect("set ORT_DYLIB_PATH");
+        frames
+            .iter()
+            .map(|f| r.analyze(f, clip::W, clip::H).unwrap().0)
+            .collect::<Vec<Vec<Face>>>()
+    };
+    let (want_fer, want_tap) = (reference(EmotionNet::Fer), reference(EmotionNet::Tap));
     let configs = [
-        ("fp32", Precision::Fp32, 1u32),
-        ("fp32", Precision::Fp32, 3),
-        ("fp32", Precision::Fp32, 5),
-        ("fp32", Precision::Fp32, 10),
-        ("int8 detector", Precision::Int8, 1),
-        ("int8 detector", Precision::Int8, 3),
-        ("int8 detector", Precision::Int8, 5),
+        ("fp32", EmotionNet::Fer, Precision::Fp32, 1u32),
+        ("fp32", EmotionNet::Fer, Precision::Fp32, 3),
+        ("fp32", EmotionNet::Fer, Precision::Fp32, 5),
+        ("fp32", EmotionNet::Fer, Precision::Fp32, 10),
+        ("int8 detector", EmotionNet::Fer, Precision::Int8, 1),
+        ("int8 detector", EmotionNet::Fer, Precision::Int8, 3),
+        ("int8 detector", EmotionNet::Fer, Precision::Int8, 5),
+        (
+            "fp32, net trained here",
+            EmotionNet::Tap,
+            Precision::Fp32,
+            1,
+        ),
+        (
+            "fp32, net trained here",
+            EmotionNet::Tap,
+            Precision::Fp32,
+            5,
+        ),
     ];
-    for (name, det, n) in configs {
+    for (name, net, det, n) in configs {
+        let want = if net == EmotionNet::Tap {
+            &want_tap
+        } else {
+            &want_fer
+        };
+        let with = |d| ModelPaths::vendored_with(&dir, net, d);
         let cfg = TrackerConfig {
             detect_interval: n,
             ..Default::default()
@@ -141,7 +163,7 @@ fn tracking() {
         let mut p = load();
         let mut tracker = Tracker::new(cfg);
         let (mut face_frames, mut agree, mut boxes, mut clip_detections) = (0, 0, 0, 0);
-        for (i, (f, w)) in frames.iter().zip(&want).enumerate() {
+        for (i, (f, w)) in frames.iter().zip(want).enumerate() {
             let (got, _, d) = p
                 .analyze_tracked(
                     &mut tracker,

@@ -28,6 +28,8 @@ pub const FER_SHA256: &str = "77258c4b293a28f33cf996bcd1ae39ed14d1cecaf82f8d9a36
 /// sha256 of `blazeface_front_128_int8.onnx` (models/tools/quantize.py).
 pub const BLAZEFACE_INT8_SHA256: &str =
     "b5d07ad34bdabcff08e9cf0450e63eaed5f6d78b9f5c8179a4d39b32c013df4f";
+/// sha256 of `fer_tap_cnn.onnx` (trained here: models/tools/train_fer.py).
+pub const TAP_CNN_SHA256: &str = "711966c18e9254a3165aaddc724965dee541b12ef5c215bf2f001984e02e27da";
 /// sha256 of `human_emotion.onnx`.
 pub const HUMAN_SHA256: &str = "21351b2bbe94b02ed3a9da274dafd87ca71a1b726eaceeaa75d6a8e997903d70";
 
@@ -40,6 +42,9 @@ pub enum EmotionNet {
     Fer,
     /// `human_emotion.onnx` (205k parameters, 0.57 ms).
     Human,
+    /// `fer_tap_cnn.onnx`, trained here on FER2013's train split (334k parameters;
+    /// models/tools/train_fer.py, docs/models.md).
+    Tap,
 }
 
 impl EmotionNet {
@@ -49,6 +54,7 @@ impl EmotionNet {
         let value = match self {
             EmotionNet::Fer => 0.560,
             EmotionNet::Human => 0.540,
+            EmotionNet::Tap => 0.627,
         };
         classifier_sdk::ModelQuality {
             dataset: "FER2013 private test, 6 classes (docs/models.md)".into(),
@@ -99,6 +105,7 @@ impl ModelPaths {
         let (file, sha) = match net {
             EmotionNet::Fer => ("fer_mini_xception.onnx", FER_SHA256),
             EmotionNet::Human => ("human_emotion.onnx", HUMAN_SHA256),
+            EmotionNet::Tap => ("fer_tap_cnn.onnx", TAP_CNN_SHA256),
         };
         ModelPaths {
             detector: dir.join("blazeface_front_128.onnx"),
@@ -155,6 +162,8 @@ pub struct StageTimes {
 pub struct FerPipeline {
     detector: Session,
     emotion: Session,
+    /// The emotion net's input and output names (a user's model need not use ours).
+    emotion_io: (String, String),
     anchors: Vec<(f32, f32)>,
     /// Minimum detection score (default 0.75).
     pub threshold: f32,
@@ -241,9 +250,21 @@ fn ort_err(e: impl std::fmt::Display) -> OnnxError {
 impl FerPipeline {
     /// Loads both models (checksums verified for the vendored ones).
     pub fn load(paths: &ModelPaths) -> Result<Self, OnnxError> {
+        let emotion = onnx::load(&paths.emotion, paths.emotion_sha256)?;
+        let (inputs, outputs) = (emotion.inputs(), emotion.outputs());
+        if inputs.len() != 1 || outputs.is_empty() {
+            return Err(OnnxError::Ort(format!(
+                "{}: an emotion net takes one input (N×64×64×1) and gives 7 probabilities; this one has {} inputs and {} outputs",
+                paths.emotion.display(),
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        let emotion_io = (inputs[0].name().to_owned(), outputs[0].name().to_owned());
         Ok(FerPipeline {
             detector: onnx::load(&paths.detector, paths.detector_sha256)?,
-            emotion: onnx::load(&paths.emotion, paths.emotion_sha256)?,
+            emotion,
+            emotion_io,
             anchors: anchors(),
             threshold: 0.75,
             margin: 0.2,
@@ -364,9 +385,11 @@ impl FerPipeline {
         let tensor = TensorRef::from_array_view(([n, 64usize, 64, 1], crops)).map_err(ort_err)?;
         let out = self
             .emotion
-            .run(classifier_sdk::onnx::ort::inputs!["input" => tensor])
+            .run(classifier_sdk::onnx::ort::inputs![self.emotion_io.0.as_str() => tensor])
             .map_err(ort_err)?;
-        let (_, probs) = out["predictions"]
+        let (_, probs) = out
+            .get(&self.emotion_io.1)
+            .ok_or_else(|| OnnxError::Ort("the emotion net gave no output".into()))?
             .try_extract_tensor::<f32>()
             .map_err(ort_err)?;
         if probs.len() < n * 7 {
