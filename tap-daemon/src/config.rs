@@ -2,7 +2,8 @@
 //! environment variables override it.
 //!
 //! ```toml
-//! kurento = "ws://127.0.0.1:8888/kurento"
+//! kurento = "ws://127.0.0.1:8888/kurento"   # or several: "a=ws://10.0.0.1:8888/kurento,b=ws://…"
+//! kms_name = "kms-a"              # this KMS in lease keys, results and the cluster view (default: host:port)
 //! nats = "nats://127.0.0.1:4222"
 //! nats_creds = "/etc/kurento-tap/tap.creds"   # or nats_token = "…"
 //! bind = "127.0.0.1"              # receive address, announced to KMS: must be reachable from it
@@ -34,8 +35,6 @@
 //! stale_s = 10.0                  # a modality without input this long is dropped
 //! max_age_s = 86400               # history kept in JetStream TAP_AFFECT_V1
 //! per_subject = 14400             # and at most this many per participant / room (4 h at 1/s)
-//!
-//! kms_name = "kms-a"              # this KMS in lease keys and the cluster view (default: host:port)
 //!
 //! [cluster]                     # several daemons share the KMS's rooms (docs/operations.md)
 //! enabled = false
@@ -504,6 +503,35 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_table_and_kms_lists_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "kurento = \"a=ws://10.0.0.1:8888/kurento, b=ws://10.0.0.2:8888/kurento\"\n[cluster]\nenabled = true\nrebalance_ms = 0\n",
+        )
+        .unwrap();
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert!(c.cluster.enabled);
+        assert!(c.cluster.lease.rebalance_every.is_zero());
+        assert!(
+            c.owner.starts_with("kurento-tap-"),
+            "one owner per host in cluster mode"
+        );
+        let names: Vec<String> = c.targets().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        let bare = parse_kms_list("ws://h1:8888/kurento").unwrap();
+        assert_eq!(bare[0].name, "h1:8888");
+        for bad in [
+            "[cluster]\nrenew_ms = 2000\n",
+            "[cluster]\nmargin_ms = 3000\n",
+            "kurento = \"a=ws://x/kurento,a=ws://y/kurento\"\n",
+            "kurento = \"http://x\"\n",
+            "kurento = \"a=ws://x/kurento,b=ws://y/kurento\"\nkms_name = \"c\"\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(resolve(file, Overrides::default()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_mood_table_is_read_and_checked() {
