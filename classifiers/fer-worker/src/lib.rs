@@ -1,5 +1,6 @@
-//! Facial emotion: BlazeFace (front, 128) finds faces; a FER2013 mini-XCEPTION (or human's emotion
-//! net) classifies a square gray 64x64 crop of each into 7 emotions.
+//! Facial emotion: BlazeFace (front, 128) finds faces; an emotion net trained on FER2013 (by default
+//! the one trained here, `fer_tap_cnn.onnx`; or mini-XCEPTION, or human's) classifies a square gray
+//! 64x64 crop of each into 7 emotions.
 //!
 //! Contracts and preprocessing follow `models/PROVENANCE.md`: letterboxed RGB in [-1, 1] for the
 //! detector, 896 anchors (16x16x2 + 8x8x6), sigmoid scores, weighted NMS at IoU 0.3; the crop is a
@@ -29,7 +30,7 @@ pub const FER_SHA256: &str = "77258c4b293a28f33cf996bcd1ae39ed14d1cecaf82f8d9a36
 pub const BLAZEFACE_INT8_SHA256: &str =
     "b5d07ad34bdabcff08e9cf0450e63eaed5f6d78b9f5c8179a4d39b32c013df4f";
 /// sha256 of `fer_tap_cnn.onnx` (trained here: models/tools/train_fer.py).
-pub const TAP_CNN_SHA256: &str = "711966c18e9254a3165aaddc724965dee541b12ef5c215bf2f001984e02e27da";
+pub const TAP_CNN_SHA256: &str = "f075055ab2d5688ee022a8311771c482f4e063457078b795343b062d49149207";
 /// sha256 of `human_emotion.onnx`.
 pub const HUMAN_SHA256: &str = "21351b2bbe94b02ed3a9da274dafd87ca71a1b726eaceeaa75d6a8e997903d70";
 
@@ -54,7 +55,7 @@ impl EmotionNet {
         let value = match self {
             EmotionNet::Fer => 0.560,
             EmotionNet::Human => 0.540,
-            EmotionNet::Tap => 0.627,
+            EmotionNet::Tap => 0.652,
         };
         classifier_sdk::ModelQuality {
             dataset: "FER2013 private test, 6 classes (docs/models.md)".into(),

@@ -113,7 +113,13 @@ fn classify_prints_json_per_image() {
         .unwrap()
         .ends_with("astronaut_256.png"));
     assert_eq!(lines[0]["faces"][0]["box"].as_array().unwrap().len(), 4);
-    assert!(lines[0]["faces"][0]["labels"]["happy"].as_f64().unwrap() > 0.9);
+    let labels = lines[0]["faces"][0]["labels"].as_object().unwrap();
+    let top = labels
+        .iter()
+        .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+        .unwrap();
+    assert_eq!(top.0, "happy", "{labels:?}");
+    assert!(top.1.as_f64().unwrap() > 0.5, "{labels:?}");
     assert_eq!(lines[1]["faces"], serde_json::json!([]));
 }
 
