@@ -40,6 +40,9 @@ pub struct LeaseLink {
     pub wanted: watch::Sender<BTreeMap<String, WantedRoom>>,
     /// Rooms this daemon may tap now, by lease key.
     pub valid: watch::Receiver<Arc<BTreeSet<String>>>,
+    /// Rooms the watcher still has taps or setups in, by lease key (a room handed over is
+    /// released only once it leaves this set).
+    pub tapping: watch::Sender<BTreeSet<String>>,
 }
 
 /// Longest wait for one KV operation (a lease is renewed every second).
@@ -59,19 +62,24 @@ pub fn start(
     let (valid_tx, valid_rx) = watch::channel(Arc::new(BTreeSet::new()));
     let (senders, receivers): (Vec<_>, Vec<_>) =
         kms.iter().map(|_| watch::channel(BTreeMap::new())).unzip();
+    let (tapping_tx, tapping_rx): (Vec<_>, Vec<_>) =
+        kms.iter().map(|_| watch::channel(BTreeSet::new())).unzip();
     let task = tokio::spawn(run(
         kv,
         LeaseBook::new(me, settings),
         receivers,
+        tapping_rx,
         valid_tx,
         MemberInfo { http, kms },
         metrics,
     ));
     let links = senders
         .into_iter()
-        .map(|wanted| LeaseLink {
+        .zip(tapping_tx)
+        .map(|(wanted, tapping)| LeaseLink {
             wanted,
             valid: valid_rx.clone(),
+            tapping,
         })
         .collect();
     (links, task)
@@ -86,6 +94,7 @@ async fn run(
     kv: kv::Store,
     mut book: LeaseBook,
     mut wanted_rxs: Vec<watch::Receiver<BTreeMap<String, WantedRoom>>>,
+    tapping_rxs: Vec<watch::Receiver<BTreeSet<String>>>,
     valid_tx: watch::Sender<Arc<BTreeSet<String>>>,
     info: MemberInfo,
     metrics: Arc<Metrics>,
@@ -117,6 +126,11 @@ async fn run(
         for w in wanted_rxs.iter_mut() {
             wanted.extend(w.borrow_and_update().clone());
         }
+        let tapping: BTreeSet<String> = tapping_rxs
+            .iter()
+            .flat_map(|t| t.borrow().iter().cloned().collect::<Vec<_>>())
+            .collect();
+        book.set_tapping(tapping);
         let now = Instant::now();
         let observed = observe(&kv, &book, &wanted, now).await;
         let ops = book.plan(Instant::now(), &observed);
@@ -182,8 +196,9 @@ async fn run(
                 tokio::time::timeout(OP_TIMEOUT, kv.put(member_key(book.me()), body.into())).await;
         }
     }
-    // Stopping: the actor has released its taps; hand the rooms over now.
+    // Stopping: the watchers have released their taps; hand the rooms over now.
     valid_tx.send_replace(Arc::new(BTreeSet::new()));
+    book.set_tapping(BTreeSet::new());
     let ops = book.plan(Instant::now(), &BTreeMap::new());
     for op in ops {
         if let LeaseOp::Release { .. } = op {

@@ -15,7 +15,7 @@
 //! Rooms held by a live daemon are never moved: a new daemon takes new rooms and the rooms of
 //! daemons that died, so nothing running is re-tapped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// Timing of leases.
@@ -126,6 +126,8 @@ struct Held {
     confirmed_sent: Instant,
     /// A write for it is in flight.
     writing: bool,
+    /// Being handed over: no longer tapped here, released once no tap of ours is left in it.
+    handing_over: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +152,8 @@ pub struct LeaseBook {
     started: Option<Instant>,
     /// The last room handed over for balance.
     last_handover: Option<Instant>,
+    /// Rooms this daemon still has taps (or setups) in, as its watchers last said.
+    tapping: BTreeSet<String>,
 }
 
 impl LeaseBook {
@@ -164,6 +168,7 @@ impl LeaseBook {
             members: HashMap::new(),
             started: None,
             last_handover: None,
+            tapping: BTreeSet::new(),
         }
     }
 
@@ -205,7 +210,7 @@ impl LeaseBook {
     pub fn valid(&self, now: Instant) -> Vec<String> {
         self.held
             .iter()
-            .filter(|(_, h)| self.trusted_until(h) > now)
+            .filter(|(_, h)| !h.handing_over && self.trusted_until(h) > now)
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -214,7 +219,14 @@ impl LeaseBook {
     pub fn holds(&self, key: &str, now: Instant) -> bool {
         self.held
             .get(key)
-            .is_some_and(|h| self.trusted_until(h) > now)
+            .is_some_and(|h| !h.handing_over && self.trusted_until(h) > now)
+    }
+
+    /// The rooms this daemon's watchers still have taps or setups in. A room handed over is
+    /// released only once it is not among them: whoever takes it next never finds our tap still
+    /// running (or about to be made by a setup in flight).
+    pub fn set_tapping(&mut self, tapping: BTreeSet<String>) {
+        self.tapping = tapping;
     }
 
     /// Rooms held (written and not known lost), valid or not.
@@ -238,6 +250,17 @@ impl LeaseBook {
                 continue;
             };
             if h.writing {
+                continue;
+            }
+            if h.handing_over && !self.tapping.contains(&key) {
+                ops.push(LeaseOp::Release {
+                    key: key.clone(),
+                    revision: h.revision,
+                });
+                self.held.remove(&key);
+                // Not ours to take straight back: it waits for the placement delay like any
+                // room a busier daemon sees free.
+                self.free_since.insert(key, now);
                 continue;
             }
             if !wanted.contains_key(&key) {
@@ -287,20 +310,14 @@ impl LeaseBook {
             let give = self
                 .held
                 .iter()
-                .filter(|(_, h)| !h.writing)
+                .filter(|(_, h)| !h.writing && !h.handing_over)
                 .map(|(k, _)| k.clone())
                 .max_by_key(|k| spread(&self.me, k));
-            if let Some(key) = give {
-                if let Some(h) = self.held.remove(&key) {
-                    self.last_handover = Some(now);
-                    // Not ours to take straight back: it waits for the placement delay like any
-                    // room a busier daemon sees free.
-                    self.free_since.insert(key.clone(), now);
-                    ops.push(LeaseOp::Release {
-                        key,
-                        revision: h.revision,
-                    });
-                }
+            // Stop tapping it first (it leaves `valid` now); the lease goes once the watchers
+            // say nothing of ours is left in it (above, on a later plan).
+            if let Some(h) = give.and_then(|k| self.held.get_mut(&k)) {
+                h.handing_over = true;
+                self.last_handover = Some(now);
             }
         }
         // Free rooms, in an order of our own (daemons that start together do not all go for the
@@ -352,6 +369,7 @@ impl LeaseBook {
                     revision,
                     confirmed_sent: sent,
                     writing: false,
+                    handing_over: false,
                 },
             );
         }
@@ -662,6 +680,48 @@ mod tests {
         assert_eq!(busy.held_count(), 4);
         assert_eq!(handovers.len(), 2, "{handovers:?}");
         assert!(handovers[1] - handovers[0] >= LeaseSettings::default().rebalance_every);
+    }
+
+    #[test]
+    fn a_room_handed_over_is_released_only_once_nothing_of_ours_taps_it() {
+        let t0 = Instant::now();
+        let mut busy = settled("busy", t0);
+        let w: BTreeMap<String, Observed> =
+            (0..6).map(|i| (format!("r{i}"), Observed::Free)).collect();
+        let ops = busy.plan(t0, &w);
+        acquire_all(&mut busy, &ops, t0, 1);
+        busy.set_tapping(w.keys().cloned().collect());
+        busy.member_seen("new", 0, t0);
+        let ops = busy.plan(t0 + ms(10), &w);
+        assert!(ops.iter().all(|o| !matches!(o, LeaseOp::Release { .. })));
+        let given: Vec<String> = w
+            .keys()
+            .filter(|k| !busy.holds(k, t0 + ms(10)))
+            .cloned()
+            .collect();
+        assert_eq!(given.len(), 1, "one room stops being tapped here at once");
+        // Its tap is still being released: the lease stays (renewed), nobody else can take it.
+        for i in 1..6 {
+            let now = t0 + ms(10 + i * 500);
+            busy.member_seen("new", 0, now);
+            for op in busy.plan(now, &w) {
+                match op {
+                    LeaseOp::Renew { key, .. } => busy.renewed(&key, now, WriteOutcome::Written(2)),
+                    LeaseOp::Release { key, .. } => panic!("{key} released while still tapped"),
+                    LeaseOp::Acquire { .. } => {}
+                }
+            }
+        }
+        // Nothing of ours left in it: released.
+        busy.set_tapping(w.keys().filter(|k| **k != given[0]).cloned().collect());
+        let ops = busy.plan(t0 + ms(3100), &w);
+        assert!(
+            ops.contains(&LeaseOp::Release {
+                key: given[0].clone(),
+                revision: 2
+            }),
+            "{ops:?}"
+        );
     }
 
     #[test]

@@ -211,6 +211,7 @@ impl KmsWatcher {
             self.metrics
                 .kms_decode_errors
                 .set(self.kms.stats().decode_errors as i64);
+            self.tell_tapping();
         }
     }
 
@@ -397,8 +398,9 @@ impl KmsWatcher {
                         },
                     );
                 }
-                // Another daemon's room (or nobody's yet): not looked into.
-                if !l.link.valid.borrow().contains(&key) {
+                // Another daemon's room (or nobody's yet), or ours but not yet cleared of what its
+                // previous holder left: not looked into.
+                if !l.link.valid.borrow().contains(&key) || !l.swept.contains(&key) {
                     continue;
                 }
             }
@@ -521,6 +523,34 @@ impl KmsWatcher {
             .clone()
     }
 
+    /// Tells the lease task which rooms still have taps or setups of ours (cluster mode).
+    fn tell_tapping(&self) {
+        let Some(l) = &self.leases else {
+            return;
+        };
+        let rooms: std::collections::BTreeSet<String> = self
+            .known
+            .iter()
+            .filter(|(_, k)| {
+                matches!(
+                    k,
+                    Known::Tapped(_) | Known::Pending | Known::Cancelled { .. }
+                )
+            })
+            .map(|(ep, _)| {
+                tap_protocol::lease::room_key(&l.kms, ep.split('/').next().unwrap_or_default())
+            })
+            .collect();
+        l.link.tapping.send_if_modified(|t| {
+            if *t != rooms {
+                *t = rooms;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Whether this daemon answers for a room: always alone, only as its holder in cluster mode.
     fn may_serve(&self, pipeline: &str) -> bool {
         self.leases.as_ref().is_none_or(|l| {
@@ -568,18 +598,26 @@ impl KmsWatcher {
         if new.is_empty() {
             return;
         }
-        futures_util::future::join_all(new.iter().map(|(_, p)| self.sweep_previous_holder(p)))
-            .await;
+        let done =
+            futures_util::future::join_all(new.iter().map(|(_, p)| self.sweep_previous_holder(p)))
+                .await;
+        // A room not swept whole is not tapped yet (the rescan skips it) and swept again next time.
         if let Some(l) = self.leases.as_mut() {
-            l.swept.extend(new.into_iter().map(|(k, _)| k));
+            l.swept.extend(
+                new.into_iter()
+                    .zip(done)
+                    .filter(|(_, ok)| *ok)
+                    .map(|((k, _), _)| k),
+            );
         }
     }
 
     /// A room just became ours: release what a previous holder (another daemon, by owner tag) left
-    /// in it. Objects without our owner tag key are the app's and are never touched.
-    async fn sweep_previous_holder(&self, pipeline: &MediaPipeline) {
+    /// in it. Objects without our owner tag key are the app's and are never touched. True when the
+    /// room was read whole and everything foreign in it released.
+    async fn sweep_previous_holder(&self, pipeline: &MediaPipeline) -> bool {
         let Ok(children) = pipeline.get_children().await else {
-            return;
+            return false;
         };
         // All at once: a takeover sweeps a dead daemon's taps in every room it held, and one round
         // trip each, in turn, on a loaded KMS, delayed the new taps by seconds.
@@ -590,25 +628,37 @@ impl KmsWatcher {
             })
             .collect();
         let tags = futures_util::future::join_all(candidates.iter().map(|c| c.get_tags())).await;
-        let foreign: Vec<&MediaObject> = candidates
-            .into_iter()
-            .zip(tags)
-            .filter_map(|(c, tags)| {
-                let tags = tags.ok()?;
-                tags.iter()
-                    .any(|t| t.key == self.config.tags.owner && t.value != self.config.owner)
-                    .then_some(c)
-            })
-            .collect();
-        futures_util::future::join_all(foreign.into_iter().map(|c| async move {
+        let mut complete = true;
+        let mut foreign: Vec<&MediaObject> = Vec::new();
+        for (c, tags) in candidates.into_iter().zip(tags) {
+            match tags {
+                Ok(tags) => {
+                    if tags
+                        .iter()
+                        .any(|t| t.key == self.config.tags.owner && t.value != self.config.owner)
+                    {
+                        foreign.push(c);
+                    }
+                }
+                // Released meanwhile: nothing to sweep. Anything else: look again.
+                Err(e) if e.is_object_not_found() => {}
+                Err(_) => complete = false,
+            }
+        }
+        let released = futures_util::future::join_all(foreign.into_iter().map(|c| async move {
             info!(
                 object = c.id(),
                 "releasing an object of the room's previous holder"
             );
             self.metrics.lease_events("swept");
-            release_bounded(&self.kms, c.id(), c.release()).await;
+            match tokio::time::timeout(crate::daemon::RELEASE_TIMEOUT, c.release()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => e.is_object_not_found(),
+                Err(_) => false,
+            }
         }))
         .await;
+        complete && released.into_iter().all(|r| r)
     }
 
     /// Reads the tags of the endpoints not seen before, all at once: a busy room adds dozens of
