@@ -86,7 +86,7 @@ fn real_kms_tutorial_topology_three_vp8_participants_results_for_the_whole_call_
             call.join("standup", name, "codec=vp8");
         }
         call.wait_connected(Duration::from_secs(60)).await;
-        let app_endpoints = call.app_endpoints().await;
+        let app_endpoints = call.wait_app_endpoints(9, Duration::from_secs(30)).await;
         assert_eq!(app_endpoints, 9, "3 publishers + 6 subscribers");
         call.start_workers();
         let started = Instant::now();

@@ -271,6 +271,20 @@ impl Call {
         n
     }
 
+    /// Waits (up to `limit`) until the app's endpoints number `want`; returns the last count. The
+    /// browsers report their connections before KMS lists every endpoint the app made for them
+    /// (seen once: 8 of 9 right after `wait_connected`).
+    pub async fn wait_app_endpoints(&self, want: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.app_endpoints().await;
+            if n == want || Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn results_since(&self, since: Instant) -> Vec<Seen> {
         self.results
             .lock()
