@@ -156,13 +156,13 @@ impl ChunkSink for TapSink {
             return;
         }
         let lane = tap.lane(&chunk.spec);
-        let model = chunk.spec.id.to_string();
+        let label = ModelLabel {
+            model: chunk.spec.id.to_string(),
+        };
         tap.dispatcher
             .metrics
             .chunks_offered
-            .get_or_create(&ModelLabel {
-                model: model.clone(),
-            })
+            .get_or_create(&label)
             .inc();
         let replaced = lane
             .pending
@@ -171,7 +171,7 @@ impl ChunkSink for TapSink {
             .replace(chunk);
         if replaced.is_some() {
             // Latest wins: the older chunk was never sent.
-            tap.dispatcher.metrics.dropped(&model, "superseded");
+            tap.dispatcher.metrics.dropped(&label.model, "superseded");
         }
         lane.notify.notify_one();
     }

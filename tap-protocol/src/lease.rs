@@ -24,22 +24,7 @@ pub const MAX_KEY_TOKEN: usize = 200;
 /// Makes a KV key token: ASCII letters, digits, `-` and `_` kept, everything else `_`, at most
 /// [`MAX_KEY_TOKEN`] characters (unlike [`crate::safe_token`], long Kurento ids are not cut at 64).
 pub fn key_token(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .take(MAX_KEY_TOKEN)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if t.is_empty() {
-        "_".into()
-    } else {
-        t
-    }
+    crate::token_of_at_most(s, MAX_KEY_TOKEN)
 }
 
 /// The lease key of a room (one pipeline of one KMS).

@@ -104,9 +104,15 @@ pub fn result_subject(room: &str, participant: &str, model: &ModelId) -> String 
 /// other character becomes `_` (Kurento ids contain `.` and `/`, which subjects cannot carry in a
 /// token); empty becomes `_`; at most 64 characters.
 pub fn safe_token(s: &str) -> String {
+    token_of_at_most(s, 64)
+}
+
+/// `s` with every character but ASCII letters, digits, `-` and `_` made `_`, cut at `max`
+/// characters; empty becomes `_`.
+pub(crate) fn token_of_at_most(s: &str, max: usize) -> String {
     let t: String = s
         .chars()
-        .take(64)
+        .take(max)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
