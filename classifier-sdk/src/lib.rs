@@ -35,7 +35,7 @@ pub mod onnx;
 mod worker;
 
 pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};
-pub use metrics::WorkerMetrics;
+pub use metrics::{record_model_check, record_model_fallback, WorkerMetrics};
 pub use tap_protocol::affect;
 pub use tap_protocol::{
     AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelQuality, ModelSpec, PixelFormat,

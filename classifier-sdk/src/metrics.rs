@@ -6,12 +6,56 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
 
 /// `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     /// Why.
     pub reason: String,
+}
+
+/// `model` label (the model file's name), and where a fallback went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// Model file name.
+    pub model: String,
+}
+
+/// The models' self-checks and precision fallbacks: process-wide, since models load before and
+/// outside any one worker (every [`WorkerMetrics`] exports them).
+struct ModelChecks {
+    /// Worst relative L2 error of the last self-check, by model.
+    error: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Loads of an optional precision that failed its self-check and fell back, by model.
+    fallbacks: Family<ModelLabel, Counter>,
+}
+
+static MODEL_CHECKS: LazyLock<ModelChecks> = LazyLock::new(|| ModelChecks {
+    error: Family::default(),
+    fallbacks: Family::default(),
+});
+
+/// Records a model's self-check error (`tap_worker_model_self_check_error`).
+pub fn record_model_check(model: &str, error: f32) {
+    MODEL_CHECKS
+        .error
+        .get_or_create(&ModelLabel {
+            model: model.to_owned(),
+        })
+        .set(f64::from(error));
+}
+
+/// Counts a model that failed its self-check and was replaced by another precision
+/// (`tap_worker_model_precision_fallbacks_total`).
+pub fn record_model_fallback(model: &str) {
+    MODEL_CHECKS
+        .fallbacks
+        .get_or_create(&ModelLabel {
+            model: model.to_owned(),
+        })
+        .inc();
 }
 
 /// Counters and timings of one worker process.
@@ -87,6 +131,16 @@ impl WorkerMetrics {
             "busy_microseconds",
             "Inference time summed over the slots (load reports: busy / (period × slots))",
             m.busy_us.clone(),
+        );
+        registry.register(
+            "model_self_check_error",
+            "Worst relative L2 error of a model's outputs on its reference input at load (models/*.check.json)",
+            MODEL_CHECKS.error.clone(),
+        );
+        registry.register(
+            "model_precision_fallbacks",
+            "Loads of an optional model precision that failed its self-check and fell back to fp32",
+            MODEL_CHECKS.fallbacks.clone(),
         );
         WorkerMetrics { registry, ..m }
     }

@@ -78,6 +78,19 @@ def face_crops(frame):
     return crops
 
 
+# Why the weights are 7-bit: on x86-64 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4)
+# ONNX Runtime's u8 x s8 kernels multiply with vpmaddubsw, which adds pairs of products into a
+# saturating int16: with full 8-bit weights large products clip, and the detector made with the
+# first recipe ("s8") found no face at all there while it was right on a VNNI CPU. 7-bit weights
+# (reduce_range) keep every pair sum inside int16 on every CPU; u8 weights ("u8u8") take another
+# kernel. tests/portable.rs in fer-worker runs the shipped model on an emulated AVX2-only CPU.
+RECIPES = {
+    "s8": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8),
+    "reduce_range": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True),
+    "u8u8": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8),
+}
+
+
 class Reader(CalibrationDataReader):
     def __init__(self, name, tensors):
         self.items = iter([{name: t} for t in tensors])
@@ -90,7 +103,7 @@ def sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def quantize(src, dst, input_name, tensors):
+def quantize(src, dst, input_name, tensors, recipe="reduce_range"):
     # Per-channel DequantizeLinear needs opset 13 (BlazeFace comes at 12).
     model = onnx.load(os.path.join(MODELS, src))
     if model.opset_import[0].version < 13:
@@ -106,17 +119,17 @@ def quantize(src, dst, input_name, tensors):
         Reader(input_name, tensors),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        **RECIPES[recipe],
     )
     os.remove(pre)
     print(f"{dst}: {len(tensors)} calibration inputs, sha256 {sha256(os.path.join(MODELS, dst))}")
 
 
 def main():
+    recipe = sys.argv[1] if len(sys.argv) > 1 else "reduce_range"
+    dst = sys.argv[2] if len(sys.argv) > 2 else "blazeface_front_128_int8.onnx"
     frames = variants()
-    quantize("blazeface_front_128.onnx", "blazeface_front_128_int8.onnx", "input:0",
-             [letterbox(f) for f in frames])
+    quantize("blazeface_front_128.onnx", dst, "input:0", [letterbox(f) for f in frames], recipe)
 
 
 if __name__ == "__main__":

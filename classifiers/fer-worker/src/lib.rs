@@ -26,9 +26,10 @@ pub const BLAZEFACE_SHA256: &str =
     "af5db35512441e80e5b143d8fabdafea05adc2cc6ca480c4d7458759ec5d7148";
 /// sha256 of `fer_mini_xception.onnx`.
 pub const FER_SHA256: &str = "77258c4b293a28f33cf996bcd1ae39ed14d1cecaf82f8d9a368a9fab6db64c8a";
-/// sha256 of `blazeface_front_128_int8.onnx` (models/tools/quantize.py).
+/// sha256 of `blazeface_front_128_int8.onnx` (models/tools/quantize.py: 7-bit weights, so that it
+/// computes the same on CPUs with and without VNNI).
 pub const BLAZEFACE_INT8_SHA256: &str =
-    "b5d07ad34bdabcff08e9cf0450e63eaed5f6d78b9f5c8179a4d39b32c013df4f";
+    "d456ccfb046626fbe221910e0d4331d8d435b47e969db43ce33adf2cb0af0bf1";
 /// sha256 of `fer_tap_cnn.onnx` (trained here: models/tools/train_fer.py).
 pub const TAP_CNN_SHA256: &str = "f075055ab2d5688ee022a8311771c482f4e063457078b795343b062d49149207";
 /// sha256 of `human_emotion.onnx`.
@@ -77,6 +78,9 @@ pub struct ModelPaths {
     pub detector_sha256: Option<&'static str>,
     /// Expected checksum of the emotion model.
     pub emotion_sha256: Option<&'static str>,
+    /// The detector to load instead when `detector` fails its numeric self-check on this CPU (an
+    /// optional precision falls back to fp32, with one warning and a metric), and its checksum.
+    pub detector_fallback: Option<(PathBuf, Option<&'static str>)>,
 }
 
 /// Numeric precision of a vendored model.
@@ -95,6 +99,7 @@ impl ModelPaths {
     pub fn vendored_with(dir: &Path, net: EmotionNet, detector: Precision) -> Self {
         let mut p = Self::vendored(dir, net);
         if detector == Precision::Int8 {
+            p.detector_fallback = Some((p.detector.clone(), p.detector_sha256));
             p.detector = dir.join("blazeface_front_128_int8.onnx");
             p.detector_sha256 = Some(BLAZEFACE_INT8_SHA256);
         }
@@ -113,6 +118,7 @@ impl ModelPaths {
             emotion: dir.join(file),
             detector_sha256: Some(BLAZEFACE_SHA256),
             emotion_sha256: Some(sha),
+            detector_fallback: None,
         }
     }
 }
@@ -248,8 +254,32 @@ fn ort_err(e: impl std::fmt::Display) -> OnnxError {
     OnnxError::Ort(e.to_string())
 }
 
+/// The detector, or its fallback when it fails its numeric self-check on this CPU.
+fn load_detector(paths: &ModelPaths) -> Result<onnx::Session, OnnxError> {
+    match (
+        onnx::load(&paths.detector, paths.detector_sha256),
+        &paths.detector_fallback,
+    ) {
+        (Err(e @ OnnxError::SelfCheck { .. }), Some((fallback, sha))) => {
+            // Every worker slot loads its own pipeline: say it once per process, count every time.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{e}; falling back to {} (metric tap_worker_model_precision_fallbacks_total)",
+                    fallback.display()
+                );
+            });
+            classifier_sdk::record_model_fallback(&onnx::model_label(&paths.detector));
+            onnx::load(fallback, *sha)
+        }
+        (result, _) => result,
+    }
+}
+
 impl FerPipeline {
-    /// Loads both models (checksums verified for the vendored ones).
+    /// Loads both models (checksums verified for the vendored ones, and every model's numeric
+    /// self-check run: a model that computes wrong answers on this CPU is refused, or for the
+    /// optional int8 detector replaced by the fp32 one).
     pub fn load(paths: &ModelPaths) -> Result<Self, OnnxError> {
         let emotion = onnx::load(&paths.emotion, paths.emotion_sha256)?;
         let (inputs, outputs) = (emotion.inputs(), emotion.outputs());
@@ -263,7 +293,7 @@ impl FerPipeline {
         }
         let emotion_io = (inputs[0].name().to_owned(), outputs[0].name().to_owned());
         Ok(FerPipeline {
-            detector: onnx::load(&paths.detector, paths.detector_sha256)?,
+            detector: load_detector(paths)?,
             emotion,
             emotion_io,
             anchors: anchors(),

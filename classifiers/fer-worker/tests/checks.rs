@@ -166,6 +166,7 @@ fn a_user_model_of_the_wrong_kind_is_an_error_not_a_crash() {
         detector: dir.join("blazeface_front_128.onnx"),
         emotion: dir.join("blazeface_front_128.onnx"),
         detector_sha256: None,
+        detector_fallback: None,
         emotion_sha256: None,
     };
     let (img, w, h) = rgb("astronaut_256.png");

@@ -15,6 +15,9 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
+pub mod self_check;
+pub use self_check::{cpu_kernel_flags, CheckOutcome, SelfCheck};
+
 pub use ort;
 pub use ort::session::Session;
 
@@ -46,6 +49,38 @@ pub enum OnnxError {
     /// The runtime refused the model or an inference.
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    /// A shipped model has no usable self-check file beside it.
+    #[error("model {path}: its self-check {check} cannot be used: {problem} (every shipped model has one; models/tools/make_checks.py writes them)")]
+    CheckFile {
+        /// Model file.
+        path: PathBuf,
+        /// Check file.
+        check: PathBuf,
+        /// Why it cannot be used.
+        problem: String,
+    },
+    /// The model computes wrong answers on this CPU (its numeric self-check failed).
+    #[error(
+        "model {path} failed its numeric self-check on this CPU: output {output} is off by {error} \
+         (relative L2) where {tolerance} is allowed; reference: {reference}. CPU: {cpu}. \
+         This model would compute wrong answers here: use its fp32 version (for the face detector, \
+         `--detector-precision fp32`), or a build of ONNX Runtime that is right on this CPU, and \
+         report the CPU and the error"
+    )]
+    SelfCheck {
+        /// Model file.
+        path: PathBuf,
+        /// The output furthest off.
+        output: String,
+        /// Its relative L2 error.
+        error: f32,
+        /// The largest allowed.
+        tolerance: f32,
+        /// Where the reference outputs came from.
+        reference: String,
+        /// The CPU and its kernel-relevant flags.
+        cpu: String,
+    },
 }
 
 fn ort_err(e: impl std::fmt::Display) -> OnnxError {
@@ -211,9 +246,57 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads a model, checks its sha256 when `expected` is given, and builds a session (one intra-op
-/// thread: workers scale with concurrency, not threads per inference).
+/// Reads a model, checks its sha256 when `expected` is given, builds a session (one intra-op
+/// thread: workers scale with concurrency, not threads per inference) and runs the model's numeric
+/// self-check ([`SelfCheck`]): required for a shipped model (one with an expected sha256), run for
+/// any other model that has a check file beside it. A model that fails it is refused
+/// ([`OnnxError::SelfCheck`]): it would compute wrong answers on this CPU.
 pub fn load(path: &Path, expected_sha256: Option<&str>) -> Result<Session, OnnxError> {
+    let mut session = load_unchecked(path, expected_sha256)?;
+    let check_path = SelfCheck::path_for(path);
+    let check = match std::fs::read_to_string(&check_path) {
+        Ok(text) => SelfCheck::parse(&text).map_err(|e| OnnxError::CheckFile {
+            path: path.to_owned(),
+            check: check_path.clone(),
+            problem: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && expected_sha256.is_none() => {
+            return Ok(session)
+        }
+        Err(e) => {
+            return Err(OnnxError::CheckFile {
+                path: path.to_owned(),
+                check: check_path,
+                problem: e.to_string(),
+            })
+        }
+    };
+    let outcome = check.run(&mut session).map_err(ort_err)?;
+    let (output, error) = outcome.worst();
+    crate::metrics::record_model_check(&model_label(path), error);
+    if !outcome.passed() {
+        return Err(OnnxError::SelfCheck {
+            path: path.to_owned(),
+            output: output.to_owned(),
+            error,
+            tolerance: outcome.tolerance,
+            reference: check.reference.clone(),
+            cpu: cpu_kernel_flags(),
+        });
+    }
+    tracing::debug!(model = %path.display(), error, tolerance = outcome.tolerance, "model self-check passed");
+    Ok(session)
+}
+
+/// The model's file name, as metrics label it.
+pub fn model_label(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// [`load`] without the numeric self-check (benchmarks, and tools that run the check themselves).
+pub fn load_unchecked(path: &Path, expected_sha256: Option<&str>) -> Result<Session, OnnxError> {
     let bytes = std::fs::read(path).map_err(|e| OnnxError::Read(path.to_owned(), e))?;
     if let Some(expected) = expected_sha256 {
         let actual = sha256_hex(&bytes);
