@@ -1,7 +1,9 @@
-//! Results under real network conditions, on a real KMS 7.3 with Chromium participants: one call
-//! (two VP8 publishers, the fer and voice workers, the daemon), measured in phases side by side:
+//! Results under real network conditions and CPU load, on a real KMS 7.3 with Chromium participants:
+//! one call per codec (two VP8 publishers, then two H.264 publishers; the fer and voice workers, the
+//! daemon), each measured in phases, the codecs side by side:
 //!
 //! - clean: loopback as it is;
+//! - cpu load: both cores kept busy by two other processes (plain busy loops);
 //! - tap leg: 5 % loss and 30 ± 30 ms delay (packets reorder) on KMS → daemon RTP only;
 //! - whole path: the same on every UDP packet of the namespace (browsers → KMS, KMS → browsers, the
 //!   tap leg, RTCP both ways).
@@ -38,9 +40,12 @@ struct Phase {
     name: &'static str,
     /// (loss, delay, jitter, ports): None for a clean phase.
     impairment: Option<(f64, u64, u64, Option<&'static str>)>,
+    /// Busy loops beside the call.
+    busy: usize,
 }
 
-async fn measure(call: &Call, phase: &Phase) {
+async fn measure(call: &Call, codec: &str, phase: &Phase) {
+    let _load = (phase.busy > 0).then(|| CpuLoad::start(phase.busy));
     let impairment = phase.impairment.map(|(loss, delay, jitter, ports)| {
         netem::Netem::start_on(
             loss,
@@ -106,7 +111,7 @@ async fn measure(call: &Call, phase: &Phase) {
     let (v50, v95) = lat("video");
     let (a50, a95) = lat("audio");
     println!(
-        "| {:<10} | {video_n} × {video_min:.1}/s | {voice_n} × {voice_min:.1}/s | {v50:.0} / {v95:.0} ms | {a50:.0} / {a95:.0} ms | {:.1}/s | {requests:.0} / {throttled:.0} | {} |",
+        "| {codec:<5} | {:<10} | {video_n} × {video_min:.1}/s | {voice_n} × {voice_min:.1}/s | {v50:.0} / {v95:.0} ms | {a50:.0} / {a95:.0} ms | {:.1}/s | {requests:.0} / {throttled:.0} | {} |",
         phase.name,
         decoded / secs,
         if dropped + passed > 0 {
@@ -130,61 +135,74 @@ fn main() {
     {
         return;
     }
-    kms::with_kms("real_kms_network bench", |kms| async move {
-        let mut call = Call::start(kms, &[]).await;
-        call.join("bench", "ana", "codec=vp8");
-        call.join("bench", "ben", "codec=vp8");
-        call.wait_connected(Duration::from_secs(60)).await;
-        call.start_workers();
-        call.start_daemon("tap-bench-net").await;
-        assert!(
-            call.wait_metric("kurento_tap_taps_active", 2.0, Duration::from_secs(40))
-                .await,
-            "two taps:\n{}",
-            call.daemon_output()
-        );
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        println!(
-            "two VP8 publishers, fer at {FER_FPS} fps, voice every 0.5 s; {PHASE:?} per phase after {SETTLE:?}"
-        );
-        println!("| phase | video results (participants × min rate) | voice results | video capture→result p50 / p95 | voice p50 / p95 | frames decoded | keyframe requests sent / held back | UDP packets dropped |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for phase in [
-            Phase {
-                name: "clean",
-                impairment: None,
-            },
-            Phase {
-                name: "tap leg",
-                impairment: Some((0.05, 30, 30, Some(TAP_PORTS))),
-            },
-            Phase {
-                name: "whole path",
-                impairment: Some((0.05, 30, 30, None)),
-            },
-            Phase {
-                name: "recovered",
-                impairment: None,
-            },
-        ] {
-            measure(&call, &phase).await;
-        }
-        let text = support::http_get(call.metrics.unwrap(), "/metrics").await;
-        println!("\ndaemon counters at the end:");
-        for line in text.lines().filter(|l| {
-            !l.starts_with('#')
-                && [
-                    "chunks_dropped",
-                    "chunks_sent",
-                    "decoded_total",
-                    "sender_clocks",
-                    "results_total",
-                ]
-                .iter()
-                .any(|k| l.contains(k))
-        }) {
-            println!("  {line}");
-        }
-        assert!(call.stop_daemon());
-    });
+    println!(
+        "two publishers per codec, fer at {FER_FPS} fps, voice every 0.5 s; {PHASE:?} per phase after {SETTLE:?}"
+    );
+    println!("| codec | phase | video results (participants × min rate) | voice results | video capture→result p50 / p95 | voice p50 / p95 | frames decoded | keyframe requests sent / held back | UDP packets dropped |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for codec in ["vp8", "h264"] {
+        kms::with_kms("real_kms_network bench", |kms| async move {
+            let mut call = Call::start(kms, &[]).await;
+            call.join("bench", "ana", &format!("codec={codec}"));
+            call.join("bench", "ben", &format!("codec={codec}"));
+            call.wait_connected(Duration::from_secs(60)).await;
+            call.start_workers();
+            call.start_daemon("tap-bench-net").await;
+            assert!(
+                call.wait_metric("kurento_tap_taps_active", 2.0, Duration::from_secs(40))
+                    .await,
+                "two taps:\n{}",
+                call.daemon_output()
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for phase in [
+                Phase {
+                    name: "clean",
+                    impairment: None,
+                    busy: 0,
+                },
+                Phase {
+                    name: "cpu load",
+                    impairment: None,
+                    busy: 2,
+                },
+                Phase {
+                    name: "tap leg",
+                    impairment: Some((0.05, 30, 30, Some(TAP_PORTS))),
+                    busy: 0,
+                },
+                Phase {
+                    name: "whole path",
+                    impairment: Some((0.05, 30, 30, None)),
+                    busy: 0,
+                },
+                Phase {
+                    name: "recovered",
+                    impairment: None,
+                    busy: 0,
+                },
+            ] {
+                measure(&call, codec, &phase).await;
+            }
+            let text = support::http_get(call.metrics.unwrap(), "/metrics").await;
+            println!("\n{codec}: daemon counters at the end:");
+            for line in text.lines().filter(|l| {
+                !l.starts_with('#')
+                    && [
+                        "chunks_dropped",
+                        "chunks_sent",
+                        "decoded_total",
+                        "sender_clocks",
+                        "results_total",
+                        "frames_before_keyframe",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+            }) {
+                println!("  {line}");
+            }
+            println!();
+            assert!(call.stop_daemon());
+        });
+    }
 }

@@ -4,14 +4,14 @@
 //! shared state) and stopped by [`Tap::stop`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kurento_client::prelude::*;
 use kurento_client::Error as KmsError;
 use serde_json::json;
 use tracing::warn;
 
-use crate::chunker::{Chunker, LiveSpecs};
+use crate::chunker::{Chunk, ChunkSink, Chunker, LiveSpecs};
 use crate::daemon::{release_bounded, DaemonConfig};
 use crate::discovery::Participant;
 use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
@@ -80,6 +80,28 @@ impl MediaSink for CountingSink {
     }
 }
 
+/// Passes chunks on, and records when the tap's first one came (`time_to_first_chunk_seconds`).
+struct FirstChunk {
+    inner: TapSink,
+    since: Instant,
+    seen: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl ChunkSink for FirstChunk {
+    fn offer(&self, chunk: Chunk) {
+        if !self.seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.metrics
+                .time_to_first_chunk
+                .observe(self.since.elapsed().as_secs_f64());
+        }
+        self.inner.offer(chunk);
+    }
+    fn converted(&self, model: &tap_protocol::ModelId, micros: u64) {
+        self.inner.converted(model, micros);
+    }
+}
+
 /// A running tap.
 pub struct Tap {
     /// Who is tapped.
@@ -95,6 +117,8 @@ pub struct Tap {
     pub errors_seen: u64,
     /// Keyframe requests (sent, throttled) already counted in the metrics.
     pub keyframes_seen: (u64, u64),
+    /// `video_frames_before_keyframe` as last exported.
+    pub gated_seen: u64,
     /// Streams with an unusable sender clock already counted in the metrics.
     pub clocks_unusable_seen: u64,
     injector: Option<Injector>,
@@ -142,7 +166,7 @@ pub struct TapContext {
 }
 
 impl TapContext {
-    pub async fn make_tap(&self, p: Participant) -> Result<Tap, TapError> {
+    pub async fn make_tap(&self, p: Participant, first_seen: Instant) -> Result<Tap, TapError> {
         let pool = self.pool.clone();
         let audio_ports = if p.media.audio {
             Some(pool.take().ok_or(TapError::NoPorts)?)
@@ -164,7 +188,15 @@ impl TapContext {
         };
         let dispatch = TapDispatch::new(ident, self.dispatcher.clone());
         let sink = Arc::new(CountingSink {
-            chunker: Chunker::new(self.live.clone(), Arc::new(TapSink(dispatch.clone()))),
+            chunker: Chunker::new(
+                self.live.clone(),
+                Arc::new(FirstChunk {
+                    inner: TapSink(dispatch.clone()),
+                    since: first_seen,
+                    seen: std::sync::atomic::AtomicBool::new(false),
+                    metrics: self.metrics.clone(),
+                }),
+            ),
             metrics: self.metrics.clone(),
         });
         // The receiver listens before KMS is told to connect: the first keyframe must not be lost.
@@ -271,6 +303,7 @@ impl TapContext {
             self.metrics.clone(),
             receiver.stats.clone(),
             receiver.keyframe_requester(),
+            p.media.video.is_some(),
         ));
         let mut ports = Vec::new();
         ports.extend(audio_ports);
@@ -298,6 +331,7 @@ impl TapContext {
             watcher,
             errors_seen: 0,
             keyframes_seen: (0, 0),
+            gated_seen: 0,
             clocks_unusable_seen: 0,
             injector,
         })
@@ -316,27 +350,63 @@ pub(crate) fn media_list(p: &Participant) -> Vec<String> {
     m
 }
 
+/// How often a tap's video is checked for a stall.
+pub(crate) const STALL_TICK: Duration = Duration::from_millis(300);
+
+/// Whether a tap's video has stalled, judged every [`STALL_TICK`] from its decoded-frame count: a
+/// tick with no new frame is a stall (a camera sends at least 5 frames/s), and a keyframe is asked
+/// for on each of the first five stalled ticks, then every fifth (a publisher whose camera is off
+/// is not asked several times a second forever; the receiver's throttle bounds the asks too).
+///
+/// Why after the start too: under loss KMS itself drops a publisher's H.264 until the next keyframe
+/// ("DISCONTINUITY at non-keyframe; will drop until keyframe") and then sends the tap nothing, so
+/// the receiver sees no loss and asks for nothing; if KMS's own request is lost, the picture stays
+/// frozen for every subscriber until the browser's next keyframe.
+#[derive(Debug, Default)]
+pub(crate) struct StallWatch {
+    last_frames: u64,
+    stalled_ticks: u32,
+}
+
+impl StallWatch {
+    /// One tick with `frames` decoded so far; true when a keyframe should be asked for now.
+    pub(crate) fn tick(&mut self, frames: u64) -> bool {
+        if frames != self.last_frames {
+            self.last_frames = frames;
+            self.stalled_ticks = 0;
+            return false;
+        }
+        self.stalled_ticks = self.stalled_ticks.saturating_add(1);
+        self.stalled_ticks <= 5 || self.stalled_ticks.is_multiple_of(5)
+    }
+}
+
 /// Per tap: warns when KMS starts transcoding for the publisher (our offer should prevent it), and
-/// asks for a keyframe if no frame decodes in the first seconds.
+/// asks for a keyframe whenever video stops decoding ([`StallWatch`]), from the start on.
 async fn watch_publisher(
     publisher: WebRtcEndpoint,
     tap: RtpEndpoint,
     metrics: Arc<Metrics>,
     stats: Arc<crate::receiver::ReceiverStats>,
     pli: crate::receiver::KeyframeRequester,
+    has_video: bool,
 ) {
     let transcoding = publisher.on::<MediaTranscodingStateChanged>().await.ok();
     let keyframe_check = async {
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if stats
+        if !has_video {
+            return;
+        }
+        let mut watch = StallWatch::default();
+        loop {
+            tokio::time::sleep(STALL_TICK).await;
+            let frames = stats
                 .video_frames
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-            {
-                return;
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if !watch.tick(frames) {
+                continue;
             }
-            // RTCP PLI from our receiver (forwarded by KMS to the browser), and on 7.x the API call.
+            // RTCP PLI from our receiver (forwarded by KMS to the browser), and on 7.x the API
+            // call, which makes KMS ask the publisher itself.
             if pli.request() {
                 metrics.keyframe_requests.inc();
             }
@@ -355,4 +425,38 @@ async fn watch_publisher(
         }
     };
     tokio::join!(keyframe_check, watch_transcoding);
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::StallWatch;
+
+    #[test]
+    fn flowing_video_asks_for_nothing() {
+        let mut w = StallWatch::default();
+        assert!((1..=20).all(|n| !w.tick(n * 15)));
+    }
+
+    #[test]
+    fn a_stall_asks_at_once_then_backs_off_and_a_frame_resets_it() {
+        let mut w = StallWatch::default();
+        assert!(!w.tick(30));
+        let asks: Vec<bool> = (0..15).map(|_| w.tick(30)).collect();
+        // Ticks 1-5 ask, then only every fifth (10, 15).
+        let asked: Vec<usize> = asks
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| **a)
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert_eq!(asked, vec![1, 2, 3, 4, 5, 10, 15]);
+        assert!(!w.tick(31), "frames again: no ask");
+        assert!(w.tick(31), "a new stall asks at once");
+    }
+
+    #[test]
+    fn a_tap_that_never_decoded_asks_from_the_first_tick() {
+        let mut w = StallWatch::default();
+        assert!(w.tick(0));
+    }
 }

@@ -111,6 +111,59 @@ pub(crate) struct KmsWatcher {
     leases: Option<RoomLeases>,
     /// This KMS's name (status, lease keys).
     kms_name: String,
+    /// When each publisher endpoint not yet tapped was created (its ObjectCreated event) or first
+    /// seen by a scan: `time_to_tap_seconds` and `time_to_first_chunk_seconds` count from here.
+    first_seen: HashMap<String, Instant>,
+    /// Endpoints announced by ObjectCreated, looked at on their own, soon and with backoff, until
+    /// tapped or given up (the periodic scan still finds them): a new participant does not wait
+    /// for the next scan of every room, nor behind it.
+    fresh: HashMap<String, Fresh>,
+}
+
+/// An endpoint announced by ObjectCreated and not yet tapped: when to look at it next.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Fresh {
+    pub(crate) pipeline: String,
+    pub(crate) next: Instant,
+    pub(crate) delay: Duration,
+}
+
+/// The first look at a fresh endpoint (it is rarely negotiated at creation), the longest pause
+/// between looks, and how long after creation the fast path gives up (the scan goes on).
+const FRESH_FIRST: Duration = Duration::from_millis(100);
+const FRESH_MAX_DELAY: Duration = Duration::from_millis(800);
+const FRESH_GIVE_UP: Duration = Duration::from_secs(15);
+
+/// A WebRTC endpoint's id as KMS writes it (`<pipeline id>/<uuid>_kurento.WebRtcEndpoint`): the
+/// pipeline's id, or None for any other object.
+pub(crate) fn webrtc_endpoint_pipeline(object: &str) -> Option<&str> {
+    let (pipeline, own) = object.split_once('/')?;
+    (own.ends_with("_kurento.WebRtcEndpoint") && !pipeline.is_empty()).then_some(pipeline)
+}
+
+impl Fresh {
+    /// A new endpoint of `pipeline`, first looked at `FRESH_FIRST` after `now`.
+    pub(crate) fn new(pipeline: &str, now: Instant) -> Self {
+        Fresh {
+            pipeline: pipeline.to_owned(),
+            next: now + FRESH_FIRST,
+            delay: FRESH_FIRST,
+        }
+    }
+
+    /// Not ready yet at `now`: the next look, backing off (x2 up to `FRESH_MAX_DELAY`), or None
+    /// when the endpoint was created more than `FRESH_GIVE_UP` ago.
+    pub(crate) fn again(&self, now: Instant, created: Instant) -> Option<Self> {
+        if now.duration_since(created) >= FRESH_GIVE_UP {
+            return None;
+        }
+        let delay = (self.delay * 2).min(FRESH_MAX_DELAY);
+        Some(Fresh {
+            pipeline: self.pipeline.clone(),
+            next: now + delay,
+            delay,
+        })
+    }
 }
 
 /// The watcher's view of the room leases.
@@ -152,6 +205,8 @@ impl KmsWatcher {
             presenter_announce,
             leases,
             kms_name,
+            first_seen: HashMap::new(),
+            fresh: HashMap::new(),
         }
     }
 
@@ -165,6 +220,8 @@ impl KmsWatcher {
         let mut tick = tokio::time::interval(self.config.rescan_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leases_valid = self.leases.as_ref().map(|l| l.link.valid.clone());
+        let mut fresh_tick = tokio::time::interval(Duration::from_millis(50));
+        fresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Ok(()) = async {
@@ -177,9 +234,16 @@ impl KmsWatcher {
                     if let Ok(ev) = ev { self.on_destroyed(&ev.object_id).await; }
                 }
                 Some(ev) = created.recv() => {
-                    // A new endpoint is looked at by the next rescan, once it is negotiated.
-                    if let Ok(ev) = ev { debug!(object = %ev.object, "object created"); }
+                    if let Ok(ev) = ev {
+                        debug!(object = %ev.object, "object created");
+                        if let Some(pipeline) = webrtc_endpoint_pipeline(&ev.object) {
+                            let now = Instant::now();
+                            self.first_seen.entry(ev.object.clone()).or_insert(now);
+                            self.fresh.insert(ev.object.clone(), Fresh::new(pipeline, now));
+                        }
+                    }
                 }
+                _ = fresh_tick.tick(), if !self.fresh.is_empty() => self.look_at_fresh(),
                 Some(done) = self.setups.join_next() => {
                     if let Ok((endpoint, outcome)) = done {
                         self.on_setup_done(endpoint, outcome).await;
@@ -284,6 +348,10 @@ impl KmsWatcher {
 
     async fn on_destroyed(&mut self, id: &str) {
         self.owned_cache.remove(id);
+        self.fresh
+            .retain(|ep, _| ep != id && !ep.starts_with(&format!("{id}/")));
+        self.first_seen
+            .retain(|ep, _| ep != id && !ep.starts_with(&format!("{id}/")));
         let affected: Vec<String> = self
             .known
             .iter()
@@ -316,11 +384,114 @@ impl KmsWatcher {
             }
             _ => {
                 self.known.remove(endpoint);
+                self.fresh.remove(endpoint);
+                self.first_seen.remove(endpoint);
+            }
+        }
+    }
+
+    /// Starts a setup of `ep` beside the others (the room's name read first when not known).
+    fn spawn_setup(&mut self, room: Option<String>, pipeline: MediaPipeline, ep: WebRtcEndpoint) {
+        let id = ep.id().to_owned();
+        let first_seen = *self
+            .first_seen
+            .entry(id.clone())
+            .or_insert_with(Instant::now);
+        self.known.insert(id.clone(), Known::Pending);
+        let ctx = self.ctx.clone();
+        self.metrics.setups_in_flight.inc();
+        self.setups.spawn(async move {
+            let started = Instant::now();
+            let room = match room {
+                Some(r) => Ok(r),
+                None => discovery::room_name(&pipeline, &ctx.config.tags).await,
+            };
+            let outcome = match room {
+                Ok(room) => setup(ctx.clone(), room, pipeline, ep, first_seen).await,
+                Err(e) if e.is_object_not_found() => Setup::Gone,
+                Err(_) => Setup::Waiting,
+            };
+            ctx.metrics.setups_in_flight.dec();
+            if matches!(outcome, Setup::Tapped(_)) {
+                ctx.metrics
+                    .setup_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                ctx.metrics
+                    .time_to_tap
+                    .observe(first_seen.elapsed().as_secs_f64());
+            }
+            (id, outcome)
+        });
+        let running = self.setups.len() as i64;
+        if running > self.metrics.setups_peak.get() {
+            self.metrics.setups_peak.set(running);
+        }
+    }
+
+    /// Looks at the endpoints announced by ObjectCreated whose turn it is (no scan of the rooms).
+    fn look_at_fresh(&mut self) {
+        if !self.kms_connected() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .fresh
+            .iter()
+            .filter(|(_, f)| f.next <= now)
+            .map(|(id, f)| (id.clone(), f.pipeline.clone()))
+            .collect();
+        for (id, pipeline_id) in due {
+            let ready = matches!(self.known.get(&id), None | Some(Known::Waiting));
+            // In cluster mode only rooms held and already swept of a previous holder's objects.
+            let ours = self.leases.as_ref().is_none_or(|l| {
+                let key = tap_protocol::lease::room_key(&l.kms, &pipeline_id);
+                l.link.valid.borrow().contains(&key) && l.swept.contains(&key)
+            });
+            let handles = self
+                .kms
+                .object::<MediaPipeline>(&pipeline_id)
+                .and_then(|p| Ok((p, self.kms.object::<WebRtcEndpoint>(&id)?)));
+            match (ready && ours, handles) {
+                (true, Ok((pipeline, ep))) => {
+                    // Rescheduled (or dropped) when the setup ends: not looked at meanwhile.
+                    if let Some(f) = self.fresh.get_mut(&id) {
+                        f.next = now + FRESH_GIVE_UP;
+                    }
+                    self.spawn_setup(None, pipeline, ep);
+                }
+                _ => {
+                    self.fresh.remove(&id);
+                }
             }
         }
     }
 
     async fn on_setup_done(&mut self, endpoint: String, outcome: Setup) {
+        // The fast path: not negotiated yet, look again soon; anything else ends it.
+        match (&outcome, self.fresh.get(&endpoint)) {
+            (Setup::Waiting, Some(f)) => {
+                let created = self
+                    .first_seen
+                    .get(&endpoint)
+                    .copied()
+                    .unwrap_or_else(Instant::now);
+                match f.again(Instant::now(), created) {
+                    Some(next) => {
+                        self.fresh.insert(endpoint.clone(), next);
+                    }
+                    None => {
+                        self.fresh.remove(&endpoint);
+                    }
+                }
+            }
+            (Setup::Waiting, None) => {}
+            _ => {
+                self.fresh.remove(&endpoint);
+            }
+        }
+        if !matches!(outcome, Setup::Waiting | Setup::Failed) {
+            self.first_seen.remove(&endpoint);
+        }
         let cancelled = match self.known.get(&endpoint) {
             Some(Known::Pending) => None,
             Some(Known::Cancelled { release }) => Some(*release),
@@ -424,25 +595,7 @@ impl KmsWatcher {
                     Some(_) => false,
                 };
                 if due {
-                    self.known.insert(ep.id().to_owned(), Known::Pending);
-                    let ctx = self.ctx.clone();
-                    let (room, pipeline, id) = (room.clone(), pipeline.clone(), ep.id().to_owned());
-                    self.metrics.setups_in_flight.inc();
-                    self.setups.spawn(async move {
-                        let started = Instant::now();
-                        let outcome = setup(ctx.clone(), room, pipeline, ep).await;
-                        ctx.metrics.setups_in_flight.dec();
-                        if matches!(outcome, Setup::Tapped(_)) {
-                            ctx.metrics
-                                .setup_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                        }
-                        (id, outcome)
-                    });
-                    let running = self.setups.len() as i64;
-                    if running > self.metrics.setups_peak.get() {
-                        self.metrics.setups_peak.set(running);
-                    }
+                    self.spawn_setup(Some(room.clone()), pipeline.clone(), ep);
                 }
             }
         }
@@ -503,6 +656,13 @@ impl KmsWatcher {
                     .receiver_keyframe_requests_throttled
                     .inc_by(held.saturating_sub(seen_held));
                 t.keyframes_seen = (sent, held);
+                let gated = stats
+                    .video_frames_before_keyframe
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .receiver_frames_before_keyframe
+                    .inc_by(gated.saturating_sub(t.gated_seen));
+                t.gated_seen = gated;
                 let unusable = stats
                     .sender_clock_unusable
                     .load(std::sync::atomic::Ordering::Relaxed);
@@ -761,7 +921,7 @@ impl KmsWatcher {
         }
         p.room = room;
         let endpoint = p.endpoint.clone();
-        let outcome = attach(&self.ctx, p).await;
+        let outcome = attach(&self.ctx, p, Instant::now()).await;
         let reply = match &outcome {
             Setup::Tapped(t) => Ok(t.tap.id().to_owned()),
             _ => Err(failed("tap failed (see the daemon's log)".to_owned())),
@@ -860,6 +1020,7 @@ async fn setup(
     room: String,
     pipeline: MediaPipeline,
     ep: WebRtcEndpoint,
+    first_seen: Instant,
 ) -> Setup {
     let examined = match discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await {
         Ok(e) => e,
@@ -887,11 +1048,11 @@ async fn setup(
     if !p.live {
         return Setup::Waiting;
     }
-    attach(&ctx, p).await
+    attach(&ctx, p, first_seen).await
 }
 
-async fn attach(ctx: &TapContext, p: Participant) -> Setup {
-    match ctx.make_tap(p.clone()).await {
+async fn attach(ctx: &TapContext, p: Participant, first_seen: Instant) -> Setup {
+    match ctx.make_tap(p.clone(), first_seen).await {
         Ok(tap) => Setup::Tapped(Box::new(tap)),
         Err(e) => {
             warn!(room = %p.room, participant = %p.name, error = %e, "cannot tap participant");
@@ -933,5 +1094,46 @@ fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static 
         Some("participant_excluded")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_webrtc_endpoints_are_fresh_publishers_to_look_at() {
+        let ep = "0b9e_kurento.MediaPipeline/77a1_kurento.WebRtcEndpoint";
+        assert_eq!(
+            webrtc_endpoint_pipeline(ep),
+            Some("0b9e_kurento.MediaPipeline")
+        );
+        for other in [
+            "0b9e_kurento.MediaPipeline",
+            "0b9e_kurento.MediaPipeline/1_kurento.RtpEndpoint",
+            "0b9e_kurento.MediaPipeline/1_kurento.PassThrough",
+            "/1_kurento.WebRtcEndpoint",
+            "",
+        ] {
+            assert_eq!(webrtc_endpoint_pipeline(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_endpoint_is_looked_at_soon_then_less_often_then_left_to_the_scan() {
+        let t0 = Instant::now();
+        let f = Fresh::new("p", t0);
+        assert_eq!(f.next, t0 + FRESH_FIRST);
+        let mut delays = Vec::new();
+        let mut cur = f;
+        let mut now = t0;
+        while let Some(next) = cur.again(now, t0) {
+            delays.push(next.delay.as_millis());
+            now = next.next;
+            cur = next;
+        }
+        assert_eq!(&delays[..4], &[200, 400, 800, 800]);
+        assert!(now.duration_since(t0) >= FRESH_GIVE_UP - FRESH_MAX_DELAY);
+        assert!(now.duration_since(t0) <= FRESH_GIVE_UP + FRESH_MAX_DELAY);
     }
 }

@@ -21,6 +21,20 @@ window.gc = { room, me, joined: false, published: false, connection: 'new', chan
               results: [], kinds: {}, errors: [], peers: {} };
 
 const peers = {};   // name -> RTCPeerConnection (our own under `me`)
+// What our own camera's encoder did (tests compare it with what kurento-tap decoded).
+gc.sent = async () => {
+  const out = {};
+  const pc = peers[me];
+  if (!pc) return out;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      Object.assign(out, { framesEncoded: s.framesEncoded, framesSent: s.framesSent, keyFramesEncoded: s.keyFramesEncoded,
+                           fps: s.framesPerSecond, width: s.frameWidth, height: s.frameHeight, limitation: s.qualityLimitationReason,
+                           pli: s.pliCount, nack: s.nackCount, encoder: s.encoderImplementation });
+    }
+  });
+  return out;
+};
 const ws = new WebSocket(`ws://${location.host}/groupcall`);
 const send = (m) => ws.readyState === 1 && ws.send(JSON.stringify(m));
 const status = (t) => { document.getElementById('status').textContent = t; };
