@@ -495,6 +495,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         )?,
         results_per_subject: file.results_per_subject.unwrap_or(d.results_per_subject),
         rescan_interval: d.rescan_interval,
+        lookup_new_endpoints: d.lookup_new_endpoints,
         datachannel,
         mood,
     })

@@ -90,6 +90,9 @@ pub struct DaemonConfig {
     pub results_per_subject: i64,
     /// How often rooms are re-read (catches anything events missed).
     pub rescan_interval: Duration,
+    /// Look at a WebRTC endpoint as soon as KMS announces it (ObjectCreated), on its own, instead
+    /// of waiting for the next scan of every room (on by default; off only to measure the scan).
+    pub lookup_new_endpoints: bool,
     /// Results into participants' DataChannels.
     pub datachannel: InjectorConfig,
     /// Fused states and room moods.
@@ -155,6 +158,7 @@ impl Default for DaemonConfig {
             results_max_age: Duration::from_secs(24 * 3600),
             results_per_subject: 1000,
             rescan_interval: Duration::from_secs(1),
+            lookup_new_endpoints: true,
             datachannel: InjectorConfig::default(),
             mood: crate::mood::MoodSettings::default(),
             kms_name: "127.0.0.1:8888".into(),

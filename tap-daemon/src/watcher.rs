@@ -130,7 +130,7 @@ pub(crate) struct Fresh {
 
 /// The first look at a fresh endpoint (it is rarely negotiated at creation), the longest pause
 /// between looks, and how long after creation the fast path gives up (the scan goes on).
-const FRESH_FIRST: Duration = Duration::from_millis(100);
+const FRESH_FIRST: Duration = Duration::from_millis(50);
 const FRESH_MAX_DELAY: Duration = Duration::from_millis(800);
 const FRESH_GIVE_UP: Duration = Duration::from_secs(15);
 
@@ -239,7 +239,9 @@ impl KmsWatcher {
                         if let Some(pipeline) = webrtc_endpoint_pipeline(&ev.object) {
                             let now = Instant::now();
                             self.first_seen.entry(ev.object.clone()).or_insert(now);
-                            self.fresh.insert(ev.object.clone(), Fresh::new(pipeline, now));
+                            if self.config.lookup_new_endpoints {
+                                self.fresh.insert(ev.object.clone(), Fresh::new(pipeline, now));
+                            }
                         }
                     }
                 }
@@ -618,6 +620,9 @@ impl KmsWatcher {
             self.forget(&ep, room_lives, "vanished").await;
         }
         self.owned_cache.retain(|id, _| seen.contains(id));
+        // Creation times of endpoints in rooms that are gone (a lost ObjectDestroyed) go too.
+        self.first_seen
+            .retain(|id, _| live_pipelines.contains(id.split('/').next().unwrap_or_default()));
         self.release_orphans(owned).await;
         if let Some(l) = &self.leases {
             l.link.wanted.send_if_modified(|w| {
@@ -1132,7 +1137,7 @@ mod tests {
             now = next.next;
             cur = next;
         }
-        assert_eq!(&delays[..4], &[200, 400, 800, 800]);
+        assert_eq!(&delays[..5], &[100, 200, 400, 800, 800]);
         assert!(now.duration_since(t0) >= FRESH_GIVE_UP - FRESH_MAX_DELAY);
         assert!(now.duration_since(t0) <= FRESH_GIVE_UP + FRESH_MAX_DELAY);
     }

@@ -326,10 +326,17 @@ fn real_kms_leave_and_rejoin_churn_under_cpu_load_leaves_no_object_behind() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let text = support::http_get(call.metrics.unwrap(), "/metrics").await;
+        let ms = |name: &str, q: f64| support::histogram_quantile(&text, name, q) * 1000.0;
         eprintln!(
-            "after {cycles} rejoins: owned {owned:?}, taps_total {}, orphans released {}",
+            "after {cycles} rejoins: owned {owned:?}, taps_total {}, orphans released {}; endpoint created → tap running p50 {:.0} / p95 {:.0} / p99 {:.0} ms, of which the setup (examine + tap, once the publisher's media flows) p50 {:.0} / p95 {:.0} ms (both cores busy)",
             call.metric("kurento_tap_taps_total").await,
-            call.metric("kurento_tap_orphans_released_total").await
+            call.metric("kurento_tap_orphans_released_total").await,
+            ms("kurento_tap_time_to_tap_seconds", 0.5),
+            ms("kurento_tap_time_to_tap_seconds", 0.95),
+            ms("kurento_tap_time_to_tap_seconds", 0.99),
+            ms("kurento_tap_tap_setup_seconds", 0.5),
+            ms("kurento_tap_tap_setup_seconds", 0.95),
         );
         assert_eq!(
             owned,

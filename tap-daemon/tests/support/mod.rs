@@ -357,3 +357,44 @@ static MEDIA_RATE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(
 pub async fn one_media_rate_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     MEDIA_RATE_TESTS.lock().await
 }
+
+/// The `q` quantile of a Prometheus histogram in `text`, interpolated linearly within its bucket.
+pub fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let want = q * total;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= want {
+            if le.is_infinite() {
+                return lo;
+            }
+            let share = if count > below {
+                (want - below) / (count - below)
+            } else {
+                0.0
+            };
+            return lo + (le - lo) * share;
+        }
+        lo = le;
+        below = count;
+    }
+    f64::NAN
+}
