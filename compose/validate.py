@@ -49,6 +49,13 @@ for name, svc in services.items():
 for vol in compose.get("volumes", {}):
     check(any(v.split(":")[0] == vol for s in services.values() for v in s.get("volumes", [])), f"volume {vol} unused")
 
+# The data endpoints (every participant's results): on loopback, or with a credential.
+tap_env = services.get("kurento-tap", {}).get("environment", {})
+data = tap_env.get("KURENTO_TAP_DATA_HTTP") or tap_env.get("KURENTO_TAP_HTTP", "")
+if not str(data).startswith("127.0.0.1:"):
+    check("KURENTO_TAP_TOKEN_FILE" in tap_env or "KURENTO_TAP_AUTH_PROXY_HEADER" in tap_env,
+          f"kurento-tap: data endpoints on {data} without a token file or a trusted proxy header")
+
 nats_conf = (here / "nats" / "nats.conf").read_text()
 check("jetstream" in nats_conf and "websocket" in nats_conf, "nats.conf needs jetstream and websocket")
 

@@ -46,8 +46,14 @@ def load_quality():
     url = os.environ.get("TAP_MODELS_URL")
     if not url:
         return
+    # /models is a data endpoint: it needs the daemon's data token (a file, never the URL).
+    headers = {}
+    token_file = os.environ.get("TAP_TOKEN_FILE")
+    if token_file:
+        with open(token_file) as f:
+            headers["Authorization"] = "Bearer " + f.read().strip()
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as resp:
             for m in json.load(resp):
                 if m.get("quality"):
                     quality[m["name"]] = m["quality"]

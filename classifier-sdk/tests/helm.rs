@@ -65,19 +65,22 @@ fn chart_copy(dir: &Path) -> PathBuf {
     copy
 }
 
-fn render(chart: &Path, sets: &[String]) -> String {
+fn try_render(chart: &Path, sets: &[String]) -> Result<String, String> {
     let mut cmd = Command::new(helm());
     cmd.args(["template", "tap"]).arg(chart);
     for s in sets {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn render(chart: &Path, sets: &[String]) -> String {
+    try_render(chart, sets).unwrap_or_else(|e| panic!("helm template: {e}"))
 }
 
 fn help(binary: &str) -> String {
@@ -123,10 +126,12 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     let chart = chart_copy(&dir);
     let nats = support::Nats::start().await;
     let (daemon_port, fer_port, voice_port) = (free_port(), free_port(), free_port());
+    let data_port = free_port();
     let base = vec![
         "nats.enabled=false".to_owned(),
         format!("nats.url={}", nats.url),
         format!("daemon.httpPort={daemon_port}"),
+        format!("daemon.data.port={data_port}"),
         format!("workers.fer.metricsPort={fer_port}"),
         format!("workers.voice.metricsPort={voice_port}"),
     ];
@@ -183,6 +188,19 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     let hpa = write("hpa.yaml", &render(&chart, &hpa_sets));
     validate(&hpa, "hpa");
 
+    // The data endpoints on the node's addresses: only with a credential.
+    let mut exposed = base.clone();
+    exposed.push("daemon.data.expose=true".into());
+    let refused = try_render(&chart, &exposed).expect_err("exposed without a credential");
+    assert!(refused.contains("daemon.data.tokenSecret"), "{refused}");
+    exposed.push("daemon.data.tokenSecret=kurento-tap-token".into());
+    let with_token = write("exposed.yaml", &render(&chart, &exposed));
+    validate(&with_token, "keda");
+    let mut proxied = base.clone();
+    proxied.push("daemon.data.expose=true".into());
+    proxied.push("daemon.data.authProxyHeader=X-Forwarded-User".into());
+    validate(&write("proxied.yaml", &render(&chart, &proxied)), "keda");
+
     // Start what the manifests describe; the probes must answer.
     let summary: serde_json::Value = serde_json::from_str(summary.lines().last().unwrap()).unwrap();
     let sim = support::sim(
@@ -212,6 +230,10 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
         )
         .await;
     }
+    // The data endpoints answer on their own (loopback) port, not on the probes'.
+    answers_200(data_port, "/models").await;
+    let on_probes = support::http_get(([127, 0, 0, 1], daemon_port).into(), "/models").await;
+    assert!(on_probes.starts_with("HTTP/1.1 404"), "{on_probes}");
     let mut running = Vec::new();
     for w in summary["workers"].as_array().unwrap() {
         let args: Vec<&str> = w["args"]

@@ -100,6 +100,17 @@ http_port = int(env.get("KURENTO_TAP_HTTP", {}).get("value", "0:0").rsplit(":", 
 check(container_ports(daemon).get("http") == http_port, f"daemon containerPort http != KURENTO_TAP_HTTP port {http_port}")
 check("$(NODE_NAME)" in env.get("KURENTO_TAP_OWNER", {}).get("value", "") and "NODE_NAME" in env, "daemon owner must be per node (NODE_NAME)")
 check(env.get("KURENTO_TAP_BIND", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP", "daemon must announce the host IP")
+# The data endpoints (every participant's results): on loopback, or with a credential.
+data = env.get("KURENTO_TAP_DATA_HTTP", {}).get("value", "")
+check(data, "daemon env KURENTO_TAP_DATA_HTTP missing: the data endpoints would share the probes' 0.0.0.0 listener")
+if data and not data.startswith("127.0.0.1:"):
+    check("KURENTO_TAP_TOKEN_FILE" in env or "KURENTO_TAP_AUTH_PROXY_HEADER" in env,
+          f"data endpoints on {data} without a token file or a trusted proxy header")
+if "KURENTO_TAP_TOKEN_FILE" in env:
+    mounts = {m["mountPath"] for m in daemon.get("volumeMounts", [])}
+    token_dir = env["KURENTO_TAP_TOKEN_FILE"]["value"].rsplit("/", 1)[0]
+    check(token_dir in mounts, "the token file's folder is not a mounted volume")
+check("NetworkPolicy" in by_kind, "no NetworkPolicy for the workers")
 daemon_probes = probe_targets(daemon, "daemon")
 for p in daemon_probes:
     check(p["port"] == http_port, f"daemon {p['probe']} on port {p['port']}, the daemon serves {http_port}")

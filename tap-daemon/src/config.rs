@@ -8,7 +8,10 @@
 //! nats_creds = "/etc/kurento-tap/tap.creds"   # or nats_token = "…"
 //! bind = "127.0.0.1"              # receive address, announced to KMS: must be reachable from it
 //! ports = "40000-40999"           # receive ports (2 per tapped medium)
-//! http = "127.0.0.1:9464"         # /metrics and /healthz ("" to disable)
+//! http = "127.0.0.1:9464"         # /metrics and /healthz ("" to disable), and the data endpoints unless data_http
+//! data_http = "127.0.0.1:9465"    # the dashboard, /events, /history, /models on a listener of their own
+//! token_file = "/etc/kurento-tap/token"   # the data token they require (Authorization: Bearer; ≥ 24 chars)
+//! auth_proxy_header = "X-Forwarded-User"  # or: trust an authenticating reverse proxy's header
 //! owner = "kurento-tap"           # tag value on what this daemon creates
 //! latency_ms = 100                # jitterbuffer
 //! include_rooms = ["*"]
@@ -80,6 +83,12 @@ pub struct FileConfig {
     pub ports: Option<String>,
     /// HTTP listen address, or "" to disable.
     pub http: Option<String>,
+    /// The data endpoints' own listen address (default: `http`'s).
+    pub data_http: Option<String>,
+    /// File holding the data token (the dashboard, /events, /history, /models need it).
+    pub token_file: Option<PathBuf>,
+    /// Header an authenticating reverse proxy sets (trusted only when named here).
+    pub auth_proxy_header: Option<String>,
     /// Owner tag value.
     pub owner: Option<String>,
     /// Jitterbuffer latency.
@@ -228,6 +237,14 @@ pub struct Overrides {
     pub ports: Option<String>,
     /// HTTP address or "".
     pub http: Option<String>,
+    /// The data endpoints' own address.
+    pub data_http: Option<String>,
+    /// File holding the data token.
+    pub token_file: Option<PathBuf>,
+    /// The data token itself (from the environment; a file is preferred).
+    pub token: Option<String>,
+    /// A trusted proxy's header.
+    pub auth_proxy_header: Option<String>,
     /// Owner id.
     pub owner: Option<String>,
     /// DataChannel injection on/off.
@@ -312,6 +329,37 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         ),
         None => d.http_listen,
     };
+    let data_http =
+        match o.data_http.or(file.data_http) {
+            None => None,
+            Some(h) => Some(h.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("data_http {h:?}: expected HOST:PORT"))
+            })?),
+        };
+    let token = match (o.token, o.token_file.or(file.token_file)) {
+        (Some(t), _) => Some(crate::auth::SecretToken::new(&t)),
+        (None, Some(path)) => Some(crate::auth::SecretToken::from_file(&path)),
+        (None, None) => None,
+    }
+    .transpose()
+    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let data_auth = crate::auth::DataAuth {
+        token,
+        proxy_header: None,
+    }
+    .with_proxy_header(o.auth_proxy_header.or(file.auth_proxy_header))
+    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    // Every participant's results must not be open to the network: without a credential the data
+    // endpoints may only listen on loopback.
+    if let Some(addr) = data_http.or(http) {
+        if !data_auth.enabled() && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "the dashboard and data endpoints would listen on {addr} without a credential: set \
+                 token_file (or KURENTO_TAP_TOKEN_FILE / KURENTO_TAP_TOKEN) or auth_proxy_header, or \
+                 give them a loopback address of their own with data_http (e.g. 127.0.0.1:9465)"
+            )));
+        }
+    }
     let latency_ms = file.latency_ms.unwrap_or(d.latency_ms);
     if latency_ms > 2000 {
         return Err(ConfigError::Invalid("latency_ms must be ≤ 2000".into()));
@@ -488,6 +536,8 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         exclude_participants: file.exclude_participants.unwrap_or_default(),
         latency_ms,
         http_listen: http,
+        data_http_listen: data_http,
+        data_auth,
         results_max_age: history(
             "results_max_age_s",
             file.results_max_age_s,
@@ -532,6 +582,70 @@ mod tests {
             let file: FileConfig = toml::from_str(bad).unwrap();
             assert!(resolve(file, Overrides::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn data_endpoints_leave_loopback_only_with_a_credential() {
+        let token = std::env::temp_dir().join(format!("tap-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let parse = |text: String| {
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            resolve(file, Overrides::default())
+        };
+        // Open to the network without a credential: refused, saying what to do.
+        let e = parse("http = '0.0.0.0:9464'\n".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without a credential") && e.contains("token_file"),
+            "{e}"
+        );
+        // Probes on the network, data on loopback: fine without a token.
+        let c = parse("http = '0.0.0.0:9464'\ndata_http = '127.0.0.1:9465'\n".into()).unwrap();
+        assert_eq!(c.data_http_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert!(!c.data_auth.enabled());
+        // With a token file, anywhere.
+        let c = parse(format!(
+            "http = '0.0.0.0:9464'\ntoken_file = '{}'\n",
+            token.display()
+        ))
+        .unwrap();
+        assert!(c
+            .data_auth
+            .token
+            .as_ref()
+            .unwrap()
+            .matches("0123456789abcdef0123456789abcdef"));
+        // Or behind a proxy that authenticates.
+        let c = parse("http = '0.0.0.0:9464'\nauth_proxy_header = 'X-Forwarded-User'\n".into())
+            .unwrap();
+        assert_eq!(
+            c.data_auth.proxy_header.as_deref(),
+            Some("x-forwarded-user")
+        );
+        // A short token, a missing file, a bad header name, a bad address: clear errors.
+        std::fs::write(&token, "short\n").unwrap();
+        let e = parse(format!("token_file = '{}'\n", token.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 24"), "{e}");
+        let _ = std::fs::remove_file(&token);
+        let e = parse(format!("token_file = '{}'\n", token.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&token.display().to_string()), "{e}");
+        assert!(parse("auth_proxy_header = 'X User'\n".into()).is_err());
+        assert!(parse("data_http = 'nowhere'\n".into()).is_err());
+        // The token never shows in the configuration's debug print.
+        let c = resolve(
+            FileConfig::default(),
+            Overrides {
+                token: Some("0123456789abcdef0123456789abcdef".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
     #[test]

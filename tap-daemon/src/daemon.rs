@@ -82,8 +82,13 @@ pub struct DaemonConfig {
     pub exclude_participants: Vec<String>,
     /// Jitterbuffer latency.
     pub latency_ms: u32,
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics` and `/healthz` are served (and the data endpoints, unless
+    /// `data_http_listen` gives them a listener of their own).
     pub http_listen: Option<SocketAddr>,
+    /// The dashboard, `/events`, `/history` and `/models` on their own listener.
+    pub data_http_listen: Option<SocketAddr>,
+    /// Who may read the data endpoints (a token, a trusted proxy header; nothing: loopback only).
+    pub data_auth: crate::auth::DataAuth,
     /// Result history kept in JetStream.
     pub results_max_age: Duration,
     /// Results kept per (room, participant, model) subject.
@@ -155,6 +160,8 @@ impl Default for DaemonConfig {
             exclude_participants: vec![],
             latency_ms: 100,
             http_listen: Some(([127, 0, 0, 1], 9464).into()),
+            data_http_listen: None,
+            data_auth: crate::auth::DataAuth::default(),
             results_max_age: Duration::from_secs(24 * 3600),
             results_per_subject: 1000,
             rescan_interval: Duration::from_secs(1),
@@ -248,8 +255,10 @@ pub struct Daemon {
     pub models_changed: watch::Receiver<u64>,
     /// The receive port pool (`in_use()` for leak checks).
     pub ports: PortPool,
-    /// The HTTP address actually bound, if any.
+    /// The HTTP address actually bound, if any (`/metrics`, `/healthz`).
     pub http_addr: Option<SocketAddr>,
+    /// Where the dashboard and data endpoints answer (`http_addr` when they share it).
+    pub data_http_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The lease task: ends after the actor, handing the rooms over.
     leases_task: Option<tokio::task::JoinHandle<()>>,
@@ -385,10 +394,14 @@ impl Daemon {
         } else {
             (None, None)
         };
-        let http_addr = match config.http_listen {
+        let (http_addr, data_http_addr) = match config.http_listen {
             Some(addr) => {
-                let (task, bound) = crate::http::serve(
-                    addr,
+                let served = crate::http::serve(
+                    crate::http::HttpSettings {
+                        probes: addr,
+                        data: config.data_http_listen,
+                        auth: config.data_auth.clone(),
+                    },
                     metrics.clone(),
                     connections
                         .iter()
@@ -400,10 +413,10 @@ impl Daemon {
                     live.clone(),
                 )
                 .await?;
-                tasks.push(task);
-                Some(bound)
+                tasks.extend(served.tasks);
+                (Some(served.probes), Some(served.data))
             }
-            None => None,
+            None => (None, None),
         };
         tasks.push(tokio::spawn(crate::scaling::run(
             nats.clone(),
@@ -496,6 +509,7 @@ impl Daemon {
             models_changed,
             ports: pool,
             http_addr,
+            data_http_addr,
             tasks,
             leases_task,
             actors,

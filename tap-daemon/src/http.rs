@@ -1,8 +1,11 @@
-//! `/metrics` (Prometheus text), `/healthz`, and the live dashboard: `/` (a page with no build step)
+//! `/metrics` (Prometheus text) and `/healthz`, open to probes (no personal data in them), and the
+//! data endpoints, behind a credential ([`crate::auth`]) and optionally on a listener of their own:
+//! the live dashboard: `/` (a page with no build step)
 //! fed by `/events` (Server-Sent Events: every result as it arrives, after the latest one per
 //! room, participant and model for a page that just opened; and, with the fusion on, every room
 //! mood and fused state), `/history` (the room moods of the last 30 minutes, from JetStream) and
-//! `/models` (the live model specs, with each model's declared quality).
+//! `/models` (the live model specs, with each model's declared quality); `/login` turns the token
+//! into the dashboard's session cookie.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use futures_util::StreamExt as _;
 use tap_protocol::affect::AFFECT_STREAM;
 use tokio::sync::{broadcast, watch};
 
+use crate::auth::{DataAuth, Verdict, SESSION_COOKIE};
 use crate::chunker::LiveSpecs;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -38,6 +42,94 @@ struct AppState {
     latest: Latest,
     affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
     live: LiveSpecs,
+    auth: Arc<DataAuth>,
+}
+
+/// Lets a data request through only with a credential ([`DataAuth::check`]); counts refusals.
+async fn require_credential(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let verdict = s.auth.check(
+        req.headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        req.uri().query(),
+    );
+    let refuse = |reason: &str| {
+        s.metrics
+            .http_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    };
+    match verdict {
+        Verdict::Allowed => next.run(req).await,
+        Verdict::CredentialInQuery => {
+            refuse("credential_in_query");
+            (
+                StatusCode::BAD_REQUEST,
+                "credentials in a URL are refused (URLs end up in logs and browser history): send Authorization: Bearer <token>, or log in at /\n",
+            )
+                .into_response()
+        }
+        Verdict::Unauthorized(reason) => {
+            refuse(&reason.replace(' ', "_"));
+            let page = req.uri().path() == "/";
+            let mut r = if page {
+                (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response()
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    "a credential is required: Authorization: Bearer <token> (the daemon's data token), or the dashboard's session\n",
+                )
+                    .into_response()
+            };
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"kurento-tap\""),
+            );
+            r
+        }
+    }
+}
+
+const LOGIN: &str = include_str!("../dashboard/login.html");
+
+/// `POST /login` with the token as the body: sets the session cookie (a digest of the token).
+async fn login(State(s): State<AppState>, body: String) -> impl IntoResponse {
+    let token = body
+        .strip_prefix("token=")
+        .map(str::to_owned)
+        .unwrap_or(body);
+    match &s.auth.token {
+        Some(t) if t.matches(&token) => {
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                t.session_value()
+            );
+            (
+                StatusCode::NO_CONTENT,
+                [(header::SET_COOKIE, cookie)],
+                String::new(),
+            )
+        }
+        _ => {
+            s.metrics
+                .http_refused
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "wrong_login".into(),
+                })
+                .inc();
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::SET_COOKIE, String::new())],
+                "wrong token\n".to_owned(),
+            )
+        }
+    }
 }
 
 /// The live model specs (what the registry holds and the daemon serves), as JSON.
@@ -218,41 +310,99 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     (code, body)
 }
 
-/// Serves until aborted; returns the task and the bound address.
+/// Where the HTTP endpoints listen and who may read the data ones.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `/metrics` and `/healthz` (and the data endpoints too when `data` is None).
+    pub probes: SocketAddr,
+    /// The data endpoints on a listener of their own.
+    pub data: Option<SocketAddr>,
+    /// Who may read the data endpoints.
+    pub auth: DataAuth,
+}
+
+/// The listeners' tasks and bound addresses.
+pub struct Served {
+    /// Both listeners' tasks.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the probes answer.
+    pub probes: SocketAddr,
+    /// Where the data endpoints answer (the probes' address when they share it).
+    pub data: SocketAddr,
+}
+
+async fn listen(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for {what}: {e}"))
+}
+
+/// Serves until aborted.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
-    addr: SocketAddr,
+    settings: HttpSettings,
     metrics: Arc<Metrics>,
     kms: Vec<(String, watch::Receiver<ConnectionState>)>,
     nats: async_nats::Client,
     dispatcher: Arc<Dispatcher>,
     affect: Option<broadcast::Sender<Arc<AffectUpdate>>>,
     live: LiveSpecs,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+) -> anyhow::Result<Served> {
     let latest: Latest = Default::default();
     let keeper = tokio::spawn(keep_latest(dispatcher.subscribe_results(), latest.clone()));
-    let app = Router::new()
+    let state = AppState {
+        metrics,
+        kms,
+        nats,
+        dispatcher,
+        latest,
+        affect,
+        live,
+        auth: Arc::new(settings.auth.clone()),
+    };
+    let probes = Router::new()
+        .route("/metrics", get(self::metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state.clone());
+    let data = Router::new()
         .route("/", get(dashboard))
         .route("/events", get(events))
         .route("/history", get(history))
         .route("/models", get(models))
-        .route("/metrics", get(self::metrics))
-        .route("/healthz", get(healthz))
-        .with_state(AppState {
-            metrics,
-            kms,
-            nats,
-            dispatcher,
-            latest,
-            affect,
-            live,
-        });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-        keeper.abort();
-    });
-    Ok((task, bound))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_credential,
+        ))
+        .route("/login", axum::routing::post(login))
+        .with_state(state);
+    let probe_listener = listen(settings.probes, "/metrics and /healthz").await?;
+    let probes_bound = probe_listener.local_addr()?;
+    let mut tasks = Vec::new();
+    let data_bound = match settings.data {
+        None => {
+            let app = probes.merge(data);
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(probe_listener, app).await;
+                keeper.abort();
+            }));
+            probes_bound
+        }
+        Some(addr) => {
+            let data_listener = listen(addr, "the dashboard and data endpoints").await?;
+            let bound = data_listener.local_addr()?;
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(probe_listener, probes).await;
+            }));
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(data_listener, data).await;
+                keeper.abort();
+            }));
+            bound
+        }
+    };
+    Ok(Served {
+        tasks,
+        probes: probes_bound,
+        data: data_bound,
+    })
 }

@@ -2,6 +2,7 @@
 //! KMS through RtpEndpoints, decodes it with GStreamer, cuts it into the chunks each model asks for,
 //! and dispatches them over NATS with bounded latency.
 
+pub mod auth;
 pub mod capture_clock;
 pub mod chunker;
 pub mod cluster;

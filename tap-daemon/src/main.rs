@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon.
@@ -36,9 +38,18 @@ enum Command {
         /// Receive ports, MIN-MAX.
         #[arg(long, env = "KURENTO_TAP_PORTS")]
         ports: Option<String>,
-        /// /metrics and /healthz address ("" disables).
+        /// /metrics and /healthz address ("" disables); the data endpoints too unless --data-http.
         #[arg(long, env = "KURENTO_TAP_HTTP")]
         http: Option<String>,
+        /// The dashboard, /events, /history and /models on an address of their own.
+        #[arg(long, env = "KURENTO_TAP_DATA_HTTP")]
+        data_http: Option<String>,
+        /// File holding the data token those endpoints require (Authorization: Bearer).
+        #[arg(long, env = "KURENTO_TAP_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Header an authenticating reverse proxy sets (trusted only when named).
+        #[arg(long, env = "KURENTO_TAP_AUTH_PROXY_HEADER")]
+        auth_proxy_header: Option<String>,
         /// Owner id tagged on created objects.
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
@@ -141,6 +152,9 @@ async fn main() -> anyhow::Result<()> {
             bind,
             ports,
             http,
+            data_http,
+            token_file,
+            auth_proxy_header,
             owner,
             datachannels,
             datachannel_rate,
@@ -157,6 +171,11 @@ async fn main() -> anyhow::Result<()> {
                     bind,
                     ports,
                     http,
+                    data_http,
+                    token_file,
+                    // The token itself only from the environment: never a flag (process lists).
+                    token: std::env::var("KURENTO_TAP_TOKEN").ok(),
+                    auth_proxy_header,
                     owner,
                     datachannels,
                     datachannel_rate,
@@ -168,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
             let daemon = Daemon::start(cfg).await?;
             if let Some(addr) = daemon.http_addr {
                 eprintln!("kurento-tap: metrics on http://{addr}/metrics");
+            }
+            if let Some(addr) = daemon.data_http_addr {
+                eprintln!("kurento-tap: dashboard on http://{addr}/");
             }
             shutdown_signal().await;
             eprintln!("kurento-tap: shutting down (releasing taps, draining NATS; a second signal forces exit)");

@@ -95,6 +95,9 @@ pub struct Metrics {
     pub receiver_keyframe_requests_throttled: Counter,
     /// H.264 frames dropped before a tap's first keyframe.
     pub receiver_frames_before_keyframe: Counter,
+    /// Data-endpoint requests refused, by reason (`no_credential`, `wrong_token`, `wrong_session`,
+    /// `wrong_login`, `credential_in_query`).
+    pub http_refused: Family<ReasonLabel, Counter>,
     /// Streams whose sender clock (RTCP sender reports) did not keep time: capture times from arrival.
     pub sender_clocks_unusable: Counter,
     /// Results taken into the fusion, by outcome (`fused`, `undeclared`, `late`, `over_capacity`,
@@ -201,6 +204,7 @@ impl Metrics {
             receiver_keyframe_requests: Counter::default(),
             receiver_keyframe_requests_throttled: Counter::default(),
             receiver_frames_before_keyframe: Counter::default(),
+            http_refused: Family::default(),
             sender_clocks_unusable: Counter::default(),
             affect_results: Family::default(),
             room_moods: Family::default(),
@@ -263,6 +267,11 @@ impl Metrics {
             "receiver_keyframe_requests_throttled",
             "Keyframe requests held back (at most one per 500 ms and tap)",
             m.receiver_keyframe_requests_throttled.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Requests to the dashboard and data endpoints refused, by reason",
+            m.http_refused.clone(),
         );
         registry.register(
             "receiver_frames_before_keyframe",
