@@ -49,12 +49,25 @@ for name, svc in services.items():
 for vol in compose.get("volumes", {}):
     check(any(v.split(":")[0] == vol for s in services.values() for v in s.get("volumes", [])), f"volume {vol} unused")
 
-# The data endpoints (every participant's results): on loopback, or with a credential.
-tap_env = services.get("kurento-tap", {}).get("environment", {})
+# The data endpoints (every participant's results): always with a credential, on loopback too (the
+# daemon is on the host network: anything on the host reaches its loopback).
+tap = services.get("kurento-tap", {})
+tap_env = tap.get("environment", {})
 data = tap_env.get("KURENTO_TAP_DATA_HTTP") or tap_env.get("KURENTO_TAP_HTTP", "")
-if not str(data).startswith("127.0.0.1:"):
-    check("KURENTO_TAP_TOKEN_FILE" in tap_env or "KURENTO_TAP_AUTH_PROXY_HEADER" in tap_env,
-          f"kurento-tap: data endpoints on {data} without a token file or a trusted proxy header")
+check("KURENTO_TAP_TOKEN_FILE" in tap_env or "KURENTO_TAP_AUTH_PROXY_HEADER" in tap_env,
+      f"kurento-tap: data endpoints on {data} without a token file or a trusted proxy header")
+token_file = str(tap_env.get("KURENTO_TAP_TOKEN_FILE", ""))
+if token_file.startswith("/run/secrets/"):
+    secret = token_file.rsplit("/", 1)[1]
+    check(secret in tap.get("secrets", []), f"kurento-tap: token file {token_file} but no secret {secret}")
+    src = compose.get("secrets", {}).get(secret, {}).get("file", "")
+    check(src.startswith("./secrets/"), f"secret {secret}: expected a file under compose/secrets/, got {src!r}")
+    ignore = here / "secrets" / ".gitignore"
+    check(ignore.is_file() and "*" in ignore.read_text().split(),
+          "compose/secrets/.gitignore must keep tokens out of git")
+for svc_name, svc in services.items():
+    env = svc.get("environment", {})
+    check("KURENTO_TAP_TOKEN" not in env, f"{svc_name}: a token in the compose file; use a secret file")
 
 nats_conf = (here / "nats" / "nats.conf").read_text()
 check("jetstream" in nats_conf and "websocket" in nats_conf, "nats.conf needs jetstream and websocket")

@@ -38,8 +38,8 @@ pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};
 pub use metrics::{record_model_check, record_model_fallback, WorkerMetrics};
 pub use tap_protocol::affect;
 pub use tap_protocol::{
-    AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelQuality, ModelSpec, PixelFormat,
-    SampleFormat, VideoChunkSpec,
+    AudioChunkSpec, ChunkMeta, Layout, MediaKind, ModelId, ModelQuality, ModelSpec,
+    OutputDeclaration, PixelFormat, SampleFormat, VideoChunkSpec,
 };
 pub use worker::{shutdown_signal, RunningWorker, Worker, WorkerError, WorkerOptions};
 
@@ -146,6 +146,7 @@ fn base(
         updated_ms: 0,
         affect: None,
         quality: None,
+        outputs: None,
     }
 }
 

@@ -118,6 +118,19 @@ async fn answers_200(port: u16, path: &str) -> String {
     panic!("GET {path} on port {port} never answered 200; last: {last}");
 }
 
+/// GET `path` with the data token as a bearer credential; the whole response.
+async fn get_with_token(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     let dir = std::env::temp_dir().join(format!("tap-helm-{}", std::process::id()));
@@ -196,6 +209,11 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     exposed.push("daemon.data.tokenSecret=kurento-tap-token".into());
     let with_token = write("exposed.yaml", &render(&chart, &exposed));
     validate(&with_token, "keda");
+    // An unknown processing policy is refused at render time.
+    let mut unknown = base.clone();
+    unknown.push("daemon.policy=emotion-free".into());
+    let refused = try_render(&chart, &unknown).expect_err("an unknown policy");
+    assert!(refused.contains("daemon.policy"), "{refused}");
     let mut proxied = base.clone();
     proxied.push("daemon.data.expose=true".into());
     proxied.push("daemon.data.authProxyHeader=X-Forwarded-User".into());
@@ -217,6 +235,15 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
         let v = v.as_str().unwrap().replace("$(NODE_NAME)", "helm-test");
         daemon.env(k, v);
     }
+    // The token the chart made, where the Secret would be mounted.
+    let token = summary["daemon"]["data_token"]
+        .as_str()
+        .expect("the chart makes a data token when none is given")
+        .to_owned();
+    assert!(token.len() >= 24);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    daemon.env("KURENTO_TAP_TOKEN_FILE", &token_file);
     // What Kubernetes fills in (downward API) or the node provides.
     daemon
         .env("KURENTO_TAP_BIND", "127.0.0.1")
@@ -230,8 +257,13 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
         )
         .await;
     }
-    // The data endpoints answer on their own (loopback) port, not on the probes'.
-    answers_200(data_port, "/models").await;
+    // The data endpoints answer on their own (loopback) port, not on the probes', and only with
+    // the token.
+    let data_addr: std::net::SocketAddr = ([127, 0, 0, 1], data_port).into();
+    let without = support::http_get(data_addr, "/models").await;
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    let with = get_with_token(data_addr, "/models", &token).await;
+    assert!(with.starts_with("HTTP/1.1 200"), "{with}");
     let on_probes = support::http_get(([127, 0, 0, 1], daemon_port).into(), "/models").await;
     assert!(on_probes.starts_with("HTTP/1.1 404"), "{on_probes}");
     let mut running = Vec::new();

@@ -10,6 +10,7 @@ NAMES: one exported sample name a line. LABELS: one `metric label,label` a line.
 `--help` output of `kurento-tap run` and of each worker's `run`.
 Prints `helm: ok …` and a JSON summary of what the test then starts (the daemon's environment and
 probes, each worker's arguments and probes) on the last line, or the problems, exit 1."""
+import base64
 import argparse
 import json
 import pathlib
@@ -103,13 +104,20 @@ check(env.get("KURENTO_TAP_BIND", {}).get("valueFrom", {}).get("fieldRef", {}).g
 # The data endpoints (every participant's results): on loopback, or with a credential.
 data = env.get("KURENTO_TAP_DATA_HTTP", {}).get("value", "")
 check(data, "daemon env KURENTO_TAP_DATA_HTTP missing: the data endpoints would share the probes' 0.0.0.0 listener")
-if data and not data.startswith("127.0.0.1:"):
-    check("KURENTO_TAP_TOKEN_FILE" in env or "KURENTO_TAP_AUTH_PROXY_HEADER" in env,
-          f"data endpoints on {data} without a token file or a trusted proxy header")
+# Always with a credential, loopback or not (anything on the host network reaches the node's
+# loopback).
+check("KURENTO_TAP_TOKEN_FILE" in env or "KURENTO_TAP_AUTH_PROXY_HEADER" in env,
+      f"data endpoints on {data} without a token file or a trusted proxy header")
 if "KURENTO_TAP_TOKEN_FILE" in env:
     mounts = {m["mountPath"] for m in daemon.get("volumeMounts", [])}
     token_dir = env["KURENTO_TAP_TOKEN_FILE"]["value"].rsplit("/", 1)[0]
     check(token_dir in mounts, "the token file's folder is not a mounted volume")
+# The token the chart made, if it made one (for the test that starts the daemon).
+data_token = None
+for sec in by_kind.get("Secret", []):
+    if sec["metadata"]["name"].endswith("-data-token") and "token" in sec.get("data", {}):
+        data_token = base64.b64decode(sec["data"]["token"]).decode()
+        check(len(data_token) >= 24, "the generated data token is shorter than 24 characters")
 check("NetworkPolicy" in by_kind, "no NetworkPolicy for the workers")
 daemon_probes = probe_targets(daemon, "daemon")
 for p in daemon_probes:
@@ -197,6 +205,7 @@ summary = {
     "daemon": {
         "env": {k: v.get("value") for k, v in env.items() if "value" in v},
         "probes": daemon_probes,
+        "data_token": data_token,
     },
     "workers": workers,
 }

@@ -469,7 +469,7 @@ impl Target for RegistryEntries {
     }
 }
 
-/// Control requests (`tap.v1.ctl.attach`, `.detach`, `.presenter`).
+/// Control requests (`tap.v1.ctl.attach`, `.detach`, `.presenter`, `.erase`).
 pub struct ControlRequests;
 
 impl Target for ControlRequests {
@@ -515,7 +515,15 @@ impl Target for ControlRequests {
             assert!(!r.room.is_empty());
             let _ = tap_protocol::safe_token(&r.room);
         }
-        if attach.is_ok() || presenter.is_ok() {
+        let erase = tap_daemon::erase::EraseRequest::parse(input);
+        if let Ok(r) = &erase {
+            // The filter never holds a wildcard but its own trailing `>`.
+            for (_, f) in r.filters() {
+                let body = f.strip_suffix(".>").unwrap_or(&f);
+                assert!(!body.contains('*') && !body.contains('>'), "{f}");
+            }
+        }
+        if attach.is_ok() || presenter.is_ok() || erase.is_ok() {
             Verdict::Accepted
         } else {
             Verdict::Rejected
@@ -556,8 +564,13 @@ impl Target for ConfigFile {
         "config"
     }
     fn seeds(&self) -> Vec<Vec<u8>> {
-        let doc = documented_config();
-        // Without the credentials file line: it names a path that only exists on a server.
+        // Without the token file line: it names a path that only exists on a server (and is read
+        // when the configuration is resolved).
+        let doc: String = documented_config()
+            .lines()
+            .filter(|l| !l.starts_with("token_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let minimal = "kurento = \"ws://kms:8888/kurento\"\nports = \"40000-40099\"\n[mood]\nenabled = false\n";
         vec![doc.into_bytes(), minimal.as_bytes().to_vec()]
     }
@@ -570,6 +583,8 @@ impl Target for ConfigFile {
             "]",
             "[mood]\n",
             "[datachannel]\n",
+            "policy = \"expressions\"\n",
+            "policy = \"aggregate\"\n",
             "[tags]\n",
             "true",
             "-1",

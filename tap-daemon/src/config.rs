@@ -12,6 +12,7 @@
 //! data_http = "127.0.0.1:9465"    # the dashboard, /events, /history, /models on a listener of their own
 //! token_file = "/etc/kurento-tap/token"   # the data token they require (Authorization: Bearer; ≥ 24 chars)
 //! auth_proxy_header = "X-Forwarded-User"  # or: trust an authenticating reverse proxy's header
+//! policy = "emotions"            # what may leave the daemon: emotions, expressions, aggregate (docs/privacy.md)
 //! owner = "kurento-tap"           # tag value on what this daemon creates
 //! latency_ms = 100                # jitterbuffer
 //! include_rooms = ["*"]
@@ -91,6 +92,8 @@ pub struct FileConfig {
     pub auth_proxy_header: Option<String>,
     /// Owner tag value.
     pub owner: Option<String>,
+    /// Processing policy: `emotions` (default), `expressions` or `aggregate` (`crate::policy`).
+    pub policy: Option<String>,
     /// Jitterbuffer latency.
     pub latency_ms: Option<u32>,
     /// Rooms to tap.
@@ -247,6 +250,8 @@ pub struct Overrides {
     pub auth_proxy_header: Option<String>,
     /// Owner id.
     pub owner: Option<String>,
+    /// Processing policy.
+    pub policy: Option<String>,
     /// DataChannel injection on/off.
     pub datachannels: Option<bool>,
     /// DataChannel messages per second per participant.
@@ -360,6 +365,12 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             )));
         }
     }
+    let policy = match o.policy.or(file.policy) {
+        Some(p) => p
+            .parse::<crate::policy::Policy>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        None => d.policy,
+    };
     let latency_ms = file.latency_ms.unwrap_or(d.latency_ms);
     if latency_ms > 2000 {
         return Err(ConfigError::Invalid("latency_ms must be ≤ 2000".into()));
@@ -448,6 +459,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         publish_states: mood_file.publish_states.unwrap_or(md.publish_states),
         max_age: history("mood max_age_s", mood_file.max_age_s, md.max_age)?,
         per_subject: mood_file.per_subject.unwrap_or(md.per_subject),
+        policy,
     };
     if mood.per_subject == 0 || mood.per_subject < -1 {
         return Err(ConfigError::Invalid(
@@ -548,12 +560,44 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         lookup_new_endpoints: d.lookup_new_endpoints,
         datachannel,
         mood,
+        policy,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_is_read_from_the_file_or_an_override_and_unknown_names_are_refused() {
+        use crate::policy::Policy;
+        let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(
+            (d.policy, d.mood.policy),
+            (Policy::Emotions, Policy::Emotions)
+        );
+        let file: FileConfig = toml::from_str("policy = 'expressions'\n").unwrap();
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(
+            (c.policy, c.mood.policy),
+            (Policy::Expressions, Policy::Expressions)
+        );
+        let file: FileConfig = toml::from_str("policy = 'expressions'\n").unwrap();
+        let o = Overrides {
+            policy: Some("aggregate".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(file, o).unwrap().policy, Policy::Aggregate);
+        let o = Overrides {
+            policy: Some("emotion-free".into()),
+            ..Default::default()
+        };
+        let e = resolve(FileConfig::default(), o).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown policy") && e.contains("aggregate"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_cluster_table_and_kms_lists_are_read_and_checked() {

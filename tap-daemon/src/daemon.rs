@@ -102,6 +102,8 @@ pub struct DaemonConfig {
     pub datachannel: InjectorConfig,
     /// Fused states and room moods.
     pub mood: crate::mood::MoodSettings,
+    /// What may leave the daemon ([`crate::policy`]; also the fusion's, whatever `mood.policy` says).
+    pub policy: crate::policy::Policy,
     /// This KMS's name in lease keys, logs and the cluster view (default: its URL's host:port).
     pub kms_name: String,
     /// More KMS watched by this daemon, besides `kurento_url`.
@@ -168,6 +170,7 @@ impl Default for DaemonConfig {
             lookup_new_endpoints: true,
             datachannel: InjectorConfig::default(),
             mood: crate::mood::MoodSettings::default(),
+            policy: crate::policy::Policy::default(),
             kms_name: "127.0.0.1:8888".into(),
             additional_kms: vec![],
             scaling_window: crate::scaling::ScalingSettings::default().window,
@@ -354,7 +357,8 @@ impl Daemon {
         let (watchers, mut command_rxs): (Vec<_>, Vec<_>) =
             connections.iter().map(|_| mpsc::channel(64)).unzip();
 
-        let dispatcher = Dispatcher::new(nats.clone(), metrics.clone());
+        let dispatcher = Dispatcher::with_policy(nats.clone(), metrics.clone(), config.policy);
+        metrics.set_policy(config.policy);
         let attach = nats
             .subscribe(CTL_ATTACH)
             .await
@@ -363,6 +367,11 @@ impl Daemon {
             .subscribe(CTL_DETACH)
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {CTL_DETACH}: {e}"))?;
+        tasks.push(tokio::spawn(crate::erase::serve(
+            nats.clone(),
+            crate::erase::subscribe(&nats).await?,
+            metrics.clone(),
+        )));
         tasks.push(tokio::spawn(serve_control(
             nats.clone(),
             attach,
@@ -378,8 +387,11 @@ impl Daemon {
             let (events_tx, events_rx) = mpsc::channel(256);
             let presenter_requests = crate::mood::subscribe_control(&nats).await?;
             tasks.push(tokio::spawn(crate::mood::run(
-                config.mood.clone(),
-                crate::mood::broadcast_results(dispatcher.subscribe_results(), metrics.clone()),
+                crate::mood::MoodSettings {
+                    policy: config.policy,
+                    ..config.mood.clone()
+                },
+                crate::mood::broadcast_results(dispatcher.subscribe_fusion(), metrics.clone()),
                 crate::mood::MoodLinks {
                     live: live.clone(),
                     models_changed: models_changed.clone(),

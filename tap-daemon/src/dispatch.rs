@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::chunker::{Chunk, ChunkSink};
 use crate::metrics::{Metrics, ModelLabel};
+use crate::policy::{Outcome, Policy};
 
 /// Unix time in µs.
 pub fn now_us() -> u64 {
@@ -35,6 +36,10 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     results: broadcast::Sender<Arc<ResultMessage>>,
+    /// Every result, whatever the policy, for the fusion in this process only.
+    fusion: broadcast::Sender<Arc<ResultMessage>>,
+    /// What may leave the daemon ([`crate::policy`]).
+    policy: Policy,
     /// Bounds the JetStream acknowledgements awaited at once.
     store_permits: Arc<Semaphore>,
 }
@@ -42,21 +47,46 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher publishing through `nats`.
     pub fn new(nats: async_nats::Client, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_policy(nats, metrics, Policy::default())
+    }
+
+    /// A dispatcher letting out only what `policy` allows.
+    pub fn with_policy(
+        nats: async_nats::Client,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+    ) -> Arc<Self> {
         let js = jetstream::new(nats.clone());
         let (results, _) = broadcast::channel(1024);
+        let (fusion, _) = broadcast::channel(1024);
         Arc::new(Dispatcher {
             nats,
             js,
             metrics,
             runtime: tokio::runtime::Handle::current(),
             results,
+            fusion,
+            policy,
             store_permits: Arc::new(Semaphore::new(1024)),
         })
     }
 
-    /// Every result, as it arrives (for the DataChannel injector and tests). Slow receivers lag.
+    /// Every result that may leave the daemon under its policy, as it arrives (for the DataChannel
+    /// injector, the dashboard and tests): nothing under `aggregate`, expression outputs only under
+    /// `expressions`. Slow receivers lag.
     pub fn subscribe_results(&self) -> broadcast::Receiver<Arc<ResultMessage>> {
         self.results.subscribe()
+    }
+
+    /// Every result for the fusion in this process (under `aggregate` the unfiltered results, which
+    /// never leave; otherwise what [`Self::subscribe_results`] gives).
+    pub fn subscribe_fusion(&self) -> broadcast::Receiver<Arc<ResultMessage>> {
+        self.fusion.subscribe()
+    }
+
+    /// The processing policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 }
 
@@ -304,7 +334,7 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
         .capture_to_result
         .get_or_create(&label)
         .observe(latency_ms / 1e3);
-    let result = Arc::new(ResultMessage {
+    let mut result = ResultMessage {
         v: tap_protocol::VERSION,
         room: tap.ident.room.clone(),
         participant: tap.ident.participant.clone(),
@@ -318,8 +348,30 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
         output,
         latency_ms,
         round_trip_ms: received_us.saturating_sub(sent_us) as f64 / 1e3,
-    });
+    };
+    // The policy, before anything leaves: NATS, JetStream, DataChannels, the dashboard.
+    match d.policy {
+        Policy::Emotions => {}
+        Policy::Aggregate => {
+            d.metrics.policy_withheld("aggregate");
+            // The fusion sees it (room moods from `min_group` contributors on); nothing else does.
+            let _ = d.fusion.send(Arc::new(result));
+            return;
+        }
+        Policy::Expressions => {
+            let output = std::mem::take(&mut result.output);
+            match crate::policy::apply(d.policy, spec.outputs.as_ref(), output) {
+                Outcome::Leaves(o) => result.output = o,
+                Outcome::Withheld(reason) => {
+                    d.metrics.policy_withheld(reason);
+                    return;
+                }
+            }
+        }
+    }
+    let result = Arc::new(result);
     let _ = d.results.send(result.clone());
+    let _ = d.fusion.send(result.clone());
     store(d, &tap.ident, &spec.id, result);
 }
 

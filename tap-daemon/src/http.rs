@@ -194,8 +194,9 @@ async fn read_history(nats: &async_nats::Client) -> anyhow::Result<Vec<serde_jso
 
 const DASHBOARD: &str = include_str!("../dashboard/index.html");
 
-async fn dashboard() -> impl IntoResponse {
-    Html(DASHBOARD)
+async fn dashboard(State(s): State<AppState>) -> impl IntoResponse {
+    // The processing policy in the header (what this dashboard may show at all).
+    Html(DASHBOARD.replace("{{POLICY}}", s.dispatcher.policy().as_str()))
 }
 
 /// Keeps the newest result per (room, participant, model); forgets those older than 5 minutes.
@@ -293,9 +294,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let nats_ok = s.nats.connection_state() == async_nats::connection::State::Connected;
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let mut body = format!(
-        "kms: {}\nnats: {}\n",
+        "kms: {}\nnats: {}\npolicy: {}\n",
         word(kms_ok && up.iter().all(|(_, ok)| *ok)),
-        word(nats_ok)
+        word(nats_ok),
+        s.dispatcher.policy()
     );
     if up.len() > 1 {
         for (name, ok) in &up {

@@ -50,6 +50,11 @@ enum Command {
         /// Header an authenticating reverse proxy sets (trusted only when named).
         #[arg(long, env = "KURENTO_TAP_AUTH_PROXY_HEADER")]
         auth_proxy_header: Option<String>,
+        /// Processing policy: emotions (default), expressions (observable expressions only, no
+        /// emotion, valence or arousal) or aggregate (room summaries only); enforced before
+        /// anything leaves the daemon (docs/privacy.md).
+        #[arg(long, env = "KURENTO_TAP_POLICY")]
+        policy: Option<String>,
         /// Owner id tagged on created objects.
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
@@ -116,9 +121,12 @@ enum Command {
             default_value = "nats://127.0.0.1:4222"
         )]
         nats: String,
-        /// Configuration file (TOML; its `[mood]` table).
+        /// Configuration file (TOML; its `[mood]` table and `policy`).
         #[arg(long, env = "KURENTO_TAP_CONFIG")]
         config: Option<PathBuf>,
+        /// Processing policy for what the fusion publishes (as for `run`).
+        #[arg(long, env = "KURENTO_TAP_POLICY")]
+        policy: Option<String>,
     },
     /// List rooms, participants and tap state.
     Rooms {
@@ -155,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             data_http,
             token_file,
             auth_proxy_header,
+            policy,
             owner,
             datachannels,
             datachannel_rate,
@@ -176,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                     // The token itself only from the environment: never a flag (process lists).
                     token: std::env::var("KURENTO_TAP_TOKEN").ok(),
                     auth_proxy_header,
+                    policy,
                     owner,
                     datachannels,
                     datachannel_rate,
@@ -235,19 +245,27 @@ async fn main() -> anyhow::Result<()> {
                 other => other.map(|_| ()),
             }
         }
-        Command::Mood { nats, config } => {
+        Command::Mood {
+            nats,
+            config,
+            policy,
+        } => {
             let file = load_file(config.as_deref())?;
             let cfg = config::resolve(
                 file,
                 Overrides {
                     nats: Some(nats.clone()),
+                    policy,
                     ..Default::default()
                 },
             )?;
             let client = tap_daemon::daemon::connect_nats(&cfg).await?;
             let mut settings = cfg.mood.clone();
             settings.enabled = true;
-            eprintln!("kurento-tap mood: fusing the results on {nats}");
+            eprintln!(
+                "kurento-tap mood: fusing the results on {nats} (policy {})",
+                settings.policy
+            );
             tap_daemon::mood::run_standalone(
                 client,
                 settings,

@@ -31,6 +31,13 @@ pub struct DropLabel {
     pub reason: String,
 }
 
+/// `policy` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `emotions`, `expressions`, `aggregate`.
+    pub policy: String,
+}
+
 /// `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -98,6 +105,11 @@ pub struct Metrics {
     /// Data-endpoint requests refused, by reason (`no_credential`, `wrong_token`, `wrong_session`,
     /// `wrong_login`, `credential_in_query`).
     pub http_refused: Family<ReasonLabel, Counter>,
+    /// The processing policy in force: `kurento_tap_policy{policy="expressions"} 1`.
+    pub policy: Family<PolicyLabel, Gauge>,
+    /// Results kept in the daemon by the policy, by reason (`aggregate`, `undeclared_model`,
+    /// `no_expression_outputs`).
+    pub policy_withheld: Family<ReasonLabel, Counter>,
     /// Streams whose sender clock (RTCP sender reports) did not keep time: capture times from arrival.
     pub sender_clocks_unusable: Counter,
     /// Results taken into the fusion, by outcome (`fused`, `undeclared`, `late`, `over_capacity`,
@@ -205,6 +217,8 @@ impl Metrics {
             receiver_keyframe_requests_throttled: Counter::default(),
             receiver_frames_before_keyframe: Counter::default(),
             http_refused: Family::default(),
+            policy: Family::default(),
+            policy_withheld: Family::default(),
             sender_clocks_unusable: Counter::default(),
             affect_results: Family::default(),
             room_moods: Family::default(),
@@ -267,6 +281,16 @@ impl Metrics {
             "receiver_keyframe_requests_throttled",
             "Keyframe requests held back (at most one per 500 ms and tap)",
             m.receiver_keyframe_requests_throttled.clone(),
+        );
+        registry.register(
+            "policy",
+            "The processing policy in force (1 for its label)",
+            m.policy.clone(),
+        );
+        registry.register(
+            "policy_withheld",
+            "Results the processing policy kept in the daemon, by reason",
+            m.policy_withheld.clone(),
         );
         registry.register(
             "http_refused",
@@ -487,6 +511,26 @@ impl Metrics {
         self.datachannel_setups
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Shows the processing policy in force.
+    pub fn set_policy(&self, policy: crate::policy::Policy) {
+        for p in crate::policy::Policy::ALL {
+            self.policy
+                .get_or_create(&PolicyLabel {
+                    policy: p.as_str().into(),
+                })
+                .set(i64::from(p == policy));
+        }
+    }
+
+    /// Counts one result the policy kept in the daemon.
+    pub fn policy_withheld(&self, reason: &str) {
+        self.policy_withheld
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
             })
             .inc();
     }

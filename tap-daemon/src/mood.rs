@@ -66,6 +66,9 @@ pub struct MoodSettings {
     /// At most this many kept per subject (a participant's states, a room's moods): at one a
     /// second, the default keeps the last 4 hours (a state is ~300 bytes: 4.3 MB per participant).
     pub per_subject: i64,
+    /// The processing policy: under `expressions` states and moods lose emotion, valence and
+    /// arousal; under `aggregate` no state leaves (room moods only).
+    pub policy: crate::policy::Policy,
 }
 
 impl Default for MoodSettings {
@@ -76,6 +79,7 @@ impl Default for MoodSettings {
             publish_states: true,
             max_age: Duration::from_secs(24 * 3600),
             per_subject: 4 * 3600,
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -225,11 +229,16 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = now_ms();
                 for mood in engine.tick(now) {
+                    let mood = crate::policy::room(settings.policy, mood);
                     metrics.room_mood(mood.published);
                     publish(&nats, room_subject(&mood.room), &mood).await;
                     let _ = updates.send(Arc::new(AffectUpdate::Room(mood)));
                 }
                 for state in engine.states(now) {
+                    // Under `aggregate` no state leaves: not on NATS, not into a DataChannel.
+                    let Some(state) = crate::policy::state(settings.policy, state) else {
+                        continue;
+                    };
                     if settings.publish_states {
                         publish(&nats, state_subject(&state.room, &state.participant), &state).await;
                     }

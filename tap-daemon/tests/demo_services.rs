@@ -46,7 +46,7 @@ fn services_end_when_the_script_that_started_them_is_killed() {
         sleep 0.2
         for p in $(pgrep -P $$ -x sleep); do echo "pid $p"; done
         echo ready
-        sleep 600
+        exec sleep 600
         "#,
         store = store.display()
     );
@@ -59,6 +59,8 @@ fn services_end_when_the_script_that_started_them_is_killed() {
             format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
         )
         .stdout(Stdio::piped())
+        // Nothing of the script may hold the test runner's output open after it is killed.
+        .stderr(Stdio::null())
         .spawn()
         .expect("bash");
     let mut pids = Vec::new();

@@ -39,6 +39,7 @@ fn video_spec(name: &str, v: VideoChunkSpec) -> Arc<ModelSpec> {
         updated_ms: 0,
         affect: None,
         quality: None,
+        outputs: None,
     })
 }
 
@@ -115,6 +116,7 @@ async fn decoded_media_is_cut_per_spec() {
             updated_ms: 0,
             affect: None,
             quality: None,
+            outputs: None,
         }),
     ];
     let live = Arc::new(RwLock::new(Arc::new(specs)));

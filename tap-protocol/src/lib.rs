@@ -35,6 +35,9 @@ pub const RESULT_SUBJECTS: &str = "tap.v1.result.>";
 pub const CTL_ATTACH: &str = "tap.v1.ctl.attach";
 /// Request/reply subject to detach a tap explicitly.
 pub const CTL_DETACH: &str = "tap.v1.ctl.detach";
+/// Request/reply subject erasing a participant's stored results and fused states (the right to
+/// erasure): `{"room": "…", "participant": "…"}`.
+pub const CTL_ERASE: &str = "tap.v1.ctl.erase";
 
 /// Header names (NATS headers; values are ASCII).
 pub mod header {
@@ -336,6 +339,59 @@ pub struct ModelSpec {
     /// answers, because a score is not a probability of being right (`docs/models.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<ModelQuality>,
+    /// Which of the model's outputs (label names and top-level `extras` keys) infer emotion and
+    /// which only measure observable expression or activity: what the daemon may let out under its
+    /// processing policy (`expressions` drops emotion outputs and undeclared ones, and the results
+    /// of models without this declaration). Additive to v1: older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<OutputDeclaration>,
+}
+
+/// What a model's outputs are (see [`ModelSpec::outputs`]): names of labels and of top-level
+/// `extras` keys. A name in neither list is undeclared.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputDeclaration {
+    /// Outputs that infer an emotion or affect (emotion categories, valence, arousal).
+    #[serde(default)]
+    pub emotion: Vec<String>,
+    /// Outputs that measure an observable expression or activity (face visible, smile intensity,
+    /// head pose, speaking, voice energy, pitch variability), named as physical measures.
+    #[serde(default)]
+    pub expression: Vec<String>,
+}
+
+/// Most names an [`OutputDeclaration`] list may hold.
+pub const MAX_DECLARED_OUTPUTS: usize = 256;
+
+impl OutputDeclaration {
+    /// Checks sizes and that no output is both.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.emotion.len() > MAX_DECLARED_OUTPUTS || self.expression.len() > MAX_DECLARED_OUTPUTS
+        {
+            return Err(format!(
+                "outputs: at most {MAX_DECLARED_OUTPUTS} names per list"
+            ));
+        }
+        if let Some(n) = self
+            .emotion
+            .iter()
+            .chain(&self.expression)
+            .find(|n| n.is_empty() || n.len() > 256)
+        {
+            return Err(format!("outputs: bad name {n:?}"));
+        }
+        if let Some(both) = self.expression.iter().find(|n| self.emotion.contains(n)) {
+            return Err(format!(
+                "outputs: {both:?} is declared both emotion and expression"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is declared an expression output.
+    pub fn is_expression(&self, name: &str) -> bool {
+        self.expression.iter().any(|n| n == name)
+    }
 }
 
 /// A model's measured quality (see [`ModelSpec::quality`]).
@@ -433,6 +489,11 @@ impl ModelSpec {
         if let Some(a) = &self.affect {
             if let Err(e) = a.validate() {
                 return bad(&e.to_string());
+            }
+        }
+        if let Some(o) = &self.outputs {
+            if let Err(e) = o.validate() {
+                return bad(&e);
             }
         }
         if let Some(q) = &self.quality {
@@ -994,8 +1055,21 @@ mod tests {
             updated_ms: 10_000,
             affect: None,
             quality: None,
+            outputs: None,
         };
         s.validate().unwrap();
+        s.outputs = Some(OutputDeclaration {
+            emotion: vec!["happy".into()],
+            expression: vec!["face".into(), "happy".into()],
+        });
+        assert!(s.validate().unwrap_err().to_string().contains("both"));
+        s.outputs.as_mut().unwrap().expression.pop();
+        s.validate().unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["outputs"]["expression"][0], "face");
+        let back: ModelSpec = serde_json::from_value(json).unwrap();
+        assert!(back.outputs.unwrap().is_expression("face"));
+        s.outputs = None;
         assert_eq!(s.chunk_size(), 64 * 64);
         assert!(s.is_live(12_000) && !s.is_live(13_001));
         s.media = MediaKind::Audio;

@@ -175,6 +175,7 @@ pub fn video_spec(
         updated_ms: 0,
         affect: None,
         quality: None,
+        outputs: None,
     }
 }
 
@@ -199,6 +200,7 @@ pub fn audio_spec(name: &str) -> ModelSpec {
         updated_ms: 0,
         affect: None,
         quality: None,
+        outputs: None,
     }
 }
 

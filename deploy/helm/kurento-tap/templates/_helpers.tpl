@@ -29,3 +29,13 @@ nats://{{ .Release.Name }}-nats:4222
 {{- end -}}
 {{- join "," $items -}}
 {{- end -}}
+
+{{/* The Secret holding the daemons' data token: daemon.data.tokenSecret, else the one the chart
+makes (none with a trusted proxy header and no tokenSecret). */}}
+{{- define "kurento-tap.tokenSecret" -}}
+{{- if .Values.daemon.data.tokenSecret -}}
+{{ .Values.daemon.data.tokenSecret }}
+{{- else if not .Values.daemon.data.authProxyHeader -}}
+{{ include "kurento-tap.fullname" . }}-data-token
+{{- end -}}
+{{- end -}}

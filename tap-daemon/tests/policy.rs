@@ -1,0 +1,344 @@
+//! The processing policy end to end on kms-sim (issue 24): under `expressions` no emotion label,
+//! valence or arousal leaves the daemon (NATS results, hence JetStream; fused states; room moods;
+//! the dashboard's stream) while declared expression outputs flow, and an undeclared model gives
+//! nothing; under `aggregate` no per-participant result or state leaves, room moods do.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::*;
+use tap_daemon::policy::Policy;
+use tap_daemon::Daemon;
+use tap_protocol::affect::{fer2013_declaration, ParticipantState, RoomMood};
+use tap_protocol::{
+    chunk_subject, queue_group, ModelId, OutputDeclaration, PixelFormat, ResultMessage, WorkerReply,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SCENARIO: &str = "
+[[room]]
+name = 'class'
+[[room.participant]]
+name = 'pat'
+video = { width = 160, height = 120, fps = 10 }
+extra_tags = { 'kurento-tap.role' = 'presenter', 'kurento-tap.participant' = 'pat' }
+[[room.participant]]
+name = 'ana'
+video = { width = 160, height = 120, fps = 10 }
+extra_tags = { 'kurento-tap.participant' = 'ana' }
+[[room.participant]]
+name = 'ben'
+video = { width = 160, height = 120, fps = 10 }
+extra_tags = { 'kurento-tap.participant' = 'ben' }
+[[room.participant]]
+name = 'cyd'
+video = { width = 160, height = 120, fps = 10 }
+extra_tags = { 'kurento-tap.participant' = 'cyd' }
+";
+
+/// Words that must not leave under `expressions`.
+const EMOTIONAL: [&str; 5] = ["happy", "neutral", "valence", "arousal", "emotion"];
+
+/// A face model that answers with emotions, a smile intensity and face/attention extras.
+async fn face_worker(client: &async_nats::Client) -> tokio::task::JoinHandle<()> {
+    let model = ModelId::new("face", "1");
+    let mut sub = client
+        .queue_subscribe(chunk_subject(&model), queue_group(&model))
+        .await
+        .unwrap();
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let body = WorkerReply {
+                labels: [
+                    ("happy".to_owned(), 0.8),
+                    ("neutral".to_owned(), 0.2),
+                    ("smile".to_owned(), 0.7),
+                ]
+                .into(),
+                top: Some("happy".into()),
+                extras: serde_json::json!({"no_face": false, "attentive": true, "valence": 0.6}),
+                ..Default::default()
+            };
+            if let Some(reply) = msg.reply {
+                let _ = client
+                    .publish(reply, serde_json::to_vec(&body).unwrap().into())
+                    .await;
+            }
+        }
+    })
+}
+
+fn face_spec() -> tap_protocol::ModelSpec {
+    let mut spec = video_spec("face", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
+    let fer = fer2013_declaration();
+    spec.labels = fer.labels.keys().cloned().chain(["smile".into()]).collect();
+    spec.outputs = Some(OutputDeclaration {
+        emotion: fer
+            .labels
+            .keys()
+            .cloned()
+            .chain(["valence".into()])
+            .collect(),
+        expression: vec!["smile".into(), "no_face".into(), "attentive".into()],
+    });
+    spec.affect = Some(fer);
+    spec
+}
+
+/// What the dashboard's stream sends in `for_how_long` (status line and headers included).
+async fn dashboard_stream(addr: SocketAddr, for_how_long: Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(for_how_long, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every message on `sub` for `for_how_long`.
+async fn collect(sub: &mut async_nats::Subscriber, until: Instant) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), sub.next()).await {
+        out.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_models() {
+    let _turn = one_media_rate_test_at_a_time().await;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let face = face_spec();
+    // A model without declarations: nothing of it may leave under `expressions`.
+    let gray = video_spec("gray", Some(2.0), None, 32, 32, PixelFormat::Gray8);
+    let (gray_seen, _w2) = worker(&client, &gray.id, Duration::ZERO).await;
+    let _w1 = face_worker(&client).await;
+    let _r = (
+        Registration::new(&client, face).await,
+        Registration::new(&client, gray).await,
+    );
+    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
+    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
+    let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
+
+    let sim = sim(SCENARIO, (48000, 48499)).await;
+    let mut cfg = config(&sim, &nats, (48500, 48999));
+    cfg.datachannel.enabled = false;
+    cfg.policy = Policy::Expressions;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let http = daemon.http_addr.unwrap();
+    wait_taps(&daemon, 4).await;
+    let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
+    let until = Instant::now() + Duration::from_secs(8);
+    let (results, states, moods) = tokio::join!(
+        collect(&mut results, until),
+        collect(&mut states, until),
+        collect(&mut moods, until)
+    );
+    let stream = stream.await.unwrap();
+    let metrics = reqwest_metrics(http).await;
+
+    assert!(
+        !gray_seen.lock().unwrap().is_empty(),
+        "the undeclared model was asked"
+    );
+    assert!(results.len() >= 10, "{} results; {metrics}", results.len());
+    for text in &results {
+        let r: ResultMessage = serde_json::from_str(text).unwrap();
+        assert_eq!(r.model, "face", "undeclared models give nothing: {text}");
+        assert_eq!(r.output.labels.keys().collect::<Vec<_>>(), ["smile"]);
+        assert_eq!(r.output.top, None);
+        assert_eq!(
+            r.output.extras,
+            serde_json::json!({"no_face": false, "attentive": true})
+        );
+    }
+    assert!(!states.is_empty() && !moods.is_empty(), "{metrics}");
+    // Expressions still flow into the fused states.
+    let states_read: Vec<ParticipantState> = states
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert!(
+        states_read
+            .iter()
+            .any(|s| s.face_visible == Some(true) && s.attentive == Some(true)),
+        "{states:?}"
+    );
+    // Room moods carry no emotion counts, valence or arousal. (The fusion counts contributors by
+    // their affect, so under `expressions` a room mood is not published yet: the expression-only
+    // room summary is room-mood's part of issue 24.)
+    for m in &moods {
+        let m: RoomMood = serde_json::from_str(m).unwrap();
+        assert!(m.emotions.is_empty() && m.valence.is_none() && m.arousal.is_none());
+    }
+    assert!(stream.contains("text/event-stream") && stream.contains("smile"));
+    for (what, texts) in [
+        ("results", &results),
+        ("states", &states),
+        ("moods", &moods),
+        ("dashboard", &vec![stream]),
+    ] {
+        for t in texts {
+            // Absent values are fine (`"valence":null`); any value is not.
+            let mut bare = t.clone();
+            for key in [
+                "valence",
+                "arousal",
+                "valence_trend",
+                "arousal_trend",
+                "emotion",
+            ] {
+                bare = bare.replace(&format!("\"{key}\":null"), "");
+            }
+            bare = bare.replace("\"emotions\":{}", "");
+            for word in EMOTIONAL {
+                assert!(!bare.contains(word), "{what}: {word} in {t}");
+            }
+        }
+    }
+    assert!(metrics.contains("kurento_tap_policy{policy=\"expressions\"} 1"));
+    assert!(metrics.contains("kurento_tap_policy{policy=\"emotions\"} 0"));
+    assert!(
+        metrics.contains("kurento_tap_policy_withheld_total{reason=\"undeclared_model\"}"),
+        "{metrics}"
+    );
+    assert!(http_get(http, "/healthz")
+        .await
+        .contains("policy: expressions"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_lets_out_room_moods_only() {
+    let _turn = one_media_rate_test_at_a_time().await;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let _w = face_worker(&client).await;
+    let _r = Registration::new(&client, face_spec()).await;
+    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
+    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
+    let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
+
+    let sim = sim(SCENARIO, (49000, 49499)).await;
+    let mut cfg = config(&sim, &nats, (49500, 49999));
+    cfg.datachannel.enabled = false;
+    cfg.policy = Policy::Aggregate;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let http = daemon.http_addr.unwrap();
+    wait_taps(&daemon, 4).await;
+    let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
+    let until = Instant::now() + Duration::from_secs(8);
+    let (results, states, moods) = tokio::join!(
+        collect(&mut results, until),
+        collect(&mut states, until),
+        collect(&mut moods, until)
+    );
+    let stream = stream.await.unwrap();
+    let metrics = reqwest_metrics(http).await;
+
+    assert!(
+        results.is_empty(),
+        "per-participant results left: {results:?}"
+    );
+    assert!(states.is_empty(), "fused states left: {states:?}");
+    // The fusion saw everything in process: the room mood of the three in the audience.
+    let published: Vec<RoomMood> = moods
+        .iter()
+        .map(|m| serde_json::from_str::<RoomMood>(m).unwrap())
+        .filter(|m| m.published)
+        .collect();
+    assert!(
+        published.iter().any(|m| m.contributors == 3
+            && m.emotions.get("happy") == Some(&3)
+            && m.presenter.as_deref() == Some("pat")),
+        "{moods:?}\n{metrics}"
+    );
+    assert!(stream.contains("text/event-stream"));
+    for p in ["\"participant\":\"ana\"", "kurento-tap.state", "\"model\""] {
+        assert!(!stream.contains(p), "{p} on the dashboard: {stream}");
+    }
+    assert!(metrics.contains("kurento_tap_policy{policy=\"aggregate\"} 1"));
+    assert!(
+        metrics.contains("kurento_tap_policy_withheld_total{reason=\"aggregate\"}"),
+        "{metrics}"
+    );
+    assert!(http_get(http, "/healthz")
+        .await
+        .contains("policy: aggregate"));
+    let page = http_get(http, "/").await;
+    assert!(page.contains("policy: aggregate"), "the dashboard's header");
+    daemon.shutdown().await;
+}
+
+/// The right to erasure: a control request purges one participant's stored results (every model)
+/// and fused states, and nobody else's; bad requests are refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_request_purges_one_participants_stored_results() {
+    let _turn = one_media_rate_test_at_a_time().await;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let gray = video_spec("gray", Some(5.0), None, 32, 32, PixelFormat::Gray8);
+    let (_seen, worker_task) = worker(&client, &gray.id, Duration::ZERO).await;
+    let registration = Registration::new(&client, gray).await;
+    let sim = sim(SCENARIO, (50000, 50499)).await;
+    let mut cfg = config(&sim, &nats, (50500, 50999));
+    cfg.datachannel.enabled = false;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    wait_taps(&daemon, 4).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(tap_protocol::RESULTS_STREAM).await.unwrap();
+    let last = |who: &'static str| {
+        let stream = stream.clone();
+        async move {
+            stream
+                .get_last_raw_message_by_subject(&format!("tap.v1.result.class.{who}.gray_1"))
+                .await
+                .is_ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(last("ana").await && last("ben").await) {
+        assert!(Instant::now() < deadline, "no stored results");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The model leaves, so nothing new is stored while we look.
+    registration.remove().await;
+    worker_task.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let ask = |body: &'static str| {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .request(tap_protocol::CTL_ERASE, body.into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    // A wildcard is a name like any other: it erases nobody else.
+    let wild = ask(r#"{"room":"class","participant":"*"}"#).await;
+    assert_eq!(wild["ok"], true, "{wild}");
+    assert_eq!(wild["erased"]["results"], 0, "{wild}");
+    let done = ask(r#"{"room":"class","participant":"ana"}"#).await;
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(done["erased"]["results"].as_u64().unwrap() > 0, "{done}");
+    assert!(!last("ana").await, "ana's results are gone");
+    assert!(last("ben").await, "ben's stay");
+    let bad = ask(r#"{"room":"class"}"#).await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("bad request"));
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    assert!(
+        metrics.contains("kurento_tap_bad_control_requests_total 1"),
+        "{metrics}"
+    );
+    daemon.shutdown().await;
+}
