@@ -522,6 +522,23 @@ pub fn dominant(faces: &[Face]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// What the worker's outputs are, for the daemon's processing policy: the seven emotion labels and
+/// `extras.faces` (each face carries its emotions) infer emotion; whether a face is visible
+/// (`no_face`, `dominant`, `detected`), whether it faces the camera (`attentive`, from the head's
+/// keypoints) and the stage timings are observable measures. Under `--policy expressions` only the
+/// latter leave the daemon.
+pub fn output_declaration() -> classifier_sdk::OutputDeclaration {
+    let mut emotion: Vec<String> = LABELS.iter().map(|l| (*l).to_owned()).collect();
+    emotion.push("faces".into());
+    classifier_sdk::OutputDeclaration {
+        emotion,
+        expression: ["no_face", "dominant", "detected", "attentive", "stages_ms"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    }
+}
+
 /// The worker's classifier: the dominant face's (optionally smoothed) emotions as labels, every face
 /// with its box, score and emotions in `extras.faces`; no face is a result (`extras.no_face`), not an
 /// error.
@@ -648,6 +665,17 @@ impl classifier_sdk::Classifier for FerClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_output_is_declared_once_and_emotions_are_not_expressions() {
+        let d = output_declaration();
+        d.validate().unwrap();
+        for l in LABELS {
+            assert!(d.emotion.iter().any(|e| e == l) && !d.is_expression(l));
+        }
+        assert!(!d.is_expression("faces"), "each face carries its emotions");
+        assert!(d.is_expression("attentive") && d.is_expression("no_face"));
+    }
 
     #[test]
     fn anchors_are_896_in_output_order() {

@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             spec.deadline_ms = 1000;
             // What the labels mean to the room mood (both nets use FER2013's seven labels).
             spec.affect = Some(classifier_sdk::affect::fer2013_declaration());
+            spec.outputs = Some(fer_worker::output_declaration());
             // Measured for the bundled nets only: a user's own model declares nothing.
             if cli.emotion.is_none() {
                 spec.quality = Some(cli.net.quality());
