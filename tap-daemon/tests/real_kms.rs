@@ -1229,8 +1229,13 @@ fn real_kms_three_vp8_publishers_under_cpu_load_keep_their_face_rate() {
     });
 }
 
-/// H.264 under the same network conditions as VP8 above (5 % loss, 30 ± 30 ms delay): decoding goes
-/// on and faces keep their rate.
+/// H.264 under the network conditions of the VP8 test above (5 % loss, 30 ± 30 ms delay). On the
+/// tap leg (KMS → daemon: our path) faces keep their rate, as VP8's do. On the whole path the
+/// browsers' uplinks lose packets too, and KMS itself then drops the publisher's H.264 until a
+/// keyframe (`DISCONTINUITY at non-keyframe; will drop until keyframe`): every subscriber of the
+/// call freezes with the tap, and how long depends on when KMS's and our keyframe requests reach
+/// the browser (53–71 face results of 75 in most runs, 19 in one). There the test holds that
+/// decoding never stops for anyone; docs/benchmarks.md has the side-by-side table.
 #[test]
 fn real_kms_h264_under_packet_loss_and_jitter() {
     with_kms("h264_loss", |kms| async move {
@@ -1245,31 +1250,55 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                 .await
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let netem = netem::Netem::start(0.05, Duration::from_millis(30), Duration::from_millis(30));
-        tokio::time::sleep(Duration::from_secs(3)).await;
         let names = ["ana", "ben"];
-        let sent_before = sent_by(&call, &names).await;
-        let before = video_counters(&call).await;
-        let start = Instant::now();
-        let window = Duration::from_secs(15);
-        tokio::time::sleep(window).await;
-        let after = video_counters(&call).await;
-        let sent_after = sent_by(&call, &names).await;
-        netem.stop();
-        let seen = call.results_since(start);
-        eprintln!(
-            "H.264 x2 with loss: {} frames decoded, {} keyframe requests ({} held back) in {window:?}; results {:?}; browsers: {}",
-            after.0 - before.0,
-            after.1 - before.1,
-            after.2 - before.2,
-            per_participant(&seen),
-            frames_sent(&sent_before, &sent_after)
-        );
-        assert!(
-            after.1 - before.1 <= 2.0 * (window.as_secs_f64() / 0.5 + 1.0),
-            "at most one keyframe request per 500 ms and tap"
-        );
-        assert_rates(&seen, &["video", "audio"], 2, window, &call).await;
+        for (phase, ports) in [("tap leg", Some(TAP_PORTS)), ("whole path", None)] {
+            let netem = netem::Netem::start_on(
+                0.05,
+                Duration::from_millis(30),
+                Duration::from_millis(30),
+                ports,
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let sent_before = sent_by(&call, &names).await;
+            let before = video_counters(&call).await;
+            let start = Instant::now();
+            let window = Duration::from_secs(15);
+            tokio::time::sleep(window).await;
+            let after = video_counters(&call).await;
+            let sent_after = sent_by(&call, &names).await;
+            netem.stop();
+            let seen = call.results_since(start);
+            eprintln!(
+                "H.264 x2, loss on the {phase}: {} frames decoded, {} keyframe requests ({} held back) in {window:?}; results {:?}; browsers: {}",
+                after.0 - before.0,
+                after.1 - before.1,
+                after.2 - before.2,
+                per_participant(&seen),
+                frames_sent(&sent_before, &sent_after)
+            );
+            assert!(
+                after.1 - before.1 <= 2.0 * (window.as_secs_f64() / 0.5 + 1.0),
+                "at most one keyframe request per 500 ms and tap"
+            );
+            if ports.is_some() {
+                assert_rates(&seen, &["video", "audio"], 2, window, &call).await;
+            } else {
+                let counts = per_participant(&seen);
+                let video: Vec<usize> = counts
+                    .iter()
+                    .filter(|((_, m), _)| m == "video")
+                    .map(|(_, n)| *n)
+                    .collect();
+                assert_eq!(video.len(), 2, "both keep being analysed: {counts:?}");
+                assert!(
+                    video
+                        .iter()
+                        .all(|n| *n as f64 >= 0.2 * FER_FPS * window.as_secs_f64()),
+                    "H.264 decoding stopped for someone under whole-path loss: {counts:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         assert!(call.stop_daemon());
         assert_eq!(call.owned("tap-e2e-h264-loss").await, (0, 0));
     });

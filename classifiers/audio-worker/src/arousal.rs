@@ -179,12 +179,13 @@ pub const EMODB_MODEL: ArousalModel = ArousalModel {
     bias: 0.0,
 };
 
-/// Three classes from p(high arousal), symmetric around the undecided 0.5.
+/// Three classes from p(high arousal), symmetric around the undecided 0.5. The middle class is
+/// `moderate` (not `neutral`, which is the speech-emotion model's neutral category).
 pub fn class_scores(p: f64) -> [(&'static str, f64); 3] {
     let calm = (1.0 - p / 0.35).clamp(0.0, 1.0);
     let aroused = ((p - 0.65) / 0.35).clamp(0.0, 1.0);
     let neutral = (1.0 - calm - aroused).max(0.0);
-    [("calm", calm), ("neutral", neutral), ("aroused", aroused)]
+    [("calm", calm), ("moderate", neutral), ("aroused", aroused)]
 }
 
 /// Fits a logistic model by gradient descent with L2 regularisation, classes weighted to balance

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Lays out speech-emotion corpora as `OUT/<corpus>/<class>/<speaker>_<file>.wav` (symlinks), the
+layout `audio-worker features` and `audio-worker evaluate-emotion` read.
+
+    ser_prepare.py --emodb DIR_OF_EMODB_WAVS --ravdess DIR_WITH_Actor_XX --out /work/data/ser
+
+EmoDB: names like 03a01Wa.wav (speaker 03, emotion letter W); RAVDESS: 03-01-05-01-02-01-12.wav
+(emotion field 3, actor field 7; speech only).
+"""
+import argparse
+import os
+from pathlib import Path
+
+EMODB = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
+RAVDESS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fear",
+           "07": "disgust", "08": "surprise"}
+
+
+def link(src: Path, dst: Path):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    os.symlink(src.resolve(), dst)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--emodb")
+    ap.add_argument("--ravdess")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    out = Path(a.out)
+    n = {}
+    if a.emodb:
+        for f in sorted(Path(a.emodb).glob("*.wav")):
+            c = EMODB.get(f.name[5:6])
+            if c:
+                link(f, out / "emodb" / c / f"emodb{f.name[:2]}_{f.name}")
+                n["emodb"] = n.get("emodb", 0) + 1
+    if a.ravdess:
+        for f in sorted(Path(a.ravdess).rglob("03-01-*.wav")):
+            p = f.stem.split("-")
+            c = RAVDESS.get(p[2])
+            if c:
+                link(f, out / "ravdess" / c / f"ravdess{p[6]}_{f.name}")
+                n["ravdess"] = n.get("ravdess", 0) + 1
+    print(n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Trains the categorical speech-emotion model (`models/ser_tap*.onnx`) on functionals computed by
+the worker's own Rust front-end (`audio-worker features DIR --out X.csv --window-ms 1000`), so
+training and inference see the same numbers.
+
+    python train_ser.py --csv emodb.csv ravdess.csv --out ../ser_tap.onnx          # the shipped model
+    python train_ser.py --csv emodb.csv --out ../ser_tap_emodb.onnx                  # for cross-corpus
+    python train_ser.py --csv emodb.csv ravdess.csv --report                         # LOSO + cross figures
+
+Each speaker's functionals are z-scored against their own causal running mean (the same update as
+`audio_worker::emotion::SpeakerNorm`: files in FNV order of their names, every class heard, the
+current file not included), over the training population's standard deviation. The classifier is
+a multinomial logistic regression (class-balanced); fixed seeds; exported with skl2onnx.
+
+Figures printed (`--report`): leave-one-speaker-out UAR over all corpora given, per corpus, per
+file and per 1-s window; and cross-corpus UAR, trained on one corpus and tested on each other.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+LABELS = ["angry", "happy", "neutral", "sad"]
+META = 9  # corpus,speaker,class,file,window,order,clipped,high_band,frames
+import os
+PRIOR_WEIGHT = float(os.environ.get("SER_PRIOR", "1"))
+DROPPED = []
+DROP = [p for p in os.environ.get("SER_DROP", "speech_ratio").split(",") if p]
+SCALE = os.environ.get("SER_SCALE", "0") == "1"
+MEMORY = 200.0
+
+
+def load(paths):
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            r = csv.reader(f)
+            header = next(r)
+            for row in r:
+                rows.append(row)
+    names = header[META:]
+    corpus = np.array([r[0] for r in rows])
+    speaker = np.array([r[1] for r in rows])
+    cls = np.array([r[2] for r in rows])
+    file = np.array([r[3] for r in rows])
+    window = np.array([int(r[4]) for r in rows])
+    order = [int(r[5]) for r in rows]
+    x = np.array([[float(v) for v in r[META:]] for r in rows], dtype=np.float64)
+    # Functionals left out (weight 0, z fixed at 0): the speech ratio measures how a corpus was
+    # cut (EmoDB's copy is padded to 2 s), not the voice.
+    drop = [i for i, n in enumerate(names) if any(n.startswith(p) for p in DROP)]
+    x[:, drop] = 0.0
+    DROPPED[:] = drop
+    return dict(corpus=corpus, speaker=speaker, cls=cls, file=file, window=window, order=order, x=x,
+                names=names)
+
+
+def population(d, mask):
+    m = mask & (d["window"] == -1)
+    mean = d["x"][m].mean(0)
+    std = d["x"][m].std(0) + 1e-6
+    return mean, std
+
+
+def normalise(d, mean, std):
+    """Causal per-speaker z-scores, separately for whole files (window -1) and for windows."""
+    z = np.zeros_like(d["x"])
+    n = len(d["x"])
+    keep = 1.0 - 1.0 / MEMORY
+    for level in ("file", "window"):
+        idx = [i for i in range(n) if (d["window"][i] == -1) == (level == "file")]
+        idx.sort(key=lambda i: (d["corpus"][i], d["speaker"][i], d["order"][i], d["window"][i]))
+        state = {}
+        for i in idx:
+            s = d["speaker"][i]
+            w, m, m2 = state.get(s, (PRIOR_WEIGHT, mean.copy(), std ** 2 * PRIOR_WEIGHT))
+            x = d["x"][i]
+            sd = np.sqrt(m2 / w) if SCALE else std
+            z[i] = np.clip((x - m) / np.maximum(sd, 1e-6), -8, 8)
+            w = w * keep + 1.0
+            m2 = m2 * keep
+            delta = x - m
+            m = m + delta / w
+            m2 = m2 + delta * (x - m)
+            state[s] = (w, m, m2)
+    return z
+
+
+def fit(z, y, c):
+    kind = os.environ.get("SER_MODEL", "lr")
+    if kind == "svc":
+        from sklearn.svm import SVC
+        clf = SVC(C=c, kernel="rbf", gamma="scale", probability=True, class_weight="balanced",
+                  random_state=0)
+    elif kind == "mlp":
+        from sklearn.neural_network import MLPClassifier
+        clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=c, max_iter=500, early_stopping=False,
+                            random_state=0)
+    else:
+        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=0)
+    clf.fit(z, y)
+    return clf
+
+
+def uar(truth, pred):
+    r = [np.mean(pred[truth == c] == c) for c in LABELS if np.any(truth == c)]
+    return float(np.mean(r)), dict(zip([c for c in LABELS if np.any(truth == c)], r))
+
+
+def train_rows(d, mask, windows):
+    m = mask & np.isin(d["cls"], LABELS)
+    if not windows:
+        m &= d["window"] == -1
+    return m
+
+
+def report(d, c, windows):
+    corpora = sorted(set(d["corpus"]))
+    print(f"C={c} train on windows too={windows}")
+    # Leave one speaker out over everything.
+    speakers = sorted(set(d["speaker"]))
+    pred = np.array([""] * len(d["x"]), dtype=object)
+    for s in speakers:
+        train = d["speaker"] != s
+        mean, std = population(d, train)
+        z = normalise(d, mean, std)
+        m = train_rows(d, train, windows)
+        clf = fit(z[m], d["cls"][m], c)
+        test = (d["speaker"] == s) & np.isin(d["cls"], LABELS)
+        if test.any():
+            pred[test] = clf.predict(z[test])
+    for corpus in corpora + ["all"]:
+        for level, lm in (("file", d["window"] == -1), ("1 s window", d["window"] >= 0)):
+            m = lm & np.isin(d["cls"], LABELS) & ((d["corpus"] == corpus) | (corpus == "all"))
+            u, r = uar(d["cls"][m], pred[m].astype(str))
+            print(f"  LOSO {corpus:8s} {level:10s} UAR {u*100:5.1f} %  " +
+                  " ".join(f"{k} {v*100:.1f}" for k, v in r.items()) + f"  (n={m.sum()})")
+    for a in corpora:
+        train = d["corpus"] == a
+        mean, std = population(d, train)
+        z = normalise(d, mean, std)
+        m = train_rows(d, train, windows)
+        clf = fit(z[m], d["cls"][m], c)
+        for b in corpora:
+            if b == a:
+                continue
+            for level, lm in (("file", d["window"] == -1), ("1 s window", d["window"] >= 0)):
+                t = (d["corpus"] == b) & np.isin(d["cls"], LABELS) & lm
+                u, r = uar(d["cls"][t], clf.predict(z[t]))
+                print(f"  {a} -> {b} {level:10s} UAR {u*100:5.1f} %  " +
+                      " ".join(f"{k} {v*100:.1f}" for k, v in r.items()))
+
+
+def export(d, c, windows, out):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    import onnx
+
+    everything = np.ones(len(d["x"]), dtype=bool)
+    mean, std = population(d, everything)
+    z = normalise(d, mean, std)
+    m = train_rows(d, everything, windows)
+    clf = fit(z[m], d["cls"][m], c)
+    assert list(clf.classes_) == LABELS, clf.classes_
+    model = convert_sklearn(clf, initial_types=[("features", FloatTensorType([None, z.shape[1]]))],
+                            options={id(clf): {"zipmap": False}}, target_opset=17)
+    # Keep only the probabilities output.
+    for o in list(model.graph.output):
+        if o.name != "probabilities":
+            model.graph.output.remove(o)
+    onnx.checker.check_model(model)
+    out = Path(out)
+    out.write_bytes(model.SerializeToString())
+    dist = (z[d["window"] == -1] ** 2).mean(1)
+    # Left-out functionals: a huge standard deviation makes their z-scores 0 in the worker too.
+    mean[DROPPED] = 0.0
+    std[DROPPED] = 1e6
+    card = dict(
+        labels=LABELS, mean=[float(v) for v in mean], std=[float(v) for v in std],
+        prior_weight=PRIOR_WEIGHT, memory=MEMORY,
+        ood_threshold=float(np.percentile(dist, 99.5) * 1.5),
+        corpora=sorted(set(d["corpus"])), speakers=sorted(set(d["speaker"])),
+        input="features", output="probabilities",
+        dropped=[d["names"][i] for i in DROPPED],
+        trained=dict(C=c, windows=windows, files=int(((d["window"] == -1) & m).sum()),
+                     rows=int(m.sum()), tool="models/tools/train_ser.py"),
+    )
+    out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    # Self-check reference: the first angry file's z-scores and onnxruntime's output.
+    import onnxruntime as ort
+    i = int(np.where((d["cls"] == "angry") & (d["window"] == -1))[0][0])
+    ref = z[i:i + 1].astype(np.float32)
+    sess = ort.InferenceSession(str(out))
+    p = sess.run(["probabilities"], {"features": ref})[0]
+    import base64
+
+    def b64(a):
+        return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
+
+    # The format of models/tools/make_checks.py (read by classifier-sdk at load).
+    check = {
+        "model": out.name,
+        "reference": f"outputs of {out.name} (fp32) from onnxruntime {ort.__version__}, "
+                     "models/tools/train_ser.py (an angry EmoDB file's z-scores)",
+        "tolerance_rel_l2": 1e-3,
+        "inputs": [{"name": "features", "shape": list(ref.shape), "dtype": "f32", "data": b64(ref)}],
+        "outputs": [{"name": "probabilities", "shape": list(p.shape), "dtype": "f32", "data": b64(p)}],
+    }
+    Path(str(out) + ".check.json").write_text(json.dumps(check, indent=1) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes), its card and self-check; reference p = {p}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--csv", nargs="+", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--C", type=float, nargs="+", default=[0.02])
+    ap.add_argument("--windows", action="store_true", help="train on 1-s windows as well as files")
+    a = ap.parse_args()
+    np.random.seed(0)
+    d = load(a.csv)
+    print(f"{len(d['x'])} rows, {d['x'].shape[1]} features, corpora {sorted(set(d['corpus']))}",
+          file=sys.stderr)
+    if a.report:
+        for c in a.C:
+            report(d, c, a.windows)
+    if a.out:
+        export(d, a.C[0], a.windows, a.out)
+
+
+if __name__ == "__main__":
+    main()
