@@ -80,7 +80,15 @@ def describe(r):
             return f"silent (p(speech) {labels.get('speech', 0):.2f})"
         f0 = extras.get("f0_median_hz")
         pitch = f"{f0:.0f} Hz" if f0 else "unvoiced"
-        return f"{extras.get('arousal')} {extras.get('arousal_score', 0):.2f}, speech {labels.get('speech', 0):.2f}, {pitch}, {extras.get('loudness_dbfs', 0):.0f} dBFS"
+        # The categorical voice emotion (angry, happy, neutral, sad), or why it is withheld.
+        emo = extras.get("emotion") or {}
+        if emo.get("top") and not emo.get("low_confidence"):
+            category = f"{emo['top']} {emo.get('confidence', 0):.2f}"
+        elif emo:
+            category = f"emotion unsure ({emo.get('reason') or 'no category stands out'})"
+        else:
+            category = "no emotion model"
+        return f"{category}; {extras.get('arousal')} {extras.get('arousal_score', 0):.2f}, speech {labels.get('speech', 0):.2f}, {pitch}, {extras.get('loudness_dbfs', 0):.0f} dBFS"
     return "  ".join(f"{k} {v:.3f}" for k, v in sorted(labels.items()))
 
 
