@@ -133,37 +133,7 @@ pub struct FrontEnd {
 impl FrontEnd {
     /// Radix-2 FFT of N_FFT points with the precomputed twiddles.
     fn fft(&self, re: &mut [f32], im: &mut [f32]) {
-        let n = re.len();
-        let mut j = 0;
-        for i in 1..n {
-            let mut bit = n >> 1;
-            while j & bit != 0 {
-                j ^= bit;
-                bit >>= 1;
-            }
-            j |= bit;
-            if i < j {
-                re.swap(i, j);
-                im.swap(i, j);
-            }
-        }
-        let mut len = 2;
-        while len <= n {
-            let step = n / len;
-            for start in (0..n).step_by(len) {
-                for k in 0..len / 2 {
-                    let (wr, wi) = self.twiddle[k * step];
-                    let (a, b) = (start + k, start + k + len / 2);
-                    let tr = re[b] * wr - im[b] * wi;
-                    let ti = re[b] * wi + im[b] * wr;
-                    re[b] = re[a] - tr;
-                    im[b] = im[a] - ti;
-                    re[a] += tr;
-                    im[a] += ti;
-                }
-            }
-            len <<= 1;
-        }
+        crate::ser::fft_with(re, im, &self.twiddle);
     }
 }
 
@@ -193,12 +163,7 @@ impl Default for FrontEnd {
             hann: (0..WIN)
                 .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / WIN as f32).cos())
                 .collect(),
-            twiddle: (0..N_FFT / 2)
-                .map(|k| {
-                    let a = -2.0 * std::f64::consts::PI * k as f64 / N_FFT as f64;
-                    (a.cos() as f32, a.sin() as f32)
-                })
-                .collect(),
+            twiddle: crate::ser::twiddles(N_FFT),
             dct,
         }
     }

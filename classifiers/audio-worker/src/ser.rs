@@ -95,8 +95,18 @@ pub fn mel_filters(n_mels: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// In-place radix-2 FFT of (re, im), length a power of two.
-fn fft(re: &mut [f32], im: &mut [f32]) {
+/// The twiddle factors of an `n`-point FFT: e^(-2πik/n) for k < n/2 (computed in f64).
+pub(crate) fn twiddles(n: usize) -> Vec<(f32, f32)> {
+    (0..n / 2)
+        .map(|k| {
+            let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            (a.cos() as f32, a.sin() as f32)
+        })
+        .collect()
+}
+
+/// In-place radix-2 FFT of (re, im), length a power of two, with `twiddle = twiddles(len)`.
+pub(crate) fn fft_with(re: &mut [f32], im: &mut [f32], twiddle: &[(f32, f32)]) {
     let n = re.len();
     let mut j = 0;
     for i in 1..n {
@@ -113,10 +123,10 @@ fn fft(re: &mut [f32], im: &mut [f32]) {
     }
     let mut len = 2;
     while len <= n {
-        let ang = -2.0 * std::f32::consts::PI / len as f32;
+        let step = n / len;
         for start in (0..n).step_by(len) {
             for k in 0..len / 2 {
-                let (wr, wi) = ((ang * k as f32).cos(), (ang * k as f32).sin());
+                let (wr, wi) = twiddle[k * step];
                 let (a, b) = (start + k, start + k + len / 2);
                 let (tr, ti) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
                 re[b] = re[a] - tr;
@@ -129,11 +139,19 @@ fn fft(re: &mut [f32], im: &mut [f32]) {
     }
 }
 
+/// In-place radix-2 FFT of (re, im), length a power of two.
+#[cfg(test)]
+fn fft(re: &mut [f32], im: &mut [f32]) {
+    let t = twiddles(re.len());
+    fft_with(re, im, &t);
+}
+
 /// Log-mel frames of 16 kHz samples: T × n_mels.
 pub fn logmel(samples: &[f32], filters: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let hann: Vec<f32> = (0..WIN)
         .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / WIN as f32).cos())
         .collect();
+    let twiddle = twiddles(N_FFT);
     let mut out = Vec::new();
     let mut start = 0;
     while start + WIN <= samples.len() {
@@ -142,7 +160,7 @@ pub fn logmel(samples: &[f32], filters: &[Vec<f32>]) -> Vec<Vec<f32>> {
         for i in 0..WIN {
             re[i] = samples[start + i] * hann[i];
         }
-        fft(&mut re, &mut im);
+        fft_with(&mut re, &mut im, &twiddle);
         let power: Vec<f32> = (0..=N_FFT / 2)
             .map(|k| re[k] * re[k] + im[k] * im[k])
             .collect();
