@@ -38,14 +38,6 @@ fn helm() -> PathBuf {
     vendored
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The chart without its NATS dependency (the official chart is fetched by `helm dependency build`
 /// at deploy time; no network to its repository here), symlinks resolved.
 fn chart_copy(dir: &Path) -> PathBuf {
@@ -138,8 +130,12 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     std::fs::create_dir_all(&dir).unwrap();
     let chart = chart_copy(&dir);
     let nats = support::Nats::start().await;
-    let (daemon_port, fer_port, voice_port) = (free_port(), free_port(), free_port());
-    let data_port = free_port();
+    let (daemon_port, fer_port, voice_port) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let data_port = support::free_port();
     let base = vec![
         "nats.enabled=false".to_owned(),
         format!("nats.url={}", nats.url),

@@ -4,6 +4,8 @@
 //! kernel's parent-death signal) is run here with a real nats-server, and the demo is checked to
 //! start every service through it.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,14 +13,6 @@ use std::time::{Duration, Instant};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Running, and not a zombie waiting to be reaped.
@@ -35,7 +29,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn services_end_when_the_script_that_started_them_is_killed() {
-    let port = free_port();
+    let port = support::free_port();
     let store = std::env::temp_dir().join(format!("demo-services-{}", std::process::id()));
     let script = format!(
         r#"

@@ -400,3 +400,12 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
     }
     f64::NAN
 }
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
