@@ -215,6 +215,186 @@ async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_mode
     daemon.shutdown().await;
 }
 
+/// A workspace binary (`cargo build --workspace --bins`, which `scripts/test` runs first), run as a
+/// child process until dropped; its stderr goes to a file shown when a test fails.
+struct Child {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Child {
+    fn spawn(name: &str, args: &[&str]) -> Child {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
+        assert!(
+            bin.exists(),
+            "{} not built: run `cargo build --workspace --bins` first (scripts/test does)",
+            bin.display()
+        );
+        let log = std::env::temp_dir().join(format!("policy-{name}-{}.log", std::process::id()));
+        let child = std::process::Command::new(bin)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Child { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Speech made by espeak-ng (installed by scripts/setup).
+fn speech_wav(name: &str, args: &[&str], text: &str) -> std::path::PathBuf {
+    let out = std::env::temp_dir().join(format!("policy-{}-{name}.wav", std::process::id()));
+    let ok = std::process::Command::new("espeak-ng")
+        .args(args)
+        .arg("-w")
+        .arg(&out)
+        .arg(text)
+        .status()
+        .expect("espeak-ng (scripts/setup installs it)")
+        .success();
+    assert!(ok);
+    out
+}
+
+/// The shipped voice worker under `expressions`: speaking, voice energy and pitch variability flow
+/// (into results and fused states), and none of its arousal classes, speech-emotion categories,
+/// verdicts or the arousal model's raw inputs leaves the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_lets_the_voice_workers_expression_outputs_out_and_no_affect() {
+    let _turn = one_media_rate_test_at_a_time().await;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let worker = Child::spawn("audio-worker", &["run", "--nats", &nats.url]);
+    let ana = speech_wav(
+        "ana",
+        &["-a", "180", "-p", "80", "-s", "175"],
+        "What a great morning! I am so glad to see all of you, this is wonderful news!",
+    );
+    let ben = speech_wav(
+        "ben",
+        &["-a", "60", "-p", "25", "-s", "140"],
+        "Okay. I have looked at the numbers. They are about the same as last week.",
+    );
+    let scenario = format!(
+        "[[room]]\nname = 'class'\n\
+         [[room.participant]]\nname = 'ana'\naudio = {{ wav = {ana:?} }}\n\
+         extra_tags = {{ 'kurento-tap.participant' = 'ana' }}\n\
+         [[room.participant]]\nname = 'ben'\naudio = {{ wav = {ben:?} }}\n\
+         extra_tags = {{ 'kurento-tap.participant' = 'ben' }}\n"
+    );
+    // The worker has registered (with its output declaration) before the daemon starts.
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = tap_daemon::registry::open_bucket(&js).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let spec: tap_protocol::ModelSpec = loop {
+        if let Ok(Some(v)) = kv.get("voice.1").await {
+            break serde_json::from_slice(&v).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audio-worker did not register:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let declared = spec.outputs.expect("the voice worker declares its outputs");
+    assert!(declared.is_expression("voice_energy_dbfs") && !declared.is_expression("moderate"));
+    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
+    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
+
+    let sim = sim(&scenario, (51000, 51499)).await;
+    let mut cfg = config(&sim, &nats, (51500, 51999));
+    cfg.datachannel.enabled = false;
+    cfg.policy = Policy::Expressions;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    wait_taps(&daemon, 2).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let (results, states) = tokio::join!(collect(&mut results, until), collect(&mut states, until));
+    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+
+    assert!(
+        results.len() >= 6,
+        "{} results; {metrics}\n{}",
+        results.len(),
+        worker.log()
+    );
+    let mut measured = 0;
+    for text in &results {
+        let r: ResultMessage = serde_json::from_str(text).unwrap();
+        assert_eq!(r.model, "voice");
+        assert!(
+            r.output.labels.keys().all(|l| l == "speech"),
+            "only the speech label: {text}"
+        );
+        assert!(
+            matches!(r.output.top.as_deref(), None | Some("speech" | "silent")),
+            "{text}"
+        );
+        let extras = r.output.extras.as_object().expect("expression extras");
+        for k in extras.keys() {
+            assert!(audio_worker_expression(k), "{k} left: {text}");
+        }
+        if extras.get("speaking") == Some(&serde_json::json!(true))
+            && extras["voice_energy_dbfs"].is_number()
+            && extras["pitch_variability_st"].is_number()
+        {
+            measured += 1;
+        }
+    }
+    assert!(
+        measured >= 2,
+        "speech windows with voice energy and pitch variability: {measured}\n{results:?}"
+    );
+    let states_read: Vec<ParticipantState> = states
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert!(
+        states_read.iter().any(|s| s.speaking == Some(true)),
+        "speaking reaches the fused states: {states:?}"
+    );
+    for t in results.iter().chain(&states) {
+        let mut bare = t.clone();
+        for key in ["valence", "arousal", "emotion"] {
+            bare = bare.replace(&format!("\"{key}\":null"), "");
+        }
+        for word in [
+            "arousal", "calm", "moderate", "aroused", "angry", "happy", "sad", "neutral",
+            "emotion", "valence", "f0_", "loudness", "\"ser\"",
+        ] {
+            assert!(!bare.contains(word), "{word} in {t}");
+        }
+    }
+    daemon.shutdown().await;
+}
+
+/// The voice worker's expression outputs (`audio_worker::EXPRESSION_OUTPUTS`).
+fn audio_worker_expression(key: &str) -> bool {
+    [
+        "start_s",
+        "speech_probability",
+        "speech_ratio",
+        "speaking",
+        "voiced_ratio",
+        "voice_energy_dbfs",
+        "pitch_variability_st",
+    ]
+    .contains(&key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregate_lets_out_room_moods_only() {
     let _turn = one_media_rate_test_at_a_time().await;

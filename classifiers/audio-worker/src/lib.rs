@@ -134,14 +134,14 @@ pub fn pitch_and_periodicity(frame: &[f32], rate: u32) -> (Option<f32>, f32) {
     ((best.1 > 0.45).then(|| rate as f32 / best.0 as f32), best.1)
 }
 
-/// Calm / neutral / aroused.
+/// Calm / moderate / aroused (the middle class is not `neutral`: that is an emotion category).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arousal {
     /// Score < 0.35.
     Calm,
     /// 0.35 ≤ score < 0.6.
-    Neutral,
+    Moderate,
     /// Score ≥ 0.6.
     Aroused,
 }
@@ -165,6 +165,13 @@ pub struct WindowAnalysis {
     pub f0_std_hz: Option<f32>,
     /// Fraction of speech frames that are voiced.
     pub voiced_ratio: f32,
+    /// Voice energy: RMS level of the speech frames, dBFS (speech only; a physical measure, not
+    /// affect).
+    pub voice_energy_dbfs: Option<f32>,
+    /// Pitch variability: robust spread (1.4826 × median absolute deviation) of the voiced
+    /// frames' F0 in semitones around their median (speech with at least two voiced frames; a
+    /// physical measure, independent of the voice's register, not affect).
+    pub pitch_variability_st: Option<f32>,
     /// Arousal score in [0, 1] (speech only).
     pub arousal_score: Option<f32>,
     /// Arousal class (speech only).
@@ -220,12 +227,13 @@ pub fn analyze_with_vad(probs: &[f32], samples: &[f32], start_s: f64) -> WindowA
     let f0_median_hz = (!f0.is_empty()).then(|| f0[f0.len() / 2]);
     // A robust spread (1.4826 × median absolute deviation ≈ σ for normal data): autocorrelation
     // pitch makes octave errors, which a plain standard deviation would turn into "variability".
-    let f0_std_hz = (f0.len() > 1).then(|| {
+    let f0_std_hz = (f0.len() > 1).then(|| robust_spread(&f0, f0[f0.len() / 2]));
+    let pitch_variability_st = (f0.len() > 1).then(|| {
         let m = f0[f0.len() / 2];
-        let mut dev: Vec<f32> = f0.iter().map(|v| (v - m).abs()).collect();
-        dev.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        1.4826 * dev[dev.len() / 2]
+        let st: Vec<f32> = f0.iter().map(|f| 12.0 * (f / m).log2()).collect();
+        robust_spread(&st, 0.0)
     });
+    let voice_energy_dbfs = speaking.then_some(loudness_dbfs);
     let (arousal_score, arousal) = if speaking {
         let score = 0.5 * map(loudness_dbfs, -45.0, -10.0)
             + 0.3 * f0_median_hz.map(|f| map(f, 90.0, 300.0)).unwrap_or(0.0)
@@ -233,7 +241,7 @@ pub fn analyze_with_vad(probs: &[f32], samples: &[f32], start_s: f64) -> WindowA
         let class = if score < 0.35 {
             Arousal::Calm
         } else if score < 0.6 {
-            Arousal::Neutral
+            Arousal::Moderate
         } else {
             Arousal::Aroused
         };
@@ -250,8 +258,74 @@ pub fn analyze_with_vad(probs: &[f32], samples: &[f32], start_s: f64) -> WindowA
         f0_median_hz,
         f0_std_hz,
         voiced_ratio,
+        voice_energy_dbfs,
+        pitch_variability_st,
         arousal_score,
         arousal,
+    }
+}
+
+/// 1.4826 × the median absolute deviation of `values` from `centre` (≈ σ for normal data, robust
+/// to outliers such as autocorrelation pitch's octave errors).
+fn robust_spread(values: &[f32], centre: f32) -> f32 {
+    let mut dev: Vec<f32> = values.iter().map(|v| (v - centre).abs()).collect();
+    dev.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    dev.get(dev.len() / 2).map_or(0.0, |d| 1.4826 * d)
+}
+
+/// The worker's outputs (label names, `top` values and top-level `extras` keys) that measure voice
+/// activity and physical properties of the voice: what may leave the daemon under
+/// `--policy expressions`. `speech` is Silero's p(speech) label (and the `top` of a speech window
+/// without an arousal class), `silent` the `top` of a window without speech.
+pub const EXPRESSION_OUTPUTS: [&str; 9] = [
+    "speech",
+    "silent",
+    "start_s",
+    "speech_probability",
+    "speech_ratio",
+    "speaking",
+    "voiced_ratio",
+    "voice_energy_dbfs",
+    "pitch_variability_st",
+];
+
+/// The worker's outputs that infer affect: the arousal classes (labels, `top`, `extras.arousal`,
+/// `extras.arousal_score`) and what the arousal baseline has heard (`baseline_windows`), the
+/// speech-emotion verdict (`extras.emotion`) and a plugged-in model's scores (`extras.ser`). The raw
+/// prosody the arousal model scores against each voice's baseline (`loudness_dbfs` over all frames,
+/// `f0_median_hz`, `f0_std_hz`) is declared with them: under `expressions` only the two named
+/// physical measures leave (`voice_energy_dbfs`, `pitch_variability_st`), not the arousal model's
+/// inputs in full. The categorical emotion labels come from the model's card
+/// ([`output_declaration`]).
+pub const AFFECT_OUTPUTS: [&str; 11] = [
+    "calm",
+    "moderate",
+    "aroused",
+    "arousal",
+    "arousal_score",
+    "baseline_windows",
+    "emotion",
+    "ser",
+    "loudness_dbfs",
+    "f0_median_hz",
+    "f0_std_hz",
+];
+
+/// What the worker's outputs are, for the daemon's processing policy (the registry entry's
+/// `outputs`): [`AFFECT_OUTPUTS`] and the categorical speech-emotion labels (`emotion_labels`,
+/// from the model's card; empty with `--no-emotion`) are `emotion`; [`EXPRESSION_OUTPUTS`] are
+/// `expression`. Under `--policy expressions` only speaking, voice energy and pitch variability
+/// (and the speech measures beside them) leave the daemon.
+pub fn output_declaration(emotion_labels: &[String]) -> classifier_sdk::OutputDeclaration {
+    let mut emotion: Vec<String> = AFFECT_OUTPUTS.iter().map(|s| (*s).to_owned()).collect();
+    for l in emotion_labels {
+        if !emotion.contains(l) {
+            emotion.push(l.clone());
+        }
+    }
+    classifier_sdk::OutputDeclaration {
+        emotion,
+        expression: EXPRESSION_OUTPUTS.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
@@ -305,6 +379,102 @@ mod tests {
         let f = pitch(&tone, 16000).unwrap();
         assert!((f - 200.0).abs() < 6.0, "{f}");
         assert_eq!(pitch(&[0.0; 512], 16000), None);
+    }
+
+    /// A voiced test signal: a sine whose frequency follows `f0(t)` (phase-continuous).
+    fn voice(f0: impl Fn(f32) -> f32, amplitude: f32, seconds: f32) -> Vec<f32> {
+        let n = (seconds * RATE as f32) as usize;
+        let mut phase = 0f32;
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / RATE as f32;
+                phase += 2.0 * std::f32::consts::PI * f0(t) / RATE as f32;
+                amplitude * phase.sin()
+            })
+            .collect()
+    }
+
+    fn speech(samples: &[f32]) -> WindowAnalysis {
+        analyze_with_vad(&vec![0.9; samples.len() / FRAME], samples, 0.0)
+    }
+
+    #[test]
+    fn voice_energy_and_pitch_variability_are_measured_from_the_signal() {
+        let steady = speech(&voice(|_| 150.0, 0.5, 1.0));
+        // RMS of a sine of amplitude 0.5: 0.5 / sqrt(2), -9.03 dBFS.
+        let e = steady.voice_energy_dbfs.unwrap();
+        assert!((e + 9.03).abs() < 0.2, "{e}");
+        let quieter = speech(&voice(|_| 150.0, 0.25, 1.0));
+        assert!((e - quieter.voice_energy_dbfs.unwrap() - 6.02).abs() < 0.2);
+        let flat = steady.pitch_variability_st.unwrap();
+        assert!(flat < 0.3, "a steady tone varies by {flat} semitones");
+        // ±3 semitones of vibrato at 2 Hz: a spread of a few semitones, whatever the register.
+        let lively = |base: f32| {
+            speech(&voice(
+                move |t| {
+                    base * 2f32.powf(3.0 * (2.0 * std::f32::consts::PI * 2.0 * t).sin() / 12.0)
+                },
+                0.5,
+                1.0,
+            ))
+            .pitch_variability_st
+            .unwrap()
+        };
+        let (low, high) = (lively(110.0), lively(220.0));
+        assert!(low > 1.5 && low < 4.5, "{low}");
+        assert!((low - high).abs() < 0.6, "register-free: {low} vs {high}");
+        // No speech: no voice measures (loudness is still the level of the window).
+        let silent = analyze_with_vad(&[0.01; 31], &voice(|_| 150.0, 0.5, 1.0), 0.0);
+        assert!(!silent.speaking);
+        assert_eq!(
+            (silent.voice_energy_dbfs, silent.pitch_variability_st),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn every_output_is_declared_once_and_affect_is_not_expression() {
+        let labels: Vec<String> = ["angry", "happy", "neutral", "sad"]
+            .map(String::from)
+            .to_vec();
+        let d = output_declaration(&labels);
+        d.validate().expect("no output is both");
+        // Every extras key a window gives, and those the worker adds, are declared.
+        let w = serde_json::to_value(speech(&voice(|_| 150.0, 0.5, 1.0))).unwrap();
+        let keys = w.as_object().unwrap().keys().map(String::as_str).chain([
+            "baseline_windows",
+            "emotion",
+            "ser",
+        ]);
+        for k in keys {
+            assert!(
+                d.is_expression(k) ^ d.emotion.iter().any(|e| e == k),
+                "{k} declared once"
+            );
+        }
+        for affect in [
+            "calm",
+            "moderate",
+            "aroused",
+            "arousal",
+            "arousal_score",
+            "emotion",
+        ]
+        .into_iter()
+        .chain(labels.iter().map(String::as_str))
+        {
+            assert!(!d.is_expression(affect), "{affect}");
+        }
+        for expression in [
+            "speech",
+            "speaking",
+            "voice_energy_dbfs",
+            "pitch_variability_st",
+        ] {
+            assert!(d.is_expression(expression), "{expression}");
+        }
+        // The middle arousal class reads `moderate` everywhere (`neutral` is an emotion category).
+        assert_eq!(serde_json::json!(Arousal::Moderate), "moderate");
     }
 
     #[test]

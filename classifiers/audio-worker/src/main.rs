@@ -190,7 +190,7 @@ impl Classifier for Voice {
             } else if classes[2].1 > 0.0 {
                 Arousal::Aroused
             } else {
-                Arousal::Neutral
+                Arousal::Moderate
             });
             baseline_windows = Some(heard);
             scores.extend(classes);
@@ -231,9 +231,10 @@ impl Classifier for Voice {
         p.top = w
             .arousal
             .map(|a| {
+                // The same names as the labels and `extras.arousal` (`moderate`, not `neutral`:
+                // that is the emotion category).
                 match a {
-                    // The label of the middle arousal class (`neutral` is the emotion category).
-                    Arousal::Neutral => "moderate",
+                    Arousal::Moderate => "moderate",
                     Arousal::Calm => "calm",
                     Arousal::Aroused => "aroused",
                 }
@@ -385,6 +386,10 @@ async fn main() -> anyhow::Result<()> {
             );
             spec.deadline_ms = window_ms + 1000;
             spec.affect = Some(voice_declaration(card.as_ref().map(|c| &c.labels[..])));
+            // Emotion vs expression outputs, for the daemon's processing policy.
+            spec.outputs = Some(audio_worker::output_declaration(
+                card.as_ref().map(|c| &c.labels[..]).unwrap_or_default(),
+            ));
             // Figures on speech not trained or fitted on, per window as served (docs/models.md;
             // `audio-worker evaluate-emotion`).
             spec.quality = Some(if card.is_some() {
@@ -542,7 +547,7 @@ fn evaluate_arousal(vad_path: &std::path::Path, dir: &std::path::Path) -> anyhow
         );
     };
     show(
-        "fixed formula (aroused = high; calm, neutral = low)",
+        "fixed formula (aroused = high; calm, moderate = low)",
         &formula_figures(&clips),
     );
     show(

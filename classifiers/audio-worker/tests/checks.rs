@@ -144,9 +144,23 @@ fn analyze_prints_json_per_window() {
         "loudness_dbfs",
         "f0_median_hz",
         "arousal",
+        "voice_energy_dbfs",
+        "pitch_variability_st",
     ] {
         assert!(lines[0].get(key).is_some(), "{key} in {}", lines[0]);
     }
+    // The middle arousal class has the label's name, `moderate` (`neutral` is an emotion).
+    let classes: Vec<&str> = lines.iter().filter_map(|l| l["arousal"].as_str()).collect();
+    assert!(!classes.is_empty());
+    for c in &classes {
+        assert!(["calm", "moderate", "aroused"].contains(c), "{c}");
+    }
+    // Speech windows carry the physical voice measures.
+    assert!(lines
+        .iter()
+        .filter(|l| l["speaking"] == true)
+        .all(|l| l["voice_energy_dbfs"].is_number()));
+    assert!(lines.iter().any(|l| l["pitch_variability_st"].is_number()));
 }
 
 #[test]
