@@ -29,6 +29,10 @@ def describe_mood(m):
     who = f"presenter {m['presenter']} ({m['presenter_source']})" if m.get("presenter") else "no presenter"
     if not m.get("published"):
         return f"{who}; waiting: {m['contributors']} of {m['participants']} contribute (min 3)"
+    ex = m.get("expressions") or {}
+    if m.get("valence") is None and m.get("arousal") is None and ex.get("published"):
+        # The expressions policy: the room from expression outputs only.
+        return f"{who}; {m['contributors']} of {m['participants']} contribute: {ex['text']}"
     arrow = {"rising": " rising", "falling": " falling", "steady": ""}
     val = "-" if m.get("valence") is None else f"{m['valence']:+.2f}{arrow.get(m.get('valence_trend'), '')}"
     aro = "-" if m.get("arousal") is None else f"{m['arousal']:.2f}{arrow.get(m.get('arousal_trend'), '')}"

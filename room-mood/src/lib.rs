@@ -14,15 +14,19 @@
 //!   after `stale_s` it is gone: the state decays to unknown when inputs stop. Missing modalities
 //!   (camera off, muted, silent) lower the confidence instead of breaking the state.
 //! - **Room mood** once a second per room, presenter excluded, published only when at least
-//!   `min_group` participants contribute (no individual can be read out of it).
+//!   `min_group` participants contribute (no individual can be read out of it); with it, the
+//!   room summarised from expression outputs only ([`expressions`]: faces visible, speaking,
+//!   attention), gated the same way, for the `expressions` processing policy.
 
+pub mod expressions;
 pub mod fusion;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 pub use tap_protocol::affect::{
-    AffectDeclaration, Modality, ParticipantState, RoomMood, Trend, ROOM_MOOD_TYPE,
+    AffectDeclaration, ExpressionSummary, Modality, ParticipantState, RoomMood, Trend,
+    ROOM_MOOD_TYPE,
 };
 use tap_protocol::ResultMessage;
 
@@ -356,6 +360,8 @@ fn aggregate(
         attentive_share: None,
         valence_trend: None,
         arousal_trend: None,
+        // From expression outputs only, gated by min_group on its own contributors.
+        expressions: Some(expressions::summarize(&audience, cfg.min_group)),
     };
     let horizon = now_ms - cfg.trend_window_s * 1000.0;
     while r.history.front().is_some_and(|(t, _, _)| *t < horizon) {

@@ -637,6 +637,7 @@ mod tests {
             attentive_share: None,
             valence_trend: None,
             arousal_trend: None,
+            expressions: None,
         });
         let p = Audience::Participant;
         assert!(affect_message(&state("ana"), "r", "ana", p, 4096).is_some());

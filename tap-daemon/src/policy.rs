@@ -133,9 +133,12 @@ pub fn state(policy: Policy, mut s: ParticipantState) -> Option<ParticipantState
     }
 }
 
-/// A room mood as it may leave under `policy`: under `expressions` without emotion counts,
-/// valence, arousal or their trends (contributors and the attentive share stay). Room moods are
-/// aggregates (published only from `min_group` contributors on) under every policy.
+/// A room mood as it may leave under `policy`. Under `expressions` the presenter gets the
+/// expression summary instead of an emotion mood: no emotion counts, valence, arousal or trends,
+/// and `contributors`, `published` and `attentive_share` are the expression summary's (who a face
+/// or voice model observes; published from `min_group` of them on), so a reader of the usual
+/// fields sees the expression basis. Room moods are aggregates (published only from `min_group`
+/// contributors on) under every policy.
 pub fn room(policy: Policy, mut m: RoomMood) -> RoomMood {
     if policy == Policy::Expressions {
         m.emotions.clear();
@@ -143,6 +146,18 @@ pub fn room(policy: Policy, mut m: RoomMood) -> RoomMood {
         m.arousal = None;
         m.valence_trend = None;
         m.arousal_trend = None;
+        match &m.expressions {
+            Some(e) => {
+                m.contributors = e.contributors;
+                m.published = e.published;
+                m.attentive_share = e.attentive_share;
+            }
+            None => {
+                m.contributors = 0;
+                m.published = false;
+                m.attentive_share = None;
+            }
+        }
     }
     m
 }
@@ -265,5 +280,34 @@ mod tests {
             !text.contains("happy") && !text.contains("valence\":0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn under_expressions_the_presenter_gets_the_expression_summary() {
+        let m: RoomMood = serde_json::from_value(serde_json::json!({
+            "v": 1, "type": "kurento-tap.room", "room": "r", "at_ms": 1.0,
+            "presenter": "pat", "presenter_source": "tag", "contributors": 0, "participants": 4,
+            "published": false, "emotions": {"happy": 3}, "valence": 0.5, "arousal": 0.4,
+            "attentive_share": null, "valence_trend": "rising", "arousal_trend": null,
+            "expressions": {"contributors": 4, "published": true, "faces_observed": 4,
+                "faces_visible": 3, "voices_observed": 4, "speaking": 2, "attentive_share": 0.75,
+                "text": "3 of 4 faces visible, 2 of 4 speaking, attention 75 %"}
+        }))
+        .unwrap();
+        assert_eq!(room(Policy::Emotions, m.clone()), m);
+        assert_eq!(room(Policy::Aggregate, m.clone()), m);
+        let e = room(Policy::Expressions, m.clone());
+        assert!(e.emotions.is_empty() && e.valence.is_none() && e.valence_trend.is_none());
+        assert_eq!(
+            (e.contributors, e.published, e.attentive_share),
+            (4, true, Some(0.75))
+        );
+        assert_eq!(e.expressions, m.expressions);
+        // Without a summary (an older fusion): nothing is published.
+        let mut old = m;
+        old.expressions = None;
+        old.published = true;
+        let e = room(Policy::Expressions, old);
+        assert!(!e.published && e.contributors == 0);
     }
 }

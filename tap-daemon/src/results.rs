@@ -53,7 +53,7 @@ impl Kind {
             Kind::Result => {
                 "capture_ms,room,participant,model,version,media,seq,top,top_score,latency_ms"
             }
-            Kind::Room => "at_ms,room,presenter,presenter_source,participants,contributors,published,valence,arousal,attentive_share,valence_trend,arousal_trend,emotions",
+            Kind::Room => "at_ms,room,presenter,presenter_source,participants,contributors,published,valence,arousal,attentive_share,valence_trend,arousal_trend,emotions,expressions",
             Kind::State => "at_ms,room,participant,valence,arousal,emotion,confidence,face_visible,speaking,attentive",
         }
     }
@@ -189,7 +189,7 @@ fn csv_line(kind: Kind, payload: &[u8]) -> Result<String, String> {
             let emotions: Vec<String> =
                 m.emotions.iter().map(|(k, n)| format!("{k}={n}")).collect();
             format!(
-                "{:.0},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 m.at_ms,
                 m.room,
                 csv(m.presenter.as_deref().unwrap_or("")),
@@ -202,7 +202,8 @@ fn csv_line(kind: Kind, payload: &[u8]) -> Result<String, String> {
                 opt(m.attentive_share),
                 trend(m.valence_trend),
                 trend(m.arousal_trend),
-                csv(&emotions.join(";"))
+                csv(&emotions.join(";")),
+                csv(m.expressions.as_ref().map_or("", |x| x.text.as_str()))
             )
         }
         Kind::State => {

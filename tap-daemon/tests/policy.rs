@@ -171,13 +171,30 @@ async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_mode
             .any(|s| s.face_visible == Some(true) && s.attentive == Some(true)),
         "{states:?}"
     );
-    // Room moods carry no emotion counts, valence or arousal. (The fusion counts contributors by
-    // their affect, so under `expressions` a room mood is not published yet: the expression-only
-    // room summary is room-mood's part of issue 24.)
-    for m in &moods {
-        let m: RoomMood = serde_json::from_str(m).unwrap();
+    // Room moods carry no emotion counts, valence or arousal: the presenter gets the room from
+    // expression outputs only (the three in the audience, presenter excluded).
+    let moods_read: Vec<RoomMood> = moods
+        .iter()
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect();
+    for m in &moods_read {
         assert!(m.emotions.is_empty() && m.valence.is_none() && m.arousal.is_none());
+        assert_eq!(
+            m.published,
+            m.expressions.as_ref().is_some_and(|e| e.published),
+            "published on the expression basis: {m:?}"
+        );
     }
+    assert!(
+        moods_read.iter().any(|m| m.published
+            && m.contributors == 3
+            && m.presenter.as_deref() == Some("pat")
+            && m.attentive_share == Some(1.0)
+            && m.expressions
+                .as_ref()
+                .is_some_and(|e| e.text == "3 of 3 faces visible, attention 100 %")),
+        "{moods:?}"
+    );
     assert!(stream.contains("text/event-stream") && stream.contains("smile"));
     for (what, texts) in [
         ("results", &results),

@@ -283,6 +283,35 @@ pub struct RoomMood {
     pub valence_trend: Option<Trend>,
     /// Arousal over the last minute (only when published).
     pub arousal_trend: Option<Trend>,
+    /// The room summarised from observable expressions and activity only (no emotion, valence or
+    /// arousal): what the presenter gets under the `expressions` policy. Additive to v1: absent
+    /// (null) from older daemons.
+    #[serde(default)]
+    pub expressions: Option<ExpressionSummary>,
+}
+
+/// A room summarised from expression outputs only: faces visible, speaking, attention (presenter
+/// excluded). Smiles are not in it: no shipped model measures one (a FER net's `happy` probability
+/// infers an emotion; it is not a smile intensity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpressionSummary {
+    /// Participants (presenter excluded) a face or voice model observes now.
+    pub contributors: usize,
+    /// False when fewer than `min_group` contribute: then only `contributors` is given.
+    pub published: bool,
+    /// Contributors a face model observes now (only when published; absent: no face model).
+    pub faces_observed: Option<usize>,
+    /// Of those, how many show a face.
+    pub faces_visible: Option<usize>,
+    /// Contributors a voice model observes now (only when published; absent: no voice model).
+    pub voices_observed: Option<usize>,
+    /// Of those, how many speak.
+    pub speaking: Option<usize>,
+    /// Share of the contributors whose attention is known (a face turned to the screen or not) that
+    /// are attentive (only when published).
+    pub attentive_share: Option<f64>,
+    /// The same in words, e.g. `3 of 4 faces visible, 2 of 4 speaking, attention 67 %`.
+    pub text: String,
 }
 
 #[cfg(test)]
@@ -343,10 +372,38 @@ mod tests {
             attentive_share: Some(1.0),
             valence_trend: Some(Trend::Rising),
             arousal_trend: None,
+            expressions: Some(ExpressionSummary {
+                contributors: 3,
+                published: true,
+                faces_observed: Some(3),
+                faces_visible: Some(3),
+                voices_observed: Some(2),
+                speaking: Some(1),
+                attentive_share: Some(0.667),
+                text: "3 of 3 faces visible, 1 of 2 speaking, attention 67 %".into(),
+            }),
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["valence_trend"], "rising");
-        check(include_str!("../../docs/schemas/room.v1.json"), v);
+        check(include_str!("../../docs/schemas/room.v1.json"), v.clone());
+        let e = &v["expressions"];
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/schemas/room.v1.json")).unwrap();
+        let props = schema["properties"]["expressions"]["properties"]
+            .as_object()
+            .unwrap();
+        assert_eq!(
+            props.keys().collect::<Vec<_>>(),
+            e.as_object().unwrap().keys().collect::<Vec<_>>(),
+            "the expression summary's fields are the schema's"
+        );
+        // A room mood of an older daemon (no summary) still reads.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("expressions");
+        assert_eq!(
+            serde_json::from_value::<RoomMood>(old).unwrap().expressions,
+            None
+        );
     }
 
     #[test]
