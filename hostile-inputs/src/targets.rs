@@ -9,7 +9,7 @@ use room_mood::{MoodConfig, MoodEngine};
 use tap_daemon::config::{resolve, FileConfig, Overrides};
 use tap_daemon::daemon::ControlRequest;
 use tap_daemon::dispatch::read_reply;
-use tap_daemon::sdp_offer::{check_answer, publisher_media};
+use tap_daemon::sdp_offer::{check_answer, check_answer_with, publisher_media};
 use tap_protocol::affect::{fer2013_declaration, PresenterRequest};
 use tap_protocol::{ChunkMeta, DataChannelMessage, MediaKind, ModelSpec, ResultMessage};
 
@@ -112,6 +112,7 @@ pub struct SdpAnswer;
 const SDPS: &[&str] = &[
     "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=Kurento Media Server\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio 40266 RTP/AVP 111\r\na=sendonly\r\na=rtcp:40267\r\na=rtpmap:111 opus/48000/2\r\nm=video 40462 RTP/AVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n",
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 103 96\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 profile-level-id=42e01f\r\na=rtpmap:96 VP8/90000\r\n",
+    "v=0\r\no=- 2 1 IN IP4 10.0.0.7\r\ns=Kurento Media Server\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio 40266 RTP/SAVPF 111\r\na=sendonly\r\na=rtcp:40267\r\na=rtpmap:111 opus/48000/2\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMD\r\nm=video 40462 RTP/SAVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMD|2^31\r\n",
     "v=0\r\no=- 3 1 IN IP4 127.0.0.1\r\ns=Kurento Media Server\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\na=sctp-port:5000\r\n",
 ];
 
@@ -144,6 +145,12 @@ impl Target for SdpAnswer {
             " 0 ",
             " 65535 ",
             "=",
+            "a=crypto:",
+            " AES_CM_128_HMAC_SHA1_80 inline:",
+            " AES_256_CM_HMAC_SHA1_32 inline:",
+            " RTP/SAVPF ",
+            "|2^31",
+            "|1:4",
         ]
     }
     fn check(&self, input: &[u8]) -> Verdict {
@@ -151,6 +158,28 @@ impl Target for SdpAnswer {
         let both = check_answer(&sdp, true, true);
         let _ = check_answer(&sdp, true, false);
         let _ = check_answer(&sdp, false, true);
+        // SRTP answers: a key comes back only with the suite's length, and no error shows one.
+        for suite in tap_daemon::srtp::Suite::ALL {
+            match check_answer_with(&sdp, true, true, Some(suite)) {
+                Ok(p) => {
+                    for k in [p.audio_key, p.video_key].into_iter().flatten() {
+                        assert_eq!(
+                            k.key.bytes().len(),
+                            suite.key_len(),
+                            "key of the suite's size"
+                        );
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    let quoted = e
+                        .split("inline:")
+                        .skip(1)
+                        .any(|after| !after.starts_with("(redacted)") && !after.is_empty());
+                    assert!(!quoted, "an SRTP error quotes key material: {e}");
+                }
+            }
+        }
         let media = publisher_media(&sdp, Some(&sdp));
         let _ = webrtc_data::application_ports(&sdp);
         let _ = webrtc_data::media_ids(&sdp);

@@ -12,6 +12,7 @@ pub mod mediaset;
 pub mod scenario;
 pub mod sdp;
 pub mod server;
+pub mod srtp;
 
 pub use scenario::Scenario;
 pub use server::{first_non_loopback_ipv4, SimOptions, SimServer};

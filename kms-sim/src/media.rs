@@ -73,6 +73,32 @@ pub struct SendTarget {
     pub ssrc: u32,
     /// Payload MTU (KMS default 1200).
     pub mtu: u32,
+    /// SRTP, when the RtpEndpoint was created with `crypto`.
+    pub srtp: Option<SenderSrtp>,
+}
+
+/// SRTP of a sender, as KMS's srtp connection sets it: RTP and RTCP out under our key, the peer's
+/// RTCP in under its key, the suite's tag length on both.
+#[derive(Clone)]
+pub struct SenderSrtp {
+    /// GStreamer cipher (`aes-128-icm`).
+    pub cipher: &'static str,
+    /// GStreamer auth (`hmac-sha1-80`).
+    pub auth: &'static str,
+    /// Our (KMS's) master key.
+    pub key: Vec<u8>,
+    /// The tap's master key, from its offer.
+    pub peer_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for SenderSrtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SenderSrtp({}, {}, keys redacted)",
+            self.cipher, self.auth
+        )
+    }
 }
 
 /// Errors building a sender.
@@ -272,7 +298,18 @@ impl RtpSender {
         rtcp_sink.set_property("async", false);
         let rtcp_src = make("udpsrc")?;
         rtcp_src.set_property("port", target.local_rtcp_port as i32);
-        rtcp_src.set_property("caps", gst::Caps::new_empty_simple("application/x-rtcp"));
+        rtcp_src.set_property(
+            "caps",
+            gst::Caps::new_empty_simple(if target.srtp.is_some() {
+                "application/x-srtcp"
+            } else {
+                "application/x-rtcp"
+            }),
+        );
+        let encoder = match &target.srtp {
+            Some(srtp) => Some(install_srtp(&rtpbin, srtp)?),
+            None => None,
+        };
 
         pipeline.add_many(chain.iter()).map_err(gst_err)?;
         pipeline
@@ -281,12 +318,31 @@ impl RtpSender {
         gst::Element::link_many(chain.iter()).map_err(gst_err)?;
         pay.link_pads(Some("src"), &rtpbin, Some("send_rtp_sink_0"))
             .map_err(gst_err)?;
-        rtpbin
-            .link_pads(Some("send_rtp_src_0"), &rtp_sink, Some("sink"))
-            .map_err(gst_err)?;
-        rtpbin
-            .link_pads(Some("send_rtcp_src_0"), &rtcp_sink, Some("sink"))
-            .map_err(gst_err)?;
+        match &encoder {
+            // rtpbin → srtpenc → sockets, linked by hand (rtpbin's encoder signal wants an RTP
+            // src pad that srtpenc makes only once its sink is requested).
+            Some(enc) => {
+                pipeline.add(enc).map_err(gst_err)?;
+                for (from, to, sink) in [
+                    ("send_rtp_src_0", "rtp_sink_0", &rtp_sink),
+                    ("send_rtcp_src_0", "rtcp_sink_0", &rtcp_sink),
+                ] {
+                    rtpbin
+                        .link_pads(Some(from), enc, Some(to))
+                        .map_err(gst_err)?;
+                    enc.link_pads(Some(&to.replace("sink", "src")), sink, Some("sink"))
+                        .map_err(gst_err)?;
+                }
+            }
+            None => {
+                rtpbin
+                    .link_pads(Some("send_rtp_src_0"), &rtp_sink, Some("sink"))
+                    .map_err(gst_err)?;
+                rtpbin
+                    .link_pads(Some("send_rtcp_src_0"), &rtcp_sink, Some("sink"))
+                    .map_err(gst_err)?;
+            }
+        }
         rtcp_src
             .link_pads(Some("src"), &rtpbin, Some("recv_rtcp_sink_0"))
             .map_err(gst_err)?;
@@ -466,6 +522,39 @@ fn withhold_keyframes_until_requested(pay: &gst::Element) {
             gst::PadProbeReturn::Ok
         });
     }
+}
+
+/// One `srtpenc` for our RTP and RTCP (returned, to be linked), one `srtpdec` for the tap's RTCP
+/// (keyed by `request-key`).
+fn install_srtp(rtpbin: &gst::Element, srtp: &SenderSrtp) -> Result<gst::Element, MediaError> {
+    let enc = make("srtpenc")?;
+    enc.set_property("key", gst::Buffer::from_slice(srtp.key.clone()));
+    for (p, v) in [
+        ("rtp-cipher", srtp.cipher),
+        ("rtcp-cipher", srtp.cipher),
+        ("rtp-auth", srtp.auth),
+        ("rtcp-auth", srtp.auth),
+    ] {
+        enc.set_property_from_str(p, v);
+    }
+    let dec = make("srtpdec")?;
+    let (peer, cipher, auth) = (srtp.peer_key.clone(), srtp.cipher, srtp.auth);
+    dec.connect("request-key", false, move |args| {
+        let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+        Some(
+            gst::Caps::builder("application/x-srtp")
+                .field("ssrc", ssrc)
+                .field("srtp-key", gst::Buffer::from_slice(peer.clone()))
+                .field("srtp-cipher", cipher)
+                .field("srtp-auth", auth)
+                .field("srtcp-cipher", cipher)
+                .field("srtcp-auth", auth)
+                .build()
+                .to_value(),
+        )
+    });
+    rtpbin.connect("request-rtcp-decoder", false, move |_| Some(dec.to_value()));
+    Ok(enc)
 }
 
 fn watch_bus(pipeline: &gst::Pipeline, description: String) {

@@ -100,6 +100,8 @@ struct Rtp {
     accepted: Vec<Option<(u16, Format)>>,
     ssrcs: Vec<u32>,
     senders: HashMap<&'static str, RtpSender>,
+    /// SRTP (SDES), when created with `crypto`.
+    crypto: Option<crate::srtp::EndpointCrypto>,
 }
 
 struct Obj {
@@ -728,6 +730,8 @@ impl MediaSet {
                 accepted: vec![],
                 ssrcs: vec![],
                 senders: HashMap::new(),
+                crypto: crate::srtp::from_constructor(ctor.get("crypto"))
+                    .map_err(|e| RpcError::new(40107, "MEDIA_OBJECT_ILLEGAL_PARAM_ERROR", e))?,
             })),
             _ => Kind::Plain,
         };
@@ -1235,12 +1239,17 @@ impl MediaSet {
                         ports.push(self.alloc_ports(st)?);
                     }
                     let ssrcs: Vec<u32> = media.iter().map(|_| fastrand::u32(1..)).collect();
-                    let answer = sdp::rtp_answer(
+                    let crypto = match &st.objects[id].kind {
+                        Kind::Rtp(r) => r.crypto.clone(),
+                        _ => None,
+                    };
+                    let answer = sdp::rtp_answer_with(
                         &media,
                         &self.config.announce_ip.to_string(),
                         &ports,
                         &ssrcs,
                         session_id,
+                        crypto.as_ref(),
                     )
                     .map_err(|e| {
                         RpcError::new(40205, "SDP_END_POINT_PROCESS_OFFER_ERROR", e.to_string())
@@ -1361,6 +1370,15 @@ impl MediaSet {
                         local_rtcp_port: port + 1,
                         ssrc: r.ssrcs[i],
                         mtu: 1200,
+                        srtp: r.crypto.as_ref().and_then(|c| {
+                            let (_, peer) = crate::srtp::offered_key(&m.crypto, c)?;
+                            Some(crate::media::SenderSrtp {
+                                cipher: c.suite.cipher,
+                                auth: c.suite.auth,
+                                key: c.key.clone(),
+                                peer_key: peer,
+                            })
+                        }),
                     })
                 });
                 match (payload, target) {

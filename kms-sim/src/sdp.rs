@@ -43,6 +43,8 @@ pub struct OfferedMedia {
     pub formats: Vec<Format>,
     /// Direction attribute (`recvonly`, `sendonly`, `sendrecv`, `inactive`).
     pub direction: String,
+    /// `a=crypto` values (SDES), in offer order.
+    pub crypto: Vec<String>,
 }
 
 /// A parse or negotiation failure (KMS answers 40205 SDP_END_POINT_PROCESS_OFFER_ERROR).
@@ -141,6 +143,7 @@ pub fn offered_media(sdp: &SessionDescription) -> Result<Vec<OfferedMedia>, SdpE
             proto: m.media_name.protos.join("/"),
             formats,
             direction,
+            crypto: attr(m, "crypto").map(str::to_owned).collect(),
         });
     }
     Ok(out)
@@ -163,6 +166,20 @@ pub fn rtp_answer(
     ssrcs: &[u32],
     session_id: u64,
 ) -> Result<RtpAnswer, SdpError> {
+    rtp_answer_with(offer, local_ip, ports, ssrcs, session_id, None)
+}
+
+/// [`rtp_answer`] for an endpoint created with SRTP: only `RTP/SAVPF` sections with a usable
+/// first `a=crypto` are accepted (each answered with KMS's key under the offer's tag), plain
+/// sections are rejected; without SRTP, SAVP sections are rejected.
+pub fn rtp_answer_with(
+    offer: &[OfferedMedia],
+    local_ip: &str,
+    ports: &[u16],
+    ssrcs: &[u32],
+    session_id: u64,
+    crypto: Option<&crate::srtp::EndpointCrypto>,
+) -> Result<RtpAnswer, SdpError> {
     let mut desc = base_session(local_ip, session_id);
     let mut accepted = Vec::new();
     for (i, m) in offer.iter().enumerate() {
@@ -172,10 +189,15 @@ pub fn rtp_answer(
             .filter(|f| SUPPORTED.contains(&f.encoding.to_ascii_lowercase().as_str()))
             .filter(|f| (m.kind == "audio") == is_audio(&f.encoding))
             .collect();
+        let offered_key = crypto.and_then(|c| crate::srtp::offered_key(&m.crypto, c));
+        let proto_ok = match crypto {
+            Some(_) => m.proto == "RTP/SAVPF" && offered_key.is_some(),
+            None => m.proto.starts_with("RTP/AVP"),
+        };
         let rejected = m.port == 0
             || formats.is_empty()
             || !(m.kind == "audio" || m.kind == "video")
-            || !m.proto.starts_with("RTP/AVP");
+            || !proto_ok;
         let port = if rejected { 0 } else { ports[i] };
         let mut md = MediaDescription {
             media_name: MediaName {
@@ -239,6 +261,12 @@ pub fn rtp_answer(
                     Some(format!("{} {fmtp}", f.pt)),
                 ));
             }
+        }
+        if let (Some(c), Some((tag, _))) = (crypto, &offered_key) {
+            md.attributes.push(Attribute::new(
+                "crypto".into(),
+                Some(crate::srtp::answer_attribute(*tag, c)),
+            ));
         }
         md.attributes.push(Attribute::new(
             "ssrc".into(),

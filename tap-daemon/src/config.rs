@@ -13,6 +13,8 @@
 //! token_file = "/etc/kurento-tap/token"   # the data token they require (Authorization: Bearer; ≥ 24 chars)
 //! auth_proxy_header = "X-Forwarded-User"  # or: trust an authenticating reverse proxy's header
 //! policy = "emotions"            # what may leave the daemon: emotions, expressions, aggregate (docs/privacy.md)
+//! tap_crypto = "auto"             # tap leg: auto (SRTP unless KMS is in this namespace), sdes, off
+//! srtp_suite = "AES_128_CM_HMAC_SHA1_80"
 //! owner = "kurento-tap"           # tag value on what this daemon creates
 //! latency_ms = 100                # jitterbuffer
 //! include_rooms = ["*"]
@@ -94,6 +96,10 @@ pub struct FileConfig {
     pub owner: Option<String>,
     /// Processing policy: `emotions` (default), `expressions` or `aggregate` (`crate::policy`).
     pub policy: Option<String>,
+    /// Tap leg protection: `auto`, `sdes` or `off` (`crate::srtp`).
+    pub tap_crypto: Option<String>,
+    /// SRTP suite of encrypted taps.
+    pub srtp_suite: Option<String>,
     /// Jitterbuffer latency.
     pub latency_ms: Option<u32>,
     /// Rooms to tap.
@@ -252,6 +258,10 @@ pub struct Overrides {
     pub owner: Option<String>,
     /// Processing policy.
     pub policy: Option<String>,
+    /// Tap leg protection.
+    pub tap_crypto: Option<String>,
+    /// SRTP suite.
+    pub srtp_suite: Option<String>,
     /// DataChannel injection on/off.
     pub datachannels: Option<bool>,
     /// DataChannel messages per second per participant.
@@ -370,6 +380,18 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .parse::<crate::policy::Policy>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.policy,
+    };
+    let tap_crypto = match o.tap_crypto.or(file.tap_crypto) {
+        Some(c) => c
+            .parse::<crate::srtp::TapCrypto>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        None => d.tap_crypto,
+    };
+    let srtp_suite = match o.srtp_suite.or(file.srtp_suite) {
+        Some(c) => c
+            .parse::<crate::srtp::Suite>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        None => d.srtp_suite,
     };
     let latency_ms = file.latency_ms.unwrap_or(d.latency_ms);
     if latency_ms > 2000 {
@@ -561,6 +583,8 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         datachannel,
         mood,
         policy,
+        tap_crypto,
+        srtp_suite,
     })
 }
 

@@ -104,6 +104,10 @@ pub struct DaemonConfig {
     pub mood: crate::mood::MoodSettings,
     /// What may leave the daemon ([`crate::policy`]; also the fusion's, whatever `mood.policy` says).
     pub policy: crate::policy::Policy,
+    /// Tap leg protection (`crate::srtp`): SRTP unless KMS is in this namespace, by default.
+    pub tap_crypto: crate::srtp::TapCrypto,
+    /// The SRTP suite of encrypted taps.
+    pub srtp_suite: crate::srtp::Suite,
     /// This KMS's name in lease keys, logs and the cluster view (default: its URL's host:port).
     pub kms_name: String,
     /// More KMS watched by this daemon, besides `kurento_url`.
@@ -133,6 +137,36 @@ impl DaemonConfig {
         all.extend(self.additional_kms.iter().cloned());
         all
     }
+}
+
+/// Whether this KMS's tap legs are SRTP (and with which suite): `auto` resolves the KMS's host and
+/// encrypts unless every address is this namespace's own.
+async fn tap_leg_crypto(config: &DaemonConfig, target: &KmsTarget) -> Option<crate::srtp::Suite> {
+    use crate::srtp::{local_address, wants_srtp, TapCrypto};
+    let mut addrs = Vec::new();
+    if config.tap_crypto == TapCrypto::Auto {
+        let authority = kms_name_from_url(&target.url);
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority
+        } else {
+            format!("{authority}:8888")
+        };
+        if let Ok(found) = tokio::net::lookup_host(with_port.clone()).await {
+            addrs.extend(found.map(|a| a.ip()));
+        }
+    }
+    let srtp = wants_srtp(config.tap_crypto, &addrs, local_address);
+    info!(
+        kms = %target.name,
+        mode = %config.tap_crypto,
+        tap_leg = if srtp { "SRTP" } else { "plain RTP" },
+        suite = %config.srtp_suite,
+        "tap leg protection"
+    );
+    srtp.then_some(config.srtp_suite)
 }
 
 /// A KMS's default name: the host and port of its URL.
@@ -171,6 +205,8 @@ impl Default for DaemonConfig {
             datachannel: InjectorConfig::default(),
             mood: crate::mood::MoodSettings::default(),
             policy: crate::policy::Policy::default(),
+            tap_crypto: crate::srtp::TapCrypto::default(),
+            srtp_suite: crate::srtp::Suite::default(),
             kms_name: "127.0.0.1:8888".into(),
             additional_kms: vec![],
             scaling_window: crate::scaling::ScalingSettings::default().window,
@@ -492,7 +528,13 @@ impl Daemon {
         let pool = PortPool::new(config.bind_ip, config.ports.0, config.ports.1);
         let config = Arc::new(config);
         let mut actors = Vec::new();
-        for ((name, kms, created, destroyed), leases) in connections.into_iter().zip(leases) {
+        let mut crypto = Vec::new();
+        for t in &targets {
+            crypto.push(tap_leg_crypto(&config, t).await);
+        }
+        for (((name, kms, created, destroyed), leases), srtp) in
+            connections.into_iter().zip(leases).zip(crypto)
+        {
             let cmd_rx = command_rxs.remove(0);
             let ctx = TapContext {
                 config: config.clone(),
@@ -503,6 +545,7 @@ impl Daemon {
                 live: live.clone(),
                 pool: pool.clone(),
                 affect: affect.clone(),
+                srtp,
             };
             // With the fusion elsewhere (`kurento-tap mood`), presenter tags are passed on to it.
             let announce = (!config_mood_enabled).then(|| nats.clone());

@@ -24,6 +24,7 @@ pub mod registry;
 pub mod results;
 pub mod scaling;
 pub mod sdp_offer;
+pub mod srtp;
 pub mod tap;
 pub mod watcher;
 

@@ -55,6 +55,14 @@ enum Command {
         /// anything leaves the daemon (docs/privacy.md).
         #[arg(long, env = "KURENTO_TAP_POLICY")]
         policy: Option<String>,
+        /// Encrypt the tap leg (KMS → daemon): auto (SRTP unless KMS is in this host and network
+        /// namespace; default), sdes (always SRTP, SDES keys) or off (plain RTP).
+        #[arg(long, env = "KURENTO_TAP_TAP_CRYPTO")]
+        tap_crypto: Option<String>,
+        /// SRTP suite of encrypted taps (AES_128_CM_HMAC_SHA1_80 default; AES_256_CM_HMAC_SHA1_80,
+        /// or the _32 variants).
+        #[arg(long, env = "KURENTO_TAP_SRTP_SUITE")]
+        srtp_suite: Option<String>,
         /// Owner id tagged on created objects.
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
@@ -164,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
             token_file,
             auth_proxy_header,
             policy,
+            tap_crypto,
+            srtp_suite,
             owner,
             datachannels,
             datachannel_rate,
@@ -186,6 +196,8 @@ async fn main() -> anyhow::Result<()> {
                     token: std::env::var("KURENTO_TAP_TOKEN").ok(),
                     auth_proxy_header,
                     policy,
+                    tap_crypto,
+                    srtp_suite,
                     owner,
                     datachannels,
                     datachannel_rate,

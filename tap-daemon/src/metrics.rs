@@ -15,6 +15,13 @@ pub struct MediaLabel {
     pub media: String,
 }
 
+/// `crypto` label: `srtp` or `rtp`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CryptoLabel {
+    /// `srtp` or `rtp`.
+    pub crypto: String,
+}
+
 /// `model` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
@@ -102,6 +109,10 @@ pub struct Metrics {
     pub receiver_keyframe_requests_throttled: Counter,
     /// H.264 frames dropped before a tap's first keyframe.
     pub receiver_frames_before_keyframe: Counter,
+    /// SRTP/SRTCP packets from KMS that libsrtp refused (bad authentication, a replay, no key).
+    pub srtp_packets_rejected: Counter,
+    /// Taps started, by the crypto of their leg (`srtp` or `rtp`).
+    pub taps_started_by_crypto: Family<CryptoLabel, Counter>,
     /// Data-endpoint requests refused, by reason (`no_credential`, `wrong_token`, `wrong_session`,
     /// `wrong_login`, `credential_in_query`).
     pub http_refused: Family<ReasonLabel, Counter>,
@@ -216,6 +227,8 @@ impl Metrics {
             receiver_keyframe_requests: Counter::default(),
             receiver_keyframe_requests_throttled: Counter::default(),
             receiver_frames_before_keyframe: Counter::default(),
+            srtp_packets_rejected: Counter::default(),
+            taps_started_by_crypto: Family::default(),
             http_refused: Family::default(),
             policy: Family::default(),
             policy_withheld: Family::default(),
@@ -296,6 +309,16 @@ impl Metrics {
             "http_refused",
             "Requests to the dashboard and data endpoints refused, by reason",
             m.http_refused.clone(),
+        );
+        registry.register(
+            "srtp_packets_rejected",
+            "SRTP/SRTCP packets from KMS refused by libsrtp (authentication failed, a replay, or no key yet)",
+            m.srtp_packets_rejected.clone(),
+        );
+        registry.register(
+            "taps_started_by_crypto",
+            "Taps started, by the protection of the tap leg (srtp or rtp)",
+            m.taps_started_by_crypto.clone(),
         );
         registry.register(
             "receiver_frames_before_keyframe",

@@ -20,6 +20,7 @@ use gstreamer_video as gst_video;
 use tracing::{debug, warn};
 
 use crate::capture_clock::CaptureClock;
+use crate::srtp::SdesKey;
 
 /// A video codec the tap can receive (the publisher's, so KMS never transcodes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct ReceiverConfig {
     pub video: Option<(MediaPorts, VideoCodec)>,
     /// Jitterbuffer latency in ms.
     pub latency_ms: u32,
+    /// SRTP: our key (for the RTCP we send KMS). KMS's key comes later, from its answer, through
+    /// [`Receiver::set_kms_keys`]; until then nothing is decrypted.
+    pub srtp: Option<SdesKey>,
 }
 
 /// A decoded video frame.
@@ -99,7 +103,26 @@ pub struct ReceiverStats {
     pub video_frames_before_keyframe: AtomicU64,
     /// Keyframe requests held back because one was sent less than [`KEYFRAME_REQUEST_INTERVAL`] ago.
     pub keyframe_requests_throttled: AtomicU64,
+    /// SRTP/SRTCP packets received (before decryption).
+    pub srtp_packets_in: AtomicU64,
+    /// SRTP/SRTCP packets that came out decrypted; the difference was rejected by libsrtp
+    /// (authentication failed, a replay, or no key for the stream yet).
+    pub srtp_packets_out: AtomicU64,
 }
+
+impl ReceiverStats {
+    /// SRTP/SRTCP packets refused so far.
+    pub fn srtp_rejected(&self) -> u64 {
+        self.srtp_packets_in
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.srtp_packets_out.load(Ordering::Relaxed))
+    }
+}
+
+/// KMS's keys, per session, once its answer is read.
+type KmsKeys = Arc<Mutex<[Option<SdesKey>; 2]>>;
+/// The `srtpdec` of each session, once rtpbin asked for it.
+type SrtpDecoders = Arc<Mutex<[Option<gst::Element>; 2]>>;
 
 /// Receiver errors.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +152,8 @@ fn gst_err(e: impl std::fmt::Display) -> ReceiverError {
 pub struct Receiver {
     pipeline: gst::Pipeline,
     rtcp_sinks: [Option<gst::Element>; 2],
+    kms_keys: KmsKeys,
+    srtp_decoders: SrtpDecoders,
     /// Counters.
     pub stats: Arc<ReceiverStats>,
 }
@@ -245,8 +270,47 @@ impl Receiver {
         let mut rtcp_sinks = [None, None];
         let bind = config.bind_ip.to_string();
 
+        let kms_keys: KmsKeys = Arc::new(Mutex::new([None, None]));
+        let srtp_decoders: SrtpDecoders = Arc::new(Mutex::new([None, None]));
+        // SRTCP out: one srtpenc with our key, a pad pair per session between rtpbin and the
+        // RTCP sink (linked by hand: rtpbin's encoder signals want src pads srtpenc makes only
+        // once its sink is requested).
+        let rtcp_encoder = match &config.srtp {
+            Some(ours) => {
+                install_srtp(
+                    &rtpbin,
+                    kms_keys.clone(),
+                    srtp_decoders.clone(),
+                    stats.clone(),
+                )?;
+                let enc = make("srtpenc")?;
+                enc.set_property("key", gst::Buffer::from_slice(ours.key.bytes().to_vec()));
+                for (p, v) in [
+                    ("rtp-cipher", ours.suite.gst_cipher()),
+                    ("rtcp-cipher", ours.suite.gst_cipher()),
+                    ("rtp-auth", ours.suite.gst_auth()),
+                    ("rtcp-auth", ours.suite.gst_auth()),
+                ] {
+                    enc.set_property_from_str(p, v);
+                }
+                pipeline.add(&enc).map_err(gst_err)?;
+                Some(enc)
+            }
+            None => None,
+        };
+        let encrypted = config.srtp.is_some();
         let mut add_session =
             |session: usize, port: u16, caps: gst::Caps| -> Result<(), ReceiverError> {
+                // With SRTP the sockets carry SRTP/SRTCP: rtpbin hands them to srtpdec first.
+                let caps = if encrypted {
+                    let mut c = caps;
+                    if let Some(st) = c.make_mut().structure_mut(0) {
+                        st.set_name("application/x-srtp");
+                    }
+                    c
+                } else {
+                    caps
+                };
                 let rtp_src = make("udpsrc")?;
                 rtp_src.set_property("address", &bind);
                 rtp_src.set_property("port", port as i32);
@@ -254,7 +318,14 @@ impl Receiver {
                 let rtcp_src = make("udpsrc")?;
                 rtcp_src.set_property("address", &bind);
                 rtcp_src.set_property("port", port as i32 + 1);
-                rtcp_src.set_property("caps", gst::Caps::new_empty_simple("application/x-rtcp"));
+                rtcp_src.set_property(
+                    "caps",
+                    gst::Caps::new_empty_simple(if encrypted {
+                        "application/x-srtcp"
+                    } else {
+                        "application/x-rtcp"
+                    }),
+                );
                 let rtcp_sink = make("udpsink")?;
                 // Until KMS's answer says where its RTCP port is, reports go nowhere useful.
                 rtcp_sink.set_property("host", "127.0.0.1");
@@ -278,13 +349,30 @@ impl Receiver {
                         Some(&format!("recv_rtcp_sink_{session}")),
                     )
                     .map_err(gst_err)?;
-                rtpbin
-                    .link_pads(
-                        Some(&format!("send_rtcp_src_{session}")),
-                        &rtcp_sink,
-                        Some("sink"),
-                    )
-                    .map_err(gst_err)?;
+                match &rtcp_encoder {
+                    Some(enc) => {
+                        rtpbin
+                            .link_pads(
+                                Some(&format!("send_rtcp_src_{session}")),
+                                enc,
+                                Some(&format!("rtcp_sink_{session}")),
+                            )
+                            .map_err(gst_err)?;
+                        enc.link_pads(
+                            Some(&format!("rtcp_src_{session}")),
+                            &rtcp_sink,
+                            Some("sink"),
+                        )
+                        .map_err(gst_err)?;
+                    }
+                    None => rtpbin
+                        .link_pads(
+                            Some(&format!("send_rtcp_src_{session}")),
+                            &rtcp_sink,
+                            Some("sink"),
+                        )
+                        .map_err(gst_err)?,
+                }
                 rtcp_sinks[session] = Some(rtcp_sink);
                 Ok(())
             };
@@ -383,8 +471,25 @@ impl Receiver {
         Ok(Receiver {
             pipeline,
             rtcp_sinks,
+            kms_keys,
+            srtp_decoders,
             stats,
         })
+    }
+
+    /// KMS's SRTP keys from its answer (SRTP taps; call before KMS is told to connect, so the
+    /// first packets decrypt). The decoders forget what they had, so a stream refused for want
+    /// of a key (early RTCP) asks again.
+    pub fn set_kms_keys(&self, audio: Option<SdesKey>, video: Option<SdesKey>) {
+        if let Ok(mut keys) = self.kms_keys.lock() {
+            keys[AUDIO] = audio;
+            keys[VIDEO] = video;
+        }
+        if let Ok(decoders) = self.srtp_decoders.lock() {
+            for d in decoders.iter().flatten() {
+                d.emit_by_name::<()>("clear-keys", &[]);
+            }
+        }
     }
 
     /// Where KMS listens for RTCP of `video` (true) or audio.
@@ -690,6 +795,91 @@ fn gate_until_first_keyframe(
         }
         gst::PadProbeReturn::Drop
     });
+}
+
+/// SRTP in: rtpbin asks for a decoder per session (one `srtpdec` for its RTP and RTCP; its
+/// `request-key` answered from KMS's keys, by session). Packets in and out of the decoders are
+/// counted: the difference is what libsrtp refused (bad authentication, a replay, or a stream with
+/// no key yet).
+fn install_srtp(
+    rtpbin: &gst::Element,
+    kms_keys: KmsKeys,
+    decoders: SrtpDecoders,
+    stats: Arc<ReceiverStats>,
+) -> Result<(), ReceiverError> {
+    let decoder_for = {
+        let decoders = decoders.clone();
+        move |session: u32| -> Option<gst::Element> {
+            let idx = session as usize;
+            if idx > VIDEO {
+                return None;
+            }
+            let mut all = decoders.lock().ok()?;
+            if let Some(d) = &all[idx] {
+                return Some(d.clone());
+            }
+            let dec = gst::ElementFactory::make("srtpdec").build().ok()?;
+            let keys = kms_keys.clone();
+            dec.connect("request-key", false, move |args| {
+                let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+                let key = keys.lock().ok().and_then(|k| k[idx].clone())?;
+                Some(srtp_caps(ssrc, &key).to_value())
+            });
+            for (pad, counter) in [
+                ("rtp_sink", true),
+                ("rtcp_sink", true),
+                ("rtp_src", false),
+                ("rtcp_src", false),
+            ] {
+                if let Some(p) = dec.static_pad(pad) {
+                    let stats = stats.clone();
+                    p.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                        let c = if counter {
+                            &stats.srtp_packets_in
+                        } else {
+                            &stats.srtp_packets_out
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                        gst::PadProbeReturn::Ok
+                    });
+                }
+            }
+            all[idx] = Some(dec.clone());
+            Some(dec)
+        }
+    };
+    let for_rtp = decoder_for.clone();
+    rtpbin.connect("request-rtp-decoder", false, move |args| {
+        let session = args.get(1).and_then(|v| v.get::<u32>().ok())?;
+        for_rtp(session).map(|d| d.to_value())
+    });
+    rtpbin.connect("request-rtcp-decoder", false, move |args| {
+        let session = args.get(1).and_then(|v| v.get::<u32>().ok())?;
+        decoder_for(session).map(|d| d.to_value())
+    });
+    // Fail here, not silently at the first packet, when the plugin is missing.
+    for name in ["srtpdec", "srtpenc"] {
+        if gst::ElementFactory::find(name).is_none() {
+            return Err(ReceiverError::MissingElement(name));
+        }
+    }
+    Ok(())
+}
+
+/// The caps `srtpdec` wants for a stream: KMS's key and suite (KMS uses the suite's tag length on
+/// SRTCP too).
+fn srtp_caps(ssrc: u32, key: &SdesKey) -> gst::Caps {
+    gst::Caps::builder("application/x-srtp")
+        .field("ssrc", ssrc)
+        .field(
+            "srtp-key",
+            gst::Buffer::from_slice(key.key.bytes().to_vec()),
+        )
+        .field("srtp-cipher", key.suite.gst_cipher())
+        .field("srtp-auth", key.suite.gst_auth())
+        .field("srtcp-cipher", key.suite.gst_cipher())
+        .field("srtcp-auth", key.suite.gst_auth())
+        .build()
 }
 
 /// Links rtpbin's new source pad to the first element of a decode chain.

@@ -9,6 +9,7 @@ use sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
 
 use crate::receiver::VideoCodec;
+use crate::srtp::{answer_key, crypto_attribute, SdesKey, Suite};
 
 /// Payload type we offer for Opus.
 pub const OPUS_PT: u8 = 111;
@@ -31,7 +32,23 @@ pub enum SdpError {
 
 fn parse(text: &str) -> Result<SessionDescription, SdpError> {
     SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
-        .map_err(|e| SdpError::Parse(e.to_string()))
+        .map_err(|e| SdpError::Parse(redact_keys(&e.to_string())))
+}
+
+/// The parser quotes the line it stopped at, which may be an `a=crypto` line: its key never
+/// reaches an error (or a log).
+fn redact_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("inline:") {
+        out.push_str(&rest[..at + "inline:".len()]);
+        out.push_str("(redacted)");
+        rest = &rest[at + "inline:".len()..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn attrs<'a>(m: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -146,6 +163,23 @@ fn attr(key: &str, value: Option<String>) -> Attribute {
 /// `nack pli` and `ccm fir` (keyframes on request) and no `goog-remb` (a tap must never lower the
 /// browser's bitrate).
 pub fn tap_offer(ip: IpAddr, audio_port: Option<u16>, video: Option<(u16, &VideoCodec)>) -> String {
+    tap_offer_with(ip, audio_port, video, None)
+}
+
+/// [`tap_offer`], encrypted when `srtp` is given: every section `RTP/SAVPF` with one `a=crypto`
+/// line holding our key (KMS keys our RTCP with it). The result holds the key: never log it.
+pub fn tap_offer_with(
+    ip: IpAddr,
+    audio_port: Option<u16>,
+    video: Option<(u16, &VideoCodec)>,
+    srtp: Option<&SdesKey>,
+) -> String {
+    let crypto = srtp.map(|k| attr("crypto", Some(crypto_attribute(k))));
+    let (audio_proto, video_proto) = if srtp.is_some() {
+        ("RTP/SAVPF", "RTP/SAVPF")
+    } else {
+        ("RTP/AVP", "RTP/AVPF")
+    };
     let ip_s = ip.to_string();
     let addr_type = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut desc = SessionDescription {
@@ -186,16 +220,11 @@ pub fn tap_offer(ip: IpAddr, audio_port: Option<u16>, video: Option<(u16, &Video
         media_descriptions: vec![],
     };
     if let Some(port) = audio_port {
-        desc.media_descriptions.push(media(
-            "audio",
-            port,
-            "RTP/AVP",
-            OPUS_PT,
-            vec![
-                attr("rtpmap", Some(format!("{OPUS_PT} opus/48000/2"))),
-                attr("recvonly", None),
-            ],
-        ));
+        let mut a = vec![attr("rtpmap", Some(format!("{OPUS_PT} opus/48000/2")))];
+        a.extend(crypto.clone());
+        a.push(attr("recvonly", None));
+        desc.media_descriptions
+            .push(media("audio", port, audio_proto, OPUS_PT, a));
     }
     if let Some((port, codec)) = video {
         let mut a = vec![attr(
@@ -207,9 +236,10 @@ pub fn tap_offer(ip: IpAddr, audio_port: Option<u16>, video: Option<(u16, &Video
         }
         a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} nack pli"))));
         a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} ccm fir"))));
+        a.extend(crypto);
         a.push(attr("recvonly", None));
         desc.media_descriptions
-            .push(media("video", port, "RTP/AVPF", VIDEO_PT, a));
+            .push(media("video", port, video_proto, VIDEO_PT, a));
     }
     desc.marshal()
 }
@@ -221,6 +251,10 @@ pub struct AnswerPorts {
     pub audio_rtcp: Option<SocketAddr>,
     /// KMS's RTCP address for video.
     pub video_rtcp: Option<SocketAddr>,
+    /// KMS's SRTP key for audio (SRTP taps only).
+    pub audio_key: Option<SdesKey>,
+    /// KMS's SRTP key for video (SRTP taps only).
+    pub video_key: Option<SdesKey>,
 }
 
 /// Checks KMS's answer: every offered section accepted (port ≠ 0) with the payload type we offered
@@ -229,6 +263,30 @@ pub fn check_answer(
     answer: &str,
     want_audio: bool,
     want_video: bool,
+) -> Result<AnswerPorts, SdpError> {
+    check_answer_with(answer, want_audio, want_video, None)
+}
+
+/// [`check_answer`] for an offer made with `srtp` (the suite offered): each section must also be
+/// `RTP/SAVPF` with KMS's key for that suite in its `a=crypto`, returned in [`AnswerPorts`].
+pub fn check_answer_with(
+    answer: &str,
+    want_audio: bool,
+    want_video: bool,
+    srtp: Option<Suite>,
+) -> Result<AnswerPorts, SdpError> {
+    read_answer(answer, want_audio, want_video, srtp).map_err(|e| match e {
+        SdpError::Answer(m) => SdpError::Answer(redact_keys(&m)),
+        SdpError::Parse(m) => SdpError::Parse(redact_keys(&m)),
+        other => other,
+    })
+}
+
+fn read_answer(
+    answer: &str,
+    want_audio: bool,
+    want_video: bool,
+    srtp: Option<Suite>,
 ) -> Result<AnswerPorts, SdpError> {
     let d = parse(answer)?;
     let session_ip = d
@@ -239,6 +297,8 @@ pub fn check_answer(
     let mut out = AnswerPorts {
         audio_rtcp: None,
         video_rtcp: None,
+        audio_key: None,
+        video_key: None,
     };
     for m in &d.media_descriptions {
         let kind = m.media_name.media.as_str();
@@ -251,8 +311,30 @@ pub fn check_answer(
             continue;
         }
         if m.media_name.port.value <= 0 {
-            return Err(SdpError::Answer(format!("{kind} rejected (port 0)")));
+            return Err(SdpError::Answer(match srtp {
+                Some(suite) => format!(
+                    "{kind} rejected (port 0): KMS refused SRTP with {} (its RtpEndpoint takes \
+                     only the suite it was created with)",
+                    suite.sdp_name()
+                ),
+                None => format!("{kind} rejected (port 0)"),
+            }));
         }
+        let key = match srtp {
+            Some(suite) => {
+                if m.media_name.protos.join("/") != "RTP/SAVPF" {
+                    return Err(SdpError::Answer(format!(
+                        "{kind} answered {} to an SRTP offer",
+                        m.media_name.protos.join("/")
+                    )));
+                }
+                Some(
+                    answer_key(kind, attrs(m, "crypto"), suite)
+                        .map_err(|e| SdpError::Answer(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let port = u16::try_from(m.media_name.port.value).map_err(|_| {
             SdpError::Answer(format!(
                 "{kind} port {} out of range",
@@ -292,8 +374,10 @@ pub fn check_answer(
         let addr = Some(SocketAddr::new(ip, rtcp_port));
         if kind == "audio" {
             out.audio_rtcp = addr;
+            out.audio_key = key;
         } else {
             out.video_rtcp = addr;
+            out.video_key = key;
         }
     }
     if want_audio && out.audio_rtcp.is_none() {
@@ -365,6 +449,73 @@ mod tests {
             check_answer("garbage", true, true),
             Err(SdpError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn srtp_offers_carry_our_key_and_answers_must_carry_kms_key() {
+        use crate::srtp::MasterKey;
+        let codec = VideoCodec {
+            encoding: "VP8".into(),
+            fmtp: None,
+        };
+        let ours = SdesKey {
+            suite: Suite::Aes128Sha80,
+            key: MasterKey::generate(Suite::Aes128Sha80).unwrap(),
+        };
+        let o = tap_offer_with(
+            "10.0.0.2".parse().unwrap(),
+            Some(40000),
+            Some((40002, &codec)),
+            Some(&ours),
+        );
+        assert!(o.contains("m=audio 40000 RTP/SAVPF 111\r\n"), "{o}");
+        assert!(o.contains("m=video 40002 RTP/SAVPF 96\r\n"), "{o}");
+        let line = format!("a=crypto:{}\r\n", crypto_attribute(&ours));
+        assert_eq!(o.matches(&line).count(), 2, "{o}");
+
+        // KMS answers with its own key, one per section (the same for both, as KMS does).
+        use base64::Engine as _;
+        let kms = base64::engine::general_purpose::STANDARD.encode([3u8; 30]);
+        let ok = format!("v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=Kurento Media Server\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\nm=audio 40266 RTP/SAVPF 111\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{kms}\r\nm=video 40462 RTP/SAVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{kms}\r\n");
+        let p = check_answer_with(&ok, true, true, Some(Suite::Aes128Sha80)).unwrap();
+        assert_eq!(p.video_key.as_ref().unwrap().key.bytes(), &[3u8; 30]);
+        assert_eq!(p.audio_key.as_ref().unwrap().suite, Suite::Aes128Sha80);
+        // A plain answer to an SRTP offer, a missing key, another suite: refused, key unshown.
+        for (bad, want) in [
+            (
+                ok.replace("RTP/SAVPF 96", "RTP/AVPF 96"),
+                "RTP/AVPF to an SRTP offer",
+            ),
+            (
+                ok.replace(
+                    &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{kms}\r\nm=video"),
+                    "m=video",
+                ),
+                "audio: no a=crypto",
+            ),
+            (
+                ok.replace("m=video 40462", "m=video 0"),
+                "refused SRTP with AES_CM_128_HMAC_SHA1_80",
+            ),
+        ] {
+            let e = check_answer_with(&bad, true, true, Some(Suite::Aes128Sha80))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains(&kms), "{e}");
+        }
+        let e = check_answer_with(&ok, true, true, Some(Suite::Aes256Sha80))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("where AES_256_CM_HMAC_SHA1_80 was offered"),
+            "{e}"
+        );
+        // A plain check ignores a=crypto.
+        assert!(check_answer(&ok.replace("SAVPF", "AVPF"), true, true)
+            .unwrap()
+            .video_key
+            .is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::ports::{PortPair, PortPool};
 use crate::receiver::{
     DecodedAudio, DecodedFrame, MediaPorts, MediaSink, Receiver, ReceiverConfig,
 };
-use crate::sdp_offer::{check_answer, tap_offer, OPUS_PT, VIDEO_PT};
+use crate::sdp_offer::{check_answer_with, tap_offer_with, OPUS_PT, VIDEO_PT};
 use tap_protocol::safe_token;
 
 /// Why a tap could not be made.
@@ -39,6 +39,9 @@ pub enum TapError {
     /// KMS's answer is unusable.
     #[error(transparent)]
     Sdp(#[from] crate::sdp_offer::SdpError),
+    /// SRTP could not be set up (no key material is ever in the message).
+    #[error("SRTP: {0}")]
+    Srtp(String),
 }
 
 impl TapError {
@@ -49,6 +52,26 @@ impl TapError {
             TapError::Receiver(_) => "receiver",
             TapError::Kms(_) => "kms",
             TapError::Sdp(_) => "sdp",
+            TapError::Srtp(_) => "srtp",
+        }
+    }
+}
+
+/// Connects the publisher's audio and/or video to the tap (`sink`: its id or pending reference).
+fn connect_publisher(
+    tx: &mut kurento_client::Transaction,
+    publisher: &WebRtcEndpoint,
+    sink: serde_json::Value,
+    audio: bool,
+    video: bool,
+) {
+    for (wanted, media) in [(audio, "AUDIO"), (video, "VIDEO")] {
+        if wanted {
+            tx.invoke(
+                publisher,
+                "connect",
+                json!({"sink": sink.clone(), "mediaType": media}),
+            );
         }
     }
 }
@@ -121,6 +144,8 @@ pub struct Tap {
     pub gated_seen: u64,
     /// Streams with an unusable sender clock already counted in the metrics.
     pub clocks_unusable_seen: u64,
+    /// SRTP packets refused, as already counted in the metrics.
+    pub srtp_rejected_seen: u64,
     injector: Option<Injector>,
 }
 
@@ -163,6 +188,8 @@ pub struct TapContext {
     pub pool: PortPool,
     /// Fused states and room moods for the injectors (absent with the fusion off).
     pub affect: Option<tokio::sync::broadcast::Sender<Arc<crate::mood::AffectUpdate>>>,
+    /// SRTP on this KMS's tap legs, with this suite (`None`: plain RTP).
+    pub srtp: Option<crate::srtp::Suite>,
 }
 
 impl TapContext {
@@ -185,6 +212,15 @@ impl TapContext {
             endpoint: p.endpoint.clone(),
             kms: self.kms_name.clone(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        // SRTP: our key now (it goes in the offer); KMS draws its own and answers with it.
+        let srtp = match self.srtp {
+            Some(suite) => Some(crate::srtp::SdesKey {
+                suite,
+                key: crate::srtp::MasterKey::generate(suite)
+                    .map_err(|e| TapError::Srtp(e.to_string()))?,
+            }),
+            None => None,
         };
         let dispatch = TapDispatch::new(ident, self.dispatcher.clone());
         let sink = Arc::new(CountingSink {
@@ -218,21 +254,33 @@ impl TapContext {
                     _ => None,
                 },
                 latency_ms: self.config.latency_ms,
+                srtp: srtp.clone(),
             },
             sink,
         )?;
-        let offer = tap_offer(
+        let offer = tap_offer_with(
             self.config.bind_ip,
             audio_ports.as_ref().map(|a| a.rtp),
             video_ports
                 .as_ref()
                 .zip(codec.as_ref())
                 .map(|(v, c)| (v.rtp, c)),
+            srtp.as_ref(),
         );
         let pipeline: MediaPipeline = self.kms.object(&p.pipeline)?;
         let publisher: WebRtcEndpoint = self.kms.object(&p.endpoint)?;
         let mut tx = self.kms.transaction();
-        let tap_ref = tx.create(RtpEndpoint::builder(&pipeline))?;
+        let mut builder = RtpEndpoint::builder(&pipeline);
+        if let Some(k) = &srtp {
+            // The suite only: KMS draws its master key itself, so no key of KMS's crosses the
+            // wire but in its answer.
+            builder = builder.crypto(&kurento_client::SDES {
+                crypto: Some(k.suite.kurento()),
+                key: None,
+                key_base64: None,
+            });
+        }
+        let tap_ref = tx.create(builder)?;
         tx.invoke(
             &tap_ref,
             "addTag",
@@ -244,18 +292,15 @@ impl TapContext {
             json!({"key": self.config.tags.tapped_endpoint, "value": p.endpoint}),
         );
         let offer_index = tx.invoke(&tap_ref, "processOffer", json!({ "offer": offer }));
-        if audio_ports.is_some() {
-            tx.invoke(
+        // Plain RTP: one transaction. SRTP: KMS's key is in its answer, and the receiver must hold
+        // it before media flows (the first keyframe must decrypt), so `connect` waits for a second.
+        if srtp.is_none() {
+            connect_publisher(
+                &mut tx,
                 &publisher,
-                "connect",
-                json!({"sink": tap_ref.newref(), "mediaType": "AUDIO"}),
-            );
-        }
-        if video_ports.is_some() {
-            tx.invoke(
-                &publisher,
-                "connect",
-                json!({"sink": tap_ref.newref(), "mediaType": "VIDEO"}),
+                json!(tap_ref.newref()),
+                audio_ports.is_some(),
+                video_ports.is_some(),
             );
         }
         let results = tx.commit().await?;
@@ -268,10 +313,11 @@ impl TapContext {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            Ok(check_answer(
+            Ok(check_answer_with(
                 &answer,
                 audio_ports.is_some(),
                 video_ports.is_some(),
+                self.srtp,
             )?)
         })();
         let answer = match outcome {
@@ -289,6 +335,30 @@ impl TapContext {
                 reason: "no tap id".into(),
             }));
         };
+        if srtp.is_some() {
+            receiver.set_kms_keys(answer.audio_key.clone(), answer.video_key.clone());
+            let mut tx = self.kms.transaction();
+            connect_publisher(
+                &mut tx,
+                &publisher,
+                json!(tap.id()),
+                audio_ports.is_some(),
+                video_ports.is_some(),
+            );
+            if let Err(e) = tx.commit().await.map_err(TapError::from).and_then(|r| {
+                r.check()?;
+                Ok(())
+            }) {
+                let _ = tap.release().await;
+                return Err(e);
+            }
+        }
+        self.metrics
+            .taps_started_by_crypto
+            .get_or_create(&crate::metrics::CryptoLabel {
+                crypto: if srtp.is_some() { "srtp" } else { "rtp" }.into(),
+            })
+            .inc();
         if let Some(a) = answer.audio_rtcp {
             receiver.set_kms_rtcp(false, a);
         }
@@ -333,6 +403,7 @@ impl TapContext {
             keyframes_seen: (0, 0),
             gated_seen: 0,
             clocks_unusable_seen: 0,
+            srtp_rejected_seen: 0,
             injector,
         })
     }

@@ -409,7 +409,7 @@ impl KmsWatcher {
                 None => discovery::room_name(&pipeline, &ctx.config.tags).await,
             };
             let outcome = match room {
-                Ok(room) => setup(ctx.clone(), room, pipeline, ep, first_seen).await,
+                Ok(room) => setup(ctx.clone(), room, pipeline, ep, first_seen, decisions).await,
                 Err(e) if e.is_object_not_found() => Setup::Gone,
                 Err(_) => Setup::Waiting,
             };
@@ -549,6 +549,7 @@ impl KmsWatcher {
         let mut listed = HashSet::new();
         let mut seen = HashSet::new();
         let mut owned = Vec::new();
+        let mut tapped: Vec<WebRtcEndpoint> = Vec::new();
         let mut wanted = std::collections::BTreeMap::new();
         self.sweep_new_rooms(&pipelines).await;
         for pipeline in pipelines {
@@ -675,6 +676,11 @@ impl KmsWatcher {
                     .sender_clocks_unusable
                     .inc_by(unusable.saturating_sub(t.clocks_unusable_seen));
                 t.clocks_unusable_seen = unusable;
+                let refused = stats.srtp_rejected();
+                self.metrics
+                    .srtp_packets_rejected
+                    .inc_by(refused.saturating_sub(t.srtp_rejected_seen));
+                t.srtp_rejected_seen = refused;
             }
         }
     }

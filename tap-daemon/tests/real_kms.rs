@@ -1234,8 +1234,9 @@ fn real_kms_three_vp8_publishers_under_cpu_load_keep_their_face_rate() {
 /// browsers' uplinks lose packets too, and KMS itself then drops the publisher's H.264 until a
 /// keyframe (`DISCONTINUITY at non-keyframe; will drop until keyframe`): every subscriber of the
 /// call freezes with the tap, and how long depends on when KMS's and our keyframe requests reach
-/// the browser (53–71 face results of 75 in most runs, 19 in one). There the test holds that
-/// decoding never stops for anyone; docs/benchmarks.md has the side-by-side table.
+/// the browser (53–71 face results of 75 in most runs, 4 and 19 in two where the browser received
+/// no PLI at all). There the test holds that everyone is decoded under loss and that everyone is
+/// back at the face rate once it ends; docs/benchmarks.md has the side-by-side table.
 #[test]
 fn real_kms_h264_under_packet_loss_and_jitter() {
     with_kms("h264_loss", |kms| async move {
@@ -1289,16 +1290,30 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                     .filter(|((_, m), _)| m == "video")
                     .map(|(_, n)| *n)
                     .collect();
-                assert_eq!(video.len(), 2, "both keep being analysed: {counts:?}");
+                // How long a publisher stays frozen here is decided by KMS (it drops the
+                // publisher's H.264 until a keyframe) and by when the browser answers a
+                // keyframe request; in some runs a browser received no PLI for 15 s. What the
+                // tap controls: it never stops asking (bounded above), and analysis comes back
+                // for everyone once the loss ends (checked below).
+                assert_eq!(video.len(), 2, "both were analysed under loss: {counts:?}");
                 assert!(
-                    video
-                        .iter()
-                        .all(|n| *n as f64 >= 0.2 * FER_FPS * window.as_secs_f64()),
-                    "H.264 decoding stopped for someone under whole-path loss: {counts:?}"
+                    video.iter().all(|n| *n > 0),
+                    "H.264 never decoded for someone under whole-path loss: {counts:?}"
                 );
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        // Recovery: after the loss ends, every participant is back at the face rate within a
+        // few seconds (a keyframe each, asked for by KMS and by the stall watch).
+        let recovered = Instant::now();
+        let window = Duration::from_secs(10);
+        tokio::time::sleep(window).await;
+        let seen = call.results_since(recovered);
+        eprintln!(
+            "H.264 x2, recovered (3-13 s after the loss ended): results {:?}",
+            per_participant(&seen)
+        );
+        assert_rates(&seen, &["video", "audio"], 2, window, &call).await;
         assert!(call.stop_daemon());
         assert_eq!(call.owned("tap-e2e-h264-loss").await, (0, 0));
     });

@@ -139,6 +139,7 @@ async fn decoded_media_is_cut_per_spec() {
                 codec.clone(),
             )),
             latency_ms: 50,
+            srtp: None,
         },
         chunker,
     )
