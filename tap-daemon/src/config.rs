@@ -20,6 +20,7 @@
 //! include_rooms = ["*"]
 //! exclude_rooms = ["test-*"]
 //! exclude_participants = ["recorder"]
+//! consent = "opt-out"             # or "opt-in": only participants tagged kurento-tap.consent=true or granted by tap.v1.ctl.consent
 //! results_max_age_s = 86400
 //! results_per_subject = 1000
 //!
@@ -108,6 +109,8 @@ pub struct FileConfig {
     pub exclude_rooms: Option<Vec<String>>,
     /// Participants never tapped.
     pub exclude_participants: Option<Vec<String>>,
+    /// Consent mode: `opt-out` (default) or `opt-in` (`crate::consent`).
+    pub consent: Option<String>,
     /// Result history.
     pub results_max_age_s: Option<u64>,
     /// Results kept per subject.
@@ -258,6 +261,8 @@ pub struct Overrides {
     pub owner: Option<String>,
     /// Processing policy.
     pub policy: Option<String>,
+    /// Consent mode.
+    pub consent: Option<String>,
     /// Tap leg protection.
     pub tap_crypto: Option<String>,
     /// SRTP suite.
@@ -392,6 +397,12 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             .parse::<crate::srtp::Suite>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.srtp_suite,
+    };
+    let consent = match o.consent.or(file.consent) {
+        Some(c) => c
+            .parse::<crate::consent::ConsentMode>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        None => d.consent,
     };
     let latency_ms = file.latency_ms.unwrap_or(d.latency_ms);
     if latency_ms > 2000 {
@@ -568,6 +579,7 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
         include_rooms: file.include_rooms.unwrap_or_default(),
         exclude_rooms: file.exclude_rooms.unwrap_or_default(),
         exclude_participants: file.exclude_participants.unwrap_or_default(),
+        consent,
         latency_ms,
         http_listen: http,
         data_http_listen: data_http,
@@ -619,6 +631,37 @@ mod tests {
         let e = resolve(FileConfig::default(), o).unwrap_err().to_string();
         assert!(
             e.contains("unknown policy") && e.contains("aggregate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_consent_mode_is_read_from_the_file_or_an_override_and_unknown_ones_are_refused() {
+        use crate::consent::ConsentMode;
+        let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(
+            d.consent,
+            ConsentMode::OptOut,
+            "today's behaviour by default"
+        );
+        let file: FileConfig = toml::from_str("consent = 'opt-in'\n").unwrap();
+        assert_eq!(
+            resolve(file, Overrides::default()).unwrap().consent,
+            ConsentMode::OptIn
+        );
+        let file: FileConfig = toml::from_str("consent = 'opt-in'\n").unwrap();
+        let o = Overrides {
+            consent: Some("opt-out".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(file, o).unwrap().consent, ConsentMode::OptOut);
+        let o = Overrides {
+            consent: Some("yes".into()),
+            ..Default::default()
+        };
+        let e = resolve(FileConfig::default(), o).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown consent mode") && e.contains("opt-in"),
             "{e}"
         );
     }

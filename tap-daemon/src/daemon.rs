@@ -80,6 +80,9 @@ pub struct DaemonConfig {
     pub exclude_rooms: Vec<String>,
     /// Participants never tapped (name patterns).
     pub exclude_participants: Vec<String>,
+    /// Who is analysed: everyone but those who opted out (default), or only those who opted in
+    /// ([`crate::consent`]).
+    pub consent: crate::consent::ConsentMode,
     /// Jitterbuffer latency.
     pub latency_ms: u32,
     /// Where `/metrics` and `/healthz` are served (and the data endpoints, unless
@@ -194,6 +197,7 @@ impl Default for DaemonConfig {
             include_rooms: vec![],
             exclude_rooms: vec![],
             exclude_participants: vec![],
+            consent: crate::consent::ConsentMode::default(),
             latency_ms: 100,
             http_listen: Some(([127, 0, 0, 1], 9464).into()),
             data_http_listen: None,
@@ -406,6 +410,14 @@ impl Daemon {
         tasks.push(tokio::spawn(crate::erase::serve(
             nats.clone(),
             crate::erase::subscribe(&nats).await?,
+            metrics.clone(),
+        )));
+        metrics.set_consent_mode(config.consent);
+        tasks.push(tokio::spawn(crate::consent::serve(
+            nats.clone(),
+            crate::consent::subscribe(&nats).await?,
+            watchers.clone(),
+            config.cluster.enabled,
             metrics.clone(),
         )));
         tasks.push(tokio::spawn(serve_control(

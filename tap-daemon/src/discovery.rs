@@ -22,7 +22,8 @@ pub struct TagKeys {
     pub participant: String,
     /// `publisher` / `subscriber` on endpoints.
     pub role: String,
-    /// `false` on a publisher = never tap it.
+    /// On a publisher: `false` = never tap it; `true` = consent given (needed with `consent =
+    /// "opt-in"`).
     pub consent: String,
     /// On objects kurento-tap created: its owner id.
     pub owner: String,
@@ -58,6 +59,9 @@ pub struct Participant {
     pub media: PublisherMedia,
     /// False when tagged `consent=false`.
     pub consent: bool,
+    /// What the consent tag says: `Some(true)` for `true`, `Some(false)` for `false`, `None`
+    /// without a tag or with another value ([`crate::consent::tag_value`]).
+    pub consent_tag: Option<bool>,
     /// True when media flows out of the publisher (its browser is sending).
     pub live: bool,
     /// Tagged `role=presenter`: excluded from the room mood, and receives it.
@@ -186,6 +190,7 @@ pub async fn examine(
             .unwrap_or_else(|| short_id("p", ep.id())),
         endpoint: ep.id().to_owned(),
         consent: tag(&tags, &keys.consent) != Some("false"),
+        consent_tag: crate::consent::tag_value(tag(&tags, &keys.consent)),
         presenter: role == Some("presenter"),
         media,
         live,

@@ -7,6 +7,7 @@ pub mod capture_clock;
 pub mod chunker;
 pub mod cluster;
 pub mod config;
+pub mod consent;
 pub mod daemon;
 pub mod discovery;
 pub mod dispatch;

@@ -55,6 +55,11 @@ enum Command {
         /// anything leaves the daemon (docs/privacy.md).
         #[arg(long, env = "KURENTO_TAP_POLICY")]
         policy: Option<String>,
+        /// Consent: opt-out (default: everyone is analysed unless tagged kurento-tap.consent=false
+        /// or withdrawn by tap.v1.ctl.consent) or opt-in (only those tagged
+        /// kurento-tap.consent=true or granted by tap.v1.ctl.consent; docs/privacy.md).
+        #[arg(long, env = "KURENTO_TAP_CONSENT")]
+        consent: Option<String>,
         /// Encrypt the tap leg (KMS → daemon): auto (SRTP unless KMS is in this host and network
         /// namespace; default), sdes (always SRTP, SDES keys) or off (plain RTP).
         #[arg(long, env = "KURENTO_TAP_TAP_CRYPTO")]
@@ -172,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
             token_file,
             auth_proxy_header,
             policy,
+            consent,
             tap_crypto,
             srtp_suite,
             owner,
@@ -196,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                     token: std::env::var("KURENTO_TAP_TOKEN").ok(),
                     auth_proxy_header,
                     policy,
+                    consent,
                     tap_crypto,
                     srtp_suite,
                     owner,

@@ -52,6 +52,22 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// `mode` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    /// `opt-out`, `opt-in`.
+    pub mode: String,
+}
+
+/// `change` and `source` labels of consent changes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsentLabel {
+    /// `granted` or `withdrawn`.
+    pub change: String,
+    /// `tag` or `control`.
+    pub source: String,
+}
+
 /// Labels of the scaling gauges: the model as elsewhere (`fer@1`), and its name and version apart
 /// (Kubernetes label selectors, as an HPA's external metric uses, cannot hold `@`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +144,12 @@ pub struct Metrics {
     pub affect_results: Family<OutcomeLabel, Counter>,
     /// Room moods computed, by outcome (`published`, `withheld`: fewer than min_group).
     pub room_moods: Family<OutcomeLabel, Counter>,
+    /// The consent mode in force: `kurento_tap_consent_mode{mode="opt-in"} 1`.
+    pub consent_mode: Family<ModeLabel, Gauge>,
+    /// Consent changes, by change (`granted`, `withdrawn`) and source (`tag`, `control`).
+    pub consent_changes: Family<ConsentLabel, Counter>,
+    /// Consent requests refused, by reason (`bad_request`, `unknown_participant`, `failed`, `full`).
+    pub consent_refused: Family<ReasonLabel, Counter>,
     /// Participant setups (examine + tap) running now.
     pub setups_in_flight: Gauge,
     /// Most setups that ran at once since start (a room's participants are set up side by side).
@@ -235,6 +257,9 @@ impl Metrics {
             sender_clocks_unusable: Counter::default(),
             affect_results: Family::default(),
             room_moods: Family::default(),
+            consent_mode: Family::default(),
+            consent_changes: Family::default(),
+            consent_refused: Family::default(),
             setups_in_flight: Gauge::default(),
             setups_peak: Gauge::default(),
             setup_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
@@ -526,6 +551,21 @@ impl Metrics {
             "Room lease events, by outcome",
             m.lease_events.clone(),
         );
+        registry.register(
+            "consent_mode",
+            "The consent mode in force (1 for its label): opt-out or opt-in",
+            m.consent_mode.clone(),
+        );
+        registry.register(
+            "consent_changes",
+            "Consent changes (a participant's analysis granted or withdrawn), by source: tag or control",
+            m.consent_changes.clone(),
+        );
+        registry.register(
+            "consent_refused",
+            "Consent requests refused, by reason",
+            m.consent_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -552,6 +592,39 @@ impl Metrics {
     /// Counts one result the policy kept in the daemon.
     pub fn policy_withheld(&self, reason: &str) {
         self.policy_withheld
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Shows the consent mode in force.
+    pub fn set_consent_mode(&self, mode: crate::consent::ConsentMode) {
+        for m in [
+            crate::consent::ConsentMode::OptOut,
+            crate::consent::ConsentMode::OptIn,
+        ] {
+            self.consent_mode
+                .get_or_create(&ModeLabel {
+                    mode: m.as_str().into(),
+                })
+                .set(i64::from(m == mode));
+        }
+    }
+
+    /// Counts one consent change.
+    pub fn consent_change(&self, change: &str, source: &str) {
+        self.consent_changes
+            .get_or_create(&ConsentLabel {
+                change: change.into(),
+                source: source.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one refused consent request.
+    pub fn consent_refused(&self, reason: &str) {
+        self.consent_refused
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

@@ -32,6 +32,11 @@ pub(crate) type ControlAnswer = Result<String, ControlRefusal>;
 
 pub(crate) enum Command {
     Attach(ControlRequest, oneshot::Sender<ControlAnswer>),
+    /// Grant or withdraw a participant's consent (`tap.v1.ctl.consent`).
+    Consent(
+        crate::consent::ConsentRequest,
+        oneshot::Sender<crate::consent::ConsentAnswer>,
+    ),
     Detach(ControlRequest, oneshot::Sender<ControlAnswer>),
     Status(oneshot::Sender<Vec<TapStatus>>),
     Shutdown(oneshot::Sender<()>),
@@ -47,8 +52,11 @@ enum Known {
         /// Release our objects (false when the whole pipeline went).
         release: bool,
     },
-    /// Not a publisher, or one we do not tap (opt-out, excluded, detached by control).
+    /// Not a publisher, or one we do not tap (excluded, detached by control).
     Ignored,
+    /// A publisher not analysed for want of consent (opted out, or not opted in under `opt-in`):
+    /// examined again on every scan (its tags re-read), and at once on a consent request.
+    NoConsent(Box<Participant>),
     /// Not negotiated or not live yet.
     Waiting,
     /// The tap failed; retry after this instant.
@@ -118,6 +126,10 @@ pub(crate) struct KmsWatcher {
     /// tapped or given up (the periodic scan still finds them): a new participant does not wait
     /// for the next scan of every room, nor behind it.
     fresh: HashMap<String, Fresh>,
+    /// Consent given or withdrawn by control request, shared with the setups.
+    control_consent: crate::consent::ControlDecisions,
+    /// Whether each publisher examined was last decided analysed (consent), to log changes only.
+    consent_seen: HashMap<String, bool>,
 }
 
 /// An endpoint announced by ObjectCreated and not yet tapped: when to look at it next.
@@ -179,6 +191,7 @@ pub(crate) struct RoomLeases {
 enum Setup {
     Tapped(Box<Tap>),
     Ignored,
+    NoConsent(Box<Participant>),
     Waiting,
     Gone,
     Failed,
@@ -207,6 +220,8 @@ impl KmsWatcher {
             kms_name,
             first_seen: HashMap::new(),
             fresh: HashMap::new(),
+            control_consent: Default::default(),
+            consent_seen: HashMap::new(),
         }
     }
 
@@ -261,6 +276,7 @@ impl KmsWatcher {
                     Some(Command::Shutdown(done)) => { self.stop_all().await; let _ = done.send(()); return; }
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
                     Some(Command::Attach(req, reply)) => { let r = self.control_attach(req).await; let _ = reply.send(r); }
+                    Some(Command::Consent(req, reply)) => { let r = self.control_consent(req).await; let _ = reply.send(r); }
                     Some(Command::Detach(req, reply)) => {
                         let r = if !self.may_serve(&req.pipeline) {
                             Err(ControlRefusal::NotHolder)
@@ -388,6 +404,7 @@ impl KmsWatcher {
                 self.known.remove(endpoint);
                 self.fresh.remove(endpoint);
                 self.first_seen.remove(endpoint);
+                self.consent_seen.remove(endpoint);
             }
         }
     }
@@ -401,6 +418,7 @@ impl KmsWatcher {
             .or_insert_with(Instant::now);
         self.known.insert(id.clone(), Known::Pending);
         let ctx = self.ctx.clone();
+        let decisions = self.control_consent.clone();
         self.metrics.setups_in_flight.inc();
         self.setups.spawn(async move {
             let started = Instant::now();
@@ -511,7 +529,13 @@ impl KmsWatcher {
             }
             return;
         }
+        match &outcome {
+            Setup::Tapped(t) => self.note_consent(&endpoint, &t.participant, true),
+            Setup::NoConsent(p) => self.note_consent(&endpoint, p, false),
+            _ => {}
+        }
         let k = match outcome {
+            Setup::NoConsent(p) => Known::NoConsent(p),
             Setup::Tapped(t) => {
                 info!(room = %t.participant.room, participant = %t.participant.name, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
                 self.metrics.taps_active.inc();
@@ -549,7 +573,7 @@ impl KmsWatcher {
         let mut listed = HashSet::new();
         let mut seen = HashSet::new();
         let mut owned = Vec::new();
-        let mut tapped: Vec<WebRtcEndpoint> = Vec::new();
+        let mut consenting: Vec<(MediaPipeline, String, WebRtcEndpoint)> = Vec::new();
         let mut wanted = std::collections::BTreeMap::new();
         self.sweep_new_rooms(&pipelines).await;
         for pipeline in pipelines {
@@ -595,6 +619,11 @@ impl KmsWatcher {
                 let due = match self.known.get(ep.id()) {
                     None | Some(Known::Waiting) => true,
                     Some(Known::Failed(at)) => Instant::now() >= *at,
+                    // Their consent tags are read again below.
+                    Some(Known::Tapped(_)) | Some(Known::NoConsent(_)) => {
+                        consenting.push((pipeline.clone(), room.clone(), ep.clone()));
+                        false
+                    }
                     Some(_) => false,
                 };
                 if due {
@@ -602,6 +631,7 @@ impl KmsWatcher {
                 }
             }
         }
+        self.recheck_consent(consenting).await;
         // Publishers that vanished without an event we handled yet (the event may still be queued
         // behind this scan, or was lost while disconnected). The room may live on (a participant
         // left or rejoined): then our objects for it are released, not abandoned.
@@ -924,8 +954,20 @@ impl KmsWatcher {
             Examined::Gone => return Err(failed("endpoint not found".into())),
             Examined::Other => return Err(failed("not a publisher endpoint".into())),
         };
-        if !p.consent {
-            return Err(failed("participant opted out (consent=false)".into()));
+        let control = self
+            .control_consent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&crate::consent::key(&p.room, &p.name))
+            .copied();
+        if !crate::consent::analysed(self.config.consent, p.consent_tag, control) {
+            return Err(failed(
+                if p.consent_tag == Some(false) || control == Some(false) {
+                    "participant opted out (consent withdrawn)".into()
+                } else {
+                    "participant has not consented (consent = opt-in)".into()
+                },
+            ));
         }
         if let Some(name) = req.participant {
             p.name = name;
@@ -940,6 +982,178 @@ impl KmsWatcher {
         self.known.insert(endpoint.clone(), Known::Pending);
         self.on_setup_done(endpoint, outcome).await;
         reply
+    }
+
+    /// Records whether a publisher examined is analysed (consent): a change made by its tag is
+    /// logged and counted (control changes are recorded where the request is served); entering
+    /// "not analysed" counts in `participants_not_tapped_total` once.
+    fn note_consent(&mut self, endpoint: &str, p: &Participant, analysed: bool) {
+        let before = self.consent_seen.insert(endpoint.to_owned(), analysed);
+        if let Some(c) = crate::consent::change(before, analysed, p.consent_tag.is_some()) {
+            crate::consent::record(
+                &self.metrics,
+                &p.room,
+                &p.name,
+                c,
+                crate::consent::Source::Tag,
+            );
+        }
+        if !analysed && before != Some(false) {
+            self.count_not_analysed(p);
+        }
+    }
+
+    /// Logs and counts a publisher entering "not analysed" for want of consent (`opt_out`: a tag
+    /// or a control request said no; `no_consent`: nobody said yes under `opt-in`).
+    fn count_not_analysed(&self, p: &Participant) {
+        let control = self
+            .control_consent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&crate::consent::key(&p.room, &p.name))
+            .copied();
+        let reason = if p.consent_tag == Some(false) || control == Some(false) {
+            "opt_out"
+        } else {
+            "no_consent"
+        };
+        info!(room = %p.room, participant = %p.name, reason, "not tapping");
+        self.metrics
+            .not_tapped
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Re-reads the consent tag of every publisher examined (tapped, or not for want of consent),
+    /// all at once: a tapped one whose consent is gone is stopped, one whose consent came is set
+    /// up (tapped) now. A tag change takes effect within one scan.
+    async fn recheck_consent(&mut self, publishers: Vec<(MediaPipeline, String, WebRtcEndpoint)>) {
+        if publishers.is_empty() {
+            return;
+        }
+        let tags =
+            futures_util::future::join_all(publishers.iter().map(|(_, _, ep)| ep.get_tags())).await;
+        for ((pipeline, room, ep), tags) in publishers.into_iter().zip(tags) {
+            // Unreadable (gone, or KMS busy): the scan's own checks and the next scan see to it.
+            let Ok(tags) = tags else {
+                continue;
+            };
+            let tag = crate::consent::tag_value(
+                tags.iter()
+                    .find(|t| t.key == self.config.tags.consent)
+                    .map(|t| t.value.as_str()),
+            );
+            let (p, was) = match self.known.get_mut(ep.id()) {
+                Some(Known::Tapped(t)) => (&mut t.participant, true),
+                Some(Known::NoConsent(p)) => (&mut **p, false),
+                _ => continue,
+            };
+            p.consent_tag = tag;
+            p.consent = tag != Some(false);
+            let p = p.clone();
+            let control = self
+                .control_consent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&crate::consent::key(&p.room, &p.name))
+                .copied();
+            let now = crate::consent::analysed(self.config.consent, tag, control);
+            match (was, now) {
+                (true, false) => {
+                    // The room lives on: our objects for this publisher are released.
+                    self.detach(ep.id(), self.kms_connected()).await;
+                    self.note_consent(ep.id(), &p, false);
+                    self.known
+                        .insert(ep.id().to_owned(), Known::NoConsent(Box::new(p)));
+                }
+                // Examined again and tapped by a setup (which logs the change).
+                (false, true) => self.spawn_setup(Some(room), pipeline, ep),
+                _ => {}
+            }
+        }
+    }
+
+    /// A consent request (`tap.v1.ctl.consent`): recorded for the participant, logged and counted,
+    /// and applied at once to each of their publishers here: a withdrawal stops the tap, a grant
+    /// taps them now. `NotHere` when no publisher of that name is known on this KMS.
+    async fn control_consent(
+        &mut self,
+        req: crate::consent::ConsentRequest,
+    ) -> crate::consent::ConsentAnswer {
+        let key = crate::consent::key(&req.room, &req.participant);
+        let matching: Vec<String> = self
+            .known
+            .iter()
+            .filter_map(|(ep, k)| {
+                let p = match k {
+                    Known::Tapped(t) => &t.participant,
+                    Known::NoConsent(p) => p,
+                    _ => return None,
+                };
+                (crate::consent::key(&p.room, &p.name) == key).then(|| ep.clone())
+            })
+            .collect();
+        if matching.is_empty() {
+            return Err(ControlRefusal::NotHere);
+        }
+        {
+            let mut d = self
+                .control_consent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !d.contains_key(&key) && d.len() >= crate::consent::MAX_CONTROL_DECISIONS {
+                return Err(ControlRefusal::Failed(format!(
+                    "too many consent decisions remembered ({})",
+                    crate::consent::MAX_CONTROL_DECISIONS
+                )));
+            }
+            d.insert(key, req.consent);
+        }
+        let change = if req.consent {
+            crate::consent::Change::Granted
+        } else {
+            crate::consent::Change::Withdrawn
+        };
+        crate::consent::record(
+            &self.metrics,
+            &req.room,
+            &req.participant,
+            change,
+            crate::consent::Source::Control,
+        );
+        let mut analysed_now = false;
+        for ep in matching {
+            let (p, was) = match self.known.get(&ep) {
+                Some(Known::Tapped(t)) => (t.participant.clone(), true),
+                Some(Known::NoConsent(p)) => ((**p).clone(), false),
+                _ => continue,
+            };
+            let now =
+                crate::consent::analysed(self.config.consent, p.consent_tag, Some(req.consent));
+            // Recorded first: the change is the control request's, already logged.
+            self.consent_seen.insert(ep.clone(), now);
+            match (was, now) {
+                (true, false) => {
+                    self.detach(&ep, self.kms_connected()).await;
+                    self.count_not_analysed(&p);
+                    self.known.insert(ep, Known::NoConsent(Box::new(p)));
+                }
+                (false, true) if !p.live => {
+                    // Its browser sends nothing yet: the scan taps it when it does.
+                    self.known.insert(ep, Known::Waiting);
+                }
+                (false, true) => {
+                    let outcome = attach(&self.ctx, p, Instant::now()).await;
+                    analysed_now |= matches!(outcome, Setup::Tapped(_));
+                    self.known.insert(ep.clone(), Known::Pending);
+                    self.on_setup_done(ep, outcome).await;
+                }
+                (was, _) => analysed_now |= was,
+            }
+        }
+        Ok(analysed_now)
     }
 
     /// Stops a tap; releases our objects when `release` (never anything else).
@@ -1032,6 +1246,7 @@ async fn setup(
     pipeline: MediaPipeline,
     ep: WebRtcEndpoint,
     first_seen: Instant,
+    decisions: crate::consent::ControlDecisions,
 ) -> Setup {
     let examined = match discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await {
         Ok(e) => e,
@@ -1055,6 +1270,16 @@ async fn setup(
             })
             .inc();
         return Setup::Ignored;
+    }
+    // Consent, from the tags just read and the control requests: nothing of a participant
+    // without it is tapped (logged and counted by the watcher, on changes only).
+    let control = decisions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&crate::consent::key(&p.room, &p.name))
+        .copied();
+    if !crate::consent::analysed(ctx.config.consent, p.consent_tag, control) {
+        return Setup::NoConsent(Box::new(p));
     }
     if !p.live {
         return Setup::Waiting;
@@ -1091,11 +1316,10 @@ fn room_allowed(config: &DaemonConfig, room: &str) -> bool {
             .any(|pat| discovery::matches(pat, room))
 }
 
-/// Why a publisher is not tapped by configuration or consent, if it is not.
+/// Why a publisher is not tapped by configuration, if it is not (consent is decided apart, and
+/// looked at again on every scan).
 fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static str> {
-    if !p.consent {
-        Some("opt_out")
-    } else if !room_allowed(config, &p.room) {
+    if !room_allowed(config, &p.room) {
         Some("room_excluded")
     } else if config
         .exclude_participants
