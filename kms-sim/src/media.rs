@@ -87,8 +87,9 @@ pub struct SenderSrtp {
     pub auth: &'static str,
     /// Our (KMS's) master key.
     pub key: Vec<u8>,
-    /// The tap's master key, from its offer.
-    pub peer_key: Vec<u8>,
+    /// The tap's master key, from its offer (none when its suite was not the endpoint's: KMS then
+    /// answers without a key and nothing it receives decrypts).
+    pub peer_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SenderSrtp {
@@ -541,10 +542,11 @@ fn install_srtp(rtpbin: &gst::Element, srtp: &SenderSrtp) -> Result<gst::Element
     let (peer, cipher, auth) = (srtp.peer_key.clone(), srtp.cipher, srtp.auth);
     dec.connect("request-key", false, move |args| {
         let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+        let peer = peer.clone()?;
         Some(
             gst::Caps::builder("application/x-srtp")
                 .field("ssrc", ssrc)
-                .field("srtp-key", gst::Buffer::from_slice(peer.clone()))
+                .field("srtp-key", gst::Buffer::from_slice(peer))
                 .field("srtp-cipher", cipher)
                 .field("srtp-auth", auth)
                 .field("srtcp-cipher", cipher)

@@ -1370,14 +1370,11 @@ impl MediaSet {
                         local_rtcp_port: port + 1,
                         ssrc: r.ssrcs[i],
                         mtu: 1200,
-                        srtp: r.crypto.as_ref().and_then(|c| {
-                            let (_, peer) = crate::srtp::offered_key(&m.crypto, c)?;
-                            Some(crate::media::SenderSrtp {
-                                cipher: c.suite.cipher,
-                                auth: c.suite.auth,
-                                key: c.key.clone(),
-                                peer_key: peer,
-                            })
+                        srtp: r.crypto.as_ref().map(|c| crate::media::SenderSrtp {
+                            cipher: c.suite.cipher,
+                            auth: c.suite.auth,
+                            key: c.key.clone(),
+                            peer_key: crate::srtp::offered_key(&m.crypto, c).map(|(_, k)| k),
                         }),
                     })
                 });

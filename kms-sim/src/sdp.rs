@@ -182,6 +182,7 @@ pub fn rtp_answer_with(
 ) -> Result<RtpAnswer, SdpError> {
     let mut desc = base_session(local_ip, session_id);
     let mut accepted = Vec::new();
+    let mut proto_rejections = 0;
     for (i, m) in offer.iter().enumerate() {
         let formats: Vec<&Format> = m
             .formats
@@ -189,11 +190,17 @@ pub fn rtp_answer_with(
             .filter(|f| SUPPORTED.contains(&f.encoding.to_ascii_lowercase().as_str()))
             .filter(|f| (m.kind == "audio") == is_audio(&f.encoding))
             .collect();
+        // As KMS 7.3 answers (seen on the real KMS): an SRTP endpoint accepts RTP/SAVPF sections,
+        // with its key only when the offer's first a=crypto has its suite (else none, silently);
+        // a plain endpoint answers an SRTP section with port 0 and a=inactive, not an error.
         let offered_key = crypto.and_then(|c| crate::srtp::offered_key(&m.crypto, c));
         let proto_ok = match crypto {
-            Some(_) => m.proto == "RTP/SAVPF" && offered_key.is_some(),
+            Some(_) => m.proto == "RTP/SAVPF",
             None => m.proto.starts_with("RTP/AVP"),
         };
+        if !proto_ok {
+            proto_rejections += 1;
+        }
         let rejected = m.port == 0
             || formats.is_empty()
             || !(m.kind == "audio" || m.kind == "video")
@@ -220,6 +227,7 @@ pub fn rtp_answer_with(
             attributes: vec![],
         };
         if rejected {
+            md.attributes.push(Attribute::new("inactive".into(), None));
             accepted.push(None);
             desc.media_descriptions.push(md);
             continue;
@@ -230,12 +238,21 @@ pub fn rtp_answer_with(
             "inactive" => "inactive",
             _ => "sendrecv",
         };
+        // KMS 7.3 writes a=crypto first, then the direction (seen on the real KMS).
+        if let (Some(c), Some((tag, _))) = (crypto, &offered_key) {
+            md.attributes.push(Attribute::new(
+                "crypto".into(),
+                Some(crate::srtp::answer_attribute(*tag, c)),
+            ));
+        }
         md.attributes
             .push(Attribute::new(direction.to_owned(), None));
         md.attributes
             .push(Attribute::new("rtcp".into(), Some((port + 1).to_string())));
-        // KMS's order: every rtpmap, then every rtcp-fb, then every fmtp.
-        for f in &formats {
+        // KMS's order: every rtpmap, then every rtcp-fb, then every fmtp. (An SRTP endpoint
+        // offered another suite writes no rtpmap at all: seen on KMS 7.3.)
+        let keyless = crypto.is_some() && offered_key.is_none();
+        for f in formats.iter().filter(|_| !keyless) {
             let mut map = format!("{} {}/{}", f.pt, f.encoding, f.clock_rate);
             if let Some(p) = &f.params {
                 map.push('/');
@@ -262,12 +279,6 @@ pub fn rtp_answer_with(
                 ));
             }
         }
-        if let (Some(c), Some((tag, _))) = (crypto, &offered_key) {
-            md.attributes.push(Attribute::new(
-                "crypto".into(),
-                Some(crate::srtp::answer_attribute(*tag, c)),
-            ));
-        }
         md.attributes.push(Attribute::new(
             "ssrc".into(),
             Some(format!(
@@ -279,7 +290,7 @@ pub fn rtp_answer_with(
         accepted.push(Some((port, (*formats[0]).clone())));
         desc.media_descriptions.push(md);
     }
-    if accepted.iter().all(Option::is_none) {
+    if accepted.iter().all(Option::is_none) && proto_rejections < offer.len() {
         return Err(SdpError::Negotiation(
             "no media section of the offer could be accepted".into(),
         ));

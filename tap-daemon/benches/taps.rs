@@ -63,6 +63,8 @@ struct Run {
     fps: u32,
     port_base: u16,
     data_channels: bool,
+    /// SRTP on the tap leg (the simulator encrypts as KMS does).
+    srtp: bool,
 }
 
 async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
@@ -73,6 +75,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         fps,
         port_base,
         data_channels,
+        srtp,
     } = r;
     let mut scenario = String::from("[[room]]\nname='bench'\n");
     for i in 0..n {
@@ -110,6 +113,11 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         ports: (port_base + 1000, port_base + 1999),
         http_listen: None,
         rescan_interval: Duration::from_millis(500),
+        tap_crypto: if srtp {
+            tap_daemon::srtp::TapCrypto::Sdes
+        } else {
+            tap_daemon::srtp::TapCrypto::Off
+        },
         ..Default::default()
     })
     .await
@@ -156,8 +164,9 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         .map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3)
         .collect();
     let chunks = lat.len();
+    let leg = if srtp { "SRTP" } else { "RTP " };
     println!(
-        "{w}x{h}@{fps} VP8+Opus  {n:>2} participants ({taps} tapped, {channels} DataChannels, {sent} messages sent): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
+        "{w}x{h}@{fps} VP8+Opus {leg} {n:>2} participants ({taps} tapped, {channels} DataChannels, {sent} messages sent): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
          decoded {:>5.1} fps/participant; RSS {rss:>6.1} MiB; {threads} threads; capture→dispatch p50 {:.1} ms p99 {:.1} ms ({chunks} chunks)",
         cpu * 100.0,
         cpu * 100.0 / n as f64,
@@ -217,17 +226,26 @@ async fn main() {
     let nats = Nats::start().await;
     let client = async_nats::connect(&nats.url).await.unwrap();
     publish_cost(&client).await;
-    // (participants, width, height, fps, first port, DataChannels); the 10-participant pair runs side
-    // by side with and without a DataChannel peer per participant.
-    for (participants, width, height, fps, port_base, data_channels) in [
-        (1, 320, 240, 15, 20000, false),
-        (10, 320, 240, 15, 22000, false),
-        (10, 320, 240, 15, 30000, true),
-        (30, 320, 240, 15, 24000, false),
-        (1, 640, 480, 30, 26000, false),
-        (5, 640, 480, 30, 28000, false),
+    // (participants, width, height, fps, first port, DataChannels, SRTP); the 10-participant rows
+    // run side by side: plain, with a DataChannel peer per participant, and with SRTP taps.
+    // TAPS_BENCH_ONLY=<participants> runs only the rows with that many participants.
+    let only: Option<usize> = std::env::var("TAPS_BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (participants, width, height, fps, port_base, data_channels, srtp) in [
+        (1, 320, 240, 15, 20000, false, false),
+        (10, 320, 240, 15, 22000, false, false),
+        (10, 320, 240, 15, 30000, true, false),
+        (10, 320, 240, 15, 32000, false, true),
+        (30, 320, 240, 15, 24000, false, false),
+        (1, 640, 480, 30, 26000, false, false),
+        (5, 640, 480, 30, 28000, false, false),
     ] {
+        if only.is_some_and(|o| o != participants) {
+            continue;
+        }
         let r = Run {
+            srtp,
             participants,
             width,
             height,

@@ -686,6 +686,14 @@ m=video 44002 RTP/AVPF 97 98\r\na=rtpmap:97 VP8/90000\r\na=rtpmap:98 H264/90000\
 a=fmtp:98 packetization-mode=1;profile-level-id=42e01f\r\na=rtcp-fb:97 nack pli\r\n\
 a=rtcp-fb:98 nack pli\r\na=rtcp:44003\r\na=recvonly\r\n";
 
+    /// The same offer encrypted (SDES, our key: 30 bytes of 0x2a).
+    const SRTP_OFFER: &str =
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=kurento-tap\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 44000 RTP/SAVPF 96\r\na=rtpmap:96 opus/48000/2\r\na=rtcp:44001\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioq\r\na=recvonly\r\n\
+m=video 44002 RTP/SAVPF 97\r\na=rtpmap:97 VP8/90000\r\na=rtcp-fb:97 nack pli\r\na=rtcp:44003\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioq\r\na=recvonly\r\n";
+
     /// The script: method and params, with `$name` standing for the object a `create` named.
     fn script() -> Vec<(&'static str, &'static str, Value)> {
         let inv = |object: &str, operation: &str, params: Value| json!({"object": object, "operation": operation, "operationParams": params});
@@ -836,6 +844,41 @@ a=rtcp-fb:98 nack pli\r\na=rtcp:44003\r\na=recvonly\r\n";
                 "processOffer again",
                 "invoke",
                 inv("$rtp", "processOffer", json!({"offer": OFFER})),
+            ),
+            (
+                "create srtp",
+                "create",
+                json!({"type": "RtpEndpoint", "constructorParams": {"mediaPipeline": "$pipeline", "crypto": {"crypto": "AES_128_CM_HMAC_SHA1_80"}}, "properties": {}}),
+            ),
+            (
+                "processOffer srtp",
+                "invoke",
+                inv("$srtp", "processOffer", json!({"offer": SRTP_OFFER})),
+            ),
+            (
+                "create srtp2",
+                "create",
+                json!({"type": "RtpEndpoint", "constructorParams": {"mediaPipeline": "$pipeline", "crypto": {"crypto": "AES_256_CM_HMAC_SHA1_80"}}, "properties": {}}),
+            ),
+            (
+                "processOffer with another suite",
+                "invoke",
+                inv("$srtp2", "processOffer", json!({"offer": SRTP_OFFER})),
+            ),
+            (
+                "create srtp with a short key",
+                "create",
+                json!({"type": "RtpEndpoint", "constructorParams": {"mediaPipeline": "$pipeline", "crypto": {"crypto": "AES_128_CM_HMAC_SHA1_80", "key": "short"}}, "properties": {}}),
+            ),
+            (
+                "create rtp3",
+                "create",
+                json!({"type": "RtpEndpoint", "constructorParams": {"mediaPipeline": "$pipeline"}, "properties": {}}),
+            ),
+            (
+                "processOffer srtp to a plain endpoint",
+                "invoke",
+                inv("$rtp3", "processOffer", json!({"offer": SRTP_OFFER})),
             ),
             (
                 "transaction",
@@ -1028,6 +1071,13 @@ a=rtcp-fb:98 nack pli\r\na=rtcp:44003\r\na=recvonly\r\n";
                         f[1] = "<port>";
                     }
                     return Some(format!("m={}", f.join(" ")));
+                }
+                if let Some(c) = l.strip_prefix("a=crypto:") {
+                    let key_at = c.find("inline:").map(|i| i + "inline:".len());
+                    return Some(match key_at {
+                        Some(i) => format!("a=crypto:{}<key>", &c[..i]),
+                        None => format!("a=crypto:{c}"),
+                    });
                 }
                 let keep = [
                     "a=rtpmap",
@@ -1316,5 +1366,118 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
         assert_rates(&seen, &["video", "audio"], 2, window, &call).await;
         assert!(call.stop_daemon());
         assert_eq!(call.owned("tap-e2e-h264-loss").await, (0, 0));
+    });
+}
+
+/// SRTP on the tap leg with KMS 7.3: two VP8 participants tapped with `--tap-crypto sdes` give
+/// results at the full rate, KMS's answers are SAVPF with its key, and a capture of the tap leg
+/// shows ciphertext where the same call tapped with plain RTP shows the codecs' payload headers.
+#[test]
+fn real_kms_srtp_taps_give_results_and_nothing_in_clear_on_the_tap_leg() {
+    with_kms("srtp", |kms| async move {
+        let mut call = Call::start(kms.clone(), &[]).await;
+        call.join("sealed", "ana", "codec=vp8");
+        call.join("sealed", "ben", "codec=vp8");
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_workers();
+        let mut regularity = Vec::new();
+        for (crypto, owner) in [("sdes", "tap-e2e-srtp"), ("off", "tap-e2e-rtp")] {
+            call.start_daemon_with(owner, &["--tap-crypto", crypto])
+                .await;
+            assert!(
+                call.wait_metric("kurento_tap_taps_active", 2.0, Duration::from_secs(40))
+                    .await,
+                "two taps with --tap-crypto {crypto}:\n{}",
+                call.daemon_output()
+            );
+            let label = if crypto == "sdes" { "srtp" } else { "rtp" };
+            assert_eq!(
+                call.metric(&format!(
+                    "kurento_tap_taps_started_by_crypto_total{{crypto=\"{label}\"}}"
+                ))
+                .await,
+                2.0
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let capture = netem::Capture::start_on(TAP_PORTS, 2000);
+            let start = Instant::now();
+            let window = Duration::from_secs(10);
+            tokio::time::sleep(window).await;
+            let packets = capture.finish();
+            let seen = call.results_since(start);
+            eprintln!(
+                "--tap-crypto {crypto}: results {:?}",
+                per_participant(&seen)
+            );
+            assert_rates(&seen, &["video", "audio"], 2, window, &call).await;
+            let streams = netem::header_regularity(&netem::rtp_payloads(&packets));
+            eprintln!(
+                "--tap-crypto {crypto}: {} packets captured on the tap leg; per stream (share of the two commonest first payload bytes, packets): {streams:?}",
+                packets.len()
+            );
+            assert!(
+                streams.len() >= 4,
+                "audio and video of both participants captured: {streams:?}"
+            );
+            regularity.push(streams);
+            if crypto == "sdes" {
+                use kurento_client::prelude::*;
+                // KMS's own answer, as it wrote it (keys redacted here too).
+                let mut answers = Vec::new();
+                for p in call
+                    .observer
+                    .server_manager()
+                    .get_pipelines()
+                    .await
+                    .unwrap()
+                {
+                    for c in p.get_children().await.unwrap_or_default() {
+                        let tags = c.get_tags().await.unwrap_or_default();
+                        if tags.iter().any(|t| t.value == owner) && c.id().ends_with(".RtpEndpoint")
+                        {
+                            let ep: kurento_client::RtpEndpoint =
+                                call.observer.object(c.id()).unwrap();
+                            answers.push(ep.get_local_session_descriptor().await.unwrap());
+                        }
+                    }
+                }
+                assert_eq!(answers.len(), 2);
+                for a in &answers {
+                    assert_eq!(a.matches("RTP/SAVPF").count(), 2, "{a}");
+                    assert_eq!(
+                        a.matches("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:")
+                            .count(),
+                        2,
+                        "{a}"
+                    );
+                }
+                let shown: String = answers[0]
+                    .lines()
+                    .map(|l| match l.find("inline:") {
+                        Some(i) => format!("{}inline:(redacted)\n", &l[..i]),
+                        None => format!("{l}\n"),
+                    })
+                    .collect();
+                eprintln!("KMS's answer to an SRTP tap:\n{shown}");
+                assert_eq!(
+                    call.metric("kurento_tap_srtp_packets_rejected_total").await,
+                    0.0,
+                    "nothing refused on a clean leg"
+                );
+            }
+            assert!(call.stop_daemon());
+            assert_eq!(call.owned(owner).await, (0, 0));
+        }
+        // Plain RTP: the codecs' headers repeat; SRTP: they are ciphertext.
+        assert!(
+            regularity[0].iter().all(|(_, share, _)| *share < 0.2),
+            "SRTP payloads look random: {:?}",
+            regularity[0]
+        );
+        assert!(
+            regularity[1].iter().all(|(_, share, _)| *share > 0.5),
+            "plain payloads show their headers (so the check above can fail): {:?}",
+            regularity[1]
+        );
     });
 }

@@ -166,6 +166,11 @@ impl Call {
     }
 
     pub async fn start_daemon(&mut self, owner: &str) {
+        self.start_daemon_with(owner, &[]).await
+    }
+
+    /// [`Call::start_daemon`] with more command-line arguments.
+    pub async fn start_daemon_with(&mut self, owner: &str, extra: &[&str]) {
         let mut cmd = Command::new(workspace_bin("kurento-tap"));
         cmd.args(["run", "--kurento", &self.kms.url, "--nats", &self.nats.url])
             .args([
@@ -175,6 +180,7 @@ impl Call {
                 &TAP_PORTS.replace(':', "-"),
             ])
             .args(["--http", "127.0.0.1:0", "--owner", owner])
+            .args(extra)
             .env("RUST_LOG", "info,tap_daemon=debug");
         let daemon = Proc::spawn("kurento-tap", cmd);
         let line = daemon
