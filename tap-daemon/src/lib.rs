@@ -17,6 +17,7 @@ pub mod injector;
 pub mod lease;
 pub mod metrics;
 pub mod mood;
+pub mod openvidu;
 pub mod orphans;
 pub mod policy;
 pub mod ports;
