@@ -51,6 +51,19 @@
 //! placement_delay_ms = 1500       # a busier daemon leaves a new room to idler ones this long
 //! rebalance_ms = 30000            # over fair share + 1: hand one room over this often (0: never)
 //!
+//! host = "kurento"               # or "openvidu": OpenVidu 2.x sessions (docs/integration.md, "OpenVidu 2")
+//!
+//! [openvidu]                    # with host = "openvidu"
+//! url = "http://127.0.0.1:5443"   # openvidu-server's REST API (optional: names and signals)
+//! secret_file = "/etc/kurento-tap/openvidu-secret"   # or KURENTO_TAP_OPENVIDU_SECRET
+//! include_screens = false         # analyse screen shares too
+//! refresh_ms = 5000               # GET /openvidu/api/sessions this often
+//! timeout_ms = 3000               # each request's limit
+//! signals = true                  # results into the call as signals
+//! signal_type = "kurento-tap"     # the page listens to signal:kurento-tap
+//! signal_rate_hz = 4.0
+//! signal_audience = "participant" # or "room"
+//!
 //! [tags]
 //! room = "kurento-tap.room"
 //! participant = "kurento-tap.participant"
@@ -125,6 +138,34 @@ pub struct FileConfig {
     pub kms_name: Option<String>,
     /// Several daemons.
     pub cluster: Option<ClusterFile>,
+    /// The host application: `kurento` (default) or `openvidu`.
+    pub host: Option<String>,
+    /// OpenVidu's REST API and signals.
+    pub openvidu: Option<OpenViduFile>,
+}
+
+/// The `[openvidu]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenViduFile {
+    /// openvidu-server's `http://host:port`.
+    pub url: Option<String>,
+    /// File holding OpenVidu's secret.
+    pub secret_file: Option<PathBuf>,
+    /// Analyse screen shares too.
+    pub include_screens: Option<bool>,
+    /// Sessions refresh interval.
+    pub refresh_ms: Option<u64>,
+    /// Request time limit.
+    pub timeout_ms: Option<u64>,
+    /// Results as signals on/off.
+    pub signals: Option<bool>,
+    /// Signal type.
+    pub signal_type: Option<String>,
+    /// Signals per second per participant.
+    pub signal_rate_hz: Option<f64>,
+    /// `participant` or `room`.
+    pub signal_audience: Option<crate::openvidu::SignalAudience>,
 }
 
 /// The `[cluster]` table.
@@ -277,6 +318,18 @@ pub struct Overrides {
     pub cluster: Option<bool>,
     /// This KMS's name.
     pub kms_name: Option<String>,
+    /// The host application.
+    pub host: Option<String>,
+    /// openvidu-server's URL.
+    pub openvidu_url: Option<String>,
+    /// File holding OpenVidu's secret.
+    pub openvidu_secret_file: Option<PathBuf>,
+    /// OpenVidu's secret itself (from the environment only; a file is preferred).
+    pub openvidu_secret: Option<String>,
+    /// Analyse screen shares.
+    pub openvidu_include_screens: Option<bool>,
+    /// Results as OpenVidu signals.
+    pub openvidu_signals: Option<bool>,
 }
 
 /// Parses the KMS list: `ws://h:8888/kurento`, or several as `name=url` separated by commas
@@ -335,8 +388,9 @@ fn host_name() -> String {
 pub const MAX_HISTORY_S: u64 = 10 * 365 * 86_400;
 
 /// File + overrides + defaults → the daemon's configuration.
-pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigError> {
+pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigError> {
     let d = DaemonConfig::default();
+    let openvidu = resolve_openvidu(file.openvidu.take().unwrap_or_default(), &o)?;
     let ports = match o.ports.or(file.ports) {
         Some(p) => parse_ports(&p)?,
         None => d.ports,
@@ -563,7 +617,20 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
             "owner must be 1 to 200 characters".into(),
         ));
     }
+    let host = match o.host.clone().or(file.host) {
+        Some(h) => h
+            .parse::<crate::openvidu::Host>()
+            .map_err(ConfigError::Invalid)?,
+        None => d.host,
+    };
+    if host != crate::openvidu::Host::OpenVidu && openvidu.url.is_some() {
+        return Err(ConfigError::Invalid(
+            "openvidu url is set but host is not \"openvidu\" (--host openvidu)".into(),
+        ));
+    }
     Ok(DaemonConfig {
+        host,
+        openvidu,
         kurento_url,
         kms_name,
         additional_kms,
@@ -600,9 +667,177 @@ pub fn resolve(file: FileConfig, o: Overrides) -> Result<DaemonConfig, ConfigErr
     })
 }
 
+/// The `[openvidu]` table + overrides → settings (the URL checked, the secret read; it is never
+/// put in an error message).
+fn resolve_openvidu(
+    f: OpenViduFile,
+    o: &Overrides,
+) -> Result<crate::openvidu_rest::OpenViduSettings, ConfigError> {
+    use crate::openvidu_rest::{OpenViduSecret, OpenViduSettings};
+    let d = OpenViduSettings::default();
+    let url = o.openvidu_url.clone().or(f.url);
+    if let Some(u) = &url {
+        crate::openvidu::parse_base_url(u).map_err(ConfigError::Invalid)?;
+    }
+    let secret = match (
+        &o.openvidu_secret,
+        o.openvidu_secret_file.clone().or(f.secret_file),
+    ) {
+        (Some(s), _) => Some(OpenViduSecret::new(s).map_err(ConfigError::Invalid)?),
+        (None, Some(path)) => Some(OpenViduSecret::from_file(&path).map_err(ConfigError::Invalid)?),
+        (None, None) => None,
+    };
+    if url.is_some() && secret.is_none() {
+        return Err(ConfigError::Invalid(
+            "openvidu url needs OpenVidu's secret: openvidu secret_file (--openvidu-secret-file, \
+             KURENTO_TAP_OPENVIDU_SECRET_FILE) or KURENTO_TAP_OPENVIDU_SECRET"
+                .into(),
+        ));
+    }
+    let ms = |key: &str, v: Option<u64>, default: Duration, min: u64, max: u64| match v {
+        Some(v) if !(min..=max).contains(&v) => Err(ConfigError::Invalid(format!(
+            "openvidu {key} must be between {min} and {max}"
+        ))),
+        Some(v) => Ok(Duration::from_millis(v)),
+        None => Ok(default),
+    };
+    let signal_rate_hz = f.signal_rate_hz.unwrap_or(d.signal_rate_hz);
+    if !(signal_rate_hz.is_finite() && (0.01..=50.0).contains(&signal_rate_hz)) {
+        return Err(ConfigError::Invalid(
+            "openvidu signal_rate_hz must be between 0.01 and 50".into(),
+        ));
+    }
+    let signal_type = f.signal_type.unwrap_or(d.signal_type);
+    if signal_type.is_empty()
+        || signal_type.len() > 64
+        || !signal_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ConfigError::Invalid(
+            "openvidu signal_type must be 1 to 64 of [A-Za-z0-9-_.:]".into(),
+        ));
+    }
+    Ok(OpenViduSettings {
+        url,
+        secret,
+        include_screens: o
+            .openvidu_include_screens
+            .or(f.include_screens)
+            .unwrap_or(d.include_screens),
+        refresh: ms("refresh_ms", f.refresh_ms, d.refresh, 500, 600_000)?,
+        timeout: ms("timeout_ms", f.timeout_ms, d.timeout, 100, 60_000)?,
+        signals: o.openvidu_signals.or(f.signals).unwrap_or(d.signals),
+        signal_type,
+        signal_rate_hz,
+        signal_audience: f.signal_audience.unwrap_or(d.signal_audience),
+        signal_max_wait: d.signal_max_wait,
+        signal_max_bytes: d.signal_max_bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openvidu_host_and_table_are_read_and_checked_and_the_secret_never_shows() {
+        let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(
+            d.host,
+            crate::openvidu::Host::Kurento,
+            "today's behaviour by default"
+        );
+        let secret = std::env::temp_dir().join(format!("ov-secret-{}", std::process::id()));
+        std::fs::write(&secret, "MY_SECRET_value\n").unwrap();
+        let file: FileConfig = toml::from_str(&format!(
+            "host = 'openvidu'\n[openvidu]\nurl = 'http://127.0.0.1:5443'\nsecret_file = '{}'\ninclude_screens = true\nsignal_audience = 'room'\n",
+            secret.display()
+        ))
+        .unwrap();
+        let c = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.host, crate::openvidu::Host::OpenVidu);
+        assert!(c.openvidu.include_screens);
+        assert_eq!(
+            c.openvidu.signal_audience,
+            crate::openvidu::SignalAudience::Room
+        );
+        assert!(
+            !format!("{c:?}").contains("MY_SECRET"),
+            "the secret never shows"
+        );
+        let _ = std::fs::remove_file(&secret);
+        // From the environment, with flags winning.
+        let o = Overrides {
+            host: Some("openvidu".into()),
+            openvidu_url: Some("http://ov:5443".into()),
+            openvidu_secret: Some("env-secret".into()),
+            ..Default::default()
+        };
+        let c = resolve(FileConfig::default(), o).unwrap();
+        assert_eq!(c.openvidu.url.as_deref(), Some("http://ov:5443"));
+        for (bad, says) in [
+            (
+                Overrides {
+                    host: Some("jitsi".into()),
+                    ..Default::default()
+                },
+                "expected kurento or openvidu",
+            ),
+            (
+                Overrides {
+                    host: Some("openvidu".into()),
+                    openvidu_url: Some("http://ov:5443".into()),
+                    ..Default::default()
+                },
+                "secret",
+            ),
+            (
+                Overrides {
+                    host: Some("openvidu".into()),
+                    openvidu_url: Some("https://ov".into()),
+                    openvidu_secret: Some("s".into()),
+                    ..Default::default()
+                },
+                "https is not supported",
+            ),
+            (
+                Overrides {
+                    openvidu_url: Some("http://ov:5443".into()),
+                    openvidu_secret: Some("s".into()),
+                    ..Default::default()
+                },
+                "host is not",
+            ),
+            (
+                Overrides {
+                    host: Some("openvidu".into()),
+                    openvidu_secret_file: Some("/nonexistent/ov".into()),
+                    ..Default::default()
+                },
+                "cannot read",
+            ),
+        ] {
+            let e = resolve(FileConfig::default(), bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let o = Overrides {
+            host: Some("openvidu".into()),
+            openvidu_url: Some("http://ov:5443".into()),
+            openvidu_secret: Some("TOPSECRET".into()),
+            ..Default::default()
+        };
+        let file: FileConfig = toml::from_str("[openvidu]\nsignal_rate_hz = 0\n").unwrap();
+        let e = resolve(file, o).unwrap_err().to_string();
+        assert!(
+            e.contains("signal_rate_hz") && !e.contains("TOPSECRET"),
+            "{e}"
+        );
+        assert!(
+            toml::from_str::<FileConfig>("[openvidu]\nsecret = 'x'\n").is_err(),
+            "no secret in the file itself"
+        );
+    }
 
     #[test]
     fn the_policy_is_read_from_the_file_or_an_override_and_unknown_names_are_refused() {

@@ -117,6 +117,10 @@ pub struct DaemonConfig {
     pub additional_kms: Vec<KmsTarget>,
     /// Sharing rooms with other daemons.
     pub cluster: crate::cluster::ClusterSettings,
+    /// The host application: any Kurento app (default) or OpenVidu 2.x (`crate::openvidu`).
+    pub host: crate::openvidu::Host,
+    /// OpenVidu's REST API and signals (with `host = openvidu`).
+    pub openvidu: crate::openvidu_rest::OpenViduSettings,
     /// The scaling figures' averaging window (`kurento_tap_model_*`).
     pub scaling_window: Duration,
 }
@@ -215,6 +219,8 @@ impl Default for DaemonConfig {
             additional_kms: vec![],
             scaling_window: crate::scaling::ScalingSettings::default().window,
             cluster: crate::cluster::ClusterSettings::default(),
+            host: crate::openvidu::Host::default(),
+            openvidu: crate::openvidu_rest::OpenViduSettings::default(),
         }
     }
 }
@@ -238,6 +244,12 @@ pub struct TapStatus {
     pub video_frames: u64,
     /// Audio buffers decoded so far.
     pub audio_buffers: u64,
+    /// A display name from the host (OpenVidu's `clientData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// Under `--host openvidu`: the publisher's WebRtcEndpoint (`endpoint` is its PassThrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
 }
 
 /// An explicit attach/detach request (`tap.v1.ctl.attach` / `.detach`).
@@ -537,6 +549,24 @@ impl Daemon {
         } else {
             targets.iter().map(|_| None).collect::<Vec<_>>()
         };
+        let openvidu = if config.host == crate::openvidu::Host::OpenVidu {
+            let ov = crate::openvidu_rest::OpenVidu::new(config.openvidu.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("openvidu: {e}"))?;
+            info!(
+                rest = %ov.state_text(),
+                url = ?config.openvidu.url,
+                include_screens = config.openvidu.include_screens,
+                signals = config.openvidu.signals && ov.rest_configured(),
+                "host: OpenVidu 2 (publishers by streamId, tapped at their PassThrough)"
+            );
+            tasks.push(tokio::spawn(ov.clone().run_refresh()));
+            tasks.push(tokio::spawn(
+                ov.clone().run_signals(dispatcher.subscribe_results()),
+            ));
+            Some(ov)
+        } else {
+            None
+        };
         let pool = PortPool::new(config.bind_ip, config.ports.0, config.ports.1);
         let config = Arc::new(config);
         let mut actors = Vec::new();
@@ -558,6 +588,7 @@ impl Daemon {
                 pool: pool.clone(),
                 affect: affect.clone(),
                 srtp,
+                openvidu: openvidu.clone(),
             };
             // With the fusion elsewhere (`kurento-tap mood`), presenter tags are passed on to it.
             let announce = (!config_mood_enabled).then(|| nats.clone());

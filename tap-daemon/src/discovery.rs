@@ -66,6 +66,20 @@ pub struct Participant {
     pub live: bool,
     /// Tagged `role=presenter`: excluded from the room mood, and receives it.
     pub presenter: bool,
+    /// Under `--host openvidu`: the publisher's WebRtcEndpoint (its SDP gives the codec), while
+    /// `endpoint` is the PassThrough the tap hangs from. `None`: `endpoint` is the publisher.
+    pub publisher: Option<String>,
+    /// Under `--host openvidu`: the streamId and what it sends.
+    pub stream: Option<crate::openvidu::StreamId>,
+    /// A display name (OpenVidu's `clientData`), when the host has one.
+    pub display: Option<String>,
+}
+
+impl Participant {
+    /// The publisher's WebRtcEndpoint (the SDP, the transcoding events).
+    pub fn publisher_endpoint(&self) -> &str {
+        self.publisher.as_deref().unwrap_or(&self.endpoint)
+    }
 }
 
 /// What an endpoint turned out to be.
@@ -192,6 +206,162 @@ pub async fn examine(
         consent: tag(&tags, &keys.consent) != Some("false"),
         consent_tag: crate::consent::tag_value(tag(&tags, &keys.consent)),
         presenter: role == Some("presenter"),
+        media,
+        live,
+        publisher: None,
+        stream: None,
+        display: None,
+    }))
+}
+
+/// How long a new OpenVidu publisher waits for the REST API to list it (to be named by its
+/// session and `clientData`) before it is tapped under its connection id anyway.
+pub const OPENVIDU_NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Examines one WebRtcEndpoint of an OpenVidu session (`--host openvidu`, [`crate::openvidu`]):
+/// publishers by their streamId name, tapped at their PassThrough (found through their sink
+/// connections, behind any filter); subscribers and other endpoints are not publishers. `young`:
+/// the endpoint was created moments ago, so a publisher OpenVidu does not list yet is looked at
+/// again rather than tapped unnamed.
+pub async fn examine_openvidu(
+    room: &str,
+    pipeline: &MediaPipeline,
+    ep: &WebRtcEndpoint,
+    keys: &TagKeys,
+    ov: Option<&crate::openvidu_rest::OpenVidu>,
+    metrics: &crate::metrics::Metrics,
+    young: bool,
+) -> Result<Examined, KmsError> {
+    use crate::openvidu::{classify, find_passthrough, Named, PassThroughSearch};
+    let tags = match ep.get_tags().await {
+        Ok(t) => t,
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    if tag(&tags, &keys.owner).is_some() {
+        return Ok(Examined::Other);
+    }
+    let name = match ep.get_name().await {
+        Ok(n) => n,
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    let stream = match classify(ep.id(), &name) {
+        Named::Publisher(s) => {
+            metrics.openvidu_endpoint("publisher");
+            s
+        }
+        Named::Subscriber { .. } => {
+            metrics.openvidu_endpoint("subscriber");
+            return Ok(Examined::Other);
+        }
+        Named::NotNamedYet => {
+            metrics.openvidu_endpoint("not_named_yet");
+            return Ok(Examined::NotYet("not named by OpenVidu yet".into()));
+        }
+        Named::Unrecognised(why) => {
+            metrics.openvidu_endpoint("unrecognised");
+            tracing::debug!(endpoint = ep.id(), name = %name.escape_debug().to_string().chars().take(80).collect::<String>(), why, "not an OpenVidu endpoint name; not tapped");
+            return Ok(Examined::Other);
+        }
+    };
+    // The PassThrough: the publisher's sinks, through filters (PublisherEndpoint.innerConnect).
+    let mut sinks = std::collections::HashMap::new();
+    let passthrough = loop {
+        match find_passthrough(ep.id(), &sinks) {
+            PassThroughSearch::Found { passthrough, .. } => break passthrough,
+            PassThroughSearch::NotConnected => {
+                return Ok(Examined::NotYet(
+                    "not connected to its PassThrough (muted, reconnecting or not published)"
+                        .into(),
+                ))
+            }
+            PassThroughSearch::Need(id) => {
+                let element: MediaElement = match ep.object_ref().client().object(&id) {
+                    Ok(e) => e,
+                    Err(_) => return Ok(Examined::Other),
+                };
+                let conns = match element.get_sink_connections(()).await {
+                    Ok(c) => c,
+                    Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+                    Err(e) => return Err(e),
+                };
+                let mut out: Vec<String> = conns.into_iter().map(|c| c.sink).collect();
+                out.sort();
+                out.dedup();
+                sinks.insert(id, out);
+            }
+        }
+    };
+    let local = match ep.get_local_session_descriptor().await {
+        Ok(s) => s,
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoLocalSdpError) => {
+            return Ok(Examined::NotYet("not negotiated yet".into()))
+        }
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    let remote = match ep.get_remote_session_descriptor().await {
+        Ok(s) => Some(s),
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoRemoteSdpError) => None,
+        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
+        Err(e) => return Err(e),
+    };
+    let mut media = match publisher_media(&local, remote.as_deref()) {
+        Ok(m) => m,
+        Err(crate::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
+            video: Some(crate::receiver::VideoCodec {
+                encoding: c,
+                fmtp: None,
+            }),
+            audio: false,
+            sendonly: true,
+            data_channels: false,
+        },
+        Err(_) => return Ok(Examined::Other),
+    };
+    // OpenVidu never negotiates DataChannels (MediaEndpoint: useDataChannels commented out).
+    media.data_channels = false;
+    if media.video.is_none() && !media.audio {
+        return Ok(Examined::NotYet("no audio or video negotiated".into()));
+    }
+    // Named by OpenVidu when it lists the stream; a young publisher waits for it a moment.
+    let info = ov.and_then(|o| o.stream(&stream.id));
+    if info.is_none() {
+        if let Some(o) = ov.filter(|o| o.rest_configured()) {
+            o.ask_refresh();
+            if young && o.up() {
+                return Ok(Examined::NotYet("not listed by OpenVidu yet".into()));
+            }
+        }
+    }
+    let live = {
+        let video = media.video.is_some()
+            && ep
+                .is_media_flowing_out(MediaType::Video, ())
+                .await
+                .unwrap_or(false);
+        video
+            || (media.audio
+                && ep
+                    .is_media_flowing_out(MediaType::Audio, ())
+                    .await
+                    .unwrap_or(false))
+    };
+    Ok(Examined::Publisher(Participant {
+        room: info
+            .as_ref()
+            .map(|i| i.session.clone())
+            .unwrap_or_else(|| room.to_owned()),
+        pipeline: pipeline.id().to_owned(),
+        name: stream.connection.clone(),
+        endpoint: passthrough,
+        publisher: Some(ep.id().to_owned()),
+        display: info.and_then(|i| i.display),
+        stream: Some(stream),
+        consent: tag(&tags, &keys.consent) != Some("false"),
+        consent_tag: crate::consent::tag_value(tag(&tags, &keys.consent)),
+        presenter: false,
         media,
         live,
     }))

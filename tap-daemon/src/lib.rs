@@ -18,6 +18,7 @@ pub mod lease;
 pub mod metrics;
 pub mod mood;
 pub mod openvidu;
+pub mod openvidu_rest;
 pub mod orphans;
 pub mod policy;
 pub mod ports;

@@ -86,6 +86,22 @@ enum Command {
         /// This KMS's name in lease keys and the cluster view (default: host:port of its URL).
         #[arg(long, env = "KURENTO_TAP_KMS_NAME")]
         kms_name: Option<String>,
+        /// The host application: kurento (any Kurento app; default) or openvidu (OpenVidu 2.x
+        /// sessions: publishers by their streamId names, tapped at their PassThrough).
+        #[arg(long, env = "KURENTO_TAP_HOST")]
+        host: Option<String>,
+        /// openvidu-server's REST API, http://host:port (names and signals; with --host openvidu).
+        #[arg(long, env = "KURENTO_TAP_OPENVIDU_URL")]
+        openvidu_url: Option<String>,
+        /// File holding OpenVidu's secret (or KURENTO_TAP_OPENVIDU_SECRET; never a flag).
+        #[arg(long, env = "KURENTO_TAP_OPENVIDU_SECRET_FILE")]
+        openvidu_secret_file: Option<PathBuf>,
+        /// Analyse OpenVidu screen shares too (true/false; default false).
+        #[arg(long, env = "KURENTO_TAP_OPENVIDU_INCLUDE_SCREENS")]
+        openvidu_include_screens: Option<bool>,
+        /// Results into the call as OpenVidu signals (true/false; default true with a URL).
+        #[arg(long, env = "KURENTO_TAP_OPENVIDU_SIGNALS")]
+        openvidu_signals: Option<bool>,
     },
     /// Show which daemon holds which room (cluster mode).
     Cluster {
@@ -186,6 +202,11 @@ async fn main() -> anyhow::Result<()> {
             datachannel_audience,
             cluster,
             kms_name,
+            host,
+            openvidu_url,
+            openvidu_secret_file,
+            openvidu_include_screens,
+            openvidu_signals,
         } => {
             let file = load_file(config.as_deref())?;
             let cfg = config::resolve(
@@ -211,6 +232,13 @@ async fn main() -> anyhow::Result<()> {
                     datachannel_audience,
                     cluster,
                     kms_name,
+                    host,
+                    openvidu_url,
+                    openvidu_secret_file,
+                    // The secret itself only from the environment: never a flag.
+                    openvidu_secret: std::env::var("KURENTO_TAP_OPENVIDU_SECRET").ok(),
+                    openvidu_include_screens,
+                    openvidu_signals,
                 },
             )?;
             let daemon = Daemon::start(cfg).await?;

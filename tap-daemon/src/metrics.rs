@@ -106,9 +106,26 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// `op` and `outcome` labels (OpenVidu REST requests).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpOutcomeLabel {
+    /// `sessions` or `signal`.
+    pub op: String,
+    /// What happened.
+    pub outcome: String,
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
+    /// OpenVidu's REST API answered the last refresh (1), did not (0); absent when not configured.
+    pub openvidu_up: Gauge,
+    /// OpenVidu REST requests by operation and outcome.
+    pub openvidu_requests: Family<OpOutcomeLabel, Counter>,
+    /// Results as OpenVidu signals, by outcome.
+    pub openvidu_signals: Family<OutcomeLabel, Counter>,
+    /// WebRtcEndpoints looked at under `--host openvidu`, by what their name says.
+    pub openvidu_endpoints: Family<ReasonLabel, Counter>,
     /// Taps currently receiving.
     pub taps_active: Gauge,
     /// Taps currently receiving, by KMS.
@@ -241,6 +258,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kurento_tap");
         let m = Metrics {
+            openvidu_up: Gauge::default(),
+            openvidu_requests: Family::default(),
+            openvidu_signals: Family::default(),
+            openvidu_endpoints: Family::default(),
             taps_active: Gauge::default(),
             taps_by_kms: Family::default(),
             tap_errors: Family::default(),
@@ -389,6 +410,26 @@ impl Metrics {
             "time_to_first_chunk_seconds",
             "Publisher endpoint created to its tap's first chunk offered to a model",
             m.time_to_first_chunk.clone(),
+        );
+        registry.register(
+            "openvidu_up",
+            "OpenVidu's REST API answered the last sessions refresh (1) or not (0)",
+            m.openvidu_up.clone(),
+        );
+        registry.register(
+            "openvidu_requests",
+            "OpenVidu REST requests, by op (sessions, signal) and outcome",
+            m.openvidu_requests.clone(),
+        );
+        registry.register(
+            "openvidu_signals",
+            "Results into the call as OpenVidu signals, by outcome (sent, superseded, stale, no_session, failures)",
+            m.openvidu_signals.clone(),
+        );
+        registry.register(
+            "openvidu_endpoints",
+            "WebRtcEndpoints examined under --host openvidu, by what their name says (reason: publisher, subscriber, not_named_yet, unrecognised)",
+            m.openvidu_endpoints.clone(),
         );
         registry.register(
             "orphans_released",
@@ -646,6 +687,34 @@ impl Metrics {
         self.room_moods
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an OpenVidu REST request.
+    pub fn openvidu_request(&self, op: &str, outcome: &str) {
+        self.openvidu_requests
+            .get_or_create(&OpOutcomeLabel {
+                op: op.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts OpenVidu signals.
+    pub fn openvidu_signal(&self, outcome: &str, n: u64) {
+        self.openvidu_signals
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts an endpoint examined under `--host openvidu`.
+    pub fn openvidu_endpoint(&self, what: &str) {
+        self.openvidu_endpoints
+            .get_or_create(&ReasonLabel {
+                reason: what.into(),
             })
             .inc();
     }

@@ -57,10 +57,11 @@ impl TapError {
     }
 }
 
-/// Connects the publisher's audio and/or video to the tap (`sink`: its id or pending reference).
+/// Connects the tap source's audio and/or video to the tap (`sink`: its id or pending reference).
+/// The source is the publisher's WebRtcEndpoint, or under `--host openvidu` its PassThrough.
 fn connect_publisher(
     tx: &mut kurento_client::Transaction,
-    publisher: &WebRtcEndpoint,
+    publisher: &MediaElement,
     sink: serde_json::Value,
     audio: bool,
     video: bool,
@@ -190,6 +191,8 @@ pub struct TapContext {
     pub affect: Option<tokio::sync::broadcast::Sender<Arc<crate::mood::AffectUpdate>>>,
     /// SRTP on this KMS's tap legs, with this suite (`None`: plain RTP).
     pub srtp: Option<crate::srtp::Suite>,
+    /// OpenVidu's sessions and signals (`--host openvidu`).
+    pub openvidu: Option<Arc<crate::openvidu_rest::OpenVidu>>,
 }
 
 impl TapContext {
@@ -268,7 +271,9 @@ impl TapContext {
             srtp.as_ref(),
         );
         let pipeline: MediaPipeline = self.kms.object(&p.pipeline)?;
-        let publisher: WebRtcEndpoint = self.kms.object(&p.endpoint)?;
+        // What the tap hangs from (the publisher, or OpenVidu's PassThrough), and the publisher.
+        let source: MediaElement = self.kms.object(&p.endpoint)?;
+        let publisher: WebRtcEndpoint = self.kms.object(p.publisher_endpoint())?;
         let mut tx = self.kms.transaction();
         let mut builder = RtpEndpoint::builder(&pipeline);
         if let Some(k) = &srtp {
@@ -297,7 +302,7 @@ impl TapContext {
         if srtp.is_none() {
             connect_publisher(
                 &mut tx,
-                &publisher,
+                &source,
                 json!(tap_ref.newref()),
                 audio_ports.is_some(),
                 video_ports.is_some(),
@@ -340,7 +345,7 @@ impl TapContext {
             let mut tx = self.kms.transaction();
             connect_publisher(
                 &mut tx,
-                &publisher,
+                &source,
                 json!(tap.id()),
                 audio_ports.is_some(),
                 video_ports.is_some(),
@@ -378,7 +383,8 @@ impl TapContext {
         let mut ports = Vec::new();
         ports.extend(audio_ports);
         ports.extend(video_ports);
-        let injector = self.config.datachannel.enabled.then(|| {
+        // OpenVidu has no DataChannels: its results go as signals (`openvidu_rest`).
+        let injector = (self.config.datachannel.enabled && p.publisher.is_none()).then(|| {
             Injector::start(
                 InjectorContext {
                     kms: self.kms.clone(),

@@ -61,6 +61,10 @@ enum Known {
     Waiting,
     /// The tap failed; retry after this instant.
     Failed(Instant),
+    /// Under `--host openvidu`: a publisher WebRtcEndpoint whose tap is kept under its
+    /// PassThrough's id (here), so that a reconnect (a new WebRtcEndpoint on the same
+    /// PassThrough) keeps the tap.
+    Via(String),
 }
 
 /// Releases RtpEndpoints this owner left behind (a crashed daemon's taps outlive it: the app's
@@ -130,6 +134,9 @@ pub(crate) struct KmsWatcher {
     control_consent: crate::consent::ControlDecisions,
     /// Whether each publisher examined was last decided analysed (consent), to log changes only.
     consent_seen: HashMap<String, bool>,
+    /// The keys of the running taps, shared with the setups: under `--host openvidu` a setup
+    /// that finds a PassThrough already tapped (a publisher reconnected) adopts that tap.
+    tapped: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// An endpoint announced by ObjectCreated and not yet tapped: when to look at it next.
@@ -190,6 +197,9 @@ pub(crate) struct RoomLeases {
 /// What a setup found and did.
 enum Setup {
     Tapped(Box<Tap>),
+    /// A new publisher WebRtcEndpoint feeding a PassThrough already tapped (OpenVidu's publisher
+    /// reconnect): the tap goes on.
+    Adopt(Box<Participant>),
     Ignored,
     NoConsent(Box<Participant>),
     Waiting,
@@ -222,6 +232,7 @@ impl KmsWatcher {
             fresh: HashMap::new(),
             control_consent: Default::default(),
             consent_seen: HashMap::new(),
+            tapped: Default::default(),
         }
     }
 
@@ -330,6 +341,8 @@ impl KmsWatcher {
                         .stats
                         .audio_buffers
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    display: t.participant.display.clone(),
+                    publisher: t.participant.publisher.clone(),
                 }),
                 _ => None,
             })
@@ -400,6 +413,15 @@ impl KmsWatcher {
                 info!(room = %t.participant.room, participant = %t.participant.name, why, "participant left");
                 self.detach(endpoint, release).await;
             }
+            Some(Known::Via(passthrough)) => {
+                // OpenVidu: a publisher endpoint went (a reconnect, or the unpublish that
+                // releases its PassThrough too): the tap follows the PassThrough, not it.
+                debug!(endpoint, passthrough = %passthrough, why, "publisher endpoint gone; its PassThrough decides the tap");
+                self.known.remove(endpoint);
+                self.fresh.remove(endpoint);
+                self.first_seen.remove(endpoint);
+                self.consent_seen.remove(endpoint);
+            }
             _ => {
                 self.known.remove(endpoint);
                 self.fresh.remove(endpoint);
@@ -419,6 +441,7 @@ impl KmsWatcher {
         self.known.insert(id.clone(), Known::Pending);
         let ctx = self.ctx.clone();
         let decisions = self.control_consent.clone();
+        let tapped = self.tapped.clone();
         self.metrics.setups_in_flight.inc();
         self.setups.spawn(async move {
             let started = Instant::now();
@@ -427,7 +450,18 @@ impl KmsWatcher {
                 None => discovery::room_name(&pipeline, &ctx.config.tags).await,
             };
             let outcome = match room {
-                Ok(room) => setup(ctx.clone(), room, pipeline, ep, first_seen, decisions).await,
+                Ok(room) => {
+                    setup(
+                        ctx.clone(),
+                        room,
+                        pipeline,
+                        ep,
+                        first_seen,
+                        decisions,
+                        tapped,
+                    )
+                    .await
+                }
                 Err(e) if e.is_object_not_found() => Setup::Gone,
                 Err(_) => Setup::Waiting,
             };
@@ -536,6 +570,41 @@ impl KmsWatcher {
         }
         let k = match outcome {
             Setup::NoConsent(p) => Known::NoConsent(p),
+            Setup::Adopt(p) => {
+                let key = p.endpoint.clone();
+                match self.known.get_mut(&key) {
+                    Some(Known::Tapped(t)) => {
+                        info!(room = %t.participant.room, participant = %t.participant.name, publisher = p.publisher_endpoint(), "publisher reconnected onto its PassThrough: the tap goes on");
+                        t.participant.publisher = p.publisher.clone();
+                        if p.display.is_some() {
+                            t.participant.display = p.display.clone();
+                        }
+                        Known::Via(key)
+                    }
+                    // The tap went meanwhile: look again (the next scan taps it).
+                    _ => Known::Waiting,
+                }
+            }
+            Setup::Tapped(t) if t.participant.endpoint != endpoint => {
+                // Under --host openvidu: kept under its PassThrough; the endpoint points there.
+                let key = t.participant.endpoint.clone();
+                if matches!(self.known.get(&key), Some(Known::Tapped(_))) {
+                    // Two setups raced to the same PassThrough: one tap is enough.
+                    t.stop(&self.kms, self.kms_connected()).await;
+                    self.known.insert(endpoint, Known::Via(key));
+                    return;
+                }
+                info!(room = %t.participant.room, participant = %t.participant.name, display = ?t.participant.display, stream = ?t.participant.stream.as_ref().map(|s| s.id.as_str()), publisher = t.participant.publisher_endpoint(), passthrough = %key, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
+                self.metrics.taps_active.inc();
+                self.kms_taps().inc();
+                self.metrics.taps_total.inc();
+                self.tapped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone());
+                self.known.insert(key.clone(), Known::Tapped(t));
+                Known::Via(key)
+            }
             Setup::Tapped(t) => {
                 info!(room = %t.participant.room, participant = %t.participant.name, tap = %t.tap.id(), media = ?media_list(&t.participant), "tapping");
                 self.metrics.taps_active.inc();
@@ -548,6 +617,10 @@ impl KmsWatcher {
                         source: room_mood::PresenterSource::Tag,
                     });
                 }
+                self.tapped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(endpoint.clone());
                 Known::Tapped(t)
             }
             Setup::Ignored => Known::Ignored,
@@ -1161,6 +1234,10 @@ impl KmsWatcher {
         let Some(Known::Tapped(t)) = self.known.remove(endpoint) else {
             return false;
         };
+        self.tapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint);
         let (room, name) = (
             tap_protocol::safe_token(&t.participant.room),
             tap_protocol::safe_token(&t.participant.name),
@@ -1247,8 +1324,26 @@ async fn setup(
     ep: WebRtcEndpoint,
     first_seen: Instant,
     decisions: crate::consent::ControlDecisions,
+    tapped: Arc<std::sync::Mutex<HashSet<String>>>,
 ) -> Setup {
-    let examined = match discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await {
+    let examined = match ctx.config.host {
+        crate::openvidu::Host::Kurento => {
+            discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await
+        }
+        crate::openvidu::Host::OpenVidu => {
+            discovery::examine_openvidu(
+                &room,
+                &pipeline,
+                &ep,
+                &ctx.config.tags,
+                ctx.openvidu.as_deref(),
+                &ctx.metrics,
+                first_seen.elapsed() < discovery::OPENVIDU_NAME_WAIT,
+            )
+            .await
+        }
+    };
+    let examined = match examined {
         Ok(e) => e,
         Err(e) => {
             debug!(endpoint = ep.id(), error = %e, "cannot examine endpoint");
@@ -1261,6 +1356,15 @@ async fn setup(
         Examined::NotYet(_) => return Setup::Waiting,
         Examined::Gone => return Setup::Gone,
     };
+    // A PassThrough already tapped (OpenVidu: the publisher reconnected onto it).
+    if p.publisher.is_some()
+        && tapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&p.endpoint)
+    {
+        return Setup::Adopt(Box::new(p));
+    }
     if let Some(reason) = not_tapped_reason(&ctx.config, &p) {
         info!(room = %p.room, participant = %p.name, reason, "not tapping");
         ctx.metrics
@@ -1319,7 +1423,13 @@ fn room_allowed(config: &DaemonConfig, room: &str) -> bool {
 /// Why a publisher is not tapped by configuration, if it is not (consent is decided apart, and
 /// looked at again on every scan).
 fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static str> {
-    if !room_allowed(config, &p.room) {
+    let screen = p
+        .stream
+        .as_ref()
+        .is_some_and(|s| s.kind == crate::openvidu::StreamKind::Screen);
+    if screen && !config.openvidu.include_screens {
+        Some("screen_share")
+    } else if !room_allowed(config, &p.room) {
         Some("room_excluded")
     } else if config
         .exclude_participants

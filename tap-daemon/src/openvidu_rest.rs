@@ -1,0 +1,448 @@
+//! OpenVidu's REST API, the adapter: a small HTTP/1.1 client (Basic auth `OPENVIDUAPP:<secret>`,
+//! one connection per request, bounded in time and size), the sessions refresh that names rooms
+//! and participants, and the signals that put results into the call. Decisions and parsing are in
+//! [`crate::openvidu`] (pure); this module only does the I/O.
+//!
+//! Nothing here is on the media path: discovery reads the last directory without waiting, and
+//! signals leave from a task of their own fed by the lossy results broadcast through per-
+//! participant pacers (latest per model), so a slow or dead OpenVidu drops results (counted) and
+//! never holds a tap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tap_protocol::{DataChannelMessage, ResultMessage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, Notify};
+use tracing::{debug, info, warn};
+
+use crate::injector::Pacer;
+use crate::metrics::Metrics;
+use crate::openvidu::{
+    self, Directory, RestError, RestState, RestStatus, SignalAudience, StreamInfo,
+};
+
+/// OpenVidu's secret (from a file or the environment): never printed, never logged.
+#[derive(Clone)]
+pub struct OpenViduSecret(String);
+
+impl std::fmt::Debug for OpenViduSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenViduSecret(…)")
+    }
+}
+
+impl OpenViduSecret {
+    /// A secret from its text (surrounding whitespace, e.g. a file's newline, ignored).
+    pub fn new(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() || t.len() > 1024 || t.chars().any(|c| c.is_control()) {
+            return Err("the OpenVidu secret must be 1 to 1024 printable characters".into());
+        }
+        Ok(OpenViduSecret(t.to_owned()))
+    }
+
+    /// The secret in a file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the OpenVidu secret file {}: {e}",
+                path.display()
+            )
+        })?;
+        Self::new(&text)
+    }
+
+    fn basic_auth(&self) -> String {
+        let raw = format!("OPENVIDUAPP:{}", self.0);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// The `[openvidu]` settings (used with `host = "openvidu"`).
+#[derive(Debug, Clone)]
+pub struct OpenViduSettings {
+    /// `http://host:port` of openvidu-server (its REST API); `None`: no names from OpenVidu, no
+    /// signals (taps go on under connection ids).
+    pub url: Option<String>,
+    /// OpenVidu's secret.
+    pub secret: Option<OpenViduSecret>,
+    /// Analyse screen shares too (`SCR` streams; off: a screen is not a face).
+    pub include_screens: bool,
+    /// Sessions refreshed this often while the API answers.
+    pub refresh: Duration,
+    /// Each request's whole time limit.
+    pub timeout: Duration,
+    /// Results into the call as signals.
+    pub signals: bool,
+    /// The signals' `type` (the page listens to `signal:<type>`).
+    pub signal_type: String,
+    /// Signals per second per participant, all models together.
+    pub signal_rate_hz: f64,
+    /// Whose results each connection receives.
+    pub signal_audience: SignalAudience,
+    /// A result waiting longer for its turn is dropped.
+    pub signal_max_wait: Duration,
+    /// Largest signal `data`.
+    pub signal_max_bytes: usize,
+}
+
+impl Default for OpenViduSettings {
+    fn default() -> Self {
+        OpenViduSettings {
+            url: None,
+            secret: None,
+            include_screens: false,
+            refresh: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
+            signals: true,
+            signal_type: "kurento-tap".into(),
+            signal_rate_hz: 4.0,
+            signal_audience: SignalAudience::Participant,
+            signal_max_wait: Duration::from_secs(2),
+            signal_max_bytes: 4096,
+        }
+    }
+}
+
+/// Largest answer to a signal read.
+const MAX_SIGNAL_ANSWER: usize = 64 * 1024;
+
+/// A plain HTTP/1.1 endpoint with Basic auth.
+#[derive(Clone)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    prefix: String,
+    auth: String,
+    timeout: Duration,
+}
+
+impl Endpoint {
+    /// One request (`Connection: close`), read to the end within the timeout.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        max_body: usize,
+    ) -> Result<openvidu::HttpResponse, RestError> {
+        let work = async {
+            let mut stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| RestError::Unreachable(e.to_string()))?;
+            let host_header = if self.host.contains(':') {
+                format!("[{}]:{}", self.host, self.port)
+            } else {
+                format!("{}:{}", self.host, self.port)
+            };
+            let mut req = format!(
+                "{method} {}{path} HTTP/1.1\r\nHost: {host_header}\r\nAuthorization: {}\r\nAccept: application/json\r\nConnection: close\r\n",
+                self.prefix, self.auth
+            );
+            if let Some(b) = body {
+                req.push_str(&format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    b.len()
+                ));
+            }
+            req.push_str("\r\n");
+            if let Some(b) = body {
+                req.push_str(b);
+            }
+            stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| RestError::Unreachable(e.to_string()))?;
+            let mut raw = Vec::new();
+            let limit = (max_body + 64 * 1024) as u64;
+            (&mut stream)
+                .take(limit + 1)
+                .read_to_end(&mut raw)
+                .await
+                .map_err(|e| RestError::Unreachable(e.to_string()))?;
+            if raw.len() as u64 > limit {
+                return Err(RestError::BadAnswer("answer too large".into()));
+            }
+            openvidu::parse_http_response(&raw, max_body)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(RestError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// OpenVidu as seen by the daemon: the last directory of sessions, the API's status, and the
+/// means to refresh and signal. Shared by the watchers (read only) and the two tasks.
+pub struct OpenVidu {
+    settings: OpenViduSettings,
+    endpoint: Option<Endpoint>,
+    directory: RwLock<Arc<Directory>>,
+    status: Mutex<RestStatus>,
+    hurry: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for OpenVidu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenVidu")
+            .field("url", &self.settings.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenVidu {
+    /// From the settings (the URL checked by the configuration already).
+    pub fn new(settings: OpenViduSettings, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let endpoint = match (&settings.url, &settings.secret) {
+            (Some(url), Some(secret)) => {
+                let (host, port, prefix) = openvidu::parse_base_url(url)?;
+                Some(Endpoint {
+                    host,
+                    port,
+                    prefix,
+                    auth: secret.basic_auth(),
+                    timeout: settings.timeout,
+                })
+            }
+            (Some(_), None) => {
+                return Err("openvidu_url needs the secret: openvidu_secret_file or KURENTO_TAP_OPENVIDU_SECRET".into())
+            }
+            _ => None,
+        };
+        Ok(Arc::new(OpenVidu {
+            status: Mutex::new(RestStatus::new(settings.refresh, Duration::from_secs(60))),
+            settings,
+            endpoint,
+            directory: RwLock::new(Arc::new(Directory::default())),
+            hurry: Notify::new(),
+            metrics,
+        }))
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &OpenViduSettings {
+        &self.settings
+    }
+
+    /// Whether the REST API is configured.
+    pub fn rest_configured(&self) -> bool {
+        self.endpoint.is_some()
+    }
+
+    /// What OpenVidu last said about a stream (never waits).
+    pub fn stream(&self, stream_id: &str) -> Option<StreamInfo> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .streams
+            .get(stream_id)
+            .cloned()
+    }
+
+    /// The session of a connection, as OpenVidu last said.
+    pub fn session_of(&self, connection: &str) -> Option<String> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .connections
+            .get(connection)
+            .cloned()
+    }
+
+    /// Whether the last refresh worked.
+    pub fn up(&self) -> bool {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).up()
+    }
+
+    /// A publisher OpenVidu does not list yet: refresh soon (unless the API is down).
+    pub fn ask_refresh(&self) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hurry(Instant::now());
+        self.hurry.notify_one();
+    }
+
+    /// The API's state for `/healthz` and logs: `up`, `down: …`, `unknown`, or `not configured`.
+    pub fn state_text(&self) -> String {
+        if self.endpoint.is_none() {
+            return "not configured".into();
+        }
+        match &self.status.lock().unwrap_or_else(|e| e.into_inner()).state {
+            RestState::Unknown => "unknown".into(),
+            RestState::Up => "up".into(),
+            RestState::Down(e) => format!("down: {e}"),
+        }
+    }
+
+    /// One sessions refresh.
+    async fn refresh_once(&self) -> Result<(), RestError> {
+        let Some(ep) = &self.endpoint else {
+            return Ok(());
+        };
+        let r = ep
+            .request(
+                "GET",
+                "/openvidu/api/sessions",
+                None,
+                openvidu::MAX_SESSIONS_BODY,
+            )
+            .await?;
+        match r.status {
+            200 => {}
+            401 | 403 => return Err(RestError::Unauthorized(r.status)),
+            s => return Err(RestError::Status(s)),
+        }
+        let dir = openvidu::parse_sessions(&r.body)?;
+        if dir.skipped > 0 {
+            debug!(
+                skipped = dir.skipped,
+                "OpenVidu sessions: malformed entries skipped"
+            );
+            self.metrics.openvidu_request("sessions", "entries_skipped");
+        }
+        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
+        Ok(())
+    }
+
+    /// Refreshes the sessions while the daemon runs (every `refresh`, backing off while down;
+    /// sooner when discovery asks). The directory is kept through failures: taps keep their
+    /// names, and new ones go on under connection ids.
+    pub async fn run_refresh(self: Arc<Self>) {
+        if self.endpoint.is_none() {
+            return;
+        }
+        loop {
+            let wait = {
+                let s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                s.next_at()
+                    .map(|n| n.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default()
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.hurry.notified() => {}
+            }
+            if !self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .due(Instant::now())
+            {
+                continue;
+            }
+            let outcome = self.refresh_once().await;
+            self.metrics.openvidu_request(
+                "sessions",
+                outcome.as_ref().map(|_| "ok").unwrap_or_else(|e| e.label()),
+            );
+            self.metrics.openvidu_up.set(i64::from(outcome.is_ok()));
+            let changed = self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(outcome, Instant::now());
+            match changed {
+                Some(RestState::Up) => {
+                    info!("OpenVidu REST API answers: sessions name rooms and participants")
+                }
+                Some(RestState::Down(e)) => {
+                    warn!(error = %e, "OpenVidu REST API unusable: taps go on under connection ids, signals are dropped")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends one signal; the outcome's metric label.
+    async fn signal(&self, session: &str, to: Option<&[String]>, data: &str) -> &'static str {
+        let Some(ep) = &self.endpoint else {
+            return "not_configured";
+        };
+        let body = openvidu::signal_body(session, to, &self.settings.signal_type, data);
+        match ep
+            .request(
+                "POST",
+                "/openvidu/api/signal",
+                Some(&body),
+                MAX_SIGNAL_ANSWER,
+            )
+            .await
+        {
+            Ok(r) => openvidu::signal_outcome(r.status),
+            Err(e) => e.label(),
+        }
+    }
+
+    /// Puts results into the call as signals: per participant a pacer (latest per model, a token
+    /// bucket of `signal_rate_hz`), sent one at a time by this task. Results wait in the pacers,
+    /// never in a queue: while OpenVidu is slow they are superseded or go stale (counted).
+    pub async fn run_signals(
+        self: Arc<Self>,
+        mut results: broadcast::Receiver<Arc<ResultMessage>>,
+    ) {
+        if self.endpoint.is_none() || !self.settings.signals {
+            return;
+        }
+        let mut pacers: HashMap<String, (Pacer, Instant)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                r = results.recv() => match r {
+                    Ok(r) => {
+                        let now = Instant::now();
+                        let (pacer, seen) = pacers.entry(r.participant.clone()).or_insert_with(|| {
+                            (Pacer::new(self.settings.signal_rate_hz, self.settings.signal_max_wait, now), now)
+                        });
+                        *seen = now;
+                        if pacer.offer(r, now) == crate::injector::Offered::Superseded {
+                            self.metrics.openvidu_signal("superseded", 1);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => self.metrics.openvidu_signal("lagged", n),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    for (pacer, _) in pacers.values_mut() {
+                        let (ready, stale) = pacer.take(now);
+                        if stale > 0 {
+                            self.metrics.openvidu_signal("stale", stale);
+                        }
+                        due.extend(ready);
+                    }
+                    // Participants silent for a minute are forgotten.
+                    pacers.retain(|_, (p, seen)| p.waiting() > 0 || now.duration_since(*seen) < Duration::from_secs(60));
+                    for r in due {
+                        let outcome = self.signal_result(&r).await;
+                        self.metrics.openvidu_signal(outcome, 1);
+                        self.metrics.openvidu_request("signal", outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn signal_result(&self, r: &ResultMessage) -> &'static str {
+        // The participant is the connection id; its session from OpenVidu (the room is the
+        // session id only when OpenVidu was reachable when the tap began).
+        let Some(session) = self.session_of(&r.participant) else {
+            return "no_session";
+        };
+        let Some(data) = DataChannelMessage::from_result(r).encode(self.settings.signal_max_bytes)
+        else {
+            return "oversize";
+        };
+        let to = openvidu::signal_to(self.settings.signal_audience, &r.participant);
+        self.signal(&session, to.as_deref(), &data).await
+    }
+}
