@@ -1481,3 +1481,129 @@ fn real_kms_srtp_taps_give_results_and_nothing_in_clear_on_the_tap_leg() {
         );
     });
 }
+
+/// The processing policy on KMS 7.3 with the shipped workers: under `--policy expressions` three
+/// Chromium participants are analysed (faces visible, attention, speaking, voice energy and pitch
+/// variability flow at the models' rates) and no emotion label, valence or arousal value appears
+/// anywhere: NATS results, states and room moods, the stored results (`kurento-tap results`), the
+/// dashboard's history, or the participants' DataChannels.
+#[test]
+fn real_kms_expressions_policy_lets_no_emotion_out_anywhere() {
+    use futures_util::StreamExt as _;
+    with_kms("expressions", |kms| async move {
+        let mut call = Call::start(kms.clone(), &[]).await;
+        for name in ["ana", "ben", "cyd"] {
+            call.join("class", name, "codec=vp8");
+        }
+        call.wait_connected(Duration::from_secs(60)).await;
+        call.start_workers();
+        let client = async_nats::connect(&call.nats.url).await.unwrap();
+        let mut out = client.subscribe("tap.v1.>").await.unwrap();
+        call.start_daemon_with("tap-e2e-expr", &["--policy", "expressions"])
+            .await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 3.0, Duration::from_secs(40))
+                .await,
+            "{}",
+            call.daemon_output()
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let start = Instant::now();
+        let window = Duration::from_secs(12);
+        let mut published = Vec::new();
+        let until = tokio::time::Instant::now() + window;
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, out.next()).await {
+            if m.subject.starts_with("tap.v1.result.")
+                || m.subject.starts_with("tap.v1.state.")
+                || m.subject.starts_with("tap.v1.room.")
+            {
+                published.push((
+                    m.subject.to_string(),
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                ));
+            }
+        }
+        let seen = call.results_since(start);
+        eprintln!("under expressions: results {:?}", per_participant(&seen));
+        assert_rates(&seen, &["video", "audio"], 3, window, &call).await;
+
+        // What flows: the expression outputs of both workers.
+        let results: Vec<&String> = published
+            .iter()
+            .filter(|(s, _)| s.starts_with("tap.v1.result."))
+            .map(|(_, t)| t)
+            .collect();
+        assert!(
+            results.iter().any(|t| t.contains("\"attentive\""))
+                && results.iter().any(|t| t.contains("voice_energy_dbfs"))
+                && results.iter().any(|t| t.contains("pitch_variability_st")),
+            "expression outputs flow: {:?}",
+            results.iter().take(4).collect::<Vec<_>>()
+        );
+        assert!(
+            published
+                .iter()
+                .any(|(s, t)| s.starts_with("tap.v1.room.") && t.contains("faces visible")),
+            "the presenter's summary from expressions"
+        );
+
+        // Everywhere else it could leave.
+        let stored = std::process::Command::new(workspace_bin("kurento-tap"))
+            .args(["results", "--nats", &call.nats.url, "--format", "jsonl"])
+            .output()
+            .unwrap();
+        let stored = String::from_utf8_lossy(&stored.stdout).into_owned();
+        assert!(
+            stored.lines().count() >= 30,
+            "stored results: {stored:.400}"
+        );
+        let mut pages = Vec::new();
+        for name in ["ana", "ben", "cyd"] {
+            let mut page = call.page(name).await;
+            let got = page.eval("JSON.stringify(gc.results)").await;
+            pages.push(got.as_str().unwrap_or_default().to_owned());
+        }
+        assert!(
+            pages.iter().all(|p| p.contains("kurento-tap.result")),
+            "results reach the DataChannels"
+        );
+        let dashboard = support::http_get(call.metrics.unwrap(), "/history").await;
+        assert!(
+            dashboard.contains("attentive"),
+            "the dashboard's history: {dashboard:.400}"
+        );
+        let mut texts: Vec<(&str, String)> =
+            published.iter().map(|(_, t)| ("NATS", t.clone())).collect();
+        texts.push(("stored results", stored));
+        texts.push(("dashboard /history", dashboard));
+        texts.extend(pages.into_iter().map(|p| ("DataChannel", p)));
+        let affect = [
+            "happy", "sad", "angry", "fear", "surprise", "disgust", "neutral", "calm", "contempt",
+            "valence", "arousal", "emotion",
+        ];
+        for (where_, t) in &texts {
+            let mut bare = t.clone();
+            for key in [
+                "valence",
+                "arousal",
+                "valence_trend",
+                "arousal_trend",
+                "emotion",
+            ] {
+                bare = bare.replace(&format!("\"{key}\":null"), "");
+                bare = bare.replace(&format!("\\\"{key}\\\":null"), "");
+            }
+            bare = bare
+                .replace("\"emotions\":{}", "")
+                .replace("\\\"emotions\\\":{}", "");
+            for word in affect {
+                assert!(
+                    !bare.to_ascii_lowercase().contains(word),
+                    "{where_}: {word} in {t:.600}"
+                );
+            }
+        }
+        assert!(call.stop_daemon());
+        assert_eq!(call.owned("tap-e2e-expr").await, (0, 0));
+    });
+}
