@@ -446,3 +446,189 @@ impl OpenVidu {
         self.signal(&session, to.as_deref(), &data).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-shot fake openvidu-server: answers each connection with `answer(request)` after
+    /// `delay`, and hands the requests it saw to the test.
+    async fn fake(
+        answer: fn(&str) -> String,
+        delay: Duration,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut got = Vec::new();
+                    // Headers, then the body by Content-Length.
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&got).to_string();
+                    let _ = tx.send(req.clone());
+                    tokio::time::sleep(delay).await;
+                    let _ = s.write_all(answer(&req).as_bytes()).await;
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    fn settings(url: &str, secret: &str) -> OpenViduSettings {
+        OpenViduSettings {
+            url: Some(url.to_owned()),
+            secret: Some(OpenViduSecret::new(secret).unwrap()),
+            timeout: Duration::from_millis(300),
+            ..Default::default()
+        }
+    }
+
+    const EXPECTED_AUTH: &str = "Authorization: Basic T1BFTlZJRFVBUFA6czNjcjN0"; // OPENVIDUAPP:s3cr3t
+
+    fn openvidu_like(req: &str) -> String {
+        if !req.contains(EXPECTED_AUTH) {
+            return "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into();
+        }
+        if req.starts_with("GET /openvidu/api/sessions ") {
+            let body = r#"{"numberOfElements":1,"content":[{"id":"ses_Standup","connections":{"numberOfElements":1,"content":[{"id":"con_Ab12CdEf34","clientData":"{\"clientData\":\"Alice\"}","publishers":[{"streamId":"str_CAM_Xk9q_con_Ab12CdEf34","mediaOptions":{"typeOfVideo":"CAMERA"}}]}]}}]}"#;
+            // Chunked, as Spring may answer.
+            return format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+        }
+        if req.starts_with("POST /openvidu/api/signal ") {
+            return "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into();
+        }
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()
+    }
+
+    #[tokio::test]
+    async fn sessions_name_streams_and_signals_carry_basic_auth() {
+        let (url, mut seen) = fake(openvidu_like, Duration::ZERO).await;
+        let ov = OpenVidu::new(settings(&url, "s3cr3t"), Arc::new(Metrics::new())).unwrap();
+        assert_eq!(ov.refresh_once().await, Ok(()));
+        let s = ov.stream("str_CAM_Xk9q_con_Ab12CdEf34").unwrap();
+        assert_eq!(
+            (s.session.as_str(), s.display.as_deref()),
+            ("ses_Standup", Some("Alice"))
+        );
+        assert_eq!(
+            ov.session_of("con_Ab12CdEf34").as_deref(),
+            Some("ses_Standup")
+        );
+        assert!(seen.recv().await.unwrap().contains(EXPECTED_AUTH));
+        let to = vec!["con_Ab12CdEf34".to_owned()];
+        assert_eq!(
+            ov.signal("ses_Standup", Some(&to), "{\"x\":1}").await,
+            "sent"
+        );
+        let req = seen.recv().await.unwrap();
+        let body = &req[req.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["session"], "ses_Standup");
+        assert_eq!(v["to"][0], "con_Ab12CdEf34");
+        assert_eq!(v["type"], "kurento-tap");
+        assert_eq!(v["data"], "{\"x\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_garbage_a_500_and_a_slow_server_are_clear_errors() {
+        let (url, _seen) = fake(openvidu_like, Duration::ZERO).await;
+        let ov = OpenVidu::new(settings(&url, "wrong"), Arc::new(Metrics::new())).unwrap();
+        assert_eq!(ov.refresh_once().await, Err(RestError::Unauthorized(401)));
+        assert_eq!(ov.signal("s", None, "d").await, "unauthorized");
+        let (url, _s) = fake(
+            |_| "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".into(),
+            Duration::ZERO,
+        )
+        .await;
+        let ov = OpenVidu::new(settings(&url, "s3cr3t"), Arc::new(Metrics::new())).unwrap();
+        assert_eq!(ov.refresh_once().await, Err(RestError::Status(500)));
+        let (url, _s) = fake(|_| "\u{0}\u{1}garbage".into(), Duration::ZERO).await;
+        let ov = OpenVidu::new(settings(&url, "s3cr3t"), Arc::new(Metrics::new())).unwrap();
+        assert!(matches!(
+            ov.refresh_once().await,
+            Err(RestError::BadAnswer(_))
+        ));
+        let (url, _s) = fake(
+            |_| "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<html".into(),
+            Duration::ZERO,
+        )
+        .await;
+        let ov = OpenVidu::new(settings(&url, "s3cr3t"), Arc::new(Metrics::new())).unwrap();
+        assert!(matches!(
+            ov.refresh_once().await,
+            Err(RestError::BadAnswer(_))
+        ));
+        let (url, _s) = fake(openvidu_like, Duration::from_secs(5)).await;
+        let ov = OpenVidu::new(settings(&url, "s3cr3t"), Arc::new(Metrics::new())).unwrap();
+        let t = Instant::now();
+        assert!(matches!(
+            ov.refresh_once().await,
+            Err(RestError::Timeout(_))
+        ));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "bounded by the timeout"
+        );
+        // Nobody listening.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ov = OpenVidu::new(
+            settings(&format!("http://127.0.0.1:{port}"), "s3cr3t"),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        assert!(matches!(
+            ov.refresh_once().await,
+            Err(RestError::Unreachable(_))
+        ));
+        assert!(ov.stream("str_CAM_Xk9q_con_Ab12CdEf34").is_none());
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let s = OpenVidu::new(
+            settings("http://127.0.0.1:5443", "VERY-SECRET"),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}{:?}", s.settings()).contains("VERY-SECRET"));
+        assert!(OpenViduSecret::new(" \n").is_err());
+        assert!(OpenVidu::new(
+            OpenViduSettings {
+                url: Some("http://x:1".into()),
+                ..Default::default()
+            },
+            Arc::new(Metrics::new())
+        )
+        .is_err());
+    }
+}
