@@ -82,7 +82,9 @@ impl Participant {
     }
 }
 
-/// What an endpoint turned out to be.
+/// What an endpoint turned out to be (short-lived: the size of the publisher variant does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Examined {
     /// A participant's publisher.
