@@ -9,6 +9,7 @@
 pub mod kmd;
 pub mod media;
 pub mod mediaset;
+pub mod replay;
 pub mod scenario;
 pub mod sdp;
 pub mod server;

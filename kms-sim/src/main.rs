@@ -23,6 +23,10 @@ struct Args {
     /// RTP port range, `MIN-MAX`.
     #[arg(long, default_value = "30000-39999")]
     ports: String,
+    /// Encode each distinct stream once and replay it to every tap at real time (fresh timestamps
+    /// and sender reports): many publishers at little CPU, for benchmarks of the daemon.
+    #[arg(long, env = "KMS_SIM_PRE_ENCODED")]
+    pre_encoded: bool,
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
         .filter(|(a, b)| a < b && b - a >= 4)
         .context("--ports must be MIN-MAX with at least 4 ports")?;
+    kms_sim::replay::set_pre_encoded(args.pre_encoded);
     let server = SimServer::start(SimOptions {
         listen: args.listen,
         scenario,

@@ -122,6 +122,8 @@ pub enum MediaError {
 pub struct RtpSender {
     pipeline: gst::Pipeline,
     description: String,
+    /// Ends a pre-encoded replay's thread.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn make(factory: &str) -> Result<gst::Element, MediaError> {
@@ -146,7 +148,43 @@ impl RtpSender {
         let pipeline = gst::Pipeline::new();
         let encoding = target.format.encoding.to_ascii_uppercase();
         let mut chain: Vec<gst::Element> = Vec::new();
+        // Pre-encoded (`--pre-encoded`): the clip's appsrc and the payloader, no encoder here.
+        let mut replay: Option<(gstreamer_app::AppSrc, std::sync::Arc<crate::replay::Clip>)> = None;
+        if crate::replay::pre_encoded() {
+            let clip = match payload {
+                Payload::Video(spec) if !spec.withhold_keyframe => {
+                    Some(crate::replay::video_clip(&encoding, spec)?)
+                }
+                Payload::Audio(source) => crate::replay::audio_clip(&encoding, source)?,
+                _ => None,
+            };
+            if let Some(clip) = clip {
+                let src = crate::replay::source_for(&clip);
+                chain.push(src.clone().upcast());
+                if encoding == "H264" {
+                    let parse = make("h264parse")?;
+                    chain.push(parse);
+                }
+                chain.push(match encoding.as_str() {
+                    "VP8" => {
+                        let pay = make("rtpvp8pay")?;
+                        pay.set_property_from_str("picture-id-mode", "15-bit");
+                        pay
+                    }
+                    "VP9" => make("rtpvp9pay")?,
+                    "H264" => {
+                        let pay = make("rtph264pay")?;
+                        pay.set_property("config-interval", 1i32);
+                        pay
+                    }
+                    "OPUS" => make("rtpopuspay")?,
+                    other => return Err(MediaError::Codec(other.to_owned())),
+                });
+                replay = Some((src, clip));
+            }
+        }
         match payload {
+            _ if replay.is_some() => {}
             Payload::Video(spec) => {
                 match &spec.source {
                     VideoSource::Pattern(p) => {
@@ -356,13 +394,20 @@ impl RtpSender {
             target.format.pt, target.rtp_dest, target.rtcp_dest, target.local_rtp_port
         );
         watch_bus(&pipeline, description.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| MediaError::Gst(format!("cannot start {description}: {e}")))?;
+        if let Some((src, clip)) = replay {
+            let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            crate::replay::restart_on_keyframe_request(&pay, restart.clone());
+            crate::replay::play(src, clip, stop.clone(), restart);
+        }
         debug!(%description, "RTP sender started");
         Ok(RtpSender {
             pipeline,
             description,
+            stop,
         })
     }
 
@@ -571,6 +616,7 @@ fn watch_bus(pipeline: &gst::Pipeline, description: String) {
 
 impl Drop for RtpSender {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.pipeline.set_state(gst::State::Null);
         debug!(description = %self.description, "RTP sender stopped");
     }

@@ -38,6 +38,34 @@ fn cpu_seconds() -> f64 {
     ticks / hz
 }
 
+/// This process's threads by name, digits folded (`udpsrc12:src` → `udpsrc#:src`), most first.
+fn thread_names() -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let mut folded = String::new();
+            for c in name.trim().chars() {
+                if c.is_ascii_digit() {
+                    if !folded.ends_with('#') {
+                        folded.push('#');
+                    }
+                } else {
+                    folded.push(c);
+                }
+            }
+            *counts.entry(folded).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.iter()
+        .take(12)
+        .map(|(n, c)| format!("{n} ×{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss_mib() -> f64 {
     proc_status("VmRSS:") as f64 / 1024.0
 }
@@ -102,6 +130,13 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         .arg(format!("{}-{}", port_base, port_base + 999))
         .arg("--scenario")
         .arg(&path)
+        // Each stream encoded once and replayed: the simulator's encoders would otherwise take
+        // the cores the daemon is measured on (TAPS_BENCH_LIVE_ENCODERS=1 for the old way).
+        .args(
+            std::env::var("TAPS_BENCH_LIVE_ENCODERS")
+                .is_err()
+                .then_some("--pre-encoded"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -175,6 +210,9 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
     );
+    if std::env::var("TAPS_BENCH_THREADS").is_ok() {
+        println!("  threads by name: {}", thread_names());
+    }
     reg.remove().await;
     worker_task.abort();
     daemon.shutdown().await;
@@ -238,6 +276,7 @@ async fn main() {
         (10, 320, 240, 15, 30000, true, false),
         (10, 320, 240, 15, 32000, false, true),
         (30, 320, 240, 15, 24000, false, false),
+        (50, 320, 240, 15, 34000, false, false),
         (1, 640, 480, 30, 26000, false, false),
         (5, 640, 480, 30, 28000, false, false),
     ] {
