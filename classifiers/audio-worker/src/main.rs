@@ -77,6 +77,11 @@ enum Command {
         /// /metrics address.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Windows analysed at once (one model instance each; a participant's windows stay in
+        /// order, the daemon sends one at a time per participant). 2 on a 2-core node with many
+        /// participants (docs/benchmarks.md).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
     },
     /// Measures arousal on Berlin EmoDB (its `wav/` folder) leave-one-speaker-out, against the
     /// fixed formula, and prints the model fitted on all speakers.
@@ -361,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
             window_ms,
             hop_ms,
             metrics,
+            concurrency,
         } => {
             Vad::load(&vad_path, Some(SILERO_SHA256))?;
             let emotion = emotion_source(&cli.models_dir, &cli.emotion_model, cli.no_emotion);
@@ -427,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 norms: norms.clone(),
                 spec: spec.clone(),
             };
-            let mut options = WorkerOptions::new(nats);
+            let mut options = WorkerOptions::new(nats).concurrency(usize::from(concurrency));
             options.http_listen = metrics;
             Worker::new(factory)
                 .options(options)
