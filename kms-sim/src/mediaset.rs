@@ -15,7 +15,10 @@ use crate::kmd::Kmd;
 use crate::media::{AudioSource, Payload, RtpSender, SendTarget, VideoSpec};
 use crate::sdp::{self, Format, OfferedMedia};
 
+mod openvidu;
 mod webrtc;
+
+pub use openvidu::OpenViduParticipant;
 
 const REQUEST_CACHE_TTL: Duration = Duration::from_secs(20);
 /// The id KMS gives its server manager.
@@ -136,6 +139,10 @@ struct State {
     /// Cache keys in insertion order, so expiry costs O(expired) per request.
     cache_order: std::collections::VecDeque<(Instant, (String, String))>,
     next_port: u16,
+    /// OpenVidu-shaped sessions: session name → pipeline id (its pipelines have no name).
+    openvidu_sessions: HashMap<String, String>,
+    /// OpenVidu-shaped participants present.
+    openvidu_participants: Vec<OpenViduParticipant>,
 }
 
 impl State {
@@ -1335,15 +1342,25 @@ impl MediaSet {
             .collect();
         for rid in rtp_ids {
             for media in ["AUDIO", "VIDEO"] {
-                let publisher = links
-                    .iter()
-                    .find(|l| l.sink == rid && l.media == media)
-                    .and_then(|l| match st.objects.get(&l.source).map(|o| &o.kind) {
+                // Up the links to a publisher, through PassThroughs and filters (OpenVidu hangs
+                // everything from a PassThrough; media flows through them in KMS).
+                let mut publisher = None;
+                let mut at = rid.clone();
+                for _ in 0..6 {
+                    let Some(l) = links.iter().find(|l| l.sink == at && l.media == media) else {
+                        break;
+                    };
+                    match st.objects.get(&l.source).map(|o| &o.kind) {
                         Some(Kind::WebRtc(WebRtc {
                             publisher: Some(p), ..
-                        })) => Some(p.clone()),
-                        _ => None,
-                    });
+                        })) => {
+                            publisher = Some(p.clone());
+                            break;
+                        }
+                        Some(Kind::Plain) => at = l.source.clone(),
+                        _ => break,
+                    }
+                }
                 let Some(Obj {
                     kind: Kind::Rtp(r), ..
                 }) = st.objects.get_mut(&rid)

@@ -68,6 +68,22 @@ pub struct Room {
     /// Participants.
     #[serde(default, rename = "participant")]
     pub participants: Vec<Participant>,
+    /// Who builds the room: `kurento` (default: the group-call tutorial's graph, tagged) or
+    /// `openvidu` (openvidu-server 2.x's graph: unnamed pipeline, streamId-named publishers, a
+    /// PassThrough each, subscribers from it, no tags).
+    #[serde(default)]
+    pub host: Host,
+}
+
+/// The application whose object graph a room copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Host {
+    /// Kurento's group-call tutorial.
+    #[default]
+    Kurento,
+    /// openvidu-server 2.x.
+    Openvidu,
 }
 
 fn yes() -> bool {
@@ -104,6 +120,9 @@ pub struct Participant {
     /// Connect the publisher to itself (hello-world style); the group-call app does not.
     #[serde(default)]
     pub loopback: bool,
+    /// Also share a screen (OpenVidu rooms: a second, video-only stream `str_SCR_…`).
+    #[serde(default)]
+    pub screen: bool,
 }
 
 /// Video settings.

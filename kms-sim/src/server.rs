@@ -214,11 +214,19 @@ async fn run_scenario(media: Arc<MediaSet>, scenario: Scenario) {
     }
     events.sort_by_key(|e| (e.0, !e.1));
     let mut endpoints = std::collections::HashMap::new();
+    let mut openvidu = std::collections::HashMap::new();
     for (at, join, r, p) in events {
         tokio::time::sleep_until(start + Duration::from_millis(at)).await;
         let room = &scenario.rooms[r];
         let part = &room.participants[p];
-        if join {
+        if room.host == crate::scenario::Host::Openvidu {
+            if join {
+                let who = media.join_openvidu(&room.name, part);
+                openvidu.insert((r, p), who);
+            } else if let Some(who) = openvidu.remove(&(r, p)) {
+                media.leave_openvidu(&who);
+            }
+        } else if join {
             let tag = room
                 .tag
                 .then_some((scenario.tag_keys.room.as_str(), room.name.as_str()));

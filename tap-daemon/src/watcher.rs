@@ -973,9 +973,20 @@ impl KmsWatcher {
 
     async fn release_orphans(&mut self, owned: Vec<OwnedObject>) {
         let known = &self.known;
+        // Rooms with a setup running: an object of ours there whose tag names something not yet
+        // known may be that setup's own (an OpenVidu tap is tagged with the PassThrough it hangs
+        // from, found inside the setup, while the setup is keyed by the publisher endpoint).
+        let setting_up: HashSet<&str> = known
+            .iter()
+            .filter(|(_, k)| matches!(k, Known::Pending | Known::Cancelled { .. }))
+            .map(|(ep, _)| ep.split('/').next().unwrap_or_default())
+            .collect();
         let to_release: Vec<String> = orphans(&owned, |publisher| match known.get(publisher) {
             Some(Known::Tapped(t)) => PublisherState::Tapped { tap: t.tap.id() },
             Some(Known::Pending) | Some(Known::Cancelled { .. }) => PublisherState::SettingUp,
+            None if setting_up.contains(publisher.split('/').next().unwrap_or_default()) => {
+                PublisherState::SettingUp
+            }
             _ => PublisherState::NotTapped,
         })
         .into_iter()
