@@ -1607,3 +1607,87 @@ fn real_kms_expressions_policy_lets_no_emotion_out_anywhere() {
         assert_eq!(call.owned("tap-e2e-expr").await, (0, 0));
     });
 }
+
+/// An OpenVidu-shaped session on KMS 7.3 (the example app with `--openvidu-shape` builds the graph
+/// call for call as openvidu-server 2.x does: unnamed pipeline, no tags, publishers named with
+/// their streamId after creation, a PassThrough each, subscribers named `<connection>_<streamId>`
+/// fed from it) and three Chromium participants: with `--host openvidu` every camera is tapped
+/// once, at its PassThrough, under its connection id; face and voice results flow at the models'
+/// rates; stopping leaves nothing of ours and the session's objects untouched.
+#[test]
+fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
+    with_kms("openvidu", |kms| async move {
+        let mut call = Call::start(kms.clone(), &["--openvidu-shape"]).await;
+        for name in ["ana", "ben", "cyd"] {
+            call.join("ses_tap", name, "codec=vp8");
+        }
+        call.wait_connected(Duration::from_secs(60)).await;
+        assert_eq!(
+            call.wait_app_endpoints(9, Duration::from_secs(30)).await,
+            9,
+            "3 publishers + 6 subscribers"
+        );
+        call.start_workers();
+        call.start_daemon_with(
+            "tap-e2e-ov",
+            &["--host", "openvidu", "--datachannels", "false"],
+        )
+        .await;
+        assert!(
+            call.wait_metric("kurento_tap_taps_active", 3.0, Duration::from_secs(40))
+                .await,
+            "three taps:\n{}",
+            call.daemon_output()
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let start = Instant::now();
+        let window = Duration::from_secs(15);
+        tokio::time::sleep(window).await;
+        let seen = call.results_since(start);
+        let counts = per_participant(&seen);
+        eprintln!("OpenVidu-shaped session: results {counts:?}");
+        assert_rates(&seen, &["video", "audio"], 3, window, &call).await;
+        assert!(
+            counts
+                .keys()
+                .all(|(p, _)| p.starts_with("con_") && p.len() == 14),
+            "participants are connection ids: {counts:?}"
+        );
+        // Each of our taps hangs from a PassThrough, never from an endpoint.
+        use kurento_client::prelude::*;
+        let mut sources = Vec::new();
+        for p in call
+            .observer
+            .server_manager()
+            .get_pipelines()
+            .await
+            .unwrap()
+        {
+            for c in p.get_children().await.unwrap_or_default() {
+                let tags = c.get_tags().await.unwrap_or_default();
+                if c.id().ends_with(".RtpEndpoint") && tags.iter().any(|t| t.value == "tap-e2e-ov")
+                {
+                    let ep: kurento_client::RtpEndpoint = call.observer.object(c.id()).unwrap();
+                    for s in ep
+                        .get_source_connections(GetSourceConnectionsOptions::default())
+                        .await
+                        .unwrap()
+                    {
+                        sources.push(s.source);
+                    }
+                }
+            }
+        }
+        assert!(
+            !sources.is_empty() && sources.iter().all(|s| s.ends_with("_kurento.PassThrough")),
+            "taps fed by PassThroughs: {sources:?}"
+        );
+        assert!(call.stop_daemon());
+        assert_eq!(call.owned("tap-e2e-ov").await, (0, 0));
+        assert_eq!(
+            call.app_endpoints().await,
+            9,
+            "the session's endpoints are its own"
+        );
+    });
+}

@@ -51,6 +51,12 @@ pub struct Opts {
     /// Directory of the page (index.html, groupcall.js); defaults to the one beside the sources.
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    /// Build the object graph as openvidu-server 2.x does instead of the tutorial's: unnamed
+    /// pipeline, no tags, no DataChannels, each publisher named with its streamId after creation
+    /// (`str_CAM_<4 chars>_<connectionId>`) feeding an unnamed PassThrough, and every subscriber
+    /// (named `<connectionId>_<streamId>`) fed from that PassThrough.
+    #[arg(long)]
+    pub openvidu_shape: bool,
 }
 
 #[tokio::main]

@@ -42,6 +42,8 @@ struct User {
     conn: u64,
     tx: mpsc::Sender<String>,
     outgoing: WebRtcEndpoint,
+    /// OpenVidu shape: the PassThrough every subscriber hangs from, the connection and stream ids.
+    openvidu: Option<OpenViduStream>,
     /// Subscriber endpoints, by the name of the participant they show.
     incoming: HashMap<String, WebRtcEndpoint>,
     /// ICE candidate forwarders of this user's endpoints.
@@ -63,6 +65,21 @@ struct Joined {
 }
 
 static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A publisher as openvidu-server 2.x holds it (`PublisherEndpoint`).
+struct OpenViduStream {
+    passthrough: PassThrough,
+    connection: String,
+    stream: String,
+}
+
+/// `n` random alphanumerics.
+fn alnum(n: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..n)
+        .map(|_| CHARS[fastrand::usize(..CHARS.len())] as char)
+        .collect()
+}
 
 impl App {
     pub fn new(kms: KurentoClient, opts: Opts) -> Arc<Self> {
@@ -108,9 +125,24 @@ impl App {
         let outgoing = r
             .pipeline
             .create::<WebRtcEndpoint>()
-            .use_data_channels(self.opts.data_channels)
+            .use_data_channels(self.opts.data_channels && !self.opts.openvidu_shape)
             .await?;
-        if self.opts.tags {
+        let openvidu = if self.opts.openvidu_shape {
+            // KurentoParticipant / PublisherEndpoint: named after building, then a PassThrough.
+            let connection = format!("con_{}{}", fastrand::uppercase(), alnum(9));
+            let stream = format!("str_CAM_{}{}_{connection}", fastrand::uppercase(), alnum(3));
+            outgoing.set_name(&stream).await?;
+            let passthrough = r.pipeline.create::<PassThrough>().await?;
+            outgoing.connect(&passthrough, ()).await?;
+            Some(OpenViduStream {
+                passthrough,
+                connection,
+                stream,
+            })
+        } else {
+            None
+        };
+        if self.opts.tags && openvidu.is_none() {
             outgoing.add_tag("kurento-tap.participant", name).await?;
             // The presenter is left out of the room mood and receives it (docs/integration.md).
             let role = if presenter { "presenter" } else { "publisher" };
@@ -125,6 +157,7 @@ impl App {
             conn,
             tx,
             outgoing,
+            openvidu,
             incoming: HashMap::new(),
             forwarders: vec![forwarder],
         };
@@ -156,12 +189,15 @@ impl App {
             // The tutorial answers the browser's sendonly offer with the publisher itself.
             r.users[&who.name].outgoing.clone()
         } else {
-            let source = r
+            let source_user = r
                 .users
                 .get(sender)
-                .ok_or_else(|| anyhow::anyhow!("{sender} is not in the room"))?
-                .outgoing
-                .clone();
+                .ok_or_else(|| anyhow::anyhow!("{sender} is not in the room"))?;
+            let source = source_user.outgoing.clone();
+            let source_ov = source_user
+                .openvidu
+                .as_ref()
+                .map(|o| (o.passthrough.clone(), o.stream.clone()));
             let existing = r.users[&who.name].incoming.get(sender).cloned();
             match existing {
                 Some(ep) => ep,
@@ -169,7 +205,15 @@ impl App {
                     let ep = r.pipeline.create::<WebRtcEndpoint>().await?;
                     let tx = r.users[&who.name].tx.clone();
                     let forwarder = forward_candidates(&ep, sender, tx).await?;
-                    source.connect(&ep, ()).await?;
+                    match (&source_ov, &r.users[&who.name].openvidu) {
+                        // SubscriberEndpoint: named `<subscriber connection>_<streamId>`, fed
+                        // from the publisher's PassThrough.
+                        (Some((passthrough, stream)), Some(me)) => {
+                            ep.set_name(&format!("{}_{stream}", me.connection)).await?;
+                            passthrough.connect(&ep, ()).await?;
+                        }
+                        _ => source.connect(&ep, ()).await?,
+                    }
                     let me = r.users.get_mut(&who.name).expect("joined");
                     me.forwarders.push(forwarder);
                     me.incoming.insert(sender.to_owned(), ep.clone());
@@ -257,6 +301,9 @@ async fn remove_user(r: &mut Room, name: &str) {
         let _ = ep.release().await;
     }
     let _ = user.outgoing.release().await;
+    if let Some(o) = &user.openvidu {
+        let _ = o.passthrough.release().await;
+    }
 }
 
 /// A restarted KMS has none of the rooms' objects: tell everyone, and start afresh (as an app's
