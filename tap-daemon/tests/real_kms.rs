@@ -1617,7 +1617,12 @@ fn real_kms_expressions_policy_lets_no_emotion_out_anywhere() {
 #[test]
 fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
     with_kms("openvidu", |kms| async move {
-        let mut call = Call::start(kms.clone(), &["--openvidu-shape"]).await;
+        let secret = "a-secret-of-this-test-only";
+        let mut call = Call::start(
+            kms.clone(),
+            &["--openvidu-shape", "--openvidu-secret", secret],
+        )
+        .await;
         for name in ["ana", "ben", "cyd"] {
             call.join("ses_tap", name, "codec=vp8");
         }
@@ -1628,9 +1633,21 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
             "3 publishers + 6 subscribers"
         );
         call.start_workers();
+        let secret_file = std::env::temp_dir().join(format!("ov-secret-{}", std::process::id()));
+        std::fs::write(&secret_file, secret).unwrap();
+        let openvidu_url = call.app_url.trim_end_matches('/').to_owned();
         call.start_daemon_with(
             "tap-e2e-ov",
-            &["--host", "openvidu", "--datachannels", "false"],
+            &[
+                "--host",
+                "openvidu",
+                "--datachannels",
+                "false",
+                "--openvidu-url",
+                &openvidu_url,
+                "--openvidu-secret-file",
+                secret_file.to_str().unwrap(),
+            ],
         )
         .await;
         assert!(
@@ -1653,6 +1670,54 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
                 .all(|(p, _)| p.starts_with("con_") && p.len() == 14),
             "participants are connection ids: {counts:?}"
         );
+        // Names and sessions from OpenVidu's REST API: the session id is the room, clientData the
+        // display name.
+        let rooms: std::collections::BTreeSet<&str> =
+            seen.iter().map(|s| s.room.as_str()).collect();
+        assert_eq!(
+            rooms.into_iter().collect::<Vec<_>>(),
+            ["ses_tap"],
+            "the session id is the room"
+        );
+        // (The log is coloured: escape sequences out.)
+        let mut out = String::new();
+        let mut in_escape = false;
+        for c in call.daemon_output().chars() {
+            match (in_escape, c) {
+                (false, '\u{1b}') => in_escape = true,
+                (true, 'm') => in_escape = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        for name in ["ana", "ben", "cyd"] {
+            assert!(
+                out.contains(&format!("display=Some(\"{name}\")")),
+                "{name}'s clientData names its tap:\n{out}"
+            );
+        }
+        assert_eq!(call.metric("kurento_tap_openvidu_up").await, 1.0);
+        // Results into the call as OpenVidu signals, each browser its own.
+        for name in ["ana", "ben", "cyd"] {
+            let mut page = call.page(name).await;
+            let got = page
+                .eval("gc.signals.filter(s => s.type === 'signal:kurento-tap').length")
+                .await
+                .as_u64()
+                .unwrap_or(0);
+            let about = page
+                .eval("new Set(gc.signals.map(s => JSON.parse(s.data).participant)).size")
+                .await;
+            eprintln!("{name}: {got} signals");
+            assert!(got >= 20, "{name} received {got} kurento-tap signals");
+            assert_eq!(about, serde_json::json!(1), "{name} got others' results");
+        }
+        assert!(
+            call.metric("kurento_tap_openvidu_signals_total{outcome=\"sent\"}")
+                .await
+                >= 60.0
+        );
+        let _ = std::fs::remove_file(&secret_file);
         // Each of our taps hangs from a PassThrough, never from an endpoint.
         use kurento_client::prelude::*;
         let mut sources = Vec::new();

@@ -39,6 +39,9 @@ async fn handle(stream: TcpStream, dir: PathBuf, app: Arc<App>) -> anyhow::Resul
         crate::rooms::session(app, ws).await;
         return Ok(());
     }
+    if path.starts_with("/openvidu/api/") {
+        return rest(stream, app).await;
+    }
     static_file(stream, &dir, &path).await
 }
 
@@ -75,5 +78,68 @@ async fn static_file(
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await?;
+    Ok(())
+}
+
+/// OpenVidu's REST surface (`--openvidu-shape --openvidu-secret`): the request and answer shapes of
+/// openvidu-server 2.x's `SessionRestController` for what kurento-tap uses.
+async fn rest(mut stream: TcpStream, app: Arc<App>) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await??;
+        if n == 0 {
+            anyhow::bail!("closed before the request head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            anyhow::bail!("request head too large");
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut length = 0usize;
+    let mut auth = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.trim().parse().unwrap_or(0).min(1 << 20),
+                "authorization" => auth = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    while buf.len() < head_end + length {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = &buf[head_end..buf.len().min(head_end + length)];
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, answer) = app.openvidu_rest(method, path, auth.as_deref(), body).await;
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        406 => "Not Acceptable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        answer.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(answer.as_bytes()).await?;
     Ok(())
 }

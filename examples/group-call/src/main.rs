@@ -57,6 +57,11 @@ pub struct Opts {
     /// (named `<connectionId>_<streamId>`) fed from that PassThrough.
     #[arg(long)]
     pub openvidu_shape: bool,
+    /// With `--openvidu-shape`: serve OpenVidu's REST surface on the same listener
+    /// (`GET /openvidu/api/sessions`, `POST /openvidu/api/signal`, Basic auth `OPENVIDUAPP:<secret>`;
+    /// a signal reaches the browsers on the signalling socket as `{id: "signal", type, data}`).
+    #[arg(long, env = "GROUP_CALL_OPENVIDU_SECRET")]
+    pub openvidu_secret: Option<String>,
 }
 
 #[tokio::main]

@@ -92,6 +92,92 @@ impl App {
         app
     }
 
+    /// OpenVidu's REST surface for the sessions this app holds (`--openvidu-shape`): `GET
+    /// /openvidu/api/sessions` and `POST /openvidu/api/signal`, Basic auth `OPENVIDUAPP:<secret>`.
+    /// Returns (HTTP status, JSON body).
+    pub async fn openvidu_rest(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        let Some(secret) = self.opts.openvidu_secret.as_deref() else {
+            return (404, "{}".into());
+        };
+        use base64::Engine as _;
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("OPENVIDUAPP:{secret}"))
+        );
+        if auth != Some(want.as_str()) {
+            return (401, "{}".into());
+        }
+        let rooms = self.rooms.lock().await;
+        let route = path.split('?').next().unwrap_or_default();
+        match (method, route) {
+            ("GET", "/openvidu/api/sessions") => {
+                let content: Vec<Value> = rooms
+                    .iter()
+                    .map(|(id, r)| {
+                        let conns: Vec<Value> = r
+                            .users
+                            .iter()
+                            .filter_map(|(name, u)| {
+                                let o = u.openvidu.as_ref()?;
+                                Some(json!({
+                                    "id": o.connection, "object": "connection", "status": "active",
+                                    "type": "WEBRTC", "clientData": json!({"clientData": name}).to_string(),
+                                    "publishers": [{"streamId": o.stream, "createdAt": 0,
+                                        "mediaOptions": {"hasAudio": true, "hasVideo": true, "typeOfVideo": "CAMERA"}}],
+                                    "subscribers": [],
+                                }))
+                            })
+                            .collect();
+                        json!({"id": id, "object": "session", "connections":
+                            {"numberOfElements": conns.len(), "content": conns}})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"numberOfElements": content.len(), "content": content}).to_string(),
+                )
+            }
+            ("POST", "/openvidu/api/signal") => {
+                let Ok(req) = serde_json::from_slice::<Value>(body) else {
+                    return (400, "{}".into());
+                };
+                let (Some(session), Some(data)) = (req["session"].as_str(), req.get("data")) else {
+                    return (400, "{}".into());
+                };
+                let Some(r) = rooms.get(session) else {
+                    return (404, "{}".into());
+                };
+                let to: Option<Vec<&str>> = req["to"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect());
+                let targets: Vec<&User> = r
+                    .users
+                    .values()
+                    .filter(|u| match (&to, &u.openvidu) {
+                        (None, _) => true,
+                        (Some(to), Some(o)) => to.contains(&o.connection.as_str()),
+                        _ => false,
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    return (406, "{}".into());
+                }
+                let kind = req["type"].as_str().unwrap_or("");
+                for u in targets {
+                    u.send(json!({"id": "signal", "type": format!("signal:{kind}"), "data": data}));
+                }
+                (200, "{}".into())
+            }
+            _ => (404, "{}".into()),
+        }
+    }
+
     async fn join(
         &self,
         room: &str,

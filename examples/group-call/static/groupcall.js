@@ -18,7 +18,7 @@ const presenter = q.get('presenter') === '1';
 
 // What tests read (and a person can look at in the console).
 window.gc = { room, me, joined: false, published: false, connection: 'new', channel: 'none',
-              results: [], kinds: {}, errors: [], peers: {} };
+              results: [], signals: [], kinds: {}, errors: [], peers: {} };
 
 const peers = {};   // name -> RTCPeerConnection (our own under `me`)
 // What our own camera's encoder did (tests compare it with what kurento-tap decoded).
@@ -50,6 +50,8 @@ ws.onmessage = async (e) => {
       case 'receiveVideoAnswer': await peers[m.name]?.setRemoteDescription({ type: 'answer', sdp: m.sdpAnswer }); break;
       case 'iceCandidate': await peers[m.name]?.addIceCandidate(m.candidate); break;
       case 'error': gc.errors.push(m.message); break;
+      // OpenVidu-shaped sessions: what openvidu-browser hands to session.on('signal:<type>').
+      case 'signal': gc.signals.push({ at: Date.now(), type: m.type, data: m.data }); break;
     }
   } catch (err) { gc.errors.push(String(err)); }
 };

@@ -31,6 +31,7 @@ pub struct Seen {
     pub participant: String,
     pub media: String,
     pub latency_ms: f64,
+    pub room: String,
 }
 
 /// The call under test: nats-server, the app, participants, the daemon and workers.
@@ -82,6 +83,7 @@ impl Call {
                     participant: v["participant"].as_str().unwrap_or_default().into(),
                     media: v["media"].as_str().unwrap_or_default().into(),
                     latency_ms: v["latency_ms"].as_f64().unwrap_or(-1.0),
+                    room: v["room"].as_str().unwrap_or_default().into(),
                 });
             }
         });
