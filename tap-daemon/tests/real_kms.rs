@@ -1613,7 +1613,9 @@ fn real_kms_expressions_policy_lets_no_emotion_out_anywhere() {
 /// their streamId after creation, a PassThrough each, subscribers named `<connection>_<streamId>`
 /// fed from it) and three Chromium participants: with `--host openvidu` every camera is tapped
 /// once, at its PassThrough, under its connection id; face and voice results flow at the models'
-/// rates; stopping leaves nothing of ours and the session's objects untouched.
+/// rates; names come from the REST API (session id, clientData) and results go back as OpenVidu
+/// signals; a server-side mute, a filter and a publisher reconnect keep the tap right (no new
+/// tap); stopping leaves nothing of ours and the session's objects untouched.
 #[test]
 fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
     with_kms("openvidu", |kms| async move {
@@ -1718,6 +1720,77 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
                 >= 60.0
         );
         let _ = std::fs::remove_file(&secret_file);
+
+        // What openvidu-server does to a publisher from the server side, and a reconnect: the
+        // tap hangs from the PassThrough, so it stays (no new tap) and follows each change.
+        let conn_of = |name: &str| -> String {
+            out.lines()
+                .find(|l| l.contains("tapping") && l.contains(&format!("display=Some(\"{name}\")")))
+                .and_then(|l| l.split("participant=").nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (ana, ben, cyd) = (conn_of("ana"), conn_of("ben"), conn_of("cyd"));
+        let app: std::net::SocketAddr = call
+            .app_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let taps_before = call.metric("kurento_tap_taps_total").await;
+        let call_ref = &call;
+        let phase = |what: &'static str| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let start = Instant::now();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let counts = per_participant(&call_ref.results_since(start));
+            eprintln!("after {what}: {counts:?}");
+            counts
+        };
+        let video = |c: &std::collections::HashMap<(String, String), usize>, who: &str| {
+            c.get(&(who.to_owned(), "video".to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let audio = |c: &std::collections::HashMap<(String, String), usize>, who: &str| {
+            c.get(&(who.to_owned(), "audio".to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let answer = support::http_get(app, "/admin/mute?room=ses_tap&name=ana").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "mute ana: {answer}");
+        let c = phase("muting ana's video").await;
+        assert!(video(&c, &ana) <= 2, "ana's video is muted: {c:?}");
+        assert!(audio(&c, &ana) >= 6, "ana's voice goes on: {c:?}");
+        let answer = support::http_get(app, "/admin/unmute?room=ses_tap&name=ana").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "unmute ana: {answer}");
+        let c = phase("unmuting ana").await;
+        assert!(video(&c, &ana) >= 15, "ana's face is back: {c:?}");
+        let answer = support::http_get(app, "/admin/filter?room=ses_tap&name=ben").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "filter ben: {answer}");
+        let c = phase("a filter on ben").await;
+        assert!(video(&c, &ben) >= 15, "ben analysed behind a filter: {c:?}");
+        let mut page = call.page("cyd").await;
+        page.eval("(async () => { peers[me].close(); await publish(); })()")
+            .await;
+        let c = phase("cyd reconnecting").await;
+        assert!(
+            call.app
+                .output()
+                .contains("publisher reconnected onto its PassThrough"),
+            "cyd's browser published again and the app made a new endpoint"
+        );
+        assert!(
+            video(&c, &cyd) >= 15 && audio(&c, &cyd) >= 6,
+            "cyd analysed after its reconnect: {c:?}"
+        );
+        assert_eq!(
+            call.metric("kurento_tap_taps_total").await,
+            taps_before,
+            "no new tap for any of it"
+        );
+        assert_eq!(call.metric("kurento_tap_taps_active").await, 3.0);
         // Each of our taps hangs from a PassThrough, never from an endpoint.
         use kurento_client::prelude::*;
         let mut sources = Vec::new();

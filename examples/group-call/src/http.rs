@@ -42,6 +42,19 @@ async fn handle(stream: TcpStream, dir: PathBuf, app: Arc<App>) -> anyhow::Resul
     if path.starts_with("/openvidu/api/") {
         return rest(stream, app).await;
     }
+    if let Some(rest) = path.strip_prefix("/admin/") {
+        // POST /admin/<mute|unmute|filter>?room=..&name=.. (tests: openvidu-server's own actions)
+        let (action, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let arg = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let status = app.openvidu_admin(action, &arg("room"), &arg("name")).await;
+        return reply(stream, status).await;
+    }
     static_file(stream, &dir, &path).await
 }
 
@@ -141,5 +154,15 @@ async fn rest(mut stream: TcpStream, app: Arc<App>) -> anyhow::Result<()> {
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(answer.as_bytes()).await?;
+    Ok(())
+}
+
+async fn reply(mut stream: TcpStream, status: u16) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_millis(50), stream.read(&mut sink)).await;
+    let head = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
     Ok(())
 }

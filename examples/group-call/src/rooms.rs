@@ -71,6 +71,10 @@ struct OpenViduStream {
     passthrough: PassThrough,
     connection: String,
     stream: String,
+    /// Answered once: a later offer is a reconnect (a new endpoint on the same PassThrough).
+    published: bool,
+    /// A filter inserted between the endpoint and the PassThrough (`applyFilter`).
+    filter: Option<GStreamerFilter>,
 }
 
 /// `n` random alphanumerics.
@@ -90,6 +94,65 @@ impl App {
         });
         tokio::spawn(forget_rooms_when_kms_restarts(Arc::downgrade(&app)));
         app
+    }
+
+    /// What openvidu-server can do to a publisher from the server side (`--openvidu-shape`):
+    /// `mute`/`unmute` its video (disconnect it from / reconnect it to its PassThrough, as
+    /// `PublisherEndpoint.mute` does) and `filter` (insert a GStreamerFilter between the endpoint
+    /// and the PassThrough, as `applyFilter` does). Returns an HTTP status.
+    pub async fn openvidu_admin(&self, action: &str, room: &str, name: &str) -> u16 {
+        let mut rooms = self.rooms.lock().await;
+        let Some(r) = rooms.get_mut(room) else {
+            return 404;
+        };
+        let pipeline = r.pipeline.clone();
+        let Some(u) = r.users.get_mut(name) else {
+            return 404;
+        };
+        let outgoing = u.outgoing.clone();
+        let Some(o) = u.openvidu.as_mut() else {
+            return 404;
+        };
+        let upstream: MediaElement = match &o.filter {
+            Some(f) => f.clone().upcast(),
+            None => outgoing.clone().upcast(),
+        };
+        let done = match action {
+            "mute" => upstream.disconnect(&o.passthrough, MediaType::Video).await,
+            "unmute" => upstream.connect(&o.passthrough, MediaType::Video).await,
+            "filter" if o.filter.is_none() => {
+                let f =
+                    match GStreamerFilter::builder(&pipeline, "videoflip method=horizontal-flip")
+                        .await
+                    {
+                        Ok(f) => f,
+                        Err(e) => {
+                            warn!(error = %e, "cannot make the filter");
+                            return 500;
+                        }
+                    };
+                let mut step = outgoing.disconnect(&o.passthrough, MediaType::Video).await;
+                if step.is_ok() {
+                    step = outgoing.connect(&f, MediaType::Video).await;
+                }
+                if step.is_ok() {
+                    step = f.connect(&o.passthrough, MediaType::Video).await;
+                }
+                o.filter = Some(f);
+                step
+            }
+            _ => return 400,
+        };
+        match done {
+            Ok(()) => {
+                info!(room, name, action, "server-side change to a publisher");
+                200
+            }
+            Err(e) => {
+                warn!(room, name, action, error = %e, "server-side change failed");
+                500
+            }
+        }
     }
 
     /// OpenVidu's REST surface for the sessions this app holds (`--openvidu-shape`): `GET
@@ -224,6 +287,8 @@ impl App {
                 passthrough,
                 connection,
                 stream,
+                published: false,
+                filter: None,
             })
         } else {
             None
@@ -271,8 +336,33 @@ impl App {
         if r.users.get(&who.name).is_none_or(|u| u.conn != who.conn) {
             anyhow::bail!("{} rejoined on another connection", who.name);
         }
-        let endpoint = if sender == who.name {
+        let republish = sender == who.name
+            && r.users[&who.name]
+                .openvidu
+                .as_ref()
+                .is_some_and(|o| o.published);
+        let endpoint = if republish {
+            // OpenVidu's reconnect (KurentoSessionManager.reconnectPublisher): a new endpoint with
+            // the same streamId onto the same PassThrough (or its filter); the old one released.
+            let me = r.users.get_mut(&who.name).expect("joined");
+            let o = me.openvidu.as_ref().expect("openvidu shape");
+            let ep = r.pipeline.create::<WebRtcEndpoint>().await?;
+            ep.set_name(&o.stream).await?;
+            match &o.filter {
+                Some(f) => ep.connect(f, ()).await?,
+                None => ep.connect(&o.passthrough, ()).await?,
+            }
+            let forwarder = forward_candidates(&ep, &who.name, me.tx.clone()).await?;
+            me.forwarders.push(forwarder);
+            let old = std::mem::replace(&mut me.outgoing, ep.clone());
+            let _ = old.release().await;
+            info!(room = %who.room, name = %who.name, "publisher reconnected onto its PassThrough");
+            ep
+        } else if sender == who.name {
             // The tutorial answers the browser's sendonly offer with the publisher itself.
+            if let Some(o) = r.users.get_mut(&who.name).and_then(|u| u.openvidu.as_mut()) {
+                o.published = true;
+            }
             r.users[&who.name].outgoing.clone()
         } else {
             let source_user = r
@@ -388,6 +478,9 @@ async fn remove_user(r: &mut Room, name: &str) {
     }
     let _ = user.outgoing.release().await;
     if let Some(o) = &user.openvidu {
+        if let Some(f) = &o.filter {
+            let _ = f.release().await;
+        }
         let _ = o.passthrough.release().await;
     }
 }
