@@ -1626,13 +1626,19 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
         )
         .await;
         for name in ["ana", "ben", "cyd"] {
-            call.join("ses_tap", name, "codec=vp8");
+            // ana also shares a screen: a second stream, str_SCR_…, not a face to analyse.
+            let q = if name == "ana" {
+                "codec=vp8&screen=1"
+            } else {
+                "codec=vp8"
+            };
+            call.join("ses_tap", name, q);
         }
         call.wait_connected(Duration::from_secs(60)).await;
         assert_eq!(
-            call.wait_app_endpoints(9, Duration::from_secs(30)).await,
-            9,
-            "3 publishers + 6 subscribers"
+            call.wait_app_endpoints(10, Duration::from_secs(30)).await,
+            10,
+            "3 camera publishers + ana's screen + 6 subscribers"
         );
         call.start_workers();
         let secret_file = std::env::temp_dir().join(format!("ov-secret-{}", std::process::id()));
@@ -1820,11 +1826,17 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
             !sources.is_empty() && sources.iter().all(|s| s.ends_with("_kurento.PassThrough")),
             "taps fed by PassThroughs: {sources:?}"
         );
+        assert_eq!(
+            call.metric("kurento_tap_participants_not_tapped_total{reason=\"screen_share\"}")
+                .await,
+            1.0,
+            "ana's screen share seen and left alone"
+        );
         assert!(call.stop_daemon());
         assert_eq!(call.owned("tap-e2e-ov").await, (0, 0));
         assert_eq!(
             call.app_endpoints().await,
-            9,
+            10,
             "the session's endpoints are its own"
         );
     });

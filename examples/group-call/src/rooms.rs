@@ -44,6 +44,8 @@ struct User {
     outgoing: WebRtcEndpoint,
     /// OpenVidu shape: the PassThrough every subscriber hangs from, the connection and stream ids.
     openvidu: Option<OpenViduStream>,
+    /// OpenVidu shape: a screen share (`str_SCR_…`), its endpoint and PassThrough.
+    screen: Option<(WebRtcEndpoint, OpenViduStream)>,
     /// Subscriber endpoints, by the name of the participant they show.
     incoming: HashMap<String, WebRtcEndpoint>,
     /// ICE candidate forwarders of this user's endpoints.
@@ -188,11 +190,16 @@ impl App {
                             .iter()
                             .filter_map(|(name, u)| {
                                 let o = u.openvidu.as_ref()?;
+                                let mut publishers = vec![json!({"streamId": o.stream, "createdAt": 0,
+                                    "mediaOptions": {"hasAudio": true, "hasVideo": true, "typeOfVideo": "CAMERA"}})];
+                                if let Some((_, s)) = &u.screen {
+                                    publishers.push(json!({"streamId": s.stream, "createdAt": 0,
+                                        "mediaOptions": {"hasAudio": false, "hasVideo": true, "typeOfVideo": "SCREEN"}}));
+                                }
                                 Some(json!({
                                     "id": o.connection, "object": "connection", "status": "active",
                                     "type": "WEBRTC", "clientData": json!({"clientData": name}).to_string(),
-                                    "publishers": [{"streamId": o.stream, "createdAt": 0,
-                                        "mediaOptions": {"hasAudio": true, "hasVideo": true, "typeOfVideo": "CAMERA"}}],
+                                    "publishers": publishers,
                                     "subscribers": [],
                                 }))
                             })
@@ -309,6 +316,7 @@ impl App {
             tx,
             outgoing,
             openvidu,
+            screen: None,
             incoming: HashMap::new(),
             forwarders: vec![forwarder],
         };
@@ -335,6 +343,36 @@ impl App {
             .ok_or_else(|| anyhow::anyhow!("no room"))?;
         if r.users.get(&who.name).is_none_or(|u| u.conn != who.conn) {
             anyhow::bail!("{} rejoined on another connection", who.name);
+        }
+        if sender == format!("{}:screen", who.name) && self.opts.openvidu_shape {
+            // A second stream of the same connection: its own endpoint and PassThrough.
+            let me = r.users.get_mut(&who.name).expect("joined");
+            let connection = me
+                .openvidu
+                .as_ref()
+                .map(|o| o.connection.clone())
+                .unwrap_or_default();
+            let ep = r.pipeline.create::<WebRtcEndpoint>().await?;
+            let stream = format!("str_SCR_{}{}_{connection}", fastrand::uppercase(), alnum(3));
+            ep.set_name(&stream).await?;
+            let passthrough = r.pipeline.create::<PassThrough>().await?;
+            ep.connect(&passthrough, ()).await?;
+            let forwarder = forward_candidates(&ep, sender, me.tx.clone()).await?;
+            me.forwarders.push(forwarder);
+            me.screen = Some((
+                ep.clone(),
+                OpenViduStream {
+                    passthrough,
+                    connection,
+                    stream,
+                    published: true,
+                    filter: None,
+                },
+            ));
+            let answer = ep.process_offer(offer).await?;
+            me.send(json!({"id": "receiveVideoAnswer", "name": sender, "sdpAnswer": answer}));
+            ep.gather_candidates().await?;
+            return Ok(());
         }
         let republish = sender == who.name
             && r.users[&who.name]
@@ -429,6 +467,8 @@ impl App {
             };
             if name == who.name {
                 Some(me.outgoing.clone())
+            } else if name == format!("{}:screen", who.name) {
+                me.screen.as_ref().map(|(ep, _)| ep.clone())
             } else {
                 me.incoming.get(name).cloned()
             }
@@ -477,6 +517,10 @@ async fn remove_user(r: &mut Room, name: &str) {
         let _ = ep.release().await;
     }
     let _ = user.outgoing.release().await;
+    if let Some((ep, o)) = &user.screen {
+        let _ = ep.release().await;
+        let _ = o.passthrough.release().await;
+    }
     if let Some(o) = &user.openvidu {
         if let Some(f) = &o.filter {
             let _ = f.release().await;

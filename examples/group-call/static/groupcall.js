@@ -15,6 +15,9 @@ const codec = (q.get('codec') || 'vp8').toLowerCase();
 const wantChannel = q.get('dc') !== '0';
 const subscribe = q.get('subscribe') !== '0';
 const presenter = q.get('presenter') === '1';
+// screen=1: also publish a second, video-only stream as a screen share (the app's --openvidu-shape
+// names it str_SCR_…; the fake camera stands in for the screen).
+const shareScreen = q.get('screen') === '1';
 
 // What tests read (and a person can look at in the console).
 window.gc = { room, me, joined: false, published: false, connection: 'new', channel: 'none',
@@ -44,7 +47,7 @@ ws.onmessage = async (e) => {
   const m = JSON.parse(e.data);
   try {
     switch (m.id) {
-      case 'existingParticipants': gc.joined = true; await publish(); if (subscribe) m.data.forEach(watch); break;
+      case 'existingParticipants': gc.joined = true; await publish(); if (shareScreen) await publishScreen(); if (subscribe) m.data.forEach(watch); break;
       case 'newParticipantArrived': if (subscribe) watch(m.name); break;
       case 'participantLeft': drop(m.name); break;
       case 'receiveVideoAnswer': await peers[m.name]?.setRemoteDescription({ type: 'answer', sdp: m.sdpAnswer }); break;
@@ -74,6 +77,16 @@ function connect(name) {
   pc.onicecandidate = (e) => e.candidate && send({ id: 'onIceCandidate', name, candidate: e.candidate });
   peers[name] = pc;
   return pc;
+}
+
+async function publishScreen() {
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240, frameRate: 5 } });
+  const pc = connect(me + ':screen');
+  pc.onconnectionstatechange = () => { gc.screen = pc.connectionState; };
+  pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly', streams: [stream] });
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ id: 'receiveVideoFrom', sender: me + ':screen', sdpOffer: offer.sdp });
 }
 
 async function publish() {
