@@ -205,6 +205,27 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     exposed.push("daemon.data.tokenSecret=kurento-tap-token".into());
     let with_token = write("exposed.yaml", &render(&chart, &exposed));
     validate(&with_token, "keda");
+    // Beside OpenVidu: the host profile, its REST URL and the secret from a Secret's file; the
+    // whole daemon environment still one the binary reads (validated).
+    let mut ov = base.clone();
+    ov.push("daemon.host=openvidu".into());
+    ov.push("daemon.openvidu.url=http://openvidu:5443".into());
+    ov.push("daemon.openvidu.secretName=openvidu-secret".into());
+    let ov_text = render(&chart, &ov);
+    for want in [
+        "KURENTO_TAP_HOST",
+        "value: \"openvidu\"",
+        "KURENTO_TAP_OPENVIDU_SECRET_FILE",
+        "secretName: openvidu-secret",
+    ] {
+        assert!(ov_text.contains(want), "{want} in the OpenVidu render");
+    }
+    validate(&write("openvidu.yaml", &ov_text), "keda");
+    let mut bad_host = base.clone();
+    bad_host.push("daemon.host=jitsi".into());
+    let refused = try_render(&chart, &bad_host).expect_err("an unknown host");
+    assert!(refused.contains("daemon.host"), "{refused}");
+
     // An unknown processing policy is refused at render time.
     let mut unknown = base.clone();
     unknown.push("daemon.policy=emotion-free".into());
