@@ -26,6 +26,7 @@ pub fn all() -> Vec<Box<dyn Target>> {
         Box::new(ControlRequests),
         Box::new(ConfigFile),
         Box::new(ClusterEntries),
+        Box::new(OpenViduAnswers),
     ]
 }
 
@@ -787,5 +788,77 @@ mod tests {
             doc.contains("[datachannel]") && doc.contains("[mood]"),
             "{doc}"
         );
+    }
+}
+
+/// What openvidu-server's REST API answers (`--host openvidu`): whole HTTP/1.1 responses as the
+/// daemon's client reads them, and `GET /openvidu/api/sessions` bodies.
+pub struct OpenViduAnswers;
+
+const SESSIONS: &str = r#"{"numberOfElements":1,"content":[{"id":"ses_tap","object":"session","connections":{"numberOfElements":2,"content":[{"id":"con_Ab12CdEf34","object":"connection","status":"active","clientData":"{\"clientData\":\"ana\"}","publishers":[{"streamId":"str_CAM_Xk9q_con_Ab12CdEf34","mediaOptions":{"typeOfVideo":"CAMERA"}},{"streamId":"str_SCR_Qw3e_con_Ab12CdEf34","mediaOptions":{"typeOfVideo":"SCREEN"}}]},{"id":"con_Zz00000000","clientData":"ben","publishers":[]}]}}]}"#;
+
+impl Target for OpenViduAnswers {
+    fn name(&self) -> &'static str {
+        "openvidu"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        vec![
+            SESSIONS.as_bytes().to_vec(),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SESSIONS}",
+                SESSIONS.len()
+            )
+            .into_bytes(),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ]
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "\r\n",
+            "Content-Length: ",
+            "Transfer-Encoding: chunked",
+            "HTTP/1.1 ",
+            " 500 ",
+            "ffffffff",
+            "\"id\":",
+            "\"connections\":",
+            "\"content\":",
+            "\"clientData\":",
+            "\"publishers\":",
+            "\"streamId\":",
+            "str_CAM_",
+            "str_SCR_",
+            "con_",
+            "_con_",
+            "\\u0000",
+            "null",
+            "[]",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        use tap_daemon::openvidu::{parse_http_response, parse_sessions, MAX_DISPLAY_CHARS};
+        let http = parse_http_response(input, 1 << 20);
+        if let Ok(r) = &http {
+            assert!(r.body.len() <= 1 << 20, "a body over the limit was kept");
+        }
+        let dir = parse_sessions(input);
+        if let Ok(d) = &dir {
+            for s in d.streams.values() {
+                assert!(d.connections.get(&s.connection) == Some(&s.session));
+                if let Some(name) = &s.display {
+                    assert!(!name.is_empty() && name.chars().count() <= MAX_DISPLAY_CHARS);
+                    assert!(
+                        !name.chars().any(char::is_control),
+                        "a control character in a name"
+                    );
+                }
+            }
+        }
+        if http.is_ok() || dir.is_ok() {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        }
     }
 }
