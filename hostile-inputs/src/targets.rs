@@ -758,39 +758,6 @@ impl Target for ClusterEntries {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_seed_is_accepted() {
-        for target in all() {
-            for (i, seed) in target.seeds().iter().enumerate() {
-                if target.name() == "reply" && seed.starts_with(b"error: ") {
-                    assert_eq!(target.check(seed), Verdict::Rejected);
-                    continue;
-                }
-                assert_eq!(
-                    target.check(seed),
-                    Verdict::Accepted,
-                    "{} seed {i}: {}",
-                    target.name(),
-                    crate::show_input(seed, 400)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn the_documented_config_is_found() {
-        let doc = documented_config();
-        assert!(
-            doc.contains("[datachannel]") && doc.contains("[mood]"),
-            "{doc}"
-        );
-    }
-}
-
 /// What openvidu-server's REST API answers (`--host openvidu`): whole HTTP/1.1 responses as the
 /// daemon's client reads them, and `GET /openvidu/api/sessions` bodies.
 pub struct OpenViduAnswers;
@@ -860,5 +827,38 @@ impl Target for OpenViduAnswers {
         } else {
             Verdict::Rejected
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_is_accepted() {
+        for target in all() {
+            for (i, seed) in target.seeds().iter().enumerate() {
+                if target.name() == "reply" && seed.starts_with(b"error: ") {
+                    assert_eq!(target.check(seed), Verdict::Rejected);
+                    continue;
+                }
+                assert_eq!(
+                    target.check(seed),
+                    Verdict::Accepted,
+                    "{} seed {i}: {}",
+                    target.name(),
+                    crate::show_input(seed, 400)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_config_is_found() {
+        let doc = documented_config();
+        assert!(
+            doc.contains("[datachannel]") && doc.contains("[mood]"),
+            "{doc}"
+        );
     }
 }
