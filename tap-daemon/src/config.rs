@@ -15,6 +15,7 @@
 //! policy = "emotions"            # what may leave the daemon: emotions, expressions, aggregate (docs/privacy.md)
 //! tap_crypto = "auto"             # tap leg: auto (SRTP unless KMS is in this namespace), sdes, off
 //! srtp_suite = "AES_128_CM_HMAC_SHA1_80"
+//! host = "kurento"                # or "openvidu": OpenVidu 2.x sessions (docs/integration.md, "OpenVidu 2")
 //! owner = "kurento-tap"           # tag value on what this daemon creates
 //! latency_ms = 100                # jitterbuffer
 //! include_rooms = ["*"]
@@ -50,8 +51,6 @@
 //! margin_ms = 1000                # a holder stops trusting its lease ttl - margin after renewing
 //! placement_delay_ms = 1500       # a busier daemon leaves a new room to idler ones this long
 //! rebalance_ms = 30000            # over fair share + 1: hand one room over this often (0: never)
-//!
-//! host = "kurento"               # or "openvidu": OpenVidu 2.x sessions (docs/integration.md, "OpenVidu 2")
 //!
 //! [openvidu]                    # with host = "openvidu"
 //! url = "http://127.0.0.1:5443"   # openvidu-server's REST API (optional: names and signals)
