@@ -594,11 +594,16 @@ impl Target for ConfigFile {
         "config"
     }
     fn seeds(&self) -> Vec<Vec<u8>> {
-        // Without the token file line: it names a path that only exists on a server (and is read
-        // when the configuration is resolved).
+        // Without the token and OpenVidu secret file lines: they name paths that only exist on a
+        // server (and are read when the configuration is resolved); without the secret, no
+        // OpenVidu URL either (refused alone, rightly).
         let doc: String = documented_config()
             .lines()
-            .filter(|l| !l.starts_with("token_file"))
+            .filter(|l| {
+                !l.starts_with("token_file")
+                    && !l.starts_with("secret_file")
+                    && !l.starts_with("url = ")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let minimal = "kurento = \"ws://kms:8888/kurento\"\nports = \"40000-40099\"\n[mood]\nenabled = false\n";
