@@ -293,11 +293,21 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let kms_ok = up.iter().any(|(_, ok)| *ok);
     let nats_ok = s.nats.connection_state() == async_nats::connection::State::Connected;
     let word = |ok: bool| if ok { "ok" } else { "down" };
+    // The consent mode in force, as the metrics show it (set once at start).
+    let opt_in = s
+        .metrics
+        .consent_mode
+        .get_or_create(&crate::metrics::ModeLabel {
+            mode: crate::consent::ConsentMode::OptIn.as_str().into(),
+        })
+        .get()
+        == 1;
     let mut body = format!(
-        "kms: {}\nnats: {}\npolicy: {}\n",
+        "kms: {}\nnats: {}\npolicy: {}\nconsent: {}\n",
         word(kms_ok && up.iter().all(|(_, ok)| *ok)),
         word(nats_ok),
-        s.dispatcher.policy()
+        s.dispatcher.policy(),
+        if opt_in { "opt-in" } else { "opt-out" }
     );
     if up.len() > 1 {
         for (name, ok) in &up {

@@ -85,6 +85,10 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     cfg.consent = ConsentMode::OptIn;
     let daemon = Daemon::start(cfg).await.unwrap();
     let http = daemon.http_addr.unwrap();
+    assert!(
+        http_get(http, "/healthz").await.contains("consent: opt-in"),
+        "the mode in force is shown"
+    );
     let ask = |body: String| {
         let client = client.clone();
         async move {
@@ -269,6 +273,9 @@ async fn opt_out_is_the_default_and_a_control_withdrawal_applies() {
     assert_eq!(tapped(&daemon).await, ["ben"]);
     let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
     assert!(metrics.contains("kurento_tap_consent_mode{mode=\"opt-out\"} 1"));
+    assert!(http_get(daemon.http_addr.unwrap(), "/healthz")
+        .await
+        .contains("consent: opt-out"));
     assert!(
         metrics.contains("kurento_tap_participants_not_tapped_total{reason=\"opt_out\"} 2"),
         "cyd by tag, ana by control: {metrics}"
