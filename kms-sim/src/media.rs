@@ -126,13 +126,125 @@ pub struct RtpSender {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn make(factory: &str) -> Result<gst::Element, MediaError> {
+/// A raw video source at the spec's size and `fps` (I420), ending in its caps filter: live, or
+/// `frames` buffers as fast as they come (to encode a clip once).
+pub(crate) fn raw_video(
+    spec: &VideoSpec,
+    fps: u32,
+    frames: Option<i32>,
+) -> Result<Vec<gst::Element>, MediaError> {
+    let mut chain = Vec::new();
+    match &spec.source {
+        VideoSource::Pattern(p) => {
+            let src = make("videotestsrc")?;
+            src.set_property_from_str("pattern", p);
+            match frames {
+                Some(n) => src.set_property("num-buffers", n),
+                None => src.set_property("is-live", true),
+            }
+            chain.push(src);
+        }
+        VideoSource::Image(path) => {
+            let src = make("filesrc")?;
+            src.set_property("location", path.to_string_lossy().to_string());
+            chain.push(src);
+            let is_png = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+            chain.push(make(if is_png { "pngdec" } else { "jpegdec" })?);
+            let freeze = make("imagefreeze")?;
+            match frames {
+                Some(n) => freeze.set_property("num-buffers", n),
+                None => freeze.set_property("is-live", true),
+            }
+            chain.push(freeze);
+        }
+    }
+    chain.push(make("videoconvert")?);
+    chain.push(make("videoscale")?);
+    chain.push(make("videorate")?);
+    let filter = make("capsfilter")?;
+    filter.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", spec.width as i32)
+            .field("height", spec.height as i32)
+            .field("framerate", gst::Fraction::new(fps as i32, 1))
+            .build(),
+    );
+    chain.push(filter);
+    Ok(chain)
+}
+
+/// The encoder of `encoding` as browsers' are set (low latency, ~300 kbit/s, a keyframe every
+/// `keyframe_interval` frames), with H.264's constrained-baseline caps after it.
+pub(crate) fn video_encoder(
+    encoding: &str,
+    keyframe_interval: u32,
+) -> Result<Vec<gst::Element>, MediaError> {
+    Ok(match encoding {
+        "VP8" => {
+            let enc = make("vp8enc")?;
+            enc.set_property("deadline", 1i64);
+            enc.set_property("cpu-used", 8i32);
+            enc.set_property("keyframe-max-dist", keyframe_interval as i32);
+            enc.set_property("target-bitrate", 300_000i32);
+            vec![enc]
+        }
+        "VP9" => {
+            let enc = make("vp9enc")?;
+            enc.set_property("deadline", 1i64);
+            enc.set_property("cpu-used", 8i32);
+            enc.set_property("keyframe-max-dist", keyframe_interval as i32);
+            vec![enc]
+        }
+        "H264" => {
+            let enc = make("x264enc")?;
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("key-int-max", keyframe_interval);
+            enc.set_property("bitrate", 300u32);
+            // Browsers send no access-unit delimiters.
+            enc.set_property("aud", false);
+            let profile = make("capsfilter")?;
+            profile.set_property(
+                "caps",
+                gst::Caps::builder("video/x-h264")
+                    .field("profile", "constrained-baseline")
+                    .build(),
+            );
+            vec![enc, profile]
+        }
+        other => return Err(MediaError::Codec(other.to_owned())),
+    })
+}
+
+/// The RTP payloader of a video `encoding`.
+pub(crate) fn video_payloader(encoding: &str) -> Result<gst::Element, MediaError> {
+    Ok(match encoding {
+        "VP8" => {
+            let pay = make("rtpvp8pay")?;
+            pay.set_property_from_str("picture-id-mode", "15-bit");
+            pay
+        }
+        "VP9" => make("rtpvp9pay")?,
+        "H264" => {
+            let pay = make("rtph264pay")?;
+            pay.set_property("config-interval", 1i32);
+            pay
+        }
+        other => return Err(MediaError::Codec(other.to_owned())),
+    })
+}
+
+pub(crate) fn make(factory: &str) -> Result<gst::Element, MediaError> {
     gst::ElementFactory::make(factory)
         .build()
         .map_err(|_| MediaError::MissingElement(factory.to_owned()))
 }
 
-fn gst_err(e: impl std::fmt::Display) -> MediaError {
+pub(crate) fn gst_err(e: impl std::fmt::Display) -> MediaError {
     MediaError::Gst(e.to_string())
 }
 
@@ -166,19 +278,8 @@ impl RtpSender {
                     chain.push(parse);
                 }
                 chain.push(match encoding.as_str() {
-                    "VP8" => {
-                        let pay = make("rtpvp8pay")?;
-                        pay.set_property_from_str("picture-id-mode", "15-bit");
-                        pay
-                    }
-                    "VP9" => make("rtpvp9pay")?,
-                    "H264" => {
-                        let pay = make("rtph264pay")?;
-                        pay.set_property("config-interval", 1i32);
-                        pay
-                    }
                     "OPUS" => make("rtpopuspay")?,
-                    other => return Err(MediaError::Codec(other.to_owned())),
+                    video => video_payloader(video)?,
                 });
                 replay = Some((src, clip));
             }
@@ -186,81 +287,10 @@ impl RtpSender {
         match payload {
             _ if replay.is_some() => {}
             Payload::Video(spec) => {
-                match &spec.source {
-                    VideoSource::Pattern(p) => {
-                        let src = make("videotestsrc")?;
-                        src.set_property("is-live", true);
-                        src.set_property_from_str("pattern", p);
-                        chain.push(src);
-                    }
-                    VideoSource::Image(path) => {
-                        let src = make("filesrc")?;
-                        src.set_property("location", path.to_string_lossy().to_string());
-                        chain.push(src);
-                        let is_png = path
-                            .extension()
-                            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
-                        chain.push(make(if is_png { "pngdec" } else { "jpegdec" })?);
-                        let freeze = make("imagefreeze")?;
-                        freeze.set_property("is-live", true);
-                        chain.push(freeze);
-                    }
-                }
-                chain.push(make("videoconvert")?);
-                chain.push(make("videoscale")?);
-                chain.push(make("videorate")?);
-                let caps = gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", spec.width as i32)
-                    .field("height", spec.height as i32)
-                    .field("framerate", gst::Fraction::new(spec.fps as i32, 1))
-                    .build();
-                let filter = make("capsfilter")?;
-                filter.set_property("caps", &caps);
-                stamp_at_delivery(&filter);
-                chain.push(filter);
-                let (enc, pay) = match encoding.as_str() {
-                    "VP8" => {
-                        let enc = make("vp8enc")?;
-                        enc.set_property("deadline", 1i64);
-                        enc.set_property("cpu-used", 8i32);
-                        enc.set_property("keyframe-max-dist", spec.keyframe_interval as i32);
-                        enc.set_property("target-bitrate", 300_000i32);
-                        let pay = make("rtpvp8pay")?;
-                        pay.set_property_from_str("picture-id-mode", "15-bit");
-                        (enc, pay)
-                    }
-                    "VP9" => {
-                        let enc = make("vp9enc")?;
-                        enc.set_property("deadline", 1i64);
-                        enc.set_property("cpu-used", 8i32);
-                        enc.set_property("keyframe-max-dist", spec.keyframe_interval as i32);
-                        (enc, make("rtpvp9pay")?)
-                    }
-                    "H264" => {
-                        let enc = make("x264enc")?;
-                        enc.set_property_from_str("tune", "zerolatency");
-                        enc.set_property_from_str("speed-preset", "ultrafast");
-                        enc.set_property("key-int-max", spec.keyframe_interval);
-                        enc.set_property("bitrate", 300u32);
-                        // Browsers send no access-unit delimiters.
-                        enc.set_property("aud", false);
-                        chain.push(enc);
-                        let profile = make("capsfilter")?;
-                        profile.set_property(
-                            "caps",
-                            gst::Caps::builder("video/x-h264")
-                                .field("profile", "constrained-baseline")
-                                .build(),
-                        );
-                        let pay = make("rtph264pay")?;
-                        pay.set_property("config-interval", 1i32);
-                        (profile, pay)
-                    }
-                    other => return Err(MediaError::Codec(other.to_owned())),
-                };
-                chain.push(enc);
-                chain.push(pay);
+                chain.extend(raw_video(spec, spec.fps, None)?);
+                stamp_at_delivery(chain.last().expect("a caps filter"));
+                chain.extend(video_encoder(&encoding, spec.keyframe_interval)?);
+                chain.push(video_payloader(&encoding)?);
             }
             Payload::Audio(source) => {
                 match source {

@@ -16,7 +16,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use crate::media::{AudioSource, MediaError, VideoSource, VideoSpec};
+use crate::media::{gst_err, make, raw_video, video_encoder, AudioSource, MediaError, VideoSpec};
 
 static PRE_ENCODED: AtomicBool = AtomicBool::new(false);
 
@@ -43,16 +43,6 @@ pub struct Clip {
 fn clips() -> &'static Mutex<HashMap<String, Arc<Clip>>> {
     static CLIPS: OnceLock<Mutex<HashMap<String, Arc<Clip>>>> = OnceLock::new();
     CLIPS.get_or_init(Default::default)
-}
-
-fn make(factory: &str) -> Result<gst::Element, MediaError> {
-    gst::ElementFactory::make(factory)
-        .build()
-        .map_err(|_| MediaError::MissingElement(factory.to_owned()))
-}
-
-fn gst_err(e: impl std::fmt::Display) -> MediaError {
-    MediaError::Gst(e.to_string())
 }
 
 /// Runs `chain` (a non-live source first) to its end into an appsink and keeps what came out.
@@ -126,76 +116,9 @@ pub fn video_clip(encoding: &str, spec: &VideoSpec) -> Result<Arc<Clip>, MediaEr
     }
     let fps = spec.fps.max(1);
     let frames = (fps * 4) as i32;
-    let mut chain = Vec::new();
-    match &spec.source {
-        VideoSource::Pattern(p) => {
-            let src = make("videotestsrc")?;
-            src.set_property_from_str("pattern", p);
-            src.set_property("num-buffers", frames);
-            chain.push(src);
-        }
-        VideoSource::Image(path) => {
-            let src = make("filesrc")?;
-            src.set_property("location", path.to_string_lossy().to_string());
-            chain.push(src);
-            let is_png = path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("png"));
-            chain.push(make(if is_png { "pngdec" } else { "jpegdec" })?);
-            let freeze = make("imagefreeze")?;
-            freeze.set_property("num-buffers", frames);
-            chain.push(freeze);
-        }
-    }
-    chain.push(make("videoconvert")?);
-    chain.push(make("videoscale")?);
-    chain.push(make("videorate")?);
-    let filter = make("capsfilter")?;
-    filter.set_property(
-        "caps",
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", spec.width as i32)
-            .field("height", spec.height as i32)
-            .field("framerate", gst::Fraction::new(fps as i32, 1))
-            .build(),
-    );
-    chain.push(filter);
-    match encoding {
-        "VP8" => {
-            let enc = make("vp8enc")?;
-            enc.set_property("deadline", 1i64);
-            enc.set_property("cpu-used", 8i32);
-            enc.set_property("keyframe-max-dist", frames);
-            enc.set_property("target-bitrate", 300_000i32);
-            chain.push(enc);
-        }
-        "VP9" => {
-            let enc = make("vp9enc")?;
-            enc.set_property("deadline", 1i64);
-            enc.set_property("cpu-used", 8i32);
-            enc.set_property("keyframe-max-dist", frames);
-            chain.push(enc);
-        }
-        "H264" => {
-            let enc = make("x264enc")?;
-            enc.set_property_from_str("tune", "zerolatency");
-            enc.set_property_from_str("speed-preset", "ultrafast");
-            enc.set_property("key-int-max", frames as u32);
-            enc.set_property("bitrate", 300u32);
-            enc.set_property("aud", false);
-            chain.push(enc);
-            let profile = make("capsfilter")?;
-            profile.set_property(
-                "caps",
-                gst::Caps::builder("video/x-h264")
-                    .field("profile", "constrained-baseline")
-                    .build(),
-            );
-            chain.push(profile);
-        }
-        other => return Err(MediaError::Codec(other.to_owned())),
-    }
+    // One keyframe, at the start: a replay loops back to it.
+    let mut chain = raw_video(spec, fps, Some(frames))?;
+    chain.extend(video_encoder(encoding, frames as u32)?);
     let clip = Arc::new(encode_once(
         chain,
         Duration::from_secs_f64(1.0 / fps as f64),
@@ -307,6 +230,7 @@ pub fn restart_on_keyframe_request(pay: &gst::Element, restart: Arc<AtomicBool>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::VideoSource;
 
     #[test]
     fn clips_are_encoded_once_and_start_with_a_keyframe() {
