@@ -24,7 +24,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tap_protocol::affect::MAX_CONTROL_NAME;
 use tap_protocol::safe_token;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -198,19 +197,12 @@ pub struct ConsentRequest {
 }
 
 impl ConsentRequest {
-    /// Reads and checks a request body: JSON, non-empty names of at most [`MAX_CONTROL_NAME`]
+    /// Reads and checks a request body: JSON, non-empty names of at most [`MAX_CONTROL_NAME`](tap_protocol::affect::MAX_CONTROL_NAME)
     /// bytes, a boolean `consent`.
     pub fn parse(payload: &[u8]) -> Result<ConsentRequest, String> {
         let req: ConsentRequest =
             serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
-        if req.room.is_empty() || req.participant.is_empty() {
-            return Err("bad request: empty room or participant".into());
-        }
-        if req.room.len() > MAX_CONTROL_NAME || req.participant.len() > MAX_CONTROL_NAME {
-            return Err(format!(
-                "bad request: a name is longer than {MAX_CONTROL_NAME} bytes"
-            ));
-        }
+        tap_protocol::affect::check_control_names(&req.room, &req.participant)?;
         Ok(req)
     }
 }
@@ -301,6 +293,7 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tap_protocol::affect::MAX_CONTROL_NAME;
 
     #[test]
     fn modes_parse_and_unknown_ones_are_errors() {

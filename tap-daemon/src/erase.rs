@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tap_protocol::affect::{state_subject, AFFECT_STREAM, MAX_CONTROL_NAME};
+use tap_protocol::affect::{state_subject, AFFECT_STREAM};
 use tap_protocol::{safe_token, CTL_ERASE, RESULTS_STREAM};
 use tracing::{info, warn};
 
@@ -28,18 +28,11 @@ pub struct EraseRequest {
 
 impl EraseRequest {
     /// Reads and checks a request body: JSON, non-empty names of at most
-    /// [`MAX_CONTROL_NAME`] bytes.
+    /// [`MAX_CONTROL_NAME`](tap_protocol::affect::MAX_CONTROL_NAME) bytes.
     pub fn parse(payload: &[u8]) -> Result<EraseRequest, String> {
         let req: EraseRequest =
             serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
-        if req.room.is_empty() || req.participant.is_empty() {
-            return Err("bad request: empty room or participant".into());
-        }
-        if req.room.len() > MAX_CONTROL_NAME || req.participant.len() > MAX_CONTROL_NAME {
-            return Err(format!(
-                "bad request: a name is longer than {MAX_CONTROL_NAME} bytes"
-            ));
-        }
+        tap_protocol::affect::check_control_names(&req.room, &req.participant)?;
         Ok(req)
     }
 

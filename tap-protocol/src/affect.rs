@@ -41,6 +41,20 @@ pub struct PresenterRequest {
 /// Longest room or participant name a control request may carry (bytes).
 pub const MAX_CONTROL_NAME: usize = 256;
 
+/// The check every control request naming a participant makes: a room and a participant, both
+/// non-empty and at most [`MAX_CONTROL_NAME`] bytes (the error is the reply's text).
+pub fn check_control_names(room: &str, participant: &str) -> Result<(), String> {
+    if room.is_empty() || participant.is_empty() {
+        return Err("bad request: empty room or participant".into());
+    }
+    if room.len() > MAX_CONTROL_NAME || participant.len() > MAX_CONTROL_NAME {
+        return Err(format!(
+            "bad request: a name is longer than {MAX_CONTROL_NAME} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Who names a presenter in a [`PresenterRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenterRequestSource {
