@@ -33,30 +33,9 @@ fn spawn(name: &str, args: &[&str]) -> Child {
         })
 }
 
-fn hz() -> f64 {
-    String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap_or(100.0)
-}
-
 /// (CPU seconds, threads, RSS MiB) of a process.
 fn usage(pid: u32) -> (f64, u64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let cpu = stat
-        .rfind(')')
-        .map(|i| {
-            let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / hz()
-        })
-        .unwrap_or(0.0);
+    let cpu = support::cpu_seconds_of(&pid.to_string());
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| -> u64 {
         status
@@ -66,14 +45,6 @@ fn usage(pid: u32) -> (f64, u64, f64) {
             .unwrap_or(0)
     };
     (cpu, field("Threads:"), field("VmRSS:") as f64 / 1024.0)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +206,10 @@ async fn main() {
             })
             .collect();
         let mut sorted = rates.clone();
-        let (slowest, fastest) = (pct(&mut sorted, 0.0), pct(&mut sorted, 1.0));
+        let (slowest, fastest) = (
+            support::pct(&mut sorted, 0.0),
+            support::pct(&mut sorted, 1.0),
+        );
         let mut lat = latency.get(model).cloned().unwrap_or_default();
         println!(
             "  {model:<6} results/s per participant: slowest {slowest:.2}, fastest {fastest:.2}{}; capture→result p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms ({} results)",
@@ -244,9 +218,9 @@ async fn main() {
             } else {
                 String::new()
             },
-            pct(&mut lat, 0.5),
-            pct(&mut lat, 0.95),
-            pct(&mut lat, 0.99),
+            support::pct(&mut lat, 0.5),
+            support::pct(&mut lat, 0.95),
+            support::pct(&mut lat, 0.99),
             lat.len()
         );
     }

@@ -19,23 +19,7 @@ use tap_daemon::{Daemon, DaemonConfig};
 use tap_protocol::*;
 
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz: f64 = String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap_or(100.0);
-    ticks / hz
+    cpu_seconds_of("self")
 }
 
 /// This process's threads by name, digits folded (`udpsrc12:src` → `udpsrc#:src`), most first.
@@ -68,14 +52,6 @@ fn thread_names() -> String {
 
 fn rss_mib() -> f64 {
     proc_status("VmRSS:") as f64 / 1024.0
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn sim_binary() -> String {

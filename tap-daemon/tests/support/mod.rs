@@ -350,6 +350,37 @@ pub fn proc_status(key: &str) -> u64 {
         .unwrap()
 }
 
+/// CPU seconds (user + system) a process has used so far: `pid` a number or `self`. (Benches.)
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(i) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    ticks / hz
+}
+
+/// The `p` quantile (0..=1) of `v`, by rank (NaN when empty). (Benches.)
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
 /// Tests that measure media rates in one test binary take turns: on 2 cores, several simulated
 /// calls encoding VP8/H.264 side by side starve each other's media (one run saw 9 frames decoded
 /// in 4 s), which is the machine, not the daemon.
