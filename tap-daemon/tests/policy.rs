@@ -109,6 +109,58 @@ async fn collect(sub: &mut async_nats::Subscriber, until: Instant) -> Vec<String
     out
 }
 
+/// What left the daemon in 8 s of the scenario under a policy: NATS results, states and room
+/// moods, the dashboard's stream, and the metrics after.
+struct Observed {
+    results: Vec<String>,
+    states: Vec<String>,
+    moods: Vec<String>,
+    stream: String,
+    metrics: String,
+    http: SocketAddr,
+    daemon: Daemon,
+    _sim: kms_sim::SimServer,
+}
+
+/// Runs the scenario under `policy` (simulator ports from `sim_base`, the daemon's from
+/// `daemon_base`, 500 each) and collects what left the daemon.
+async fn observe(
+    client: &async_nats::Client,
+    nats: &Nats,
+    policy: Policy,
+    (sim_base, daemon_base): (u16, u16),
+) -> Observed {
+    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
+    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
+    let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
+    let sim = sim(SCENARIO, (sim_base, sim_base + 499)).await;
+    let mut cfg = config(&sim, nats, (daemon_base, daemon_base + 499));
+    cfg.datachannel.enabled = false;
+    cfg.policy = policy;
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let http = daemon.http_addr.unwrap();
+    wait_taps(&daemon, 4).await;
+    let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
+    let until = Instant::now() + Duration::from_secs(8);
+    let (results, states, moods) = tokio::join!(
+        collect(&mut results, until),
+        collect(&mut states, until),
+        collect(&mut moods, until)
+    );
+    let stream = stream.await.unwrap();
+    let metrics = reqwest_metrics(http).await;
+    Observed {
+        results,
+        states,
+        moods,
+        stream,
+        metrics,
+        http,
+        daemon,
+        _sim: sim,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_models() {
     let _turn = one_media_rate_test_at_a_time().await;
@@ -123,26 +175,16 @@ async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_mode
         Registration::new(&client, face).await,
         Registration::new(&client, gray).await,
     );
-    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
-    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
-    let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
-
-    let sim = sim(SCENARIO, (48000, 48499)).await;
-    let mut cfg = config(&sim, &nats, (48500, 48999));
-    cfg.datachannel.enabled = false;
-    cfg.policy = Policy::Expressions;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let http = daemon.http_addr.unwrap();
-    wait_taps(&daemon, 4).await;
-    let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
-    let until = Instant::now() + Duration::from_secs(8);
-    let (results, states, moods) = tokio::join!(
-        collect(&mut results, until),
-        collect(&mut states, until),
-        collect(&mut moods, until)
-    );
-    let stream = stream.await.unwrap();
-    let metrics = reqwest_metrics(http).await;
+    let Observed {
+        results,
+        states,
+        moods,
+        stream,
+        metrics,
+        http,
+        daemon,
+        _sim,
+    } = observe(&client, &nats, Policy::Expressions, (48000, 48500)).await;
 
     assert!(
         !gray_seen.lock().unwrap().is_empty(),
@@ -431,26 +473,16 @@ async fn aggregate_lets_out_room_moods_only() {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let _w = face_worker(&client).await;
     let _r = Registration::new(&client, face_spec()).await;
-    let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
-    let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
-    let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
-
-    let sim = sim(SCENARIO, (49000, 49499)).await;
-    let mut cfg = config(&sim, &nats, (49500, 49999));
-    cfg.datachannel.enabled = false;
-    cfg.policy = Policy::Aggregate;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let http = daemon.http_addr.unwrap();
-    wait_taps(&daemon, 4).await;
-    let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
-    let until = Instant::now() + Duration::from_secs(8);
-    let (results, states, moods) = tokio::join!(
-        collect(&mut results, until),
-        collect(&mut states, until),
-        collect(&mut moods, until)
-    );
-    let stream = stream.await.unwrap();
-    let metrics = reqwest_metrics(http).await;
+    let Observed {
+        results,
+        states,
+        moods,
+        stream,
+        metrics,
+        http,
+        daemon,
+        _sim,
+    } = observe(&client, &nats, Policy::Aggregate, (49000, 49500)).await;
 
     assert!(
         results.is_empty(),
