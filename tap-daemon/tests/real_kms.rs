@@ -1414,20 +1414,8 @@ fn real_kms_srtp_taps_give_results_and_nothing_in_clear_on_the_tap_leg() {
             // browsers' own WebRTC traffic may use ports in the same range).
             use kurento_client::prelude::*;
             let mut answers = Vec::new();
-            for p in call
-                .observer
-                .server_manager()
-                .get_pipelines()
-                .await
-                .unwrap()
-            {
-                for c in p.get_children().await.unwrap_or_default() {
-                    let tags = c.get_tags().await.unwrap_or_default();
-                    if tags.iter().any(|t| t.value == owner) && c.id().ends_with(".RtpEndpoint") {
-                        let ep: kurento_client::RtpEndpoint = call.observer.object(c.id()).unwrap();
-                        answers.push(ep.get_local_session_descriptor().await.unwrap());
-                    }
-                }
+            for ep in call.taps_of(owner).await {
+                answers.push(ep.get_local_session_descriptor().await.unwrap());
             }
             assert_eq!(answers.len(), 2);
             let ssrcs: std::collections::HashSet<u32> = answers
@@ -1810,26 +1798,13 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
         // Each of our taps hangs from a PassThrough, never from an endpoint.
         use kurento_client::prelude::*;
         let mut sources = Vec::new();
-        for p in call
-            .observer
-            .server_manager()
-            .get_pipelines()
-            .await
-            .unwrap()
-        {
-            for c in p.get_children().await.unwrap_or_default() {
-                let tags = c.get_tags().await.unwrap_or_default();
-                if c.id().ends_with(".RtpEndpoint") && tags.iter().any(|t| t.value == "tap-e2e-ov")
-                {
-                    let ep: kurento_client::RtpEndpoint = call.observer.object(c.id()).unwrap();
-                    for s in ep
-                        .get_source_connections(GetSourceConnectionsOptions::default())
-                        .await
-                        .unwrap()
-                    {
-                        sources.push(s.source);
-                    }
-                }
+        for ep in call.taps_of("tap-e2e-ov").await {
+            for s in ep
+                .get_source_connections(GetSourceConnectionsOptions::default())
+                .await
+                .unwrap()
+            {
+                sources.push(s.source);
             }
         }
         assert!(

@@ -227,6 +227,29 @@ impl Call {
     }
 
     /// Objects in KMS tagged with `owner` by the daemon: (RtpEndpoints, WebRtcEndpoints).
+    /// The RtpEndpoints (taps) `owner` made, in every pipeline.
+    pub async fn taps_of(&self, owner: &str) -> Vec<kurento_client::RtpEndpoint> {
+        let mut out = Vec::new();
+        for p in self
+            .observer
+            .server_manager()
+            .get_pipelines()
+            .await
+            .unwrap()
+        {
+            for c in p.get_children().await.unwrap_or_default() {
+                if !c.id().ends_with("_kurento.RtpEndpoint") {
+                    continue;
+                }
+                let tags = c.get_tags().await.unwrap_or_default();
+                if tags.iter().any(|t| t.key == OWNER_KEY && t.value == owner) {
+                    out.push(self.observer.object(c.id()).unwrap());
+                }
+            }
+        }
+        out
+    }
+
     pub async fn owned(&self, owner: &str) -> (usize, usize) {
         let mut rtp = 0;
         let mut webrtc = 0;
