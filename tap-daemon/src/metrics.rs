@@ -142,7 +142,7 @@ pub struct Metrics {
     pub receiver_keyframe_requests_throttled: Counter,
     /// H.264 frames dropped before a tap's first keyframe.
     pub receiver_frames_before_keyframe: Counter,
-    /// SRTP/SRTCP packets from KMS that libsrtp refused (bad authentication, a replay, no key).
+    /// SRTP/SRTCP packets from KMS that libsrtp refused once the keys were known (bad authentication, a replay).
     pub srtp_packets_rejected: Counter,
     /// Taps started, by the crypto of their leg (`srtp` or `rtp`).
     pub taps_started_by_crypto: Family<CryptoLabel, Counter>,
@@ -358,7 +358,7 @@ impl Metrics {
         );
         registry.register(
             "srtp_packets_rejected",
-            "SRTP/SRTCP packets from KMS refused by libsrtp (authentication failed, a replay, or no key yet)",
+            "SRTP/SRTCP packets from KMS refused by libsrtp once the keys were known (authentication failed, a replay)",
             m.srtp_packets_rejected.clone(),
         );
         registry.register(

@@ -108,14 +108,18 @@ pub struct ReceiverStats {
     /// SRTP/SRTCP packets that came out decrypted; the difference was rejected by libsrtp
     /// (authentication failed, a replay, or no key for the stream yet).
     pub srtp_packets_out: AtomicU64,
+    /// Packets dropped before KMS's keys were known (KMS may send RTCP between its answer and our
+    /// `connect`): expected, not refusals.
+    pub srtp_dropped_before_keys: AtomicU64,
 }
 
 impl ReceiverStats {
-    /// SRTP/SRTCP packets refused so far.
+    /// SRTP/SRTCP packets refused once the keys were known (authentication failed, a replay).
     pub fn srtp_rejected(&self) -> u64 {
         self.srtp_packets_in
             .load(Ordering::Relaxed)
             .saturating_sub(self.srtp_packets_out.load(Ordering::Relaxed))
+            .saturating_sub(self.srtp_dropped_before_keys.load(Ordering::Relaxed))
     }
 }
 
@@ -482,6 +486,13 @@ impl Receiver {
     /// of a key (early RTCP) asks again.
     pub fn set_kms_keys(&self, audio: Option<SdesKey>, video: Option<SdesKey>) {
         if let Ok(mut keys) = self.kms_keys.lock() {
+            // What was dropped until now had no key to be checked against.
+            let s = &self.stats;
+            let before = s
+                .srtp_packets_in
+                .load(Ordering::Relaxed)
+                .saturating_sub(s.srtp_packets_out.load(Ordering::Relaxed));
+            s.srtp_dropped_before_keys.store(before, Ordering::Relaxed);
             keys[AUDIO] = audio;
             keys[VIDEO] = video;
         }
@@ -799,8 +810,8 @@ fn gate_until_first_keyframe(
 
 /// SRTP in: rtpbin asks for a decoder per session (one `srtpdec` for its RTP and RTCP; its
 /// `request-key` answered from KMS's keys, by session). Packets in and out of the decoders are
-/// counted: the difference is what libsrtp refused (bad authentication, a replay, or a stream with
-/// no key yet).
+/// counted: the difference is what libsrtp refused (bad authentication, a replay; what went before
+/// KMS's keys were known is set apart, [`ReceiverStats::srtp_rejected`]).
 fn install_srtp(
     rtpbin: &gst::Element,
     kms_keys: KmsKeys,
