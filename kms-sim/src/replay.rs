@@ -194,8 +194,15 @@ pub fn play(
                     bm.set_flags(frame.flags());
                     bm.set_duration(gst::ClockTime::from_nseconds(clip.period.as_nanos() as u64));
                 }
-                if src.push_buffer(b).is_err() {
-                    break;
+                match src.push_buffer(b) {
+                    Ok(_) => {}
+                    // Not flowing yet (the pipeline still on its way to PLAYING) or flushing:
+                    // the sender stops this thread through `stop`, so wait and go on.
+                    Err(gst::FlowError::Flushing) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(_) => break,
                 }
                 i = (i + 1) % clip.frames.len();
                 next += clip.period;
