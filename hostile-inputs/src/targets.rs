@@ -7,9 +7,9 @@ use classifier_sdk::{Chunk, Data, Samples};
 use kurento_client::protocol::{decode_server_message, ServerMessage};
 use room_mood::{MoodConfig, MoodEngine};
 use tap_daemon::config::{resolve, FileConfig, Overrides};
-use tap_daemon::daemon::ControlRequest;
 use tap_daemon::dispatch::read_reply;
-use tap_daemon::sdp_offer::{check_answer, check_answer_with, publisher_media};
+use tap_daemon::media::sdp_offer::{check_answer, check_answer_with, publisher_media};
+use tap_daemon::watcher::ControlRequest;
 use tap_protocol::affect::{fer2013_declaration, PresenterRequest};
 use tap_protocol::{ChunkMeta, DataChannelMessage, MediaKind, ModelSpec, ResultMessage};
 
@@ -160,7 +160,7 @@ impl Target for SdpAnswer {
         let _ = check_answer(&sdp, true, false);
         let _ = check_answer(&sdp, false, true);
         // SRTP answers: a key comes back only with the suite's length, and no error shows one.
-        for suite in tap_daemon::srtp::Suite::ALL {
+        for suite in tap_daemon::media::srtp::Suite::ALL {
             match check_answer_with(&sdp, true, true, Some(suite)) {
                 Ok(p) => {
                     for k in [p.audio_key, p.video_key].into_iter().flatten() {
@@ -481,7 +481,7 @@ impl Target for RegistryEntries {
         let Ok(spec) = serde_json::from_slice::<ModelSpec>(input) else {
             return Verdict::Rejected;
         };
-        let reason = tap_daemon::registry::reject_reason(&spec, MAX_PAYLOAD);
+        let reason = tap_daemon::dispatch::registry::reject_reason(&spec, MAX_PAYLOAD);
         let _ = spec.is_live(1_796_010_846_163);
         let _ = tap_protocol::chunk_subject(&spec.id);
         if reason.is_some() {
@@ -492,7 +492,7 @@ impl Target for RegistryEntries {
             "an accepted spec asks for empty chunks"
         );
         assert!(
-            spec.chunk_size() + tap_daemon::registry::HEADER_ALLOWANCE <= MAX_PAYLOAD,
+            spec.chunk_size() + tap_daemon::dispatch::registry::HEADER_ALLOWANCE <= MAX_PAYLOAD,
             "an accepted spec's chunks do not fit the server"
         );
         Verdict::Accepted
@@ -545,7 +545,7 @@ impl Target for ControlRequests {
             assert!(!r.room.is_empty());
             let _ = tap_protocol::safe_token(&r.room);
         }
-        let erase = tap_daemon::erase::EraseRequest::parse(input);
+        let erase = tap_daemon::control::erase::EraseRequest::parse(input);
         if let Ok(r) = &erase {
             // The filter never holds a wildcard but its own trailing `>`.
             for (_, f) in r.filters() {
@@ -705,7 +705,7 @@ impl Target for ClusterEntries {
         ]
     }
     fn check(&self, input: &[u8]) -> Verdict {
-        use tap_daemon::scaling::{ModelCounters, ScalingBook, ScalingSettings};
+        use tap_daemon::cluster::scaling::{ModelCounters, ScalingBook, ScalingSettings};
         let mut accepted = false;
         if let Ok(r) = tap_protocol::load::LoadReport::parse(input) {
             accepted = true;
@@ -809,7 +809,9 @@ impl Target for OpenViduAnswers {
         ]
     }
     fn check(&self, input: &[u8]) -> Verdict {
-        use tap_daemon::openvidu::{parse_http_response, parse_sessions, MAX_DISPLAY_CHARS};
+        use tap_daemon::discovery::openvidu::{
+            parse_http_response, parse_sessions, MAX_DISPLAY_CHARS,
+        };
         let http = parse_http_response(input, 1 << 20);
         if let Ok(r) = &http {
             assert!(r.body.len() <= 1 << 20, "a body over the limit was kept");

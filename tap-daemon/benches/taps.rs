@@ -125,9 +125,9 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         http_listen: None,
         rescan_interval: Duration::from_millis(500),
         tap_crypto: if srtp {
-            tap_daemon::srtp::TapCrypto::Sdes
+            tap_daemon::media::srtp::TapCrypto::Sdes
         } else {
-            tap_daemon::srtp::TapCrypto::Off
+            tap_daemon::media::srtp::TapCrypto::Off
         },
         ..Default::default()
     })

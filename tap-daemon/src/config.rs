@@ -78,8 +78,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::daemon::DaemonConfig;
 use crate::discovery::TagKeys;
+use crate::settings::DaemonConfig;
 
 /// The file's contents.
 #[derive(Debug, Default, Deserialize)]
@@ -107,9 +107,9 @@ pub struct FileConfig {
     pub auth_proxy_header: Option<String>,
     /// Owner tag value.
     pub owner: Option<String>,
-    /// Processing policy: `emotions` (default), `expressions` or `aggregate` (`crate::policy`).
+    /// Processing policy: `emotions` (default), `expressions` or `aggregate` (`crate::privacy::policy`).
     pub policy: Option<String>,
-    /// Tap leg protection: `auto`, `sdes` or `off` (`crate::srtp`).
+    /// Tap leg protection: `auto`, `sdes` or `off` (`crate::media::srtp`).
     pub tap_crypto: Option<String>,
     /// SRTP suite of encrypted taps.
     pub srtp_suite: Option<String>,
@@ -121,7 +121,7 @@ pub struct FileConfig {
     pub exclude_rooms: Option<Vec<String>>,
     /// Participants never tapped.
     pub exclude_participants: Option<Vec<String>>,
-    /// Consent mode: `opt-out` (default) or `opt-in` (`crate::consent`).
+    /// Consent mode: `opt-out` (default) or `opt-in` (`crate::privacy::consent`).
     pub consent: Option<String>,
     /// Result history.
     pub results_max_age_s: Option<u64>,
@@ -164,7 +164,7 @@ pub struct OpenViduFile {
     /// Signals per second per participant.
     pub signal_rate_hz: Option<f64>,
     /// `participant` or `room`.
-    pub signal_audience: Option<crate::openvidu::SignalAudience>,
+    pub signal_audience: Option<crate::discovery::openvidu::SignalAudience>,
 }
 
 /// The `[cluster]` table.
@@ -222,7 +222,7 @@ pub struct DataChannelFile {
     /// Replace a DATA link the app made.
     pub replace_data_source: Option<bool>,
     /// `participant` or `room`.
-    pub audience: Option<crate::injector::Audience>,
+    pub audience: Option<crate::inject::Audience>,
     /// ICE UDP ports `MIN-MAX`.
     pub ice_ports: Option<String>,
 }
@@ -312,7 +312,7 @@ pub struct Overrides {
     /// DataChannel messages per second per participant.
     pub datachannel_rate: Option<f64>,
     /// Whose results each participant receives.
-    pub datachannel_audience: Option<crate::injector::Audience>,
+    pub datachannel_audience: Option<crate::inject::Audience>,
     /// Cluster mode on/off.
     pub cluster: Option<bool>,
     /// This KMS's name.
@@ -333,12 +333,12 @@ pub struct Overrides {
 
 /// Parses the KMS list: `ws://h:8888/kurento`, or several as `name=url` separated by commas
 /// (a bare URL is named by its host:port).
-pub fn parse_kms_list(s: &str) -> Result<Vec<crate::daemon::KmsTarget>, ConfigError> {
-    let mut out: Vec<crate::daemon::KmsTarget> = Vec::new();
+pub fn parse_kms_list(s: &str) -> Result<Vec<crate::settings::KmsTarget>, ConfigError> {
+    let mut out: Vec<crate::settings::KmsTarget> = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, url) = match item.split_once('=') {
             Some((n, u)) if !n.contains("://") => (n.trim().to_owned(), u.trim().to_owned()),
-            _ => (crate::daemon::kms_name_from_url(item), item.to_owned()),
+            _ => (crate::settings::kms_name_from_url(item), item.to_owned()),
         };
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(ConfigError::Invalid(format!(
@@ -351,7 +351,7 @@ pub fn parse_kms_list(s: &str) -> Result<Vec<crate::daemon::KmsTarget>, ConfigEr
                 "kurento: two KMS named {name:?}; name them (name=url,…)"
             )));
         }
-        out.push(crate::daemon::KmsTarget { name, url });
+        out.push(crate::settings::KmsTarget { name, url });
     }
     if out.is_empty() {
         return Err(ConfigError::Invalid("kurento: no KMS URL".into()));
@@ -435,25 +435,25 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
     }
     let policy = match o.policy.or(file.policy) {
         Some(p) => p
-            .parse::<crate::policy::Policy>()
+            .parse::<crate::privacy::policy::Policy>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.policy,
     };
     let tap_crypto = match o.tap_crypto.or(file.tap_crypto) {
         Some(c) => c
-            .parse::<crate::srtp::TapCrypto>()
+            .parse::<crate::media::srtp::TapCrypto>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.tap_crypto,
     };
     let srtp_suite = match o.srtp_suite.or(file.srtp_suite) {
         Some(c) => c
-            .parse::<crate::srtp::Suite>()
+            .parse::<crate::media::srtp::Suite>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.srtp_suite,
     };
     let consent = match o.consent.or(file.consent) {
         Some(c) => c
-            .parse::<crate::consent::ConsentMode>()
+            .parse::<crate::privacy::consent::ConsentMode>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.consent,
     };
@@ -499,7 +499,7 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
             "datachannel max_wait_ms must be between 1 and 60000".into(),
         ));
     }
-    let datachannel = crate::injector::InjectorConfig {
+    let datachannel = crate::inject::InjectorConfig {
         enabled: o.datachannels.or(dc_file.enabled).unwrap_or(dc.enabled),
         max_rate_hz,
         max_message_bytes,
@@ -553,7 +553,7 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
         ));
     }
     let cluster_file = file.cluster.unwrap_or_default();
-    let ls = crate::lease::LeaseSettings::default();
+    let ls = crate::cluster::lease::LeaseSettings::default();
     let lease_ms = |key: &str, v: Option<u64>, default: Duration| match v {
         Some(ms) if ms > 600_000 => Err(ConfigError::Invalid(format!(
             "{key} must be at most 600000"
@@ -561,7 +561,7 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(default),
     };
-    let lease = crate::lease::LeaseSettings {
+    let lease = crate::cluster::lease::LeaseSettings {
         ttl: lease_ms("cluster lease_ttl_ms", cluster_file.lease_ttl_ms, ls.ttl)?,
         renew_every: lease_ms("cluster renew_ms", cluster_file.renew_ms, ls.renew_every)?,
         margin: lease_ms("cluster margin_ms", cluster_file.margin_ms, ls.margin)?,
@@ -589,8 +589,8 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
     };
     let mut targets = match o.kurento.or(file.kurento) {
         Some(list) => parse_kms_list(&list)?,
-        None => vec![crate::daemon::KmsTarget {
-            name: crate::daemon::kms_name_from_url(&d.kurento_url),
+        None => vec![crate::settings::KmsTarget {
+            name: crate::settings::kms_name_from_url(&d.kurento_url),
             url: d.kurento_url.clone(),
         }],
     };
@@ -618,11 +618,11 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
     }
     let host = match o.host.clone().or(file.host) {
         Some(h) => h
-            .parse::<crate::openvidu::Host>()
+            .parse::<crate::discovery::openvidu::Host>()
             .map_err(ConfigError::Invalid)?,
         None => d.host,
     };
-    if host != crate::openvidu::Host::OpenVidu && openvidu.url.is_some() {
+    if host != crate::discovery::openvidu::Host::OpenVidu && openvidu.url.is_some() {
         return Err(ConfigError::Invalid(
             "openvidu url is set but host is not \"openvidu\" (--host openvidu)".into(),
         ));
@@ -671,12 +671,12 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
 fn resolve_openvidu(
     f: OpenViduFile,
     o: &Overrides,
-) -> Result<crate::openvidu_rest::OpenViduSettings, ConfigError> {
-    use crate::openvidu_rest::{OpenViduSecret, OpenViduSettings};
+) -> Result<crate::discovery::openvidu_rest::OpenViduSettings, ConfigError> {
+    use crate::discovery::openvidu_rest::{OpenViduSecret, OpenViduSettings};
     let d = OpenViduSettings::default();
     let url = o.openvidu_url.clone().or(f.url);
     if let Some(u) = &url {
-        crate::openvidu::parse_base_url(u).map_err(ConfigError::Invalid)?;
+        crate::discovery::openvidu::parse_base_url(u).map_err(ConfigError::Invalid)?;
     }
     let secret = match (
         &o.openvidu_secret,
@@ -744,7 +744,7 @@ mod tests {
         let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(
             d.host,
-            crate::openvidu::Host::Kurento,
+            crate::discovery::openvidu::Host::Kurento,
             "today's behaviour by default"
         );
         let secret = std::env::temp_dir().join(format!("ov-secret-{}", std::process::id()));
@@ -755,11 +755,11 @@ mod tests {
         ))
         .unwrap();
         let c = resolve(file, Overrides::default()).unwrap();
-        assert_eq!(c.host, crate::openvidu::Host::OpenVidu);
+        assert_eq!(c.host, crate::discovery::openvidu::Host::OpenVidu);
         assert!(c.openvidu.include_screens);
         assert_eq!(
             c.openvidu.signal_audience,
-            crate::openvidu::SignalAudience::Room
+            crate::discovery::openvidu::SignalAudience::Room
         );
         assert!(
             !format!("{c:?}").contains("MY_SECRET"),
@@ -840,7 +840,7 @@ mod tests {
 
     #[test]
     fn the_policy_is_read_from_the_file_or_an_override_and_unknown_names_are_refused() {
-        use crate::policy::Policy;
+        use crate::privacy::policy::Policy;
         let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(
             (d.policy, d.mood.policy),
@@ -871,7 +871,7 @@ mod tests {
 
     #[test]
     fn the_consent_mode_is_read_from_the_file_or_an_override_and_unknown_ones_are_refused() {
-        use crate::consent::ConsentMode;
+        use crate::privacy::consent::ConsentMode;
         let d = resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(
             d.consent,
@@ -1080,7 +1080,7 @@ mod tests {
         assert_eq!(c.datachannel.max_rate_hz, 1.5);
         assert_eq!(c.datachannel.max_wait, Duration::from_millis(500));
         assert_eq!(c.datachannel.label, "ai");
-        assert_eq!(c.datachannel.audience, crate::injector::Audience::Room);
+        assert_eq!(c.datachannel.audience, crate::inject::Audience::Room);
         assert!(toml::from_str::<FileConfig>("[datachannel]\naudience = 'all'\n").is_err());
     }
 }

@@ -2,154 +2,37 @@
 //! fusion, HTTP, leases) to one [`KmsWatcher`] per KMS, and serves control requests.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures_util::StreamExt;
 use kurento_client::prelude::*;
-use kurento_client::{Error as KmsError, ReconnectPolicy};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use kurento_client::ReconnectPolicy;
 use tap_protocol::{CTL_ATTACH, CTL_DETACH, RESULTS_STREAM, RESULT_SUBJECTS};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::chunker::LiveSpecs;
-use crate::discovery::TagKeys;
+use crate::dispatch::registry;
 use crate::dispatch::Dispatcher;
-use crate::injector::InjectorConfig;
+use crate::media::chunker::LiveSpecs;
+use crate::media::ports::PortPool;
 use crate::metrics::Metrics;
-use crate::ports::PortPool;
-use crate::registry;
+use crate::settings::{kms_name_from_url, DaemonConfig, KmsTarget};
 use crate::tap::TapContext;
-use crate::watcher::{sweep_leftovers, Command, ControlRefusal, KmsWatcher, RoomLeases};
+use crate::watcher::{sweep_leftovers, Command, KmsWatcher, RoomLeases, TapStatus};
 
 pub use crate::tap::TapError;
 
-/// Longest wait for KMS to release one of our objects when stopping a tap (a dead KMS must not
-/// hold up shutdown; a restart sweeps what is left).
-pub(crate) const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Releases one of our objects, giving up after [`RELEASE_TIMEOUT`] or as soon as KMS is
-/// unreachable (then nothing can be released; the next start sweeps it).
-pub(crate) async fn release_bounded(
-    kms: &KurentoClient,
-    id: &str,
-    release: impl std::future::Future<Output = Result<(), KmsError>>,
-) {
-    let mut state = kms.state();
-    tokio::select! {
-        r = tokio::time::timeout(RELEASE_TIMEOUT, release) => match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(object = id, error = %e, "release failed"),
-            Err(_) => debug!(object = id, "release timed out"),
-        },
-        _ = state.wait_for(|s| !s.is_connected()) => {
-            debug!(object = id, "KMS unreachable: not released");
-        }
-    }
-}
-
 /// How long a shutdown waits for the control actor to release what is ours.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Everything the daemon is configured with.
-#[derive(Debug, Clone)]
-pub struct DaemonConfig {
-    /// `ws://host:8888/kurento`.
-    pub kurento_url: String,
-    /// `nats://host:4222`.
-    pub nats_url: String,
-    /// NATS credentials file (`.creds`), if any.
-    pub nats_creds: Option<std::path::PathBuf>,
-    /// NATS token, if any.
-    pub nats_token: Option<String>,
-    /// Address our receive sockets bind to and our offers announce (must be reachable from KMS).
-    pub bind_ip: IpAddr,
-    /// Receive port range.
-    pub ports: (u16, u16),
-    /// Tag keys.
-    pub tags: TagKeys,
-    /// This daemon's owner id, tagged on what it creates (leftovers are swept at start).
-    pub owner: String,
-    /// Rooms to tap (patterns with `*`); empty = all.
-    pub include_rooms: Vec<String>,
-    /// Rooms never tapped.
-    pub exclude_rooms: Vec<String>,
-    /// Participants never tapped (name patterns).
-    pub exclude_participants: Vec<String>,
-    /// Who is analysed: everyone but those who opted out (default), or only those who opted in
-    /// ([`crate::consent`]).
-    pub consent: crate::consent::ConsentMode,
-    /// Jitterbuffer latency.
-    pub latency_ms: u32,
-    /// Where `/metrics` and `/healthz` are served (and the data endpoints, unless
-    /// `data_http_listen` gives them a listener of their own).
-    pub http_listen: Option<SocketAddr>,
-    /// The dashboard, `/events`, `/history` and `/models` on their own listener.
-    pub data_http_listen: Option<SocketAddr>,
-    /// Who may read the data endpoints (a token, a trusted proxy header; nothing: loopback only).
-    pub data_auth: crate::auth::DataAuth,
-    /// Result history kept in JetStream.
-    pub results_max_age: Duration,
-    /// Results kept per (room, participant, model) subject.
-    pub results_per_subject: i64,
-    /// How often rooms are re-read (catches anything events missed).
-    pub rescan_interval: Duration,
-    /// Look at a WebRTC endpoint as soon as KMS announces it (ObjectCreated), on its own, instead
-    /// of waiting for the next scan of every room (on by default; off only to measure the scan).
-    pub lookup_new_endpoints: bool,
-    /// Results into participants' DataChannels.
-    pub datachannel: InjectorConfig,
-    /// Fused states and room moods.
-    pub mood: crate::mood::MoodSettings,
-    /// What may leave the daemon ([`crate::policy`]; also the fusion's, whatever `mood.policy` says).
-    pub policy: crate::policy::Policy,
-    /// Tap leg protection (`crate::srtp`): SRTP unless KMS is in this namespace, by default.
-    pub tap_crypto: crate::srtp::TapCrypto,
-    /// The SRTP suite of encrypted taps.
-    pub srtp_suite: crate::srtp::Suite,
-    /// This KMS's name in lease keys, logs and the cluster view (default: its URL's host:port).
-    pub kms_name: String,
-    /// More KMS watched by this daemon, besides `kurento_url`.
-    pub additional_kms: Vec<KmsTarget>,
-    /// Sharing rooms with other daemons.
-    pub cluster: crate::cluster::ClusterSettings,
-    /// The host application: any Kurento app (default) or OpenVidu 2.x (`crate::openvidu`).
-    pub host: crate::openvidu::Host,
-    /// OpenVidu's REST API and signals (with `host = openvidu`).
-    pub openvidu: crate::openvidu_rest::OpenViduSettings,
-    /// The scaling figures' averaging window (`kurento_tap_model_*`).
-    pub scaling_window: Duration,
-}
-
-/// A KMS to watch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KmsTarget {
-    /// Its name (lease keys, status, metrics).
-    pub name: String,
-    /// `ws://host:8888/kurento`.
-    pub url: String,
-}
-
-impl DaemonConfig {
-    /// Every KMS watched: `kurento_url` first.
-    pub fn targets(&self) -> Vec<KmsTarget> {
-        let mut all = vec![KmsTarget {
-            name: self.kms_name.clone(),
-            url: self.kurento_url.clone(),
-        }];
-        all.extend(self.additional_kms.iter().cloned());
-        all
-    }
-}
-
 /// Whether this KMS's tap legs are SRTP (and with which suite): `auto` resolves the KMS's host and
 /// encrypts unless every address is this namespace's own.
-async fn tap_leg_crypto(config: &DaemonConfig, target: &KmsTarget) -> Option<crate::srtp::Suite> {
-    use crate::srtp::{local_address, wants_srtp, TapCrypto};
+async fn tap_leg_crypto(
+    config: &DaemonConfig,
+    target: &KmsTarget,
+) -> Option<crate::media::srtp::Suite> {
+    use crate::media::srtp::{local_address, wants_srtp, TapCrypto};
     let mut addrs = Vec::new();
     if config.tap_crypto == TapCrypto::Auto {
         let authority = kms_name_from_url(&target.url);
@@ -174,126 +57,6 @@ async fn tap_leg_crypto(config: &DaemonConfig, target: &KmsTarget) -> Option<cra
         "tap leg protection"
     );
     srtp.then_some(config.srtp_suite)
-}
-
-/// A KMS's default name: the host and port of its URL.
-pub fn kms_name_from_url(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    if authority.is_empty() {
-        "kms".into()
-    } else {
-        authority.to_owned()
-    }
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        DaemonConfig {
-            kurento_url: "ws://127.0.0.1:8888/kurento".into(),
-            nats_url: "nats://127.0.0.1:4222".into(),
-            nats_creds: None,
-            nats_token: None,
-            bind_ip: [127, 0, 0, 1].into(),
-            ports: (40000, 40999),
-            tags: TagKeys::default(),
-            owner: "kurento-tap".into(),
-            include_rooms: vec![],
-            exclude_rooms: vec![],
-            exclude_participants: vec![],
-            consent: crate::consent::ConsentMode::default(),
-            latency_ms: 100,
-            http_listen: Some(([127, 0, 0, 1], 9464).into()),
-            data_http_listen: None,
-            data_auth: crate::auth::DataAuth::default(),
-            results_max_age: Duration::from_secs(24 * 3600),
-            results_per_subject: 1000,
-            rescan_interval: Duration::from_secs(1),
-            lookup_new_endpoints: true,
-            datachannel: InjectorConfig::default(),
-            mood: crate::mood::MoodSettings::default(),
-            policy: crate::policy::Policy::default(),
-            tap_crypto: crate::srtp::TapCrypto::default(),
-            srtp_suite: crate::srtp::Suite::default(),
-            kms_name: "127.0.0.1:8888".into(),
-            additional_kms: vec![],
-            scaling_window: crate::scaling::ScalingSettings::default().window,
-            cluster: crate::cluster::ClusterSettings::default(),
-            host: crate::openvidu::Host::default(),
-            openvidu: crate::openvidu_rest::OpenViduSettings::default(),
-        }
-    }
-}
-
-/// A tap's state, as reported by [`Daemon::status`].
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TapStatus {
-    /// The KMS the room lives on (its configured name).
-    pub kms: String,
-    /// Room.
-    pub room: String,
-    /// Participant.
-    pub participant: String,
-    /// Publisher endpoint id.
-    pub endpoint: String,
-    /// Our RtpEndpoint id.
-    pub tap: String,
-    /// Tapped media.
-    pub media: Vec<String>,
-    /// Video frames decoded so far.
-    pub video_frames: u64,
-    /// Audio buffers decoded so far.
-    pub audio_buffers: u64,
-    /// A display name from the host (OpenVidu's `clientData`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display: Option<String>,
-    /// Under `--host openvidu`: the publisher's WebRtcEndpoint (`endpoint` is its PassThrough).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publisher: Option<String>,
-}
-
-/// An explicit attach/detach request (`tap.v1.ctl.attach` / `.detach`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ControlRequest {
-    /// The room's pipeline id.
-    pub pipeline: String,
-    /// The publisher endpoint id.
-    pub endpoint: String,
-    /// Room name to use.
-    #[serde(default)]
-    pub room: Option<String>,
-    /// Participant name to use.
-    #[serde(default)]
-    pub participant: Option<String>,
-    /// The KMS the pipeline is on (its configured name); needed only to skip asking every KMS.
-    #[serde(default)]
-    pub kms: Option<String>,
-}
-
-impl ControlRequest {
-    /// Reads and checks a request body: JSON, non-empty ids, names of at most
-    /// [`MAX_CONTROL_NAME`](tap_protocol::affect::MAX_CONTROL_NAME) bytes.
-    pub fn parse(payload: &[u8]) -> Result<ControlRequest, String> {
-        let req: ControlRequest =
-            serde_json::from_slice(payload).map_err(|e| format!("bad request: {e}"))?;
-        if req.pipeline.is_empty() || req.endpoint.is_empty() {
-            return Err("bad request: empty pipeline or endpoint".into());
-        }
-        let max = tap_protocol::affect::MAX_CONTROL_NAME;
-        let too_long = [Some(&req.pipeline), Some(&req.endpoint)]
-            .into_iter()
-            .chain([
-                req.room.as_ref(),
-                req.participant.as_ref(),
-                req.kms.as_ref(),
-            ])
-            .flatten()
-            .any(|s| s.len() > max);
-        if too_long {
-            return Err(format!("bad request: a field is longer than {max} bytes"));
-        }
-        Ok(req)
-    }
 }
 
 /// A running daemon.
@@ -419,20 +182,20 @@ impl Daemon {
             .subscribe(CTL_DETACH)
             .await
             .map_err(|e| anyhow::anyhow!("cannot subscribe to {CTL_DETACH}: {e}"))?;
-        tasks.push(tokio::spawn(crate::erase::serve(
+        tasks.push(tokio::spawn(crate::control::erase::serve(
             nats.clone(),
-            crate::erase::subscribe(&nats).await?,
+            crate::control::erase::subscribe(&nats).await?,
             metrics.clone(),
         )));
         metrics.set_consent_mode(config.consent);
-        tasks.push(tokio::spawn(crate::consent::serve(
+        tasks.push(tokio::spawn(crate::control::consent::serve(
             nats.clone(),
-            crate::consent::subscribe(&nats).await?,
+            crate::control::consent::subscribe(&nats).await?,
             watchers.clone(),
             config.cluster.enabled,
             metrics.clone(),
         )));
-        tasks.push(tokio::spawn(serve_control(
+        tasks.push(tokio::spawn(crate::control::requests::serve_control(
             nats.clone(),
             attach,
             detach,
@@ -468,8 +231,8 @@ impl Daemon {
         };
         let (http_addr, data_http_addr) = match config.http_listen {
             Some(addr) => {
-                let served = crate::http::serve(
-                    crate::http::HttpSettings {
+                let served = crate::control::http::serve(
+                    crate::control::http::HttpSettings {
                         probes: addr,
                         data: config.data_http_listen,
                         auth: config.data_auth.clone(),
@@ -490,11 +253,11 @@ impl Daemon {
             }
             None => (None, None),
         };
-        tasks.push(tokio::spawn(crate::scaling::run(
+        tasks.push(tokio::spawn(crate::cluster::scaling::run(
             nats.clone(),
             live.clone(),
             metrics.clone(),
-            crate::scaling::ScalingSettings {
+            crate::cluster::scaling::ScalingSettings {
                 window: config.scaling_window,
                 ..Default::default()
             },
@@ -549,9 +312,12 @@ impl Daemon {
         } else {
             targets.iter().map(|_| None).collect::<Vec<_>>()
         };
-        let openvidu = if config.host == crate::openvidu::Host::OpenVidu {
-            let ov = crate::openvidu_rest::OpenVidu::new(config.openvidu.clone(), metrics.clone())
-                .map_err(|e| anyhow::anyhow!("openvidu: {e}"))?;
+        let openvidu = if config.host == crate::discovery::openvidu::Host::OpenVidu {
+            let ov = crate::discovery::openvidu_rest::OpenVidu::new(
+                config.openvidu.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("openvidu: {e}"))?;
             info!(
                 rest = %ov.state_text(),
                 url = ?config.openvidu.url,
@@ -560,9 +326,11 @@ impl Daemon {
                 "host: OpenVidu 2 (publishers by streamId, tapped at their PassThrough)"
             );
             tasks.push(tokio::spawn(ov.clone().run_refresh()));
-            tasks.push(tokio::spawn(
-                ov.clone().run_signals(dispatcher.subscribe_results()),
-            ));
+            tasks.push(tokio::spawn(crate::inject::openvidu_signals::run(
+                ov.clone(),
+                metrics.clone(),
+                dispatcher.subscribe_results(),
+            )));
             Some(ov)
         } else {
             None
@@ -677,89 +445,4 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(2), kms.close()).await;
         }
     }
-}
-
-/// Serves attach/detach requests: the request's `kms` names the watcher; without it, each watcher
-/// is asked in turn until one has the pipeline.
-async fn serve_control(
-    nats: async_nats::Client,
-    mut attach: async_nats::Subscriber,
-    mut detach: async_nats::Subscriber,
-    watchers: Vec<mpsc::Sender<Command>>,
-    names: Vec<String>,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        let (msg, is_attach) = tokio::select! {
-            Some(m) = attach.next() => (m, true),
-            Some(m) = detach.next() => (m, false),
-            else => return,
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let answer = match ControlRequest::parse(&msg.payload) {
-            Err(e) => {
-                metrics.bad_control_requests.inc();
-                Some(json!({"ok": false, "error": e}))
-            }
-            Ok(req) => {
-                let chosen: Vec<&mpsc::Sender<Command>> = match &req.kms {
-                    Some(k) => names
-                        .iter()
-                        .position(|n| n == k)
-                        .map(|i| vec![&watchers[i]])
-                        .unwrap_or_default(),
-                    None => watchers.iter().collect(),
-                };
-                if chosen.is_empty() {
-                    metrics.bad_control_requests.inc();
-                    Some(
-                        json!({"ok": false, "error": format!("no KMS named {:?} here", req.kms.unwrap_or_default())}),
-                    )
-                } else {
-                    ask_watchers(&chosen, &req, is_attach).await
-                }
-            }
-        };
-        // In cluster mode a room's holder answers; the other daemons stay silent.
-        if let Some(answer) = answer {
-            let _ = nats.publish(reply, answer.to_string().into()).await;
-        }
-    }
-}
-
-/// The first watcher that serves the request answers; `None` when another daemon holds the room.
-async fn ask_watchers(
-    watchers: &[&mpsc::Sender<Command>],
-    req: &ControlRequest,
-    is_attach: bool,
-) -> Option<serde_json::Value> {
-    let mut not_holder = false;
-    for w in watchers {
-        let (tx, rx) = oneshot::channel();
-        let cmd = if is_attach {
-            Command::Attach(req.clone(), tx)
-        } else {
-            Command::Detach(req.clone(), tx)
-        };
-        if w.send(cmd).await.is_err() {
-            continue;
-        }
-        match rx.await {
-            Ok(Ok(tap)) => return Some(json!({"ok": true, "tap": tap})),
-            Ok(Err(ControlRefusal::Failed(e))) => return Some(json!({"ok": false, "error": e})),
-            Ok(Err(ControlRefusal::NotHolder)) => not_holder = true,
-            Ok(Err(ControlRefusal::NotHere)) | Err(_) => {}
-        }
-    }
-    if not_holder {
-        return None;
-    }
-    let error = if is_attach {
-        format!("pipeline {} not found on any KMS", req.pipeline)
-    } else {
-        format!("{} is not tapped", req.endpoint)
-    };
-    Some(json!({"ok": false, "error": error}))
 }

@@ -1,34 +1,36 @@
 //! kurento-tap: discovers the rooms of a Kurento Media Server, forks every participant's media out of
 //! KMS through RtpEndpoints, decodes it with GStreamer, cuts it into the chunks each model asks for,
 //! and dispatches them over NATS with bounded latency.
+//!
+//! The modules are layered; each imports only from the layers below it (a test checks it, see
+//! `tests/imports.rs`):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | vocabulary | [`kms`] (release, orphans, tags), [`metrics`] |
+//! | pure and media | [`media`] (receiver, capture clock, chunker, SDP, SRTP, ports), [`privacy`] (policy, consent, erasure) |
+//! | services | [`dispatch`] (NATS chunks, model registry), [`discovery`] (walk, host profiles), [`inject`] (results into the call), [`mood`], [`cluster`] (leases, scaling) |
+//! | taps | [`settings`] (the daemon's configuration), [`tap`] (one participant's tap) |
+//! | per-KMS actor | [`watcher`] |
+//! | the process | [`control`] (HTTP, control requests, results export), [`daemon`], [`config`] (file, env, flags) |
 
 pub mod auth;
-pub mod capture_clock;
-pub mod chunker;
 pub mod cluster;
 pub mod config;
-pub mod consent;
+pub mod control;
 pub mod daemon;
 pub mod discovery;
 pub mod dispatch;
-pub mod erase;
-pub mod http;
-pub mod injector;
-pub mod lease;
+pub mod inject;
+pub mod kms;
+pub mod media;
 pub mod metrics;
 pub mod mood;
-pub mod openvidu;
-pub mod openvidu_rest;
-pub mod orphans;
-pub mod policy;
-pub mod ports;
-pub mod receiver;
-pub mod registry;
-pub mod results;
-pub mod scaling;
-pub mod sdp_offer;
-pub mod srtp;
+pub mod privacy;
+pub mod settings;
 pub mod tap;
 pub mod watcher;
 
-pub use daemon::{Daemon, DaemonConfig, TapStatus};
+pub use daemon::Daemon;
+pub use settings::DaemonConfig;
+pub use watcher::TapStatus;

@@ -79,7 +79,7 @@ enum Command {
         datachannel_rate: Option<f64>,
         /// Whose results a participant's DataChannel carries: participant (own) or room (all).
         #[arg(long, env = "KURENTO_TAP_DATACHANNEL_AUDIENCE")]
-        datachannel_audience: Option<tap_daemon::injector::Audience>,
+        datachannel_audience: Option<tap_daemon::inject::Audience>,
         /// Share the KMS's rooms with other daemons through leases in NATS (true/false).
         #[arg(long, env = "KURENTO_TAP_CLUSTER")]
         cluster: Option<bool>,
@@ -130,16 +130,16 @@ enum Command {
         room: Option<String>,
         /// What: per-model results, room moods (the room timeline) or fused states.
         #[arg(long, value_enum, default_value = "result")]
-        kind: tap_daemon::results::Kind,
+        kind: tap_daemon::control::results::Kind,
         /// Only what was stored in the last `DURATION` (90s, 10m, 2h, 1d).
-        #[arg(long, value_parser = tap_daemon::results::parse_since)]
+        #[arg(long, value_parser = tap_daemon::control::results::parse_since)]
         since: Option<std::time::Duration>,
         /// Keep printing new results.
         #[arg(long)]
         follow: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "jsonl")]
-        format: tap_daemon::results::Format,
+        format: tap_daemon::control::results::Format,
     },
     /// Run the fusion (fused states, room moods) on its own, over the NATS results of every daemon.
     Mood {
@@ -271,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to NATS at {nats}"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            let exported = tap_daemon::results::export(
+            let exported = tap_daemon::control::results::export(
                 client,
                 kind,
                 room.as_deref(),

@@ -19,7 +19,7 @@ use tap_protocol::{safe_token, ResultMessage};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::chunker::LiveSpecs;
+use crate::media::chunker::LiveSpecs;
 use crate::metrics::Metrics;
 
 /// What the fusion publishes, as the injectors receive it.
@@ -68,7 +68,7 @@ pub struct MoodSettings {
     pub per_subject: i64,
     /// The processing policy: under `expressions` states and moods lose emotion, valence and
     /// arousal; under `aggregate` no state leaves (room moods only).
-    pub policy: crate::policy::Policy,
+    pub policy: crate::privacy::policy::Policy,
 }
 
 impl Default for MoodSettings {
@@ -79,7 +79,7 @@ impl Default for MoodSettings {
             publish_states: true,
             max_age: Duration::from_secs(24 * 3600),
             per_subject: 4 * 3600,
-            policy: crate::policy::Policy::default(),
+            policy: crate::privacy::policy::Policy::default(),
         }
     }
 }
@@ -229,14 +229,14 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = now_ms();
                 for mood in engine.tick(now) {
-                    let mood = crate::policy::room(settings.policy, mood);
+                    let mood = crate::privacy::policy::room(settings.policy, mood);
                     metrics.room_mood(mood.published);
                     publish(&nats, room_subject(&mood.room), &mood).await;
                     let _ = updates.send(Arc::new(AffectUpdate::Room(mood)));
                 }
                 for state in engine.states(now) {
                     // Under `aggregate` no state leaves: not on NATS, not into a DataChannel.
-                    let Some(state) = crate::policy::state(settings.policy, state) else {
+                    let Some(state) = crate::privacy::policy::state(settings.policy, state) else {
                         continue;
                     };
                     if settings.publish_states {
@@ -319,11 +319,11 @@ pub async fn run_standalone(
 ) -> anyhow::Result<()> {
     let js = jetstream::new(nats.clone());
     ensure_stream(&js, &settings).await?;
-    let kv = crate::registry::open_bucket(&js).await?;
-    let live = crate::registry::empty();
+    let kv = crate::dispatch::registry::open_bucket(&js).await?;
+    let live = crate::dispatch::registry::empty();
     let (changed_tx, changed_rx) = watch::channel(0);
     let max_payload = nats.server_info().max_payload;
-    let registry = tokio::spawn(crate::registry::watch(
+    let registry = tokio::spawn(crate::dispatch::registry::watch(
         kv,
         live.clone(),
         changed_tx,

@@ -324,7 +324,7 @@ async fn one_daemon_watches_several_kms_and_says_which_room_is_where() {
     .await;
     let mut cfg = config(&east, &nats, (47900, 47999));
     cfg.kms_name = "east".into();
-    cfg.additional_kms = vec![tap_daemon::daemon::KmsTarget {
+    cfg.additional_kms = vec![tap_daemon::settings::KmsTarget {
         name: "west".into(),
         url: west.url(),
     }];

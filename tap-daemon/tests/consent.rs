@@ -3,17 +3,15 @@
 //! results, a tag changed on the endpoint takes effect within a scan; requests for unknown
 //! participants are refused and counted; every change is counted.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kurento_client::prelude::*;
 use kurento_client::KurentoClient;
-use support::*;
-use tap_daemon::consent::{ConsentMode, CTL_CONSENT};
+use tap_daemon::privacy::consent::{ConsentMode, CTL_CONSENT};
 use tap_daemon::Daemon;
 use tap_protocol::{PixelFormat, ResultMessage};
+use tap_test_support::prelude::*;
 
 const SCENARIO: &str = "
 [[room]]
@@ -79,12 +77,18 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     let _r = Registration::new(&client, gray).await;
     let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
 
-    let sim = sim(SCENARIO, (52000, 52499)).await;
-    let mut cfg = config(&sim, &nats, (52500, 52999));
-    cfg.datachannel.enabled = false;
-    cfg.consent = ConsentMode::OptIn;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let http = daemon.http_addr.unwrap();
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(52000..=52499)
+        .tap_ports(52500..=52999)
+        .configure(|c| {
+            c.datachannel.enabled = false;
+            c.consent = ConsentMode::OptIn;
+        })
+        .start()
+        .await;
+    let http = h.http();
     assert!(
         http_get(http, "/healthz").await.contains("consent: opt-in"),
         "the mode in force is shown"
@@ -105,7 +109,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
 
     // Only ben, whose endpoint says yes, is analysed: ana said nothing, cyd said no.
     assert_eq!(
-        wait_taps(&daemon, 1)
+        h.wait_taps(1)
             .await
             .iter()
             .map(|s| s.participant.as_str())
@@ -125,7 +129,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["analysed"], true, "{answer}");
     assert!(
-        tapped(&daemon).await.contains(&"ana".to_owned()),
+        tapped(&h.daemon).await.contains(&"ana".to_owned()),
         "tapped when answered"
     );
     let after = first_result_of(&mut results, "ana", Duration::from_secs(5)).await;
@@ -162,7 +166,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
         (true.into(), false.into()),
         "{answer}"
     );
-    assert!(!tapped(&daemon).await.contains(&"ana".to_owned()));
+    assert!(!tapped(&h.daemon).await.contains(&"ana".to_owned()));
     // Results already on the wire when it stopped may still be delivered to this subscriber.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), results.next()).await {}
@@ -174,7 +178,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     assert!(seen.contains_key("ben"), "{seen:?}");
 
     // Withdrawal by tag: the application sets ben's tag to false; the next scan stops his tap.
-    let kms = KurentoClient::connect(&sim.url()).await.unwrap();
+    let kms = KurentoClient::connect(&h.sim.url()).await.unwrap();
     let ben_ep = daemon
         .status()
         .await
@@ -185,7 +189,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     let ep: WebRtcEndpoint = kms.object(&ben_ep).unwrap();
     ep.add_tag("kurento-tap.consent", "false").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while tapped(&daemon).await.contains(&"ben".to_owned()) {
+    while tapped(&h.daemon).await.contains(&"ben".to_owned()) {
         assert!(
             Instant::now() < deadline,
             "ben still tapped after his tag said no"
@@ -195,7 +199,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     // And granted again by tag.
     ep.add_tag("kurento-tap.consent", "true").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !tapped(&daemon).await.contains(&"ben".to_owned()) {
+    while !tapped(&h.daemon).await.contains(&"ben".to_owned()) {
         assert!(
             Instant::now() < deadline,
             "ben not tapped again after his tag said yes"
@@ -235,7 +239,7 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// The default (`opt-out`): everyone analysed but those who said no, and a control withdrawal
@@ -248,11 +252,16 @@ async fn opt_out_is_the_default_and_a_control_withdrawal_applies() {
     let gray = video_spec("gray", Some(5.0), None, 32, 32, PixelFormat::Gray8);
     let (_seen, _worker) = worker(&client, &gray.id, Duration::ZERO).await;
     let _r = Registration::new(&client, gray).await;
-    let sim = sim(SCENARIO, (53000, 53499)).await;
-    let mut cfg = config(&sim, &nats, (53500, 53999));
-    cfg.datachannel.enabled = false;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let names: Vec<String> = wait_taps(&daemon, 2)
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(53000..=53499)
+        .tap_ports(53500..=53999)
+        .configure(|c| c.datachannel.enabled = false)
+        .start()
+        .await;
+    let names: Vec<String> = h
+        .wait_taps(2)
         .await
         .into_iter()
         .map(|s| s.participant)
@@ -267,18 +276,18 @@ async fn opt_out_is_the_default_and_a_control_withdrawal_applies() {
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(answer["ok"], true, "{answer}");
-    assert_eq!(tapped(&daemon).await, ["ben"]);
+    assert_eq!(tapped(&h.daemon).await, ["ben"]);
     // Scans go on: ana stays out.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(tapped(&daemon).await, ["ben"]);
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    assert_eq!(tapped(&h.daemon).await, ["ben"]);
+    let metrics = h.metrics().await;
     assert!(metrics.contains("kurento_tap_consent_mode{mode=\"opt-out\"} 1"));
-    assert!(http_get(daemon.http_addr.unwrap(), "/healthz")
+    assert!(http_get(h.http(), "/healthz")
         .await
         .contains("consent: opt-out"));
     assert!(
         metrics.contains("kurento_tap_participants_not_tapped_total{reason=\"opt_out\"} 2"),
         "cyd by tag, ana by control: {metrics}"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }

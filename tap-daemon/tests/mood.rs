@@ -387,13 +387,13 @@ async fn the_standalone_fusion_reads_any_daemons_results_and_the_timeline_export
     // The room timeline, exported as CSV.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut csv = Vec::new();
-    let n = tap_daemon::results::export(
+    let n = tap_daemon::control::results::export(
         client.clone(),
-        tap_daemon::results::Kind::Room,
+        tap_daemon::control::results::Kind::Room,
         Some("hall"),
-        Some(tap_daemon::results::parse_since("10m").unwrap()),
+        Some(tap_daemon::control::results::parse_since("10m").unwrap()),
         false,
-        tap_daemon::results::Format::Csv,
+        tap_daemon::control::results::Format::Csv,
         &mut csv,
     )
     .await
@@ -404,7 +404,7 @@ async fn the_standalone_fusion_reads_any_daemons_results_and_the_timeline_export
         .starts_with("at_ms,room,presenter,presenter_source,participants,contributors,published,"));
     assert!(text.contains(",hall,pat,tag,3,3,true,"), "{text}");
     assert!(text.contains("happy=3"), "{text}");
-    assert!(tap_daemon::results::parse_since("10x").is_err());
+    assert!(tap_daemon::control::results::parse_since("10x").is_err());
     let _ = stop_tx.send(());
     fusion.await.unwrap().unwrap();
 }

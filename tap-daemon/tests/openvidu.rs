@@ -4,12 +4,9 @@
 //! connection id; screen shares and subscribers are not; media decodes; leaving and stopping leave
 //! nothing of ours.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 const SESSION: &str = "[[room]]\nname='ses_Abc123'\nhost='openvidu'\n\
 [[room.participant]]\nname='ana'\nvideo={codec='VP8'}\naudio={tone=300.0}\nscreen=true\n\
@@ -18,20 +15,22 @@ const SESSION: &str = "[[room]]\nname='ses_Abc123'\nhost='openvidu'\n\
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_camera_is_tapped_once_at_its_passthrough_under_its_connection_id() {
-    let nats = Nats::start().await;
-    let sim = sim(SESSION, (43600, 43799)).await;
-    let mut cfg = config(&sim, &nats, (43800, 43899));
-    cfg.host = tap_daemon::openvidu::Host::OpenVidu;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let taps = wait_taps(&daemon, 3).await;
+    let h = Harness::new()
+        .scenario(SESSION)
+        .sim_ports(43600..=43799)
+        .tap_ports(43800..=43899)
+        .configure(|c| c.host = tap_daemon::discovery::openvidu::Host::OpenVidu)
+        .start()
+        .await;
+    let taps = h.wait_taps(3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let taps_now = daemon.status().await;
+    let taps_now = h.daemon.status().await;
     assert_eq!(
         taps_now.len(),
         3,
         "three cameras, the screen share left out: {taps:?}"
     );
-    let ids = sim.media_set().object_ids();
+    let ids = h.sim.media_set().object_ids();
     for t in &taps_now {
         assert!(
             t.participant.starts_with("con_") && t.participant.len() == 14,
@@ -62,7 +61,7 @@ async fn every_camera_is_tapped_once_at_its_passthrough_under_its_connection_id(
         rtp_taps, 3,
         "one RtpEndpoint per camera, none for screens or subscribers"
     );
-    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let m = h.metrics().await;
     assert!(
         m.contains("kurento_tap_participants_not_tapped_total{reason=\"screen_share\"} 1"),
         "{m}"
@@ -70,16 +69,16 @@ async fn every_camera_is_tapped_once_at_its_passthrough_under_its_connection_id(
 
     // cyd leaves (openvidu-server releases its endpoints and PassThrough): its tap goes, ours only.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut left = daemon.status().await.len();
+    let mut left = h.daemon.status().await.len();
     for _ in 0..50 {
         if left == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = daemon.status().await.len();
+        left = h.daemon.status().await.len();
     }
     assert_eq!(left, 2, "cyd's tap ended with its PassThrough");
-    daemon.shutdown().await;
+    h.daemon.shutdown().await;
     let ours: Vec<String> = sim
         .media_set()
         .object_ids()

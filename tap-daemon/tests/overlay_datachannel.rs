@@ -15,7 +15,7 @@ use browser::{launch, open_page, serve_dir};
 use kurento_client::prelude::*;
 use serde_json::json;
 use support::*;
-use tap_daemon::injector::Audience;
+use tap_daemon::inject::Audience;
 use tap_daemon::Daemon;
 use tap_protocol::PixelFormat;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use support::*;
-use tap_daemon::policy::Policy;
+use tap_daemon::privacy::policy::Policy;
 use tap_daemon::Daemon;
 use tap_protocol::affect::{fer2013_declaration, ParticipantState, RoomMood};
 use tap_protocol::{
@@ -356,7 +356,9 @@ async fn expressions_lets_the_voice_workers_expression_outputs_out_and_no_affect
     );
     // The worker has registered (with its output declaration) before the daemon starts.
     let js = async_nats::jetstream::new(client.clone());
-    let kv = tap_daemon::registry::open_bucket(&js).await.unwrap();
+    let kv = tap_daemon::dispatch::registry::open_bucket(&js)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let spec: tap_protocol::ModelSpec = loop {
         if let Ok(Some(v)) = kv.get("voice.1").await {

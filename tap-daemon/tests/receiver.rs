@@ -6,10 +6,10 @@ use std::time::Duration;
 use kms_sim::{Scenario, SimOptions, SimServer};
 use kurento_client::prelude::*;
 use serde_json::json;
-use tap_daemon::chunker::{Chunk, ChunkSink, Chunker};
-use tap_daemon::ports::PortPool;
-use tap_daemon::receiver::{MediaPorts, Receiver, ReceiverConfig};
-use tap_daemon::sdp_offer::{check_answer, publisher_media, tap_offer, OPUS_PT, VIDEO_PT};
+use tap_daemon::media::chunker::{Chunk, ChunkSink, Chunker};
+use tap_daemon::media::ports::PortPool;
+use tap_daemon::media::receiver::{MediaPorts, Receiver, ReceiverConfig};
+use tap_daemon::media::sdp_offer::{check_answer, publisher_media, tap_offer, OPUS_PT, VIDEO_PT};
 use tap_protocol::*;
 
 #[derive(Default)]

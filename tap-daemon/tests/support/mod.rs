@@ -214,7 +214,9 @@ pub struct Registration {
 impl Registration {
     pub async fn new(client: &async_nats::Client, spec: ModelSpec) -> Registration {
         let js = jetstream::new(client.clone());
-        let kv = tap_daemon::registry::open_bucket(&js).await.unwrap();
+        let kv = tap_daemon::dispatch::registry::open_bucket(&js)
+            .await
+            .unwrap();
         let key = spec.id.key();
         let (kv2, key2) = (kv.clone(), key.clone());
         let task = tokio::spawn(async move {

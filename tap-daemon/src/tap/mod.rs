@@ -11,17 +11,18 @@ use kurento_client::Error as KmsError;
 use serde_json::json;
 use tracing::warn;
 
-use crate::chunker::{Chunk, ChunkSink, Chunker, LiveSpecs};
-use crate::daemon::{release_bounded, DaemonConfig};
 use crate::discovery::Participant;
 use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
-use crate::injector::{Injector, InjectorContext};
-use crate::metrics::{MediaLabel, Metrics};
-use crate::ports::{PortPair, PortPool};
-use crate::receiver::{
+use crate::inject::{Injector, InjectorContext};
+use crate::kms::release::release_bounded;
+use crate::media::chunker::{Chunk, ChunkSink, Chunker, LiveSpecs};
+use crate::media::ports::{PortPair, PortPool};
+use crate::media::receiver::{
     DecodedAudio, DecodedFrame, MediaPorts, MediaSink, Receiver, ReceiverConfig,
 };
-use crate::sdp_offer::{check_answer_with, tap_offer_with, OPUS_PT, VIDEO_PT};
+use crate::media::sdp_offer::{check_answer_with, tap_offer_with, OPUS_PT, VIDEO_PT};
+use crate::metrics::{MediaLabel, Metrics};
+use crate::settings::DaemonConfig;
 use tap_protocol::safe_token;
 
 /// Why a tap could not be made.
@@ -32,13 +33,13 @@ pub enum TapError {
     NoPorts,
     /// GStreamer.
     #[error(transparent)]
-    Receiver(#[from] crate::receiver::ReceiverError),
+    Receiver(#[from] crate::media::receiver::ReceiverError),
     /// KMS refused something.
     #[error("KMS: {0}")]
     Kms(#[from] KmsError),
     /// KMS's answer is unusable.
     #[error(transparent)]
-    Sdp(#[from] crate::sdp_offer::SdpError),
+    Sdp(#[from] crate::media::sdp_offer::SdpError),
     /// SRTP could not be set up (no key material is ever in the message).
     #[error("SRTP: {0}")]
     Srtp(String),
@@ -190,9 +191,9 @@ pub struct TapContext {
     /// Fused states and room moods for the injectors (absent with the fusion off).
     pub affect: Option<tokio::sync::broadcast::Sender<Arc<crate::mood::AffectUpdate>>>,
     /// SRTP on this KMS's tap legs, with this suite (`None`: plain RTP).
-    pub srtp: Option<crate::srtp::Suite>,
+    pub srtp: Option<crate::media::srtp::Suite>,
     /// OpenVidu's sessions and signals (`--host openvidu`).
-    pub openvidu: Option<Arc<crate::openvidu_rest::OpenVidu>>,
+    pub openvidu: Option<Arc<crate::discovery::openvidu_rest::OpenVidu>>,
 }
 
 impl TapContext {
@@ -218,9 +219,9 @@ impl TapContext {
         };
         // SRTP: our key now (it goes in the offer); KMS draws its own and answers with it.
         let srtp = match self.srtp {
-            Some(suite) => Some(crate::srtp::SdesKey {
+            Some(suite) => Some(crate::media::srtp::SdesKey {
                 suite,
-                key: crate::srtp::MasterKey::generate(suite)
+                key: crate::media::srtp::MasterKey::generate(suite)
                     .map_err(|e| TapError::Srtp(e.to_string()))?,
             }),
             None => None,
@@ -311,7 +312,7 @@ impl TapContext {
         let results = tx.commit().await?;
         // From here on, a failure must release the endpoint we created, and nothing else.
         let created = results.object(&tap_ref).ok();
-        let outcome = (|| -> Result<crate::sdp_offer::AnswerPorts, TapError> {
+        let outcome = (|| -> Result<crate::media::sdp_offer::AnswerPorts, TapError> {
             results.check()?;
             let answer = results
                 .value(offer_index)?
@@ -464,8 +465,8 @@ async fn watch_publisher(
     publisher: WebRtcEndpoint,
     tap: RtpEndpoint,
     metrics: Arc<Metrics>,
-    stats: Arc<crate::receiver::ReceiverStats>,
-    pli: crate::receiver::KeyframeRequester,
+    stats: Arc<crate::media::receiver::ReceiverStats>,
+    pli: crate::media::receiver::KeyframeRequester,
     has_video: bool,
 ) {
     let transcoding = publisher.on::<MediaTranscodingStateChanged>().await.ok();

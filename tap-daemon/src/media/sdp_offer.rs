@@ -8,8 +8,8 @@ use sdp::description::common::{Address, Attribute, ConnectionInformation};
 use sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use sdp::description::session::{Origin, SessionDescription, TimeDescription, Timing};
 
-use crate::receiver::VideoCodec;
-use crate::srtp::{answer_key, crypto_attribute, SdesKey, Suite};
+use crate::media::receiver::VideoCodec;
+use crate::media::srtp::{answer_key, crypto_attribute, SdesKey, Suite};
 
 /// Payload type we offer for Opus.
 pub const OPUS_PT: u8 = 111;
@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn srtp_offers_carry_our_key_and_answers_must_carry_kms_key() {
-        use crate::srtp::MasterKey;
+        use crate::media::srtp::MasterKey;
         let codec = VideoCodec {
             encoding: "VP8".into(),
             fmtp: None,

@@ -6,11 +6,14 @@
 //! tags, or are short ids derived from the Kurento ids (which contain `.` and `/`, unusable in NATS
 //! subject tokens).
 
+pub mod openvidu;
+pub mod openvidu_rest;
+
 use kurento_client::prelude::*;
 use kurento_client::{Error as KmsError, ErrorCode};
 use serde::Serialize;
 
-use crate::sdp_offer::{publisher_media, PublisherMedia};
+use crate::media::sdp_offer::{publisher_media, PublisherMedia};
 
 /// Tag keys (configurable).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -60,7 +63,7 @@ pub struct Participant {
     /// False when tagged `consent=false`.
     pub consent: bool,
     /// What the consent tag says: `Some(true)` for `true`, `Some(false)` for `false`, `None`
-    /// without a tag or with another value ([`crate::consent::tag_value`]).
+    /// without a tag or with another value ([`crate::privacy::consent::tag_value`]).
     pub consent_tag: Option<bool>,
     /// True when media flows out of the publisher (its browser is sending).
     pub live: bool,
@@ -70,7 +73,7 @@ pub struct Participant {
     /// `endpoint` is the PassThrough the tap hangs from. `None`: `endpoint` is the publisher.
     pub publisher: Option<String>,
     /// Under `--host openvidu`: the streamId and what it sends.
-    pub stream: Option<crate::openvidu::StreamId>,
+    pub stream: Option<crate::discovery::openvidu::StreamId>,
     /// A display name (OpenVidu's `clientData`), when the host has one.
     pub display: Option<String>,
 }
@@ -163,8 +166,8 @@ pub async fn examine(
     let media = match publisher_media(&local, remote.as_deref()) {
         Ok(m) => m,
         // An unsupported codec is still a publisher; the tap will report it.
-        Err(crate::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
-            video: Some(crate::receiver::VideoCodec {
+        Err(crate::media::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
+            video: Some(crate::media::receiver::VideoCodec {
                 encoding: c,
                 fmtp: None,
             }),
@@ -206,7 +209,7 @@ pub async fn examine(
             .unwrap_or_else(|| short_id("p", ep.id())),
         endpoint: ep.id().to_owned(),
         consent: tag(&tags, &keys.consent) != Some("false"),
-        consent_tag: crate::consent::tag_value(tag(&tags, &keys.consent)),
+        consent_tag: crate::privacy::consent::tag_value(tag(&tags, &keys.consent)),
         presenter: role == Some("presenter"),
         media,
         live,
@@ -220,7 +223,7 @@ pub async fn examine(
 /// session and `clientData`) before it is tapped under its connection id anyway.
 pub const OPENVIDU_NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Examines one WebRtcEndpoint of an OpenVidu session (`--host openvidu`, [`crate::openvidu`]):
+/// Examines one WebRtcEndpoint of an OpenVidu session (`--host openvidu`, [`crate::discovery::openvidu`]):
 /// publishers by their streamId name, tapped at their PassThrough (found through their sink
 /// connections, behind any filter); subscribers and other endpoints are not publishers. `young`:
 /// the endpoint was created moments ago, so a publisher OpenVidu does not list yet is looked at
@@ -230,11 +233,11 @@ pub async fn examine_openvidu(
     pipeline: &MediaPipeline,
     ep: &WebRtcEndpoint,
     keys: &TagKeys,
-    ov: Option<&crate::openvidu_rest::OpenVidu>,
+    ov: Option<&crate::discovery::openvidu_rest::OpenVidu>,
     metrics: &crate::metrics::Metrics,
     young: bool,
 ) -> Result<Examined, KmsError> {
-    use crate::openvidu::{classify, find_passthrough, Named, PassThroughSearch};
+    use crate::discovery::openvidu::{classify, find_passthrough, Named, PassThroughSearch};
     let tags = match ep.get_tags().await {
         Ok(t) => t,
         Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
@@ -311,8 +314,8 @@ pub async fn examine_openvidu(
     };
     let mut media = match publisher_media(&local, remote.as_deref()) {
         Ok(m) => m,
-        Err(crate::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
-            video: Some(crate::receiver::VideoCodec {
+        Err(crate::media::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
+            video: Some(crate::media::receiver::VideoCodec {
                 encoding: c,
                 fmtp: None,
             }),
@@ -362,7 +365,7 @@ pub async fn examine_openvidu(
         display: info.and_then(|i| i.display),
         stream: Some(stream),
         consent: tag(&tags, &keys.consent) != Some("false"),
-        consent_tag: crate::consent::tag_value(tag(&tags, &keys.consent)),
+        consent_tag: crate::privacy::consent::tag_value(tag(&tags, &keys.consent)),
         presenter: false,
         media,
         live,

@@ -24,8 +24,8 @@ use tap_protocol::affect::AFFECT_STREAM;
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::{DataAuth, Verdict, SESSION_COOKIE};
-use crate::chunker::LiveSpecs;
 use crate::dispatch::Dispatcher;
+use crate::media::chunker::LiveSpecs;
 use crate::metrics::Metrics;
 use crate::mood::AffectUpdate;
 use tap_protocol::ResultMessage;
@@ -96,7 +96,7 @@ async fn require_credential(
     }
 }
 
-const LOGIN: &str = include_str!("../dashboard/login.html");
+const LOGIN: &str = include_str!("../../dashboard/login.html");
 
 /// `POST /login` with the token as the body: sets the session cookie (a digest of the token).
 async fn login(State(s): State<AppState>, body: String) -> impl IntoResponse {
@@ -192,7 +192,7 @@ async fn read_history(nats: &async_nats::Client) -> anyhow::Result<Vec<serde_jso
     Ok(out)
 }
 
-const DASHBOARD: &str = include_str!("../dashboard/index.html");
+const DASHBOARD: &str = include_str!("../../dashboard/index.html");
 
 async fn dashboard(State(s): State<AppState>) -> impl IntoResponse {
     // The processing policy in the header (what this dashboard may show at all).
@@ -298,7 +298,7 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         .metrics
         .consent_mode
         .get_or_create(&crate::metrics::ModeLabel {
-            mode: crate::consent::ConsentMode::OptIn.as_str().into(),
+            mode: crate::privacy::consent::ConsentMode::OptIn.as_str().into(),
         })
         .get()
         == 1;

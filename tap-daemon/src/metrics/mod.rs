@@ -620,8 +620,8 @@ impl Metrics {
     }
 
     /// Shows the processing policy in force.
-    pub fn set_policy(&self, policy: crate::policy::Policy) {
-        for p in crate::policy::Policy::ALL {
+    pub fn set_policy(&self, policy: crate::privacy::policy::Policy) {
+        for p in crate::privacy::policy::Policy::ALL {
             self.policy
                 .get_or_create(&PolicyLabel {
                     policy: p.as_str().into(),
@@ -640,10 +640,10 @@ impl Metrics {
     }
 
     /// Shows the consent mode in force.
-    pub fn set_consent_mode(&self, mode: crate::consent::ConsentMode) {
+    pub fn set_consent_mode(&self, mode: crate::privacy::consent::ConsentMode) {
         for m in [
-            crate::consent::ConsentMode::OptOut,
-            crate::consent::ConsentMode::OptIn,
+            crate::privacy::consent::ConsentMode::OptOut,
+            crate::privacy::consent::ConsentMode::OptIn,
         ] {
             self.consent_mode
                 .get_or_create(&ModeLabel {

@@ -195,7 +195,7 @@ impl ScalingBook {
 /// second, and writes the figures into the `kurento_tap_model_*` gauges.
 pub async fn run(
     nats: async_nats::Client,
-    live: crate::chunker::LiveSpecs,
+    live: crate::media::chunker::LiveSpecs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     settings: ScalingSettings,
 ) {

@@ -12,7 +12,7 @@ use tap_protocol::{
     AudioChunkSpec, MediaKind, ModelId, ModelSpec, PixelFormat, SampleFormat, VideoChunkSpec,
 };
 
-use crate::receiver::{DecodedAudio, DecodedFrame, MediaSink};
+use crate::media::receiver::{DecodedAudio, DecodedFrame, MediaSink};
 
 /// The live model specs, shared by every tap (replaced wholesale by the registry).
 pub type LiveSpecs = Arc<RwLock<Arc<Vec<Arc<ModelSpec>>>>>;

@@ -2,6 +2,8 @@
 //! pending slot (a newer chunk replaces the waiting one) and at most `max_in_flight` requests out.
 //! Stale chunks, missing workers and timeouts drop the chunk and count why; nothing queues.
 
+pub mod registry;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +19,9 @@ use tap_protocol::{
 use tokio::sync::{broadcast, Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::chunker::{Chunk, ChunkSink};
+use crate::media::chunker::{Chunk, ChunkSink};
 use crate::metrics::{Metrics, ModelLabel};
-use crate::policy::{Outcome, Policy};
+use crate::privacy::policy::{Outcome, Policy};
 
 /// Unix time in µs.
 pub fn now_us() -> u64 {
@@ -38,7 +40,7 @@ pub struct Dispatcher {
     results: broadcast::Sender<Arc<ResultMessage>>,
     /// Every result, whatever the policy, for the fusion in this process only.
     fusion: broadcast::Sender<Arc<ResultMessage>>,
-    /// What may leave the daemon ([`crate::policy`]).
+    /// What may leave the daemon ([`crate::privacy::policy`]).
     policy: Policy,
     /// Bounds the JetStream acknowledgements awaited at once.
     store_permits: Arc<Semaphore>,
@@ -360,7 +362,7 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
         }
         Policy::Expressions => {
             let output = std::mem::take(&mut result.output);
-            match crate::policy::apply(d.policy, spec.outputs.as_ref(), output) {
+            match crate::privacy::policy::apply(d.policy, spec.outputs.as_ref(), output) {
                 Outcome::Leaves(o) => result.output = o,
                 Outcome::Withheld(reason) => {
                     d.metrics.policy_withheld(reason);

@@ -13,8 +13,8 @@ use tap_protocol::ModelSpec;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::chunker::LiveSpecs;
 use crate::dispatch::now_us;
+use crate::media::chunker::LiveSpecs;
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// Room left in a message for headers, on top of the chunk.

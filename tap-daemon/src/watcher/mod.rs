@@ -8,39 +8,20 @@ use std::time::{Duration, Instant};
 
 use kurento_client::prelude::*;
 use kurento_client::{ConnectionState, KurentoClient};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::daemon::{release_bounded, ControlRequest, DaemonConfig, TapStatus};
+pub mod command;
+
+pub(crate) use command::{Command, ConsentAnswer, ControlAnswer, ControlRefusal};
+pub use command::{ControlRequest, TapStatus};
+
 use crate::discovery::{self, Examined, Participant};
+use crate::kms::orphans::{orphans, OwnedKind, OwnedObject, PublisherState};
+use crate::kms::release::release_bounded;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::orphans::{orphans, OwnedKind, OwnedObject, PublisherState};
+use crate::settings::DaemonConfig;
 use crate::tap::{media_list, Tap, TapContext};
-
-/// Why a watcher did not serve a control request.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ControlRefusal {
-    /// The pipeline is not on this watcher's KMS (another watcher may have it).
-    NotHere,
-    /// In cluster mode, another daemon holds the room (its holder answers).
-    NotHolder,
-    /// Served, and failed.
-    Failed(String),
-}
-
-pub(crate) type ControlAnswer = Result<String, ControlRefusal>;
-
-pub(crate) enum Command {
-    Attach(ControlRequest, oneshot::Sender<ControlAnswer>),
-    /// Grant or withdraw a participant's consent (`tap.v1.ctl.consent`).
-    Consent(
-        crate::consent::ConsentRequest,
-        oneshot::Sender<crate::consent::ConsentAnswer>,
-    ),
-    Detach(ControlRequest, oneshot::Sender<ControlAnswer>),
-    Status(oneshot::Sender<Vec<TapStatus>>),
-    Shutdown(oneshot::Sender<()>),
-}
 
 enum Known {
     Tapped(Box<Tap>),
@@ -131,7 +112,7 @@ pub(crate) struct KmsWatcher {
     /// for the next scan of every room, nor behind it.
     fresh: HashMap<String, Fresh>,
     /// Consent given or withdrawn by control request, shared with the setups.
-    control_consent: crate::consent::ControlDecisions,
+    control_consent: crate::privacy::consent::ControlDecisions,
     /// Whether each publisher examined was last decided analysed (consent), to log changes only.
     consent_seen: HashMap<String, bool>,
     /// The keys of the running taps, shared with the setups: under `--host openvidu` a setup
@@ -925,7 +906,7 @@ impl KmsWatcher {
                 "releasing an object of the room's previous holder"
             );
             self.metrics.lease_events("swept");
-            match tokio::time::timeout(crate::daemon::RELEASE_TIMEOUT, c.release()).await {
+            match tokio::time::timeout(crate::kms::release::RELEASE_TIMEOUT, c.release()).await {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => e.is_object_not_found(),
                 Err(_) => false,
@@ -1042,9 +1023,9 @@ impl KmsWatcher {
             .control_consent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&crate::consent::key(&p.room, &p.name))
+            .get(&crate::privacy::consent::key(&p.room, &p.name))
             .copied();
-        if !crate::consent::analysed(self.config.consent, p.consent_tag, control) {
+        if !crate::privacy::consent::analysed(self.config.consent, p.consent_tag, control) {
             return Err(failed(
                 if p.consent_tag == Some(false) || control == Some(false) {
                     "participant opted out (consent withdrawn)".into()
@@ -1073,13 +1054,14 @@ impl KmsWatcher {
     /// "not analysed" counts in `participants_not_tapped_total` once.
     fn note_consent(&mut self, endpoint: &str, p: &Participant, analysed: bool) {
         let before = self.consent_seen.insert(endpoint.to_owned(), analysed);
-        if let Some(c) = crate::consent::change(before, analysed, p.consent_tag.is_some()) {
-            crate::consent::record(
+        if let Some(c) = crate::privacy::consent::change(before, analysed, p.consent_tag.is_some())
+        {
+            record_consent(
                 &self.metrics,
                 &p.room,
                 &p.name,
                 c,
-                crate::consent::Source::Tag,
+                crate::privacy::consent::Source::Tag,
             );
         }
         if !analysed && before != Some(false) {
@@ -1094,7 +1076,7 @@ impl KmsWatcher {
             .control_consent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&crate::consent::key(&p.room, &p.name))
+            .get(&crate::privacy::consent::key(&p.room, &p.name))
             .copied();
         let reason = if p.consent_tag == Some(false) || control == Some(false) {
             "opt_out"
@@ -1124,7 +1106,7 @@ impl KmsWatcher {
             let Ok(tags) = tags else {
                 continue;
             };
-            let tag = crate::consent::tag_value(
+            let tag = crate::privacy::consent::tag_value(
                 tags.iter()
                     .find(|t| t.key == self.config.tags.consent)
                     .map(|t| t.value.as_str()),
@@ -1141,9 +1123,9 @@ impl KmsWatcher {
                 .control_consent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&crate::consent::key(&p.room, &p.name))
+                .get(&crate::privacy::consent::key(&p.room, &p.name))
                 .copied();
-            let now = crate::consent::analysed(self.config.consent, tag, control);
+            let now = crate::privacy::consent::analysed(self.config.consent, tag, control);
             match (was, now) {
                 (true, false) => {
                     // The room lives on: our objects for this publisher are released.
@@ -1164,9 +1146,9 @@ impl KmsWatcher {
     /// taps them now. `NotHere` when no publisher of that name is known on this KMS.
     async fn control_consent(
         &mut self,
-        req: crate::consent::ConsentRequest,
-    ) -> crate::consent::ConsentAnswer {
-        let key = crate::consent::key(&req.room, &req.participant);
+        req: crate::privacy::consent::ConsentRequest,
+    ) -> ConsentAnswer {
+        let key = crate::privacy::consent::key(&req.room, &req.participant);
         let matching: Vec<String> = self
             .known
             .iter()
@@ -1176,7 +1158,7 @@ impl KmsWatcher {
                     Known::NoConsent(p) => p,
                     _ => return None,
                 };
-                (crate::consent::key(&p.room, &p.name) == key).then(|| ep.clone())
+                (crate::privacy::consent::key(&p.room, &p.name) == key).then(|| ep.clone())
             })
             .collect();
         if matching.is_empty() {
@@ -1187,25 +1169,25 @@ impl KmsWatcher {
                 .control_consent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if !d.contains_key(&key) && d.len() >= crate::consent::MAX_CONTROL_DECISIONS {
+            if !d.contains_key(&key) && d.len() >= crate::privacy::consent::MAX_CONTROL_DECISIONS {
                 return Err(ControlRefusal::Failed(format!(
                     "too many consent decisions remembered ({})",
-                    crate::consent::MAX_CONTROL_DECISIONS
+                    crate::privacy::consent::MAX_CONTROL_DECISIONS
                 )));
             }
             d.insert(key, req.consent);
         }
         let change = if req.consent {
-            crate::consent::Change::Granted
+            crate::privacy::consent::Change::Granted
         } else {
-            crate::consent::Change::Withdrawn
+            crate::privacy::consent::Change::Withdrawn
         };
-        crate::consent::record(
+        record_consent(
             &self.metrics,
             &req.room,
             &req.participant,
             change,
-            crate::consent::Source::Control,
+            crate::privacy::consent::Source::Control,
         );
         let mut analysed_now = false;
         for ep in matching {
@@ -1214,8 +1196,11 @@ impl KmsWatcher {
                 Some(Known::NoConsent(p)) => ((**p).clone(), false),
                 _ => continue,
             };
-            let now =
-                crate::consent::analysed(self.config.consent, p.consent_tag, Some(req.consent));
+            let now = crate::privacy::consent::analysed(
+                self.config.consent,
+                p.consent_tag,
+                Some(req.consent),
+            );
             // Recorded first: the change is the control request's, already logged.
             self.consent_seen.insert(ep.clone(), now);
             match (was, now) {
@@ -1317,6 +1302,29 @@ impl KmsWatcher {
 }
 
 /// The kinds of object the daemon creates, by id.
+/// Logs a consent change (who, when, what, from where; no media, no results) and counts it.
+fn record_consent(
+    metrics: &Metrics,
+    room: &str,
+    participant: &str,
+    change: crate::privacy::consent::Change,
+    source: crate::privacy::consent::Source,
+) {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    info!(
+        room,
+        participant,
+        at_ms,
+        consent = change.as_str(),
+        source = source.as_str(),
+        "consent changed"
+    );
+    metrics.consent_change(change.as_str(), source.as_str());
+}
+
 fn owned_kind(id: &str) -> Option<OwnedKind> {
     if id.ends_with("_kurento.WebRtcEndpoint") {
         Some(OwnedKind::DataPeer)
@@ -1334,14 +1342,14 @@ async fn setup(
     pipeline: MediaPipeline,
     ep: WebRtcEndpoint,
     first_seen: Instant,
-    decisions: crate::consent::ControlDecisions,
+    decisions: crate::privacy::consent::ControlDecisions,
     tapped: Arc<std::sync::Mutex<HashSet<String>>>,
 ) -> Setup {
     let examined = match ctx.config.host {
-        crate::openvidu::Host::Kurento => {
+        crate::discovery::openvidu::Host::Kurento => {
             discovery::examine(&room, &pipeline, &ep, &ctx.config.tags).await
         }
-        crate::openvidu::Host::OpenVidu => {
+        crate::discovery::openvidu::Host::OpenVidu => {
             discovery::examine_openvidu(
                 &room,
                 &pipeline,
@@ -1391,9 +1399,9 @@ async fn setup(
     let control = decisions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&crate::consent::key(&p.room, &p.name))
+        .get(&crate::privacy::consent::key(&p.room, &p.name))
         .copied();
-    if !crate::consent::analysed(ctx.config.consent, p.consent_tag, control) {
+    if !crate::privacy::consent::analysed(ctx.config.consent, p.consent_tag, control) {
         return Setup::NoConsent(Box::new(p));
     }
     if !p.live {
@@ -1437,7 +1445,7 @@ fn not_tapped_reason(config: &DaemonConfig, p: &Participant) -> Option<&'static 
     let screen = p
         .stream
         .as_ref()
-        .is_some_and(|s| s.kind == crate::openvidu::StreamKind::Screen);
+        .is_some_and(|s| s.kind == crate::discovery::openvidu::StreamKind::Screen);
     if screen && !config.openvidu.include_screens {
         Some("screen_share")
     } else if !room_allowed(config, &p.room) {

@@ -4,7 +4,7 @@
 //! it), and KMS's answer carries its key (we decrypt its RTP and RTCP with it).
 //!
 //! Pure: suites, keys, `a=crypto` lines and the decision of `auto`; the GStreamer side
-//! (`srtpdec`/`srtpenc`) is in [`crate::receiver`]. Keys never reach a log: [`MasterKey`]'s
+//! (`srtpdec`/`srtpenc`) is in [`crate::media::receiver`]. Keys never reach a log: [`MasterKey`]'s
 //! `Debug` is redacted and its bytes are wiped when dropped.
 
 use std::fmt;

@@ -1,28 +1,26 @@
 //! OpenVidu's REST API, the adapter: a small HTTP/1.1 client (Basic auth `OPENVIDUAPP:<secret>`,
 //! one connection per request, bounded in time and size), the sessions refresh that names rooms
 //! and participants, and the signals that put results into the call. Decisions and parsing are in
-//! [`crate::openvidu`] (pure); this module only does the I/O.
+//! [`crate::discovery::openvidu`] (pure); this module only does the I/O.
 //!
 //! Nothing here is on the media path: discovery reads the last directory without waiting, and
 //! signals leave from a task of their own fed by the lossy results broadcast through per-
 //! participant pacers (latest per model), so a slow or dead OpenVidu drops results (counted) and
 //! never holds a tap.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use tap_protocol::{DataChannelMessage, ResultMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::injector::Pacer;
-use crate::metrics::Metrics;
-use crate::openvidu::{
+use crate::discovery::openvidu::{
     self, Directory, RestError, RestState, RestStatus, SignalAudience, StreamInfo,
 };
+use crate::metrics::Metrics;
 
 /// OpenVidu's secret (from a file or the environment): never printed, never logged.
 #[derive(Clone)]
@@ -361,8 +359,13 @@ impl OpenVidu {
         }
     }
 
+    /// Whether results go out as signals (the REST API is configured and signals are on).
+    pub fn signals_on(&self) -> bool {
+        self.endpoint.is_some() && self.settings.signals
+    }
+
     /// Sends one signal; the outcome's metric label.
-    async fn signal(&self, session: &str, to: Option<&[String]>, data: &str) -> &'static str {
+    pub async fn signal(&self, session: &str, to: Option<&[String]>, data: &str) -> &'static str {
         let Some(ep) = &self.endpoint else {
             return "not_configured";
         };
@@ -381,58 +384,8 @@ impl OpenVidu {
         }
     }
 
-    /// Puts results into the call as signals: per participant a pacer (latest per model, a token
-    /// bucket of `signal_rate_hz`), sent one at a time by this task. Results wait in the pacers,
-    /// never in a queue: while OpenVidu is slow they are superseded or go stale (counted).
-    pub async fn run_signals(
-        self: Arc<Self>,
-        mut results: broadcast::Receiver<Arc<ResultMessage>>,
-    ) {
-        if self.endpoint.is_none() || !self.settings.signals {
-            return;
-        }
-        let mut pacers: HashMap<String, (Pacer, Instant)> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                r = results.recv() => match r {
-                    Ok(r) => {
-                        let now = Instant::now();
-                        let (pacer, seen) = pacers.entry(r.participant.clone()).or_insert_with(|| {
-                            (Pacer::new(self.settings.signal_rate_hz, self.settings.signal_max_wait, now), now)
-                        });
-                        *seen = now;
-                        if pacer.offer(r, now) == crate::injector::Offered::Superseded {
-                            self.metrics.openvidu_signal("superseded", 1);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => self.metrics.openvidu_signal("lagged", n),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    let mut due = Vec::new();
-                    for (pacer, _) in pacers.values_mut() {
-                        let (ready, stale) = pacer.take(now);
-                        if stale > 0 {
-                            self.metrics.openvidu_signal("stale", stale);
-                        }
-                        due.extend(ready);
-                    }
-                    // Participants silent for a minute are forgotten.
-                    pacers.retain(|_, (p, seen)| p.waiting() > 0 || now.duration_since(*seen) < Duration::from_secs(60));
-                    for r in due {
-                        let outcome = self.signal_result(&r).await;
-                        self.metrics.openvidu_signal(outcome, 1);
-                        self.metrics.openvidu_request("signal", outcome);
-                    }
-                }
-            }
-        }
-    }
-
-    async fn signal_result(&self, r: &ResultMessage) -> &'static str {
+    /// Sends one result as a signal to its participant (or their room); the outcome's metric label.
+    pub async fn signal_result(&self, r: &ResultMessage) -> &'static str {
         // The participant is the connection id; its session from OpenVidu (the room is the
         // session id only when OpenVidu was reachable when the tap began).
         let Some(session) = self.session_of(&r.participant) else {

@@ -19,8 +19,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use tracing::{debug, warn};
 
-use crate::capture_clock::CaptureClock;
-use crate::srtp::SdesKey;
+use crate::media::capture_clock::CaptureClock;
+use crate::media::srtp::SdesKey;
 
 /// A video codec the tap can receive (the publisher's, so KMS never transcodes).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,8 @@
-//! Several daemons on the same KMS: the NATS KV adapter of the room leases ([`crate::lease`] decides;
+//! Several daemons on the same KMS: the NATS KV adapter of the room leases ([`crate::cluster::lease`] decides;
 //! this task reads the bucket, makes the writes and tells the control actor which rooms are ours).
+
+pub mod lease;
+pub mod scaling;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use tap_protocol::lease::{member_key, LeaseValue, MemberValue, MEMBER_PREFIX};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::lease::{LeaseBook, LeaseOp, LeaseSettings, Observed, WriteOutcome};
+use crate::cluster::lease::{LeaseBook, LeaseOp, LeaseSettings, Observed, WriteOutcome};
 use crate::metrics::Metrics;
 
 /// Cluster settings of a daemon.

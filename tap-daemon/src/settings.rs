@@ -1,0 +1,148 @@
+//! Everything the daemon is configured with ([`DaemonConfig`]), whatever it was read from (the file,
+//! environment and flags are merged into it by [`crate::config`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::discovery::TagKeys;
+use crate::inject::InjectorConfig;
+
+/// Everything the daemon is configured with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// `ws://host:8888/kurento`.
+    pub kurento_url: String,
+    /// `nats://host:4222`.
+    pub nats_url: String,
+    /// NATS credentials file (`.creds`), if any.
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS token, if any.
+    pub nats_token: Option<String>,
+    /// Address our receive sockets bind to and our offers announce (must be reachable from KMS).
+    pub bind_ip: IpAddr,
+    /// Receive port range.
+    pub ports: (u16, u16),
+    /// Tag keys.
+    pub tags: TagKeys,
+    /// This daemon's owner id, tagged on what it creates (leftovers are swept at start).
+    pub owner: String,
+    /// Rooms to tap (patterns with `*`); empty = all.
+    pub include_rooms: Vec<String>,
+    /// Rooms never tapped.
+    pub exclude_rooms: Vec<String>,
+    /// Participants never tapped (name patterns).
+    pub exclude_participants: Vec<String>,
+    /// Who is analysed: everyone but those who opted out (default), or only those who opted in
+    /// ([`crate::privacy::consent`]).
+    pub consent: crate::privacy::consent::ConsentMode,
+    /// Jitterbuffer latency.
+    pub latency_ms: u32,
+    /// Where `/metrics` and `/healthz` are served (and the data endpoints, unless
+    /// `data_http_listen` gives them a listener of their own).
+    pub http_listen: Option<SocketAddr>,
+    /// The dashboard, `/events`, `/history` and `/models` on their own listener.
+    pub data_http_listen: Option<SocketAddr>,
+    /// Who may read the data endpoints (a token, a trusted proxy header; nothing: loopback only).
+    pub data_auth: crate::auth::DataAuth,
+    /// Result history kept in JetStream.
+    pub results_max_age: Duration,
+    /// Results kept per (room, participant, model) subject.
+    pub results_per_subject: i64,
+    /// How often rooms are re-read (catches anything events missed).
+    pub rescan_interval: Duration,
+    /// Look at a WebRTC endpoint as soon as KMS announces it (ObjectCreated), on its own, instead
+    /// of waiting for the next scan of every room (on by default; off only to measure the scan).
+    pub lookup_new_endpoints: bool,
+    /// Results into participants' DataChannels.
+    pub datachannel: InjectorConfig,
+    /// Fused states and room moods.
+    pub mood: crate::mood::MoodSettings,
+    /// What may leave the daemon ([`crate::privacy::policy`]; also the fusion's, whatever `mood.policy` says).
+    pub policy: crate::privacy::policy::Policy,
+    /// Tap leg protection (`crate::media::srtp`): SRTP unless KMS is in this namespace, by default.
+    pub tap_crypto: crate::media::srtp::TapCrypto,
+    /// The SRTP suite of encrypted taps.
+    pub srtp_suite: crate::media::srtp::Suite,
+    /// This KMS's name in lease keys, logs and the cluster view (default: its URL's host:port).
+    pub kms_name: String,
+    /// More KMS watched by this daemon, besides `kurento_url`.
+    pub additional_kms: Vec<KmsTarget>,
+    /// Sharing rooms with other daemons.
+    pub cluster: crate::cluster::ClusterSettings,
+    /// The host application: any Kurento app (default) or OpenVidu 2.x (`crate::discovery::openvidu`).
+    pub host: crate::discovery::openvidu::Host,
+    /// OpenVidu's REST API and signals (with `host = openvidu`).
+    pub openvidu: crate::discovery::openvidu_rest::OpenViduSettings,
+    /// The scaling figures' averaging window (`kurento_tap_model_*`).
+    pub scaling_window: Duration,
+}
+
+/// A KMS to watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KmsTarget {
+    /// Its name (lease keys, status, metrics).
+    pub name: String,
+    /// `ws://host:8888/kurento`.
+    pub url: String,
+}
+
+impl DaemonConfig {
+    /// Every KMS watched: `kurento_url` first.
+    pub fn targets(&self) -> Vec<KmsTarget> {
+        let mut all = vec![KmsTarget {
+            name: self.kms_name.clone(),
+            url: self.kurento_url.clone(),
+        }];
+        all.extend(self.additional_kms.iter().cloned());
+        all
+    }
+}
+
+/// A KMS's default name: the host and port of its URL.
+pub fn kms_name_from_url(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.is_empty() {
+        "kms".into()
+    } else {
+        authority.to_owned()
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            kurento_url: "ws://127.0.0.1:8888/kurento".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_creds: None,
+            nats_token: None,
+            bind_ip: [127, 0, 0, 1].into(),
+            ports: (40000, 40999),
+            tags: TagKeys::default(),
+            owner: "kurento-tap".into(),
+            include_rooms: vec![],
+            exclude_rooms: vec![],
+            exclude_participants: vec![],
+            consent: crate::privacy::consent::ConsentMode::default(),
+            latency_ms: 100,
+            http_listen: Some(([127, 0, 0, 1], 9464).into()),
+            data_http_listen: None,
+            data_auth: crate::auth::DataAuth::default(),
+            results_max_age: Duration::from_secs(24 * 3600),
+            results_per_subject: 1000,
+            rescan_interval: Duration::from_secs(1),
+            lookup_new_endpoints: true,
+            datachannel: InjectorConfig::default(),
+            mood: crate::mood::MoodSettings::default(),
+            policy: crate::privacy::policy::Policy::default(),
+            tap_crypto: crate::media::srtp::TapCrypto::default(),
+            srtp_suite: crate::media::srtp::Suite::default(),
+            kms_name: "127.0.0.1:8888".into(),
+            additional_kms: vec![],
+            scaling_window: crate::cluster::scaling::ScalingSettings::default().window,
+            cluster: crate::cluster::ClusterSettings::default(),
+            host: crate::discovery::openvidu::Host::default(),
+            openvidu: crate::discovery::openvidu_rest::OpenViduSettings::default(),
+        }
+    }
+}
