@@ -1,0 +1,355 @@
+//! The GStreamer side of a tap: RTP in, decoded frames and samples out, built in code.
+//!
+//! ```text
+//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer, 100 ms, drop-on-latency) ─▶ depay ─▶ decode ─▶ appsink
+//! udpsrc(rtcp) ─▶ rtpbin ─▶ udpsink(KMS RTCP port): receiver reports, PLI/FIR for keyframes
+//! ```
+//! Video leaves as I420 at the stream's size, audio as mono F32 at 48 kHz; the chunker converts only
+//! the frames and windows a model asked for. Appsinks hold at most one (video) or a few (audio)
+//! buffers and drop the oldest, so nothing queues without bound if the chunker falls behind.
+
+mod branches;
+mod clock;
+mod gst_util;
+mod srtp_session;
+mod types;
+
+pub use types::{
+    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, ReceiverConfig, ReceiverError,
+    ReceiverStats, VideoCodec, KEYFRAME_REQUEST_INTERVAL,
+};
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_video as gst_video;
+use tracing::{debug, warn};
+
+use crate::media::srtp::SdesKey;
+
+use branches::{link_audio, link_video};
+use clock::ClockMap;
+use gst_util::{gst_err, make};
+use srtp_session::install_srtp;
+use types::{KmsKeys, SrtpDecoders, AUDIO, VIDEO};
+
+/// A running receiver. Stops (sockets closed, threads joined) when dropped.
+pub struct Receiver {
+    pipeline: gst::Pipeline,
+    rtcp_sinks: [Option<gst::Element>; 2],
+    kms_keys: KmsKeys,
+    srtp_decoders: SrtpDecoders,
+    /// Counters.
+    pub stats: Arc<ReceiverStats>,
+}
+
+impl Receiver {
+    /// Binds the sockets and starts the pipeline (before KMS is told to connect, so the first
+    /// keyframe is not lost).
+    pub fn start(config: &ReceiverConfig, sink: Arc<dyn MediaSink>) -> Result<Self, ReceiverError> {
+        gst::init().map_err(gst_err)?;
+        let pipeline = gst::Pipeline::new();
+        let rtpbin = make("rtpbin")?;
+        rtpbin.set_property("latency", config.latency_ms);
+        rtpbin.set_property("drop-on-latency", true);
+        rtpbin.set_property_from_str("rtp-profile", "avpf");
+        rtpbin.set_property("add-reference-timestamp-meta", true);
+        pipeline.add(&rtpbin).map_err(gst_err)?;
+        let stats = Arc::new(ReceiverStats::default());
+        let mut rtcp_sinks = [None, None];
+        let bind = config.bind_ip.to_string();
+
+        let kms_keys: KmsKeys = Arc::new(Mutex::new([None, None]));
+        let srtp_decoders: SrtpDecoders = Arc::new(Mutex::new([None, None]));
+        // SRTCP out: one srtpenc with our key, a pad pair per session between rtpbin and the
+        // RTCP sink (linked by hand: rtpbin's encoder signals want src pads srtpenc makes only
+        // once its sink is requested).
+        let rtcp_encoder = match &config.srtp {
+            Some(ours) => {
+                install_srtp(
+                    &rtpbin,
+                    kms_keys.clone(),
+                    srtp_decoders.clone(),
+                    stats.clone(),
+                )?;
+                let enc = make("srtpenc")?;
+                enc.set_property("key", gst::Buffer::from_slice(ours.key.bytes().to_vec()));
+                for (p, v) in [
+                    ("rtp-cipher", ours.suite.gst_cipher()),
+                    ("rtcp-cipher", ours.suite.gst_cipher()),
+                    ("rtp-auth", ours.suite.gst_auth()),
+                    ("rtcp-auth", ours.suite.gst_auth()),
+                ] {
+                    enc.set_property_from_str(p, v);
+                }
+                pipeline.add(&enc).map_err(gst_err)?;
+                Some(enc)
+            }
+            None => None,
+        };
+        let encrypted = config.srtp.is_some();
+        let mut add_session =
+            |session: usize, port: u16, caps: gst::Caps| -> Result<(), ReceiverError> {
+                // With SRTP the sockets carry SRTP/SRTCP: rtpbin hands them to srtpdec first.
+                let caps = if encrypted {
+                    let mut c = caps;
+                    if let Some(st) = c.make_mut().structure_mut(0) {
+                        st.set_name("application/x-srtp");
+                    }
+                    c
+                } else {
+                    caps
+                };
+                let rtp_src = make("udpsrc")?;
+                rtp_src.set_property("address", &bind);
+                rtp_src.set_property("port", port as i32);
+                rtp_src.set_property("caps", &caps);
+                let rtcp_src = make("udpsrc")?;
+                rtcp_src.set_property("address", &bind);
+                rtcp_src.set_property("port", port as i32 + 1);
+                rtcp_src.set_property(
+                    "caps",
+                    gst::Caps::new_empty_simple(if encrypted {
+                        "application/x-srtcp"
+                    } else {
+                        "application/x-rtcp"
+                    }),
+                );
+                let rtcp_sink = make("udpsink")?;
+                // Until KMS's answer says where its RTCP port is, reports go nowhere useful.
+                rtcp_sink.set_property("host", "127.0.0.1");
+                rtcp_sink.set_property("port", 9i32);
+                rtcp_sink.set_property("sync", false);
+                rtcp_sink.set_property("async", false);
+                pipeline
+                    .add_many([&rtp_src, &rtcp_src, &rtcp_sink])
+                    .map_err(gst_err)?;
+                rtp_src
+                    .link_pads(
+                        Some("src"),
+                        &rtpbin,
+                        Some(&format!("recv_rtp_sink_{session}")),
+                    )
+                    .map_err(gst_err)?;
+                rtcp_src
+                    .link_pads(
+                        Some("src"),
+                        &rtpbin,
+                        Some(&format!("recv_rtcp_sink_{session}")),
+                    )
+                    .map_err(gst_err)?;
+                match &rtcp_encoder {
+                    Some(enc) => {
+                        rtpbin
+                            .link_pads(
+                                Some(&format!("send_rtcp_src_{session}")),
+                                enc,
+                                Some(&format!("rtcp_sink_{session}")),
+                            )
+                            .map_err(gst_err)?;
+                        enc.link_pads(
+                            Some(&format!("rtcp_src_{session}")),
+                            &rtcp_sink,
+                            Some("sink"),
+                        )
+                        .map_err(gst_err)?;
+                    }
+                    None => rtpbin
+                        .link_pads(
+                            Some(&format!("send_rtcp_src_{session}")),
+                            &rtcp_sink,
+                            Some("sink"),
+                        )
+                        .map_err(gst_err)?,
+                }
+                rtcp_sinks[session] = Some(rtcp_sink);
+                Ok(())
+            };
+
+        if let Some(a) = &config.audio {
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "audio")
+                .field("encoding-name", "OPUS")
+                .field("clock-rate", 48000i32)
+                .field("payload", a.payload_type as i32)
+                .build();
+            add_session(AUDIO, a.rtp_port, caps)?;
+        }
+        let mut video_codec = None;
+        if let Some((v, codec)) = &config.video {
+            let enc = codec.encoding.to_ascii_uppercase();
+            if !matches!(enc.as_str(), "VP8" | "VP9" | "H264") {
+                return Err(ReceiverError::Codec(enc));
+            }
+            // The rtcp-fb fields make rtpsession turn a force-key-unit event into PLI/FIR.
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "video")
+                .field("encoding-name", enc.as_str())
+                .field("clock-rate", 90000i32)
+                .field("payload", v.payload_type as i32)
+                .field("rtcp-fb-nack-pli", true)
+                .field("rtcp-fb-ccm-fir", true)
+                .build();
+            add_session(VIDEO, v.rtp_port, caps)?;
+            video_codec = Some(enc);
+        }
+
+        let clock_map = ClockMap {
+            pipeline: pipeline.clone(),
+        };
+        let weak_pipeline = pipeline.downgrade();
+        let pad_stats = stats.clone();
+        rtpbin.connect_pad_added(move |_, pad| {
+            let name = pad.name();
+            let Some(rest) = name.strip_prefix("recv_rtp_src_") else {
+                return;
+            };
+            let Some(pipeline) = weak_pipeline.upgrade() else {
+                return;
+            };
+            let session: usize = rest
+                .split('_')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(99);
+            let result = if session == VIDEO {
+                link_video(
+                    &pipeline,
+                    pad,
+                    video_codec.as_deref().unwrap_or("VP8"),
+                    sink.clone(),
+                    clock_map.clone(),
+                    pad_stats.clone(),
+                )
+            } else if session == AUDIO {
+                link_audio(
+                    &pipeline,
+                    pad,
+                    sink.clone(),
+                    clock_map.clone(),
+                    pad_stats.clone(),
+                )
+            } else {
+                return;
+            };
+            if let Err(e) = result {
+                pad_stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(pad = %name, error = %e, "cannot link the decoder");
+            }
+        });
+
+        let bus_stats = stats.clone();
+        if let Some(bus) = pipeline.bus() {
+            bus.set_sync_handler(move |_, msg| {
+                match msg.view() {
+                    gst::MessageView::Error(e) => {
+                        bus_stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e.error(), debug = ?e.debug(), "receiver error");
+                    }
+                    gst::MessageView::Warning(w) => {
+                        debug!(warning = %w.error(), "receiver warning")
+                    }
+                    _ => {}
+                }
+                gst::BusSyncReply::Drop
+            });
+        }
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| ReceiverError::Gst(format!("cannot start: {e}")))?;
+        Ok(Receiver {
+            pipeline,
+            rtcp_sinks,
+            kms_keys,
+            srtp_decoders,
+            stats,
+        })
+    }
+
+    /// KMS's SRTP keys from its answer (SRTP taps; call before KMS is told to connect, so the
+    /// first packets decrypt). The decoders forget what they had, so a stream refused for want
+    /// of a key (early RTCP) asks again.
+    pub fn set_kms_keys(&self, audio: Option<SdesKey>, video: Option<SdesKey>) {
+        if let Ok(mut keys) = self.kms_keys.lock() {
+            // What was dropped until now had no key to be checked against.
+            let s = &self.stats;
+            let before = s
+                .srtp_packets_in
+                .load(Ordering::Relaxed)
+                .saturating_sub(s.srtp_packets_out.load(Ordering::Relaxed));
+            s.srtp_dropped_before_keys.store(before, Ordering::Relaxed);
+            keys[AUDIO] = audio;
+            keys[VIDEO] = video;
+        }
+        if let Ok(decoders) = self.srtp_decoders.lock() {
+            for d in decoders.iter().flatten() {
+                d.emit_by_name::<()>("clear-keys", &[]);
+            }
+        }
+    }
+
+    /// Where KMS listens for RTCP of `video` (true) or audio.
+    pub fn set_kms_rtcp(&self, video: bool, addr: SocketAddr) {
+        if let Some(sink) = &self.rtcp_sinks[if video { VIDEO } else { AUDIO }] {
+            sink.set_property("host", addr.ip().to_string());
+            sink.set_property("port", addr.port() as i32);
+        }
+    }
+
+    /// Asks for a keyframe: a force-key-unit event upstream from the depayloader, which rtpsession
+    /// sends to KMS as PLI (and KMS forwards to the browser).
+    pub fn request_keyframe(&self) -> bool {
+        let Some(depay) = self.pipeline.by_name("video-depay") else {
+            return false;
+        };
+        let Some(pad) = depay.static_pad("sink") else {
+            return false;
+        };
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        pad.push_event(event)
+    }
+
+    /// A handle that can ask for keyframes from another task.
+    pub fn keyframe_requester(&self) -> KeyframeRequester {
+        KeyframeRequester {
+            pipeline: self.pipeline.downgrade(),
+        }
+    }
+}
+
+/// Sends PLI for a receiver (see [`Receiver::request_keyframe`]).
+#[derive(Clone)]
+pub struct KeyframeRequester {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+}
+
+impl KeyframeRequester {
+    /// True if the request was sent (the video depayloader exists: RTP has arrived).
+    pub fn request(&self) -> bool {
+        let Some(pipeline) = self.pipeline.upgrade() else {
+            return false;
+        };
+        let Some(depay) = pipeline.by_name("video-depay") else {
+            return false;
+        };
+        let Some(pad) = depay.static_pad("sink") else {
+            return false;
+        };
+        pad.push_event(
+            gst_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build(),
+        )
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
