@@ -313,7 +313,7 @@ impl Daemon {
             targets.iter().map(|_| None).collect::<Vec<_>>()
         };
         let openvidu = if config.host == crate::discovery::openvidu::Host::OpenVidu {
-            let ov = crate::discovery::openvidu_rest::OpenVidu::new(
+            let ov = crate::discovery::openvidu::client::OpenVidu::new(
                 config.openvidu.clone(),
                 metrics.clone(),
             )

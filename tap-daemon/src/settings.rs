@@ -72,7 +72,7 @@ pub struct DaemonConfig {
     /// The host application: any Kurento app (default) or OpenVidu 2.x (`crate::discovery::openvidu`).
     pub host: crate::discovery::openvidu::Host,
     /// OpenVidu's REST API and signals (with `host = openvidu`).
-    pub openvidu: crate::discovery::openvidu_rest::OpenViduSettings,
+    pub openvidu: crate::discovery::openvidu::client::OpenViduSettings,
     /// The scaling figures' averaging window (`kurento_tap_model_*`).
     pub scaling_window: Duration,
 }
@@ -142,7 +142,7 @@ impl Default for DaemonConfig {
             scaling_window: crate::cluster::scaling::ScalingSettings::default().window,
             cluster: crate::cluster::ClusterSettings::default(),
             host: crate::discovery::openvidu::Host::default(),
-            openvidu: crate::discovery::openvidu_rest::OpenViduSettings::default(),
+            openvidu: crate::discovery::openvidu::client::OpenViduSettings::default(),
         }
     }
 }

@@ -352,8 +352,8 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
 fn resolve_openvidu(
     f: OpenViduFile,
     o: &Overrides,
-) -> Result<crate::discovery::openvidu_rest::OpenViduSettings, ConfigError> {
-    use crate::discovery::openvidu_rest::{OpenViduSecret, OpenViduSettings};
+) -> Result<crate::discovery::openvidu::client::OpenViduSettings, ConfigError> {
+    use crate::discovery::openvidu::client::{OpenViduSecret, OpenViduSettings};
     let d = OpenViduSettings::default();
     let url = o.openvidu_url.clone().or(f.url);
     if let Some(u) = &url {

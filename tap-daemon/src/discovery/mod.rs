@@ -7,7 +7,6 @@
 //! subject tokens).
 
 pub mod openvidu;
-pub mod openvidu_rest;
 
 use kurento_client::prelude::*;
 use kurento_client::{Error as KmsError, ErrorCode};
@@ -233,7 +232,7 @@ pub async fn examine_openvidu(
     pipeline: &MediaPipeline,
     ep: &WebRtcEndpoint,
     keys: &TagKeys,
-    ov: Option<&crate::discovery::openvidu_rest::OpenVidu>,
+    ov: Option<&crate::discovery::openvidu::client::OpenVidu>,
     metrics: &crate::metrics::Metrics,
     young: bool,
 ) -> Result<Examined, KmsError> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tap_protocol::ResultMessage;
 use tokio::sync::broadcast;
 
-use crate::discovery::openvidu_rest::OpenVidu;
+use crate::discovery::openvidu::client::OpenVidu;
 use crate::metrics::Metrics;
 
 use super::pacer::{Offered, Pacer};

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub taps_total: Counter,
     /// Keyframe requests (PLI) sent because no frame decoded.
     pub keyframe_requests: Counter,
+    /// KMS `requestKeyframe` calls made because no frame decoded, by KMS's answer (`ok`,
+    /// `not_flowing`: 40111, nothing flows yet; `gone`; `error`).
+    pub kms_keyframe_requests: Family<OutcomeLabel, Counter>,
     /// Participants whose DataChannel currently receives results.
     pub datachannels_open: Gauge,
     /// DataChannel setups, by outcome (`opened`, `closed`, `timeout`, `data_source_in_use`, …).
@@ -202,6 +205,7 @@ impl Metrics {
             bad_control_requests: Counter::default(),
             taps_total: Counter::default(),
             keyframe_requests: Counter::default(),
+            kms_keyframe_requests: Family::default(),
             datachannels_open: Gauge::default(),
             datachannel_setups: Family::default(),
             datachannel_messages: Family::default(),
@@ -423,6 +427,11 @@ impl Metrics {
             "keyframe_requests",
             "Keyframe requests sent because no frame decoded",
             m.keyframe_requests.clone(),
+        );
+        registry.register(
+            "kms_keyframe_requests",
+            "KMS requestKeyframe calls made because no frame decoded, by KMS's answer",
+            m.kms_keyframe_requests.clone(),
         );
         registry.register(
             "datachannels_open",

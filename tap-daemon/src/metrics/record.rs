@@ -5,6 +5,15 @@ use super::labels::*;
 use super::Metrics;
 
 impl Metrics {
+    /// Counts a `requestKeyframe` call by KMS's answer.
+    pub fn kms_keyframe_request(&self, outcome: &str) {
+        self.kms_keyframe_requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
     /// Counts a DataChannel setup outcome.
     pub fn datachannel_setup(&self, outcome: &str) {
         self.datachannel_setups

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kurento_client::prelude::*;
 use kurento_client::Error as KmsError;
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::discovery::Participant;
 use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
@@ -193,7 +193,7 @@ pub struct TapContext {
     /// SRTP on this KMS's tap legs, with this suite (`None`: plain RTP).
     pub srtp: Option<crate::media::srtp::Suite>,
     /// OpenVidu's sessions and signals (`--host openvidu`).
-    pub openvidu: Option<Arc<crate::discovery::openvidu_rest::OpenVidu>>,
+    pub openvidu: Option<Arc<crate::discovery::openvidu::client::OpenVidu>>,
 }
 
 impl TapContext {
@@ -431,15 +431,21 @@ pub(crate) fn media_list(p: &Participant) -> Vec<String> {
 /// How often a tap's video is checked for a stall.
 pub(crate) const STALL_TICK: Duration = Duration::from_millis(300);
 
+/// Stalled ticks on which a keyframe is asked for every time (10 s), before every fifth.
+pub(crate) const STALL_EVERY_TICK: u32 = 33;
+
 /// Whether a tap's video has stalled, judged every [`STALL_TICK`] from its decoded-frame count: a
 /// tick with no new frame is a stall (a camera sends at least 5 frames/s), and a keyframe is asked
-/// for on each of the first five stalled ticks, then every fifth (a publisher whose camera is off
-/// is not asked several times a second forever; the receiver's throttle bounds the asks too).
+/// for on every stalled tick for [`STALL_EVERY_TICK`] ticks, then every fifth (a publisher whose
+/// camera is off is not asked three times a second forever).
 ///
 /// Why after the start too: under loss KMS itself drops a publisher's H.264 until the next keyframe
 /// ("DISCONTINUITY at non-keyframe; will drop until keyframe") and then sends the tap nothing, so
 /// the receiver sees no loss and asks for nothing; if KMS's own request is lost, the picture stays
-/// frozen for every subscriber until the browser's next keyframe.
+/// frozen for every subscriber until the browser's next keyframe. Why every tick: what reaches the
+/// browser is KMS's `requestKeyframe` (a FIR with a fresh sequence number, merged into one per RTCP
+/// packet, nothing in KMS limits it; Chrome makes at most one keyframe per 300 ms), and each lost
+/// FIR or damaged keyframe cost 1.5 s when only every fifth tick asked.
 #[derive(Debug, Default)]
 pub(crate) struct StallWatch {
     last_frames: u64,
@@ -455,7 +461,7 @@ impl StallWatch {
             return false;
         }
         self.stalled_ticks = self.stalled_ticks.saturating_add(1);
-        self.stalled_ticks <= 5 || self.stalled_ticks.is_multiple_of(5)
+        self.stalled_ticks <= STALL_EVERY_TICK || self.stalled_ticks.is_multiple_of(5)
     }
 }
 
@@ -483,12 +489,28 @@ async fn watch_publisher(
             if !watch.tick(frames) {
                 continue;
             }
-            // RTCP PLI from our receiver (forwarded by KMS to the browser), and on 7.x the API
-            // call, which makes KMS ask the publisher itself.
+            // KMS's API call, which makes the publisher's session send its browser a FIR; and RTCP
+            // from our receiver, which KMS 7.x (GStreamer >= 1.20) does not forward: its
+            // force-key-unit event carries the tap's SSRC, which the publisher's session does
+            // not know. Kept for KMS versions that forward it; harmless.
             if pli.request() {
                 metrics.keyframe_requests.inc();
             }
-            let _ = tap.request_keyframe().await;
+            let outcome = match tap.request_keyframe().await {
+                Ok(()) => "ok",
+                Err(e)
+                    if e.code()
+                        == Some(kurento_client::ErrorCode::MediaObjectOperationNotSupported) =>
+                {
+                    "not_flowing"
+                }
+                Err(e) if e.is_object_not_found() => "gone",
+                Err(e) => {
+                    debug!(tap = tap.id(), error = %e, "requestKeyframe failed");
+                    "error"
+                }
+            };
+            metrics.kms_keyframe_request(outcome);
         }
     };
     let watch_transcoding = async {
@@ -519,15 +541,17 @@ mod stall_tests {
     fn a_stall_asks_at_once_then_backs_off_and_a_frame_resets_it() {
         let mut w = StallWatch::default();
         assert!(!w.tick(30));
-        let asks: Vec<bool> = (0..15).map(|_| w.tick(30)).collect();
-        // Ticks 1-5 ask, then only every fifth (10, 15).
+        let asks: Vec<bool> = (0..45).map(|_| w.tick(30)).collect();
+        // Every tick asks for 10 s (33 ticks), then only every fifth (35, 40, 45).
         let asked: Vec<usize> = asks
             .iter()
             .enumerate()
             .filter(|(_, a)| **a)
             .map(|(i, _)| i + 1)
             .collect();
-        assert_eq!(asked, vec![1, 2, 3, 4, 5, 10, 15]);
+        let mut expected: Vec<usize> = (1..=33).collect();
+        expected.extend([35, 40, 45]);
+        assert_eq!(asked, expected);
         assert!(!w.tick(31), "frames again: no ask");
         assert!(w.tick(31), "a new stall asks at once");
     }
