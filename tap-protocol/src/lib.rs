@@ -18,6 +18,7 @@ pub mod lease;
 pub mod load;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod tags;
 
 /// Protocol version carried in subjects (`tap.v1.…`) and in the [`header::VERSION`] header.
 pub const VERSION: u32 = 1;

@@ -36,12 +36,12 @@ pub struct TagKeys {
 impl Default for TagKeys {
     fn default() -> Self {
         TagKeys {
-            room: "kurento-tap.room".into(),
-            participant: "kurento-tap.participant".into(),
-            role: "kurento-tap.role".into(),
-            consent: "kurento-tap.consent".into(),
-            owner: "kurento-tap.owner".into(),
-            tapped_endpoint: "kurento-tap.endpoint".into(),
+            room: tap_protocol::tags::ROOM.into(),
+            participant: tap_protocol::tags::PARTICIPANT.into(),
+            role: tap_protocol::tags::ROLE.into(),
+            consent: tap_protocol::tags::CONSENT.into(),
+            owner: tap_protocol::tags::OWNER.into(),
+            tapped_endpoint: tap_protocol::tags::TAPPED_ENDPOINT.into(),
         }
     }
 }
@@ -176,7 +176,10 @@ pub async fn examine(
         },
         Err(_) => return Ok(Examined::Other),
     };
-    let is_publisher = matches!(role, Some("publisher" | "presenter")) || media.sendonly;
+    let is_publisher = matches!(
+        role,
+        Some(tap_protocol::tags::ROLE_PUBLISHER | tap_protocol::tags::ROLE_PRESENTER)
+    ) || media.sendonly;
     if !is_publisher {
         return Ok(Examined::Other);
     }
@@ -209,7 +212,7 @@ pub async fn examine(
         endpoint: ep.id().to_owned(),
         consent: tag(&tags, &keys.consent) != Some("false"),
         consent_tag: crate::privacy::consent::tag_value(tag(&tags, &keys.consent)),
-        presenter: role == Some("presenter"),
+        presenter: role == Some(tap_protocol::tags::ROLE_PRESENTER),
         media,
         live,
         publisher: None,
