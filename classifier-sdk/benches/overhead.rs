@@ -4,17 +4,14 @@
 //!
 //! `cargo bench -p classifier-sdk --bench overhead`
 
-#[path = "../../tap-daemon/tests/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use classifier_sdk::*;
-use support::Nats;
 use tap_daemon::chunker::{Chunk as TapChunk, ChunkSink};
 use tap_daemon::dispatch::{now_us, Dispatcher, TapDispatch, TapIdent, TapSink};
 use tap_daemon::metrics::Metrics;
+use tap_test_support::nats::Nats;
 
 struct Sleepy {
     spec: ModelSpec,

@@ -1,17 +1,14 @@
 //! The worker runtime with the daemon, the simulator and a real nats-server.
 
-#[path = "../../tap-daemon/tests/support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use classifier_sdk::*;
 use futures_util::StreamExt;
-use support::*;
 use tap_daemon::Daemon;
 use tap_protocol::{chunk_subject, header, ResultMessage, RESULTS_STREAM, RESULT_SUBJECTS};
+use tap_test_support::prelude::*;
 
 /// Mean luma of a gray frame, optionally slow, counting its calls.
 struct Luma {

@@ -6,8 +6,6 @@
 
 #[path = "common/exported.rs"]
 mod exported;
-#[path = "../../tap-daemon/tests/support/mod.rs"]
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,7 +97,7 @@ async fn answers_200(port: u16, path: &str) -> String {
     for _ in 0..150 {
         if let Ok(addr) = format!("127.0.0.1:{port}").parse() {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                last = support::http_get(addr, path).await;
+                last = tap_test_support::prelude::http_get(addr, path).await;
                 if last.starts_with("HTTP/1.1 200") {
                     return last;
                 }
@@ -129,13 +127,13 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let chart = chart_copy(&dir);
-    let nats = support::Nats::start().await;
+    let nats = tap_test_support::prelude::Nats::start().await;
     let (daemon_port, fer_port, voice_port) = (
-        support::free_port(),
-        support::free_port(),
-        support::free_port(),
+        tap_test_support::prelude::free_port(),
+        tap_test_support::prelude::free_port(),
+        tap_test_support::prelude::free_port(),
     );
-    let data_port = support::free_port();
+    let data_port = tap_test_support::prelude::free_port();
     let base = vec![
         "nats.enabled=false".to_owned(),
         format!("nats.url={}", nats.url),
@@ -238,7 +236,7 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
 
     // Start what the manifests describe; the probes must answer.
     let summary: serde_json::Value = serde_json::from_str(summary.lines().last().unwrap()).unwrap();
-    let sim = support::sim(
+    let sim = tap_test_support::prelude::sim(
         "[[room]]\nname='r'\n[[room.participant]]\nname='p'\naudio={}\n",
         (45000, 45099),
     )
@@ -277,11 +275,12 @@ async fn the_chart_renders_is_wired_and_its_probes_hit_real_endpoints() {
     // The data endpoints answer on their own (loopback) port, not on the probes', and only with
     // the token.
     let data_addr: std::net::SocketAddr = ([127, 0, 0, 1], data_port).into();
-    let without = support::http_get(data_addr, "/models").await;
+    let without = tap_test_support::prelude::http_get(data_addr, "/models").await;
     assert!(without.starts_with("HTTP/1.1 401"), "{without}");
     let with = get_with_token(data_addr, "/models", &token).await;
     assert!(with.starts_with("HTTP/1.1 200"), "{with}");
-    let on_probes = support::http_get(([127, 0, 0, 1], daemon_port).into(), "/models").await;
+    let on_probes =
+        tap_test_support::prelude::http_get(([127, 0, 0, 1], daemon_port).into(), "/models").await;
     assert!(on_probes.starts_with("HTTP/1.1 404"), "{on_probes}");
     let mut running = Vec::new();
     for w in summary["workers"].as_array().unwrap() {

@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-
-#[path = "../tests/support/mod.rs"]
-mod support;
+use tap_test_support::metrics::{http_get, pct};
+use tap_test_support::nats::Nats;
+use tap_test_support::proc::{cpu_seconds_of, free_port};
 
 fn release_bin(name: &str) -> String {
     format!("{}/../target/release/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +35,7 @@ fn spawn(name: &str, args: &[&str]) -> Child {
 
 /// (CPU seconds, threads, RSS MiB) of a process.
 fn usage(pid: u32) -> (f64, u64, f64) {
-    let cpu = support::cpu_seconds_of(&pid.to_string());
+    let cpu = cpu_seconds_of(&pid.to_string());
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| -> u64 {
         status
@@ -70,8 +70,8 @@ async fn main() {
     }
     let path = std::env::temp_dir().join(format!("node50-{}.toml", std::process::id()));
     std::fs::write(&path, scenario).unwrap();
-    let nats = support::Nats::start().await;
-    let sim_port = support::free_port();
+    let nats = Nats::start().await;
+    let sim_port = free_port();
     let mut sim = spawn(
         "kms-sim",
         &[
@@ -107,7 +107,7 @@ async fn main() {
         "audio-worker",
         &["run", "--nats", &nats.url, "--concurrency", &voice_slots],
     );
-    let http = support::free_port();
+    let http = free_port();
     let mut daemon = spawn(
         "kurento-tap",
         &[
@@ -206,10 +206,7 @@ async fn main() {
             })
             .collect();
         let mut sorted = rates.clone();
-        let (slowest, fastest) = (
-            support::pct(&mut sorted, 0.0),
-            support::pct(&mut sorted, 1.0),
-        );
+        let (slowest, fastest) = (pct(&mut sorted, 0.0), pct(&mut sorted, 1.0));
         let mut lat = latency.get(model).cloned().unwrap_or_default();
         println!(
             "  {model:<6} results/s per participant: slowest {slowest:.2}, fastest {fastest:.2}{}; capture→result p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms ({} results)",
@@ -218,14 +215,14 @@ async fn main() {
             } else {
                 String::new()
             },
-            support::pct(&mut lat, 0.5),
-            support::pct(&mut lat, 0.95),
-            support::pct(&mut lat, 0.99),
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.95),
+            pct(&mut lat, 0.99),
             lat.len()
         );
     }
     // Where the chunks that gave no result went (the daemon's counters over the whole run).
-    let metrics = support::http_get(([127, 0, 0, 1], http).into(), "/metrics").await;
+    let metrics = http_get(([127, 0, 0, 1], http).into(), "/metrics").await;
     for l in metrics.lines().filter(|l| {
         (l.starts_with("kurento_tap_chunks_dropped_total")
             || l.starts_with("kurento_tap_chunks_sent_total")

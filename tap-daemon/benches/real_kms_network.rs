@@ -18,20 +18,12 @@
 //! cargo build --workspace --bins && cargo bench --profile dev -p tap-daemon --bench real_kms_network
 //! ```
 
-#[path = "../tests/support/browser.rs"]
-mod browser;
-#[path = "../tests/support/call.rs"]
-mod call;
-#[path = "../tests/support/kms.rs"]
-mod kms;
-#[path = "../tests/support/netem.rs"]
-mod netem;
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use call::*;
+use tap_test_support::call::*;
+use tap_test_support::kms;
+use tap_test_support::metrics::http_get;
+use tap_test_support::netem;
 
 const PHASE: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(5);
@@ -184,7 +176,7 @@ fn main() {
             ] {
                 measure(&call, codec, &phase).await;
             }
-            let text = support::http_get(call.metrics.unwrap(), "/metrics").await;
+            let text = http_get(call.metrics.unwrap(), "/metrics").await;
             println!("\n{codec}: daemon counters at the end:");
             for line in text.lines().filter(|l| {
                 !l.starts_with('#')

@@ -8,15 +8,12 @@
 //! daemon runs in this process with one registered model (RGB 224x224 at 5 fps) answered by an
 //! in-process responder that replies at once; CPU is this process's user+system time.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
 use tap_daemon::{Daemon, DaemonConfig};
 use tap_protocol::*;
+use tap_test_support::prelude::*;
 
 fn cpu_seconds() -> f64 {
     cpu_seconds_of("self")

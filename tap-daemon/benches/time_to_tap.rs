@@ -13,14 +13,11 @@
 //! `tap_setup_seconds` (the setup alone), p50/p95/p99 interpolated within the histogram buckets,
 //! and how many of the 40 were tapped while present.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::*;
 use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 const PARTICIPANTS: usize = 40;
 

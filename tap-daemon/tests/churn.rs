@@ -1,15 +1,11 @@
 //! Join/leave churn, in a process of its own (thread and port counts must be its own).
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_join_leave_cycles_leak_nothing() {
-    let nats = Nats::start().await;
     let mut scenario = String::from(
         "[[room]]\nname='churn'\n[[room.participant]]\nname='host'\naudio={}\nleave_ms=9500\n",
     );
@@ -20,13 +16,15 @@ async fn fifty_join_leave_cycles_leak_nothing() {
             100 + i * 150 + 1000
         ));
     }
-    let sim = sim(&scenario, (61000, 62999)).await;
-    let daemon = Daemon::start(config(&sim, &nats, (63000, 63999)))
-        .await
-        .unwrap();
+    let h = Harness::new()
+        .scenario(scenario)
+        .sim_ports(61000..=62999)
+        .tap_ports(63000..=63999)
+        .start()
+        .await;
     let threads_before = proc_status("Threads:");
     tokio::time::sleep(Duration::from_millis(11_000)).await;
-    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let m = h.metrics().await;
     let taps_total: f64 = m
         .lines()
         .find(|l| l.starts_with("kurento_tap_taps_total "))
@@ -42,11 +40,12 @@ async fn fifty_join_leave_cycles_leak_nothing() {
         taps_total >= 45.0,
         "{taps_total} of 51 participants tapped while present\n{m}"
     );
-    assert!(daemon.status().await.is_empty());
+    assert!(h.daemon.status().await.is_empty());
     assert!(m.contains("kurento_tap_taps_active 0"), "{m}");
-    assert_eq!(daemon.ports.in_use(), 0, "every port returned");
+    assert_eq!(h.daemon.ports.in_use(), 0, "every port returned");
     assert!(
-        sim.media_set()
+        h.sim
+            .media_set()
             .object_ids()
             .iter()
             .all(|i| !i.ends_with("RtpEndpoint")),
@@ -57,5 +56,5 @@ async fn fifty_join_leave_cycles_leak_nothing() {
         threads_after <= threads_before + 8,
         "threads {threads_before} → {threads_after}"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -3,19 +3,13 @@
 //! that runs, and a NATS outage longer than a lease stops every tap until ownership is proven again.
 //! The soak (`scripts/cluster-soak`) runs the long version with figures; this asserts outcomes only.
 
-#[path = "support/browser.rs"]
-mod browser;
-#[path = "support/kms.rs"]
-mod kms;
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kms::{workspace_bin, Proc};
 use kurento_client::prelude::*;
-use support::*;
+use tap_test_support::prelude::*;
+use tap_test_support::proc::{workspace_bin, Proc};
 
 const ROOMS: &str = "
 [[room]]

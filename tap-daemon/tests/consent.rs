@@ -179,7 +179,8 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
 
     // Withdrawal by tag: the application sets ben's tag to false; the next scan stops his tap.
     let kms = KurentoClient::connect(&h.sim.url()).await.unwrap();
-    let ben_ep = daemon
+    let ben_ep = h
+        .daemon
         .status()
         .await
         .into_iter()

@@ -1,15 +1,12 @@
 //! The daemon end to end: kms-sim (real RTP) → kurento-tap → a real nats-server → test workers.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::*;
+use tap_test_support::prelude::*;
 
 const THREE: &str = "
 [[room]]
@@ -33,12 +30,13 @@ extra_tags = { 'kurento-tap.consent' = 'false' }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_two_video_specs_and_audio() {
     let _turn = one_media_rate_test_at_a_time().await;
-    let nats = Nats::start().await;
-    let sim = sim(THREE, (54000, 54999)).await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (55000, 55999)))
-        .await
-        .unwrap();
+    let h = Harness::new()
+        .scenario(THREE)
+        .sim_ports(54000..=54999)
+        .tap_ports(55000..=55999)
+        .start()
+        .await;
+    let client = h.client().await;
 
     let rgb = video_spec("rgb", Some(5.0), None, 160, 120, PixelFormat::Rgb24);
     let gray = video_spec("gray", None, Some(2), 64, 64, PixelFormat::Gray8);
@@ -53,7 +51,7 @@ async fn three_participants_two_video_specs_and_audio() {
         Registration::new(&client, voice.clone()).await,
     );
 
-    let taps = wait_taps(&daemon, 3).await;
+    let taps = h.wait_taps(3).await;
     let names: Vec<&str> = taps.iter().map(|t| t.participant.as_str()).collect();
     assert_eq!(names, ["alice", "bob", "carol"], "dave opted out");
     assert_eq!(taps[1].media, ["video:H264"]);
@@ -72,7 +70,7 @@ async fn three_participants_two_video_specs_and_audio() {
     let rgb_by = by_participant(&rgb_seen);
     let gray_by = by_participant(&gray_seen);
     let voice_by = by_participant(&voice_seen);
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     for p in ["alice", "bob"] {
         let r = &rgb_by[p];
         // (The metrics say where chunks went if this ever fails: decoded, dropped by reason.)
@@ -80,7 +78,7 @@ async fn three_participants_two_video_specs_and_audio() {
             r.len() >= 10,
             "{p}: {} RGB chunks in ~4 s at 5 fps; status {:?}\n{metrics}",
             r.len(),
-            daemon.status().await
+            h.daemon.status().await
         );
         assert!(r.iter().all(|s| s.len == 160 * 120 * 3
             && s.meta.layout
@@ -152,15 +150,16 @@ async fn three_participants_two_video_specs_and_audio() {
     let mut stream = js.get_stream(RESULTS_STREAM).await.unwrap();
     assert!(stream.info().await.unwrap().state.messages > 20);
 
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(metrics.contains("kurento_tap_taps_active 3"), "{metrics}");
     assert!(
         metrics.contains("kurento_tap_participants_not_tapped_total{reason=\"opt_out\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("kurento_tap_capture_to_dispatch_seconds_bucket"));
-    daemon.shutdown().await;
-    let left: Vec<String> = sim
+    h.daemon.shutdown().await;
+    let left: Vec<String> = h
+        .sim
         .media_set()
         .object_ids()
         .into_iter()
@@ -171,17 +170,14 @@ async fn three_participants_two_video_specs_and_audio() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_come_and_go_without_a_restart() {
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n",
-        (56000, 56499),
-    )
-    .await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (56500, 56999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 1).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n")
+        .sim_ports(56000..=56499)
+        .tap_ports(56500..=56999)
+        .start()
+        .await;
+    let client = h.client().await;
+    h.wait_taps(1).await;
     let spec = video_spec("late", None, Some(1), 32, 32, PixelFormat::I420);
     let (seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -220,20 +216,21 @@ async fn models_come_and_go_without_a_restart() {
         n,
         "a removed model gets nothing more"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withheld_keyframe_is_recovered_with_pli() {
-    let nats = Nats::start().await;
-    let sim = sim("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={withhold_keyframe=true, keyframe_interval=3000}\n", (58000, 58499)).await;
-    let daemon = Daemon::start(config(&sim, &nats, (58500, 58999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 1).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={withhold_keyframe=true, keyframe_interval=3000}\n")
+        .sim_ports(58000..=58499)
+        .tap_ports(58500..=58999)
+        .start()
+        .await;
+    h.wait_taps(1).await;
     let mut frames = 0;
     for _ in 0..60 {
-        frames = daemon.status().await[0].video_frames;
+        frames = h.daemon.status().await[0].video_frames;
         if frames > 0 {
             break;
         }
@@ -244,81 +241,83 @@ async fn a_withheld_keyframe_is_recovered_with_pli() {
         frames > 0,
         "frames decode once a PLI has released a keyframe"
     );
-    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let m = h.metrics().await;
     eprintln!(
         "{}",
         m.lines()
             .find(|l| l.starts_with("kurento_tap_keyframe_requests_total"))
             .unwrap_or_default()
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_codec_fails_one_participant_only() {
-    let nats = Nats::start().await;
     let scenario = "[[room]]\nname='r'\n[[room.participant]]\nname='ok'\nvideo={}\n[[room.participant]]\nname='odd'\nvideo={advertise_codec='AV1'}\n";
-    let sim = sim(scenario, (59000, 59499)).await;
-    let daemon = Daemon::start(config(&sim, &nats, (59500, 59999)))
-        .await
-        .unwrap();
-    let taps = wait_taps(&daemon, 1).await;
+    let h = Harness::new()
+        .scenario(scenario)
+        .sim_ports(59000..=59499)
+        .tap_ports(59500..=59999)
+        .start()
+        .await;
+    let taps = h.wait_taps(1).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(daemon.status().await.len(), 1);
+    assert_eq!(h.daemon.status().await.len(), 1);
     assert_eq!(taps[0].participant, "ok");
-    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let m = h.metrics().await;
     assert!(
         m.contains("kurento_tap_tap_errors_total{reason=\"receiver\"}"),
         "{m}"
     );
-    let rtp: Vec<String> = sim
+    let rtp: Vec<String> = h
+        .sim
         .media_set()
         .object_ids()
         .into_iter()
         .filter(|i| i.ends_with("RtpEndpoint"))
         .collect();
     assert_eq!(rtp.len(), 1, "nothing left behind by the failed attempt");
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taps_survive_a_dropped_kms_socket() {
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n",
-        (60000, 60499),
-    )
-    .await;
-    let daemon = Daemon::start(config(&sim, &nats, (60500, 60999)))
-        .await
-        .unwrap();
-    let before = wait_taps(&daemon, 1).await;
-    sim.drop_connections();
+    let h = Harness::new()
+        .scenario("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n")
+        .sim_ports(60000..=60499)
+        .tap_ports(60500..=60999)
+        .start()
+        .await;
+    let before = h.wait_taps(1).await;
+    h.sim.drop_connections();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = daemon.status().await;
+    let after = h.daemon.status().await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].tap, before[0].tap, "same tap, same session");
     let f1 = after[0].video_frames;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        daemon.status().await[0].video_frames > f1,
+        h.daemon.status().await[0].video_frames > f1,
         "media keeps flowing"
     );
-    assert!(reqwest_metrics(daemon.http_addr.unwrap())
+    assert!(h
+        .metrics()
         .await
         .contains("kurento_tap_kms_reconnects_total 1"));
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_requests_and_the_rooms_listing() {
-    let nats = Nats::start().await;
-    let sim = sim("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n[[room.participant]]\nname='q'\naudio={}\n", (64000, 64499)).await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let mut cfg = config(&sim, &nats, (64500, 64999));
-    cfg.exclude_participants = vec!["q".into()];
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let taps = wait_taps(&daemon, 1).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={}\n[[room.participant]]\nname='q'\naudio={}\n")
+        .sim_ports(64000..=64499)
+        .tap_ports(64500..=64999)
+        .configure(|c| c.exclude_participants = vec!["q".into()])
+        .start()
+        .await;
+    let client = h.client().await;
+    let taps = h.wait_taps(1).await;
     let p = &taps[0];
     let pipeline = p.endpoint.split('/').next().unwrap().to_owned();
 
@@ -340,7 +339,7 @@ async fn control_requests_and_the_rooms_listing() {
     assert_eq!(r["ok"], true, "{r}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
-        daemon.status().await.is_empty(),
+        h.daemon.status().await.is_empty(),
         "a detached participant is not re-tapped by discovery"
     );
     let r = ask(
@@ -349,7 +348,7 @@ async fn control_requests_and_the_rooms_listing() {
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(daemon.status().await[0].participant, "renamed");
+    assert_eq!(h.daemon.status().await[0].participant, "renamed");
     let r = ask(CTL_ATTACH, serde_json::json!({"nonsense": true})).await;
     assert_eq!(r["ok"], false);
     let r = ask(
@@ -360,7 +359,7 @@ async fn control_requests_and_the_rooms_listing() {
     assert_eq!(r["ok"], false);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kurento-tap"))
-        .args(["rooms", "--kurento", &sim.url(), "--json"])
+        .args(["rooms", "--kurento", &h.sim.url(), "--json"])
         .output()
         .unwrap();
     assert!(
@@ -377,7 +376,7 @@ async fn control_requests_and_the_rooms_listing() {
     assert_eq!(parts[0]["media"], serde_json::json!(["video:VP8"]));
     assert_eq!(parts[1]["name"], "q");
     assert_eq!(parts[1]["tapped"], false);
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// KMS's tap sender reports carry a clock that starts seconds behind and barely advances (the
@@ -394,12 +393,13 @@ name = 'erin'
 video = { codec = 'VP8', width = 160, height = 120, fps = 15 }
 audio = { tone = 440.0 }
 ";
-    let nats = Nats::start().await;
-    let sim = sim(ONE, (54000, 54999)).await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (55000, 55999)))
-        .await
-        .unwrap();
+    let h = Harness::new()
+        .scenario(ONE)
+        .sim_ports(54000..=54999)
+        .tap_ports(55000..=55999)
+        .start()
+        .await;
+    let client = h.client().await;
     let fps5 = video_spec("fps5", Some(5.0), None, 80, 60, PixelFormat::Gray8);
     let nth3 = video_spec("nth3", None, Some(3), 80, 60, PixelFormat::Gray8);
     let (fps_seen, _w1) = worker(&client, &fps5.id, Duration::ZERO).await;
@@ -408,7 +408,7 @@ audio = { tone = 440.0 }
         Registration::new(&client, fps5.clone()).await,
         Registration::new(&client, nth3.clone()).await,
     );
-    wait_taps(&daemon, 1).await;
+    h.wait_taps(1).await;
     // Sender reports come every few seconds: look well past several of them.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let from = now_ms();
@@ -433,7 +433,7 @@ audio = { tone = 440.0 }
         let age = s.meta.sent_us.saturating_sub(s.meta.capture_us);
         assert!(age < 1_000_000, "a chunk {age} µs old when sent");
     }
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(
         !metrics
             .lines()
@@ -442,7 +442,7 @@ audio = { tone = 440.0 }
                 && !l.ends_with(" 0")),
         "no chunk dropped as stale:\n{metrics}"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// Participants who leave and rejoin, many times, with KMS's `ObjectDestroyed` arriving after the
@@ -464,19 +464,14 @@ async fn leave_and_rejoin_churn_leaves_no_tap_behind() {
             join + 700
         ));
     }
-    let nats = Nats::start().await;
-    let sim = kms_sim::SimServer::start(kms_sim::SimOptions {
-        scenario: kms_sim::Scenario::parse(&scenario).unwrap(),
-        announce_ip: Some([127, 0, 0, 1].into()),
-        port_range: (54000, 54999),
-        destroyed_event_delay: Duration::from_millis(250),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut cfg = config(&sim, &nats, (55000, 55999));
-    cfg.rescan_interval = Duration::from_millis(100);
-    let daemon = Daemon::start(cfg).await.unwrap();
+    let h = Harness::new()
+        .scenario(scenario)
+        .sim_ports(54000..=54999)
+        .sim_options(|o| o.destroyed_event_delay = Duration::from_millis(250))
+        .tap_ports(55000..=55999)
+        .configure(|c| c.rescan_interval = Duration::from_millis(100))
+        .start()
+        .await;
     tokio::time::sleep(Duration::from_millis(300 + 10 * 900 + 1500)).await;
     let taps = |sim: &kms_sim::SimServer| {
         sim.media_set()
@@ -485,15 +480,15 @@ async fn leave_and_rejoin_churn_leaves_no_tap_behind() {
             .filter(|i| i.ends_with("_kurento.RtpEndpoint"))
             .count()
     };
-    let status = daemon.status().await;
+    let status = h.daemon.status().await;
     assert_eq!(status.len(), 1, "only 'stays' is tapped: {status:?}");
     assert_eq!(
-        taps(&sim),
+        taps(&h.sim),
         1,
         "one RtpEndpoint of ours in KMS after 10 rejoins"
     );
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(metrics.contains("kurento_tap_taps_active 1"), "{metrics}");
-    daemon.shutdown().await;
-    assert_eq!(taps(&sim), 0, "none after shutdown");
+    h.daemon.shutdown().await;
+    assert_eq!(taps(&h.sim), 0, "none after shutdown");
 }

@@ -2,33 +2,25 @@
 //! over the DevTools protocol: the page served by the daemon shows the room and its participants,
 //! and its values update. A screenshot is saved as a test artefact (target/artefacts/dashboard.png).
 
-#[path = "support/browser.rs"]
-mod browser;
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser::{launch, open_page, serve_dir};
 use futures_util::StreamExt;
 use serde_json::json;
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::PixelFormat;
+use tap_test_support::browser::{launch, open_page, serve_dir};
+use tap_test_support::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_participants_and_updates() {
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='standup'\n[[room.participant]]\nname='ana'\nvideo={}\n[[room.participant]]\nname='ben'\nvideo={pattern='snow'}\n",
-        (35000, 35499),
-    )
-    .await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (35500, 35999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 2).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='standup'\n[[room.participant]]\nname='ana'\nvideo={}\n[[room.participant]]\nname='ben'\nvideo={pattern='snow'}\n")
+        .sim_ports(35000..=35499)
+        .tap_ports(35500..=35999)
+        .start()
+        .await;
+    let client = h.client().await;
+    h.wait_taps(2).await;
     let mut spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
     spec.quality = Some(tap_protocol::ModelQuality {
         dataset: "a test set".into(),
@@ -39,7 +31,7 @@ async fn the_dashboard_shows_participants_and_updates() {
     let (_seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
     let _reg = Registration::new(&client, spec).await;
 
-    let browser = launch(&format!("http://{}/", daemon.http_addr.unwrap()), &[]);
+    let browser = launch(&format!("http://{}/", h.http()), &[]);
     let mut page = open_page(&browser).await;
     let mut first = 0u64;
     for _ in 0..50 {
@@ -86,7 +78,7 @@ async fn the_dashboard_shows_participants_and_updates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(caption, json!("right 56% (balanced accuracy, chance 17%)"));
-    let models = support::http_get(daemon.http_addr.unwrap(), "/models").await;
+    let models = http_get(h.http(), "/models").await;
     assert!(
         models.contains("\"quality\":{\"dataset\":\"a test set\""),
         "{models}"
@@ -139,5 +131,5 @@ async fn the_dashboard_shows_participants_and_updates() {
     }
     page.screenshot("overlay.png").await;
     drop(browser);
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -2,14 +2,11 @@
 //! (/metrics, /healthz) stay open and carry no personal data; a token in a URL is refused; the
 //! browser's login gives a session cookie that is not the token.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::*;
 use tap_daemon::auth::{DataAuth, SecretToken};
-use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cr3t-0123456789abcdef-0123456789";
@@ -47,16 +44,20 @@ async fn request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_endpoints_need_the_token_and_probes_do_not() {
-    let nats = Nats::start().await;
-    let sim = sim("[[room]]\nname='r'\n", (57000, 57099)).await;
-    let mut config = config(&sim, &nats, (57100, 57199));
-    config.data_http_listen = Some(([127, 0, 0, 1], 0).into());
-    config.data_auth = DataAuth {
-        token: Some(SecretToken::new(TOKEN).unwrap()),
-        proxy_header: None,
-    };
-    let daemon = Daemon::start(config).await.unwrap();
-    let (probes, data) = (daemon.http_addr.unwrap(), daemon.data_http_addr.unwrap());
+    let h = Harness::new()
+        .scenario("[[room]]\nname='r'\n")
+        .sim_ports(57000..=57099)
+        .tap_ports(57100..=57199)
+        .configure(|c| {
+            c.data_http_listen = Some(([127, 0, 0, 1], 0).into());
+            c.data_auth = DataAuth {
+                token: Some(SecretToken::new(TOKEN).unwrap()),
+                proxy_header: None,
+            };
+        })
+        .start()
+        .await;
+    let (probes, data) = (h.http(), h.daemon.data_http_addr.unwrap());
     assert_ne!(probes, data, "two listeners");
 
     // Probes: open, and nothing personal in them.
@@ -140,5 +141,5 @@ async fn data_endpoints_need_the_token_and_probes_do_not() {
         );
     }
     assert!(!metrics.contains(TOKEN));
-    daemon.shutdown().await;
+    h.stop().await;
 }

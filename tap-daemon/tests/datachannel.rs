@@ -1,13 +1,10 @@
 //! Results into the participants' DataChannels through kms-sim's real WebRTC peer: the daemon's
 //! offer, ICE, DTLS and SCTP run for real; what each simulated browser received is asserted.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::{DataChannelMessage, ModelId, PixelFormat, DATACHANNEL_RESULT_TYPE};
+use tap_test_support::prelude::*;
 
 const SCENARIO: &str = "
 [[room]]
@@ -43,12 +40,18 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
     let _reg = Registration::new(&client, spec).await;
     let (_seen, _worker) = worker(&client, &ModelId::new("dcfer", "1"), Duration::ZERO).await;
 
-    let sim = sim(SCENARIO, (52000, 52999)).await;
-    let mut cfg = config(&sim, &nats, (53000, 53999));
-    cfg.datachannel.max_rate_hz = 3.0;
-    cfg.datachannel.ice_ports = Some((56000, 56099));
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let taps = wait_taps(&daemon, 3).await;
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(52000..=52999)
+        .tap_ports(53000..=53999)
+        .configure(|c| {
+            c.datachannel.max_rate_hz = 3.0;
+            c.datachannel.ice_ports = Some((56000, 56099));
+        })
+        .start()
+        .await;
+    let taps = h.wait_taps(3).await;
     let endpoint = |name: &str| {
         taps.iter()
             .find(|t| t.participant == name)
@@ -61,26 +64,26 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
     // Wait until both data-channel participants have received results.
     let started = Instant::now();
     loop {
-        let (a, _) = sim.media_set().data_received(&ana);
-        let (b, _) = sim.media_set().data_received(&bob);
+        let (a, _) = h.sim.media_set().data_received(&ana);
+        let (b, _) = h.sim.media_set().data_received(&bob);
         if a.len() >= 6 && b.len() >= 6 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(40),
             "ana got {a:?}, bob got {b:?}; metrics:\n{}",
-            reqwest_metrics(daemon.http_addr.unwrap()).await
+            h.metrics().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Two real peers (one per data-channel participant), none for cyd, whose app has no channel.
-    assert_eq!(sim.media_set().webrtc_peers(), 2);
-    assert_eq!(sim.media_set().data_received(&cyd).1, 0);
+    assert_eq!(h.sim.media_set().webrtc_peers(), 2);
+    assert_eq!(h.sim.media_set().data_received(&cyd).1, 0);
 
     let since = Instant::now();
-    let (_, ana_before) = sim.media_set().data_received(&ana);
+    let (_, ana_before) = h.sim.media_set().data_received(&ana);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (ana_msgs, ana_after) = sim.media_set().data_received(&ana);
+    let (ana_msgs, ana_after) = h.sim.media_set().data_received(&ana);
     // Paced: the token bucket (3/s, burst 3) bounds what a participant gets, while the worker
     // answers 10 frames a second.
     let window = since.elapsed().as_secs_f64();
@@ -93,7 +96,7 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
 
     for (who, msgs) in [
         ("ana", ana_msgs),
-        ("bob", sim.media_set().data_received(&bob).0),
+        ("bob", h.sim.media_set().data_received(&bob).0),
     ] {
         let now_ms = now_ms() as f64;
         for text in &msgs {
@@ -115,7 +118,7 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
         }
     }
 
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("kurento_tap_datachannels_open 2"),
         "{metrics}"
@@ -128,24 +131,24 @@ async fn results_reach_each_participant_through_its_datachannel_paced_and_releas
 
     // Bob leaves (the app releases his endpoints): our objects for him go too, the room stays.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while sim.media_set().webrtc_peers() != 1 || count_suffix(&sim, "RtpEndpoint") != 2 {
+    while h.sim.media_set().webrtc_peers() != 1 || count_suffix(&h.sim, "RtpEndpoint") != 2 {
         assert!(
             Instant::now() < deadline,
             "after bob left: {} peers, {} taps",
-            sim.media_set().webrtc_peers(),
-            count_suffix(&sim, "RtpEndpoint")
+            h.sim.media_set().webrtc_peers(),
+            count_suffix(&h.sim, "RtpEndpoint")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Shutdown releases what the daemon created and nothing of the app's.
-    daemon.shutdown().await;
-    assert_eq!(sim.media_set().webrtc_peers(), 0);
-    assert_eq!(count_suffix(&sim, "RtpEndpoint"), 0);
-    let app_endpoints = count_suffix(&sim, "WebRtcEndpoint");
+    h.daemon.shutdown().await;
+    assert_eq!(h.sim.media_set().webrtc_peers(), 0);
+    assert_eq!(count_suffix(&h.sim, "RtpEndpoint"), 0);
+    let app_endpoints = count_suffix(&h.sim, "WebRtcEndpoint");
     // ana's and cyd's publishers and the endpoints where each watches the other.
     assert_eq!(app_endpoints, 4);
-    assert!(sim.media_set().data_received(&ana).1 >= ana_after);
+    assert!(h.sim.media_set().data_received(&ana).1 >= ana_after);
 }
 
 /// KMS keeps one DATA source per sink: the daemon replaces a publisher's self-loop (the hello-world
@@ -158,13 +161,15 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
     let spec = video_spec("guard", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
     let _reg = Registration::new(&client, spec).await;
     let (_seen, _worker) = worker(&client, &ModelId::new("guard", "1"), Duration::ZERO).await;
-    let sim = sim(
-        "[[room]]\nname='guard'\n[[room.participant]]\nname='dan'\nvideo={width=160,height=120}\ndata_channels=true\nloopback=true\n[[room.participant]]\nname='eve'\nvideo={width=160,height=120}\ndata_channels=true\n",
-        (54000, 54499),
-    )
-    .await;
+    let staged = Harness::new()
+        .nats(nats)
+        .scenario("[[room]]\nname='guard'\n[[room.participant]]\nname='dan'\nvideo={width=160,height=120}\ndata_channels=true\nloopback=true\n[[room.participant]]\nname='eve'\nvideo={width=160,height=120}\ndata_channels=true\n")
+        .sim_ports(54000..=54499)
+        .tap_ports(54500..=54999)
+        .start_sim()
+        .await;
     // The application feeds eve's DATA from an element of its own before the daemon starts.
-    let app = kurento_client::KurentoClient::connect(&sim.url())
+    let app = kurento_client::KurentoClient::connect(&staged.sim.url())
         .await
         .unwrap();
     let mut eve_ep = None;
@@ -191,17 +196,15 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
     }
     let (eve_ep, feeder) = eve_ep.unwrap();
 
-    let daemon = Daemon::start(config(&sim, &nats, (54500, 54999)))
-        .await
-        .unwrap();
-    let taps = wait_taps(&daemon, 2).await;
+    let h = staged.start_daemon().await;
+    let taps = h.wait_taps(2).await;
     let dan = taps.iter().find(|t| t.participant == "dan").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+        let m = h.metrics().await;
         let refused =
             m.contains("kurento_tap_datachannel_setups_total{outcome=\"data_source_in_use\"} 1");
-        if refused && sim.media_set().data_received(&dan.endpoint).1 >= 2 {
+        if refused && h.sim.media_set().data_received(&dan.endpoint).1 >= 2 {
             break;
         }
         assert!(Instant::now() < deadline, "{m}");
@@ -213,8 +216,8 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
         .unwrap();
     assert_eq!(sources.len(), 1);
     assert_eq!(sources[0].source, feeder, "the app's link is untouched");
-    assert_eq!(sim.media_set().data_received(eve_ep.id()).1, 0);
-    assert_eq!(sim.media_set().webrtc_peers(), 1, "a peer for dan only");
+    assert_eq!(h.sim.media_set().data_received(eve_ep.id()).1, 0);
+    assert_eq!(h.sim.media_set().webrtc_peers(), 1, "a peer for dan only");
     // `kurento-tap rooms` shows who can receive results in the call.
     let rooms = tap_daemon::discovery::list_rooms(&app, &Default::default())
         .await
@@ -225,35 +228,32 @@ async fn an_apps_own_data_link_is_left_alone_and_a_self_loop_is_replaced() {
         .find(|p| p.name == "dan")
         .unwrap();
     assert_eq!(dan_report.media, ["video:VP8", "datachannel"]);
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// KMS gone for good: stopping the daemon does not wait on releases that cannot happen (the next
 /// start sweeps what is left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_hang_when_kms_is_gone() {
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='gone'\n[[room.participant]]\nname='fay'\nvideo={width=160,height=120}\ndata_channels=true\n[[room.participant]]\nname='gus'\naudio={}\ndata_channels=true\n",
-        (55000, 55499),
-    )
-    .await;
-    let daemon = Daemon::start(config(&sim, &nats, (55500, 55999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 2).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='gone'\n[[room.participant]]\nname='fay'\nvideo={width=160,height=120}\ndata_channels=true\n[[room.participant]]\nname='gus'\naudio={}\ndata_channels=true\n")
+        .sim_ports(55000..=55499)
+        .tap_ports(55500..=55999)
+        .start()
+        .await;
+    h.wait_taps(2).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while sim.media_set().webrtc_peers() < 2 {
+    while h.sim.media_set().webrtc_peers() < 2 {
         assert!(
             Instant::now() < deadline,
             "DataChannel endpoints not created"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sim.stop();
+    h.sim.stop();
     // Four objects of ours would each wait out the 20 s request timeout without the fix; the
     // bound here only catches a hang (shutdown gives the actor 10 s at most).
-    tokio::time::timeout(Duration::from_secs(30), daemon.shutdown())
+    tokio::time::timeout(Duration::from_secs(30), h.daemon.shutdown())
         .await
         .expect("shutdown finished");
 }

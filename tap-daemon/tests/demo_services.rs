@@ -4,8 +4,6 @@
 //! kernel's parent-death signal) is run here with a real nats-server, and the demo is checked to
 //! start every service through it.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -29,7 +27,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn services_end_when_the_script_that_started_them_is_killed() {
-    let port = support::free_port();
+    let port = tap_test_support::proc::free_port();
     let store = std::env::temp_dir().join(format!("demo-services-{}", std::process::id()));
     let script = format!(
         r#"

@@ -2,18 +2,14 @@
 //! model that declares its labels' meaning; room moods on NATS (and kept in JetStream), into the
 //! presenter's DataChannel only; everyone else gets their own results and state, nobody else's.
 
-#[path = "support/browser.rs"]
-mod browser;
-mod support;
-
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::affect::{fer2013_declaration, ParticipantState, RoomMood, AFFECT_STREAM};
 use tap_protocol::{chunk_subject, queue_group, ChunkMeta, ModelId, PixelFormat, WorkerReply};
+use tap_test_support::browser;
+use tap_test_support::prelude::*;
 
 const SCENARIO: &str = "
 [[room]]
@@ -86,11 +82,15 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
     let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
     let mut states = client.subscribe("tap.v1.state.talk.*").await.unwrap();
 
-    let sim = sim(SCENARIO, (57000, 57499)).await;
-    let mut cfg = config(&sim, &nats, (57500, 57999));
-    cfg.datachannel.ice_ports = Some((58000, 58099));
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let taps = wait_taps(&daemon, 4).await;
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(57000..=57499)
+        .tap_ports(57500..=57999)
+        .configure(|c| c.datachannel.ice_ports = Some((58000, 58099)))
+        .start()
+        .await;
+    let taps = h.wait_taps(4).await;
     let endpoint = |name: &str| {
         taps.iter()
             .find(|t| t.participant == name)
@@ -103,10 +103,7 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mood = loop {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline.into(), moods.next()).await else {
-            panic!(
-                "no published room mood; metrics:\n{}",
-                reqwest_metrics(daemon.http_addr.unwrap()).await
-            );
+            panic!("no published room mood; metrics:\n{}", h.metrics().await);
         };
         let m: RoomMood = serde_json::from_slice(&msg.payload).expect("room mood v1");
         if m.published && m.contributors == 3 {
@@ -154,8 +151,8 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
     let (pat, ana) = (endpoint("pat"), endpoint("ana"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (p, _) = sim.media_set().data_received(&pat);
-        let (a, _) = sim.media_set().data_received(&ana);
+        let (p, _) = h.sim.media_set().data_received(&pat);
+        let (a, _) = h.sim.media_set().data_received(&ana);
         let rooms = p
             .iter()
             .filter(|t| t.contains("\"kurento-tap.room\""))
@@ -170,11 +167,11 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
         assert!(
             Instant::now() < deadline,
             "pat got {rooms} room moods, ana {own} states; metrics:\n{}",
-            reqwest_metrics(daemon.http_addr.unwrap()).await
+            h.metrics().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for text in sim.media_set().data_received(&ana).0 {
+    for text in h.sim.media_set().data_received(&ana).0 {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_ne!(
             v["type"], "kurento-tap.room",
@@ -182,7 +179,7 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
         );
         assert_eq!(v["participant"], "ana", "only about herself: {text}");
     }
-    for text in sim.media_set().data_received(&pat).0 {
+    for text in h.sim.media_set().data_received(&pat).0 {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         if v["type"] == "kurento-tap.room" {
             let m: RoomMood = serde_json::from_value(v).unwrap();
@@ -191,7 +188,7 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
     }
     // The dashboard: the room's mood with its timeline (loaded from history when the page opens),
     // and each participant's fused state.
-    let browser = browser::launch(&format!("http://{}/", daemon.http_addr.unwrap()), &[]);
+    let browser = browser::launch(&format!("http://{}/", h.http()), &[]);
     let mut page = browser::open_page(&browser).await;
     let mut shown = serde_json::Value::Null;
     for _ in 0..50 {
@@ -279,13 +276,13 @@ async fn the_presenter_sees_the_room_mood_and_the_audience_only_itself() {
         }
     }
 
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("kurento_tap_affect_results_total{outcome=\"fused\"}"),
         "{metrics}"
     );
     assert!(metrics.contains("kurento_tap_room_moods_total{outcome=\"published\"}"));
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// `kurento-tap mood` on its own: results from NATS (any daemon's), a presenter passed on as a tag,

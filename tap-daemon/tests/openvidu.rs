@@ -79,7 +79,8 @@ async fn every_camera_is_tapped_once_at_its_passthrough_under_its_connection_id(
     }
     assert_eq!(left, 2, "cyd's tap ended with its PassThrough");
     h.daemon.shutdown().await;
-    let ours: Vec<String> = sim
+    let ours: Vec<String> = h
+        .sim
         .media_set()
         .object_ids()
         .into_iter()
@@ -88,7 +89,8 @@ async fn every_camera_is_tapped_once_at_its_passthrough_under_its_connection_id(
     assert!(ours.is_empty(), "shutdown releases our taps: {ours:?}");
     // The session's own objects are untouched: 2 participants × (camera + PassThrough) + ana's
     // screen (endpoint + PassThrough) + subscriptions (ana↔ben: 1 + 2).
-    let webrtc = sim
+    let webrtc = h
+        .sim
         .media_set()
         .object_ids()
         .into_iter()

@@ -4,30 +4,25 @@
 //! kurento-tap puts the results of both participants (audience = room) into ana's channel, and the
 //! overlay (examples/group-call-overlay) shows them. Screenshot: target/artefacts/overlay-datachannel.png.
 
-#[path = "support/browser.rs"]
-mod browser;
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser::{launch, open_page, serve_dir};
 use kurento_client::prelude::*;
 use serde_json::json;
-use support::*;
 use tap_daemon::inject::Audience;
-use tap_daemon::Daemon;
 use tap_protocol::PixelFormat;
+use tap_test_support::browser::{launch, open_page, serve_dir};
+use tap_test_support::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overlay_shows_results_received_on_its_datachannel() {
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='live'\n[[room.participant]]\nname='ana'\nvideo={width=160,height=120}\ndata_channels=true\nextra_tags={'kurento-tap.role'='presenter'}\n[[room.participant]]\nname='ben'\nvideo={width=160,height=120,pattern='snow'}\ndata_channels=true\n",
-        (36000, 36499),
-    )
-    .await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut staged = Harness::new()
+        .scenario("[[room]]\nname='live'\n[[room.participant]]\nname='ana'\nvideo={width=160,height=120}\ndata_channels=true\nextra_tags={'kurento-tap.role'='presenter'}\n[[room.participant]]\nname='ben'\nvideo={width=160,height=120,pattern='snow'}\ndata_channels=true\n")
+        .sim_ports(36000..=36499)
+        .tap_ports(36500..=36999)
+        .start_sim()
+        .await;
+    let client = async_nats::connect(&staged.nats.url).await.unwrap();
     let mut spec = video_spec("mood", Some(5.0), None, 64, 48, PixelFormat::Rgb24);
     // The test worker's labels `a` and `b`, declared for the fusion.
     let point = |v: f64, a: f64| tap_protocol::affect::AffectPoint {
@@ -46,12 +41,11 @@ async fn the_overlay_shows_results_received_on_its_datachannel() {
     });
     let (_seen, _w) = worker(&client, &spec.id, Duration::ZERO).await;
     let _reg = Registration::new(&client, spec).await;
-    let mut cfg = config(&sim, &nats, (36500, 36999));
-    cfg.datachannel.audience = Audience::Room;
+    staged.config.datachannel.audience = Audience::Room;
     // ana presents (tag); ben alone is the audience here.
-    cfg.mood.engine.min_group = 1;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let taps = wait_taps(&daemon, 2).await;
+    staged.config.mood.engine.min_group = 1;
+    let h = staged.start_daemon().await;
+    let taps = h.wait_taps(2).await;
     let ana = taps.iter().find(|t| t.participant == "ana").unwrap();
 
     // The page: the overlay with a tile per participant, plus the browser side of ana's call.
@@ -88,7 +82,8 @@ async fn the_overlay_shows_results_received_on_its_datachannel() {
     assert!(offer.contains("m=application"), "{offer}");
 
     // The signaling server's part: processOffer, candidates both ways through the KMS API.
-    let answer = sim
+    let answer = h
+        .sim
         .media_set()
         .connect_browser(&ana.endpoint, &offer)
         .await
@@ -98,7 +93,7 @@ async fn the_overlay_shows_results_received_on_its_datachannel() {
         json!(answer)
     ))
     .await;
-    let app = KurentoClient::connect(&sim.url()).await.unwrap();
+    let app = KurentoClient::connect(&h.sim.url()).await.unwrap();
     let ana_ep: WebRtcEndpoint = app.object(&ana.endpoint).unwrap();
     let mut kms_candidates = ana_ep.on::<IceCandidateFound>().await.unwrap();
     ana_ep.gather_candidates().await.unwrap();
@@ -172,5 +167,5 @@ async fn the_overlay_shows_results_received_on_its_datachannel() {
     );
     page.screenshot("overlay-datachannel.png").await;
     drop(browser);
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -1,29 +1,27 @@
 //! Overload, in a process of its own (its memory figures must not include other tests).
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::*;
+use tap_test_support::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_worker_sees_bounded_in_flight_and_fresh_chunks() {
-    let nats = Nats::start().await;
     let scenario = "[[room]]\nname='r'\n[[room.participant]]\nname='a'\nvideo={fps=30}\n[[room.participant]]\nname='b'\nvideo={fps=30}\n[[room.participant]]\nname='c'\nvideo={fps=30}\n";
-    let sim = sim(scenario, (57000, 57499)).await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (57500, 57999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 3).await;
+    let h = Harness::new()
+        .scenario(scenario)
+        .sim_ports(57000..=57499)
+        .tap_ports(57500..=57999)
+        .start()
+        .await;
+    let client = h.client().await;
+    h.wait_taps(3).await;
     // 30 frames/s per participant offered; the worker takes 200 ms each: ~6x over capacity.
     let mut spec = video_spec("slow", None, Some(1), 320, 240, PixelFormat::Rgb24);
     spec.deadline_ms = 2000;
     let (seen, _w) = worker(&client, &spec.id, Duration::from_millis(200)).await;
     let _reg = Registration::new(&client, spec.clone()).await;
-    let mut results = daemon.dispatcher.subscribe_results();
+    let mut results = h.daemon.dispatcher.subscribe_results();
     let mut latencies = Vec::new();
     let mut rss_start = None;
     let until = tokio::time::Instant::now() + Duration::from_secs(6);
@@ -41,7 +39,7 @@ async fn an_overloaded_worker_sees_bounded_in_flight_and_fresh_chunks() {
     let seen = seen.lock().unwrap().clone();
     assert!(seen.len() >= 20, "the worker was kept busy: {}", seen.len());
     // With one request in flight per participant, the worker never has more than 3 outstanding.
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     let superseded: f64 = metrics
         .lines()
         .find(|l| l.starts_with("kurento_tap_chunks_dropped_total{") && l.contains("superseded"))
@@ -69,5 +67,5 @@ async fn an_overloaded_worker_sees_bounded_in_flight_and_fresh_chunks() {
         rss_end < rss_start + 20_000,
         "memory flat: {rss_start} → {rss_end} KiB"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }

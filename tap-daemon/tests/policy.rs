@@ -3,19 +3,16 @@
 //! the dashboard's stream) while declared expression outputs flow, and an undeclared model gives
 //! nothing; under `aggregate` no per-participant result or state leaves, room moods do.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::*;
 use tap_daemon::privacy::policy::Policy;
-use tap_daemon::Daemon;
 use tap_protocol::affect::{fer2013_declaration, ParticipantState, RoomMood};
 use tap_protocol::{
     chunk_subject, queue_group, ModelId, OutputDeclaration, PixelFormat, ResultMessage, WorkerReply,
 };
+use tap_test_support::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCENARIO: &str = "
@@ -118,28 +115,34 @@ struct Observed {
     stream: String,
     metrics: String,
     http: SocketAddr,
-    daemon: Daemon,
-    _sim: kms_sim::SimServer,
+    /// The daemon, the simulator and the nats-server (the caller's client stays connected).
+    h: Harness,
 }
 
-/// Runs the scenario under `policy` (simulator ports from `sim_base`, the daemon's from
+/// Runs the scenario under `policy` (on `nats`; simulator ports from `sim_base`, the daemon's from
 /// `daemon_base`, 500 each) and collects what left the daemon.
 async fn observe(
     client: &async_nats::Client,
-    nats: &Nats,
+    nats: Nats,
     policy: Policy,
     (sim_base, daemon_base): (u16, u16),
 ) -> Observed {
     let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
     let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
     let mut moods = client.subscribe("tap.v1.room.>").await.unwrap();
-    let sim = sim(SCENARIO, (sim_base, sim_base + 499)).await;
-    let mut cfg = config(&sim, nats, (daemon_base, daemon_base + 499));
-    cfg.datachannel.enabled = false;
-    cfg.policy = policy;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let http = daemon.http_addr.unwrap();
-    wait_taps(&daemon, 4).await;
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(sim_base..=sim_base + 499)
+        .tap_ports(daemon_base..=daemon_base + 499)
+        .configure(move |c| {
+            c.datachannel.enabled = false;
+            c.policy = policy;
+        })
+        .start()
+        .await;
+    let http = h.http();
+    h.wait_taps(4).await;
     let stream = tokio::spawn(dashboard_stream(http, Duration::from_secs(8)));
     let until = Instant::now() + Duration::from_secs(8);
     let (results, states, moods) = tokio::join!(
@@ -156,8 +159,7 @@ async fn observe(
         stream,
         metrics,
         http,
-        daemon,
-        _sim: sim,
+        h,
     }
 }
 
@@ -182,9 +184,8 @@ async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_mode
         stream,
         metrics,
         http,
-        daemon,
-        _sim,
-    } = observe(&client, &nats, Policy::Expressions, (48000, 48500)).await;
+        h,
+    } = observe(&client, nats, Policy::Expressions, (48000, 48500)).await;
 
     assert!(
         !gray_seen.lock().unwrap().is_empty(),
@@ -271,7 +272,7 @@ async fn expressions_lets_out_no_emotion_anywhere_and_nothing_of_undeclared_mode
     assert!(http_get(http, "/healthz")
         .await
         .contains("policy: expressions"));
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// A workspace binary (`cargo build --workspace --bins`, which `scripts/test` runs first), run as a
@@ -376,15 +377,21 @@ async fn expressions_lets_the_voice_workers_expression_outputs_out_and_no_affect
     let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
     let mut states = client.subscribe("tap.v1.state.>").await.unwrap();
 
-    let sim = sim(&scenario, (51000, 51499)).await;
-    let mut cfg = config(&sim, &nats, (51500, 51999));
-    cfg.datachannel.enabled = false;
-    cfg.policy = Policy::Expressions;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    wait_taps(&daemon, 2).await;
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(scenario)
+        .sim_ports(51000..=51499)
+        .tap_ports(51500..=51999)
+        .configure(|c| {
+            c.datachannel.enabled = false;
+            c.policy = Policy::Expressions;
+        })
+        .start()
+        .await;
+    h.wait_taps(2).await;
     let until = Instant::now() + Duration::from_secs(10);
     let (results, states) = tokio::join!(collect(&mut results, until), collect(&mut states, until));
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
 
     assert!(
         results.len() >= 6,
@@ -451,7 +458,7 @@ async fn expressions_lets_the_voice_workers_expression_outputs_out_and_no_affect
             assert!(!bare.contains(word), "{word} in {t}");
         }
     }
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// The voice worker's expression outputs (`audio_worker::EXPRESSION_OUTPUTS`).
@@ -482,9 +489,8 @@ async fn aggregate_lets_out_room_moods_only() {
         stream,
         metrics,
         http,
-        daemon,
-        _sim,
-    } = observe(&client, &nats, Policy::Aggregate, (49000, 49500)).await;
+        h,
+    } = observe(&client, nats, Policy::Aggregate, (49000, 49500)).await;
 
     assert!(
         results.is_empty(),
@@ -517,7 +523,7 @@ async fn aggregate_lets_out_room_moods_only() {
         .contains("policy: aggregate"));
     let page = http_get(http, "/").await;
     assert!(page.contains("policy: aggregate"), "the dashboard's header");
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 /// The right to erasure: a control request purges one participant's stored results (every model)
@@ -530,11 +536,15 @@ async fn an_erasure_request_purges_one_participants_stored_results() {
     let gray = video_spec("gray", Some(5.0), None, 32, 32, PixelFormat::Gray8);
     let (_seen, worker_task) = worker(&client, &gray.id, Duration::ZERO).await;
     let registration = Registration::new(&client, gray).await;
-    let sim = sim(SCENARIO, (50000, 50499)).await;
-    let mut cfg = config(&sim, &nats, (50500, 50999));
-    cfg.datachannel.enabled = false;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    wait_taps(&daemon, 4).await;
+    let h = Harness::new()
+        .nats(nats)
+        .scenario(SCENARIO)
+        .sim_ports(50000..=50499)
+        .tap_ports(50500..=50999)
+        .configure(|c| c.datachannel.enabled = false)
+        .start()
+        .await;
+    h.wait_taps(4).await;
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(tap_protocol::RESULTS_STREAM).await.unwrap();
     let last = |who: &'static str| {
@@ -578,10 +588,10 @@ async fn an_erasure_request_purges_one_participants_stored_results() {
     let bad = ask(r#"{"room":"class"}"#).await;
     assert_eq!(bad["ok"], false, "{bad}");
     assert!(bad["error"].as_str().unwrap().contains("bad request"));
-    let metrics = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("kurento_tap_bad_control_requests_total 1"),
         "{metrics}"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -3,12 +3,9 @@
 //! request restarts a clip (a tap attached mid-clip decodes at once). In a process of its own: the
 //! switch is process-wide.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
-use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 const ROOM: &str = "[[room]]\nname='replay'\n\
 [[room.participant]]\nname='vp8'\nvideo={codec='VP8', width=320, height=240, fps=15}\naudio={tone=300.0}\n\
@@ -18,16 +15,17 @@ const ROOM: &str = "[[room]]\nname='replay'\n\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_clips_decode_at_the_streams_rate() {
     kms_sim::replay::set_pre_encoded(true);
-    let nats = Nats::start().await;
-    let sim = sim(ROOM, (43400, 43499)).await;
-    let daemon = Daemon::start(config(&sim, &nats, (43500, 43599)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 3).await;
+    let h = Harness::new()
+        .scenario(ROOM)
+        .sim_ports(43400..=43499)
+        .tap_ports(43500..=43599)
+        .start()
+        .await;
+    h.wait_taps(3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = daemon.status().await;
+    let before = h.daemon.status().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = daemon.status().await;
+    let after = h.daemon.status().await;
     for (b, a) in before.iter().zip(&after) {
         let fps = (a.video_frames - b.video_frames) as f64 / 5.0;
         let audio = (a.audio_buffers - b.audio_buffers) as f64 / 5.0;
@@ -46,10 +44,10 @@ async fn replayed_clips_decode_at_the_streams_rate() {
             a.participant
         );
     }
-    let m = reqwest_metrics(daemon.http_addr.unwrap()).await;
+    let m = h.metrics().await;
     assert!(
         m.contains("kurento_tap_decode_errors_total 0"),
         "replays decode cleanly (a loop back to the keyframe included):\n{m}"
     );
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -1,15 +1,12 @@
 //! The Python worker (examples/python-worker), written from docs/protocol.md alone, against the
 //! daemon and the simulator: the proof that the protocol document is enough.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::*;
-use tap_daemon::Daemon;
 use tap_protocol::{ResultMessage, RESULT_SUBJECTS};
+use tap_test_support::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_worker_speaks_the_protocol() {
@@ -20,21 +17,18 @@ async fn the_python_worker_speaks_the_protocol() {
         std::path::Path::new(&python).exists(),
         "{python} missing: run scripts/setup (it creates .venv)"
     );
-    let nats = Nats::start().await;
-    let sim = sim(
-        "[[room]]\nname='py'\n[[room.participant]]\nname='dark'\nvideo={pattern='black'}\n[[room.participant]]\nname='moving'\nvideo={pattern='ball'}\n",
-        (34000, 34499),
-    )
-    .await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let daemon = Daemon::start(config(&sim, &nats, (34500, 34999)))
-        .await
-        .unwrap();
-    wait_taps(&daemon, 2).await;
+    let h = Harness::new()
+        .scenario("[[room]]\nname='py'\n[[room.participant]]\nname='dark'\nvideo={pattern='black'}\n[[room.participant]]\nname='moving'\nvideo={pattern='ball'}\n")
+        .sim_ports(34000..=34499)
+        .tap_ports(34500..=34999)
+        .start()
+        .await;
+    let client = h.client().await;
+    h.wait_taps(2).await;
     let mut results = client.subscribe(RESULT_SUBJECTS).await.unwrap();
     let mut worker = Command::new(&python)
         .arg(root.join("examples/python-worker/worker.py"))
-        .args(["--nats", &nats.url])
+        .args(["--nats", &h.nats.url])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -48,10 +42,10 @@ async fn the_python_worker_speaks_the_protocol() {
         }
     }
     // A malformed chunk gets the protocol's error answer, and the worker keeps serving.
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Tap-Version", "1");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Tap-Version", "1");
     let bad = client
-        .request_with_headers("tap.v1.chunk.py-brightness.1", h, "x".into())
+        .request_with_headers("tap.v1.chunk.py-brightness.1", headers, "x".into())
         .await
         .unwrap();
     let err = bad
@@ -90,7 +84,7 @@ async fn the_python_worker_speaks_the_protocol() {
         "the ball moves"
     );
     assert_eq!(err.as_deref(), Some("malformed"));
-    daemon.shutdown().await;
+    h.stop().await;
 }
 
 fn terminate(child: &mut std::process::Child) {

@@ -4,21 +4,14 @@
 //! `audio-worker`). Runs whenever the KMS bundle is at `../shared/kms` and the test runs as root;
 //! otherwise each test prints a loud SKIPPED line.
 
-#[path = "support/browser.rs"]
-mod browser;
-#[path = "support/call.rs"]
-mod call;
-#[path = "support/kms.rs"]
-mod kms;
-#[path = "support/netem.rs"]
-mod netem;
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use call::*;
-use kms::{with_kms, workspace_bin};
+use tap_test_support::call::*;
+use tap_test_support::kms::{with_kms, RealKms};
+use tap_test_support::metrics::{histogram_quantile, http_get};
+use tap_test_support::netem;
+use tap_test_support::proc::{workspace_bin, Proc};
 
 /// Every participant in `seen` (there must be `participants`) got each of `media` at the rate its
 /// model asked for (fer: 5 frames/s; voice: a window every 0.5 s), until the end of the window.
@@ -326,8 +319,8 @@ fn real_kms_leave_and_rejoin_churn_under_cpu_load_leaves_no_object_behind() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let text = support::http_get(call.metrics.unwrap(), "/metrics").await;
-        let ms = |name: &str, q: f64| support::histogram_quantile(&text, name, q) * 1000.0;
+        let text = http_get(call.metrics.unwrap(), "/metrics").await;
+        let ms = |name: &str, q: f64| histogram_quantile(&text, name, q) * 1000.0;
         eprintln!(
             "after {cycles} rejoins: owned {owned:?}, taps_total {}, orphans released {}; endpoint created → tap running p50 {:.0} / p95 {:.0} / p99 {:.0} ms, of which the setup (examine + tap, once the publisher's media flows) p50 {:.0} / p95 {:.0} ms (both cores busy)",
             call.metric("kurento_tap_taps_total").await,
@@ -384,7 +377,7 @@ fn real_kms_cluster_failover_after_kill_9() {
                 ])
                 .args(["--owner", owner, "--cluster", "true"])
                 .env("RUST_LOG", "info");
-            kms::Proc::spawn(owner, cmd)
+            Proc::spawn(owner, cmd)
         };
         let mut a = daemon("tap-ha-a", "44000-44499");
         let mut b = daemon("tap-ha-b", "44500-44999");
@@ -477,7 +470,7 @@ fn real_kms_kms_restart_is_seen_and_the_new_server_is_tapped() {
             call.wait_metric("kurento_tap_taps_active", 1.0, Duration::from_secs(40))
                 .await
         );
-        let health = || async { support::http_get(call.metrics.unwrap(), "/healthz").await };
+        let health = || async { http_get(call.metrics.unwrap(), "/healthz").await };
         assert!(health().await.starts_with("HTTP/1.1 200"));
         kms.stop();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1212,7 +1205,7 @@ async fn video_counters(call: &Call) -> (f64, f64, f64) {
 /// Three Chromium publishers of `codec` with both cores kept busy by two other processes; returns
 /// (frames decoded, keyframe requests, requests held back) in the window and the results.
 async fn three_publishers_under_cpu_load(
-    kms: std::sync::Arc<kms::RealKms>,
+    kms: std::sync::Arc<RealKms>,
     codec: &str,
 ) -> (Call, Vec<Seen>, Duration) {
     let mut call = Call::start(kms, &[]).await;
@@ -1565,7 +1558,7 @@ fn real_kms_expressions_policy_lets_no_emotion_out_anywhere() {
             pages.iter().all(|p| p.contains("kurento-tap.result")),
             "results reach the DataChannels"
         );
-        let dashboard = support::http_get(call.metrics.unwrap(), "/history").await;
+        let dashboard = http_get(call.metrics.unwrap(), "/history").await;
         assert!(
             dashboard.contains("attentive"),
             "the dashboard's history: {dashboard:.400}"
@@ -1762,16 +1755,16 @@ fn real_kms_openvidu_shaped_session_every_camera_tapped_at_its_passthrough() {
                 .copied()
                 .unwrap_or(0)
         };
-        let answer = support::http_get(app, "/admin/mute?room=ses_tap&name=ana").await;
+        let answer = http_get(app, "/admin/mute?room=ses_tap&name=ana").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "mute ana: {answer}");
         let c = phase("muting ana's video").await;
         assert!(video(&c, &ana) <= 2, "ana's video is muted: {c:?}");
         assert!(audio(&c, &ana) >= 6, "ana's voice goes on: {c:?}");
-        let answer = support::http_get(app, "/admin/unmute?room=ses_tap&name=ana").await;
+        let answer = http_get(app, "/admin/unmute?room=ses_tap&name=ana").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "unmute ana: {answer}");
         let c = phase("unmuting ana").await;
         assert!(video(&c, &ana) >= 15, "ana's face is back: {c:?}");
-        let answer = support::http_get(app, "/admin/filter?room=ses_tap&name=ben").await;
+        let answer = http_get(app, "/admin/filter?room=ses_tap&name=ben").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "filter ben: {answer}");
         let c = phase("a filter on ben").await;
         assert!(video(&c, &ben) >= 15, "ben analysed behind a filter: {c:?}");

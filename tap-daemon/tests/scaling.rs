@@ -2,13 +2,10 @@
 //! `kurento_tap_model_saturation` and friends. Asserts the direction (more workers, lower
 //! saturation; an overloaded model reads above 1), not timings.
 
-mod support;
-
 use std::time::Duration;
 
 use classifier_sdk::*;
-use support::*;
-use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 /// 100 ms a frame, by the clock, whatever the machine's load: one instance answers ~10 per second.
 struct Slow;
@@ -66,18 +63,22 @@ async fn settled(addr: std::net::SocketAddr, workers: f64) -> (f64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturation_follows_offered_load_over_worker_capacity() {
     let _turn = one_media_rate_test_at_a_time().await;
-    let nats = Nats::start().await;
     let scenario = "[[room]]\nname='r'\n[[room.participant]]\nname='a'\nvideo={width=160,height=120,fps=15}\n[[room.participant]]\nname='b'\nvideo={width=160,height=120,fps=15}\n";
-    let sim = sim(scenario, (46000, 46499)).await;
-    let mut cfg = config(&sim, &nats, (46500, 46999));
-    cfg.scaling_window = Duration::from_secs(3);
-    cfg.datachannel.enabled = false;
-    let daemon = Daemon::start(cfg).await.unwrap();
-    let addr = daemon.http_addr.unwrap();
-    wait_taps(&daemon, 2).await;
+    let h = Harness::new()
+        .scenario(scenario)
+        .sim_ports(46000..=46499)
+        .tap_ports(46500..=46999)
+        .configure(|c| {
+            c.scaling_window = Duration::from_secs(3);
+            c.datachannel.enabled = false;
+        })
+        .start()
+        .await;
+    let addr = h.http();
+    h.wait_taps(2).await;
 
     // ~30 chunks/s offered, one instance answers ~10/s: about 3.
-    let w1 = worker(&nats.url).await;
+    let w1 = worker(&h.nats.url).await;
     let (one, text) = settled(addr, 1.0).await;
     assert!(one > 1.5, "one slow worker is saturated: {one}\n{text}");
     let offered = gauge(&text, "kurento_tap_model_offered_per_second");
@@ -92,9 +93,9 @@ async fn saturation_follows_offered_load_over_worker_capacity() {
 
     // Three more: capacity ×4, the same offer; the gauge drops.
     let more = [
-        worker(&nats.url).await,
-        worker(&nats.url).await,
-        worker(&nats.url).await,
+        worker(&h.nats.url).await,
+        worker(&h.nats.url).await,
+        worker(&h.nats.url).await,
     ];
     let (four, text) = settled(addr, 4.0).await;
     eprintln!(
@@ -121,5 +122,5 @@ async fn saturation_follows_offered_load_over_worker_capacity() {
         }
     }
     assert!(gone, "{}", reqwest_metrics(addr).await);
-    daemon.shutdown().await;
+    h.stop().await;
 }

@@ -4,17 +4,14 @@
 //!
 //! `ORT_DYLIB_PATH=… cargo bench -p fer-worker --bench e2e`
 
-#[path = "../../../tap-daemon/tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
 use classifier_sdk::{
     ModelSpec, PixelFormat, SpecExt, VideoChunkSpec, VideoSpecExt, Worker, WorkerOptions,
 };
 use fer_worker::{default_models_dir, EmotionNet, FerClassifier, FerPipeline, ModelPaths, LABELS};
-use support::*;
 use tap_daemon::Daemon;
+use tap_test_support::prelude::*;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
