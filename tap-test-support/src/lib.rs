@@ -9,10 +9,12 @@
 //! - [`browser`]: headless Chromium over DevTools, a static file server for pages under test;
 //! - [`kms`]: a real KMS 7.3 from the bundle, in a network namespace of its own;
 //! - [`call`]: a real-KMS call (group-call app, Chromium participants, daemon and workers);
-//! - [`netem`]: packet loss, delay and capture on a real-KMS namespace's UDP.
+//! - [`netem`]: packet loss, delay and capture on a real-KMS namespace's UDP;
+//! - [`conformance`]: the scripted JSON-RPC exchange compared between kms-sim and KMS.
 
 pub mod browser;
 pub mod call;
+pub mod conformance;
 pub mod harness;
 pub mod kms;
 pub mod metrics;
