@@ -296,6 +296,17 @@ pub enum Error {
         /// The server's error.
         error: ServerError,
     },
+    /// Operation `index` of a transaction did not run: the transaction stopped before it (KMS stops
+    /// at the first failure, operation `failed_at`).
+    #[error("transaction operation {index} ({operation}) did not run{}", not_run_reason(*.failed_at))]
+    TransactionNotRun {
+        /// Position of the operation.
+        index: usize,
+        /// Its name.
+        operation: String,
+        /// The failed operation the transaction stopped at, if any answered with an error.
+        failed_at: Option<usize>,
+    },
     /// An object id does not have the type the caller asked for.
     #[error("object {id} is a {actual}, not a {expected}")]
     WrongType {
@@ -306,6 +317,13 @@ pub enum Error {
         /// Type found.
         actual: String,
     },
+}
+
+fn not_run_reason(failed_at: Option<usize>) -> String {
+    match failed_at {
+        Some(i) => format!(": the transaction stopped at operation {i}, which failed"),
+        None => ": the server answered fewer operations than were sent".to_owned(),
+    }
 }
 
 impl Error {

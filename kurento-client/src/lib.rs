@@ -53,7 +53,7 @@ pub use generated::*;
 pub use object::{
     build, type_from_id, IsA, ObjectBuilder, ObjectRef, PipelineElement, RemoteObject, Subscribe,
 };
-pub use transaction::{Transaction, TxRef, TxResults, TxTarget};
+pub use transaction::{Transaction, TxArg, TxCall, TxObject, TxRef, TxResult, TxResults, TxTarget};
 
 impl MediaPipeline {
     /// A builder for an element of this pipeline: `pipeline.create::<RtpEndpoint>().await`.
@@ -62,11 +62,13 @@ impl MediaPipeline {
     }
 }
 
-/// Everything needed to use the typed API: handles, the `*Methods` traits, events and enums.
+/// Everything needed to use the typed API: handles, the `*Methods` and `*TxMethods` traits,
+/// events and enums.
 pub mod prelude {
     pub use crate::generated::*;
     pub use crate::{
         ClientConfig, ConnectionState, IsA, KurentoClient, Recovery, RemoteObject, Subscribe,
+        Transaction, TxRef, TxResult, TxResults,
     };
 }
 
@@ -79,4 +81,5 @@ pub mod codegen_support {
     pub use crate::object::{
         build, decode, IsA, ObjectBuilder, ObjectRef, Params, PipelineElement, RemoteObject,
     };
+    pub use crate::transaction::{TxArg, TxCall, TxInvoke, TxResult};
 }

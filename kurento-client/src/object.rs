@@ -212,6 +212,13 @@ impl Params {
         self
     }
 
+    /// Adds an object reference inside a transaction: an existing object's id or `newref:N`.
+    pub fn put_tx_object<A: crate::transaction::TxObject>(mut self, key: &str, value: A) -> Self {
+        self.map
+            .insert(key.to_owned(), Value::String(value.tx_target().wire()));
+        self
+    }
+
     /// Adds object references.
     pub fn put_objects<T: RemoteObject>(mut self, key: &str, values: &[T]) -> Self {
         let ids = values

@@ -7,8 +7,11 @@ use serde_json::{json, Value};
 
 use crate::client::KurentoClient;
 use crate::error::{Error, Result, ServerError};
-use crate::object::{ObjectBuilder, ObjectRef, RemoteObject};
+use crate::object::{IsA, ObjectBuilder, ObjectRef, Params, RemoteObject};
 use crate::protocol::{self, method, ServerMessage};
+
+/// How a generated operation decodes its answer.
+type Decoder<R> = fn(&KurentoClient, &'static str, Value) -> Result<R>;
 
 /// An object that the transaction will create; usable as a target or parameter before commit.
 #[derive(Debug)]
@@ -57,7 +60,8 @@ impl<T> From<&TxRef<T>> for TxTarget {
 }
 
 impl TxTarget {
-    fn wire(&self) -> String {
+    /// What is sent: the object id or `newref:N`.
+    pub fn wire(&self) -> String {
         match self {
             TxTarget::Existing(id) => id.clone(),
             TxTarget::Pending(i) => format!("newref:{i}"),
@@ -65,10 +69,186 @@ impl TxTarget {
     }
 }
 
+/// An object of class [`TxObject::Class`] as a transaction sees it: an existing object (`&T`) or one
+/// an earlier operation of the same transaction creates (`&TxRef<T>`).
+pub trait TxObject {
+    /// The object's class.
+    type Class: RemoteObject;
+    /// The target or parameter value for this object.
+    fn tx_target(&self) -> TxTarget;
+}
+
+impl<T: RemoteObject> TxObject for &T {
+    type Class = T;
+    fn tx_target(&self) -> TxTarget {
+        TxTarget::Existing(self.id().to_owned())
+    }
+}
+
+impl<T: RemoteObject> TxObject for &TxRef<T> {
+    type Class = T;
+    fn tx_target(&self) -> TxTarget {
+        TxTarget::Pending(self.index)
+    }
+}
+
+/// An object parameter of a transaction call that wants a `C`: an existing `&T` or a `&TxRef<T>`
+/// where `T` is `C` or one of its subclasses.
+///
+/// ```no_run
+/// # use kurento_client::prelude::*;
+/// fn link(tx: &mut Transaction, publisher: &WebRtcEndpoint, tap: TxRef<RtpEndpoint>) {
+///     tx.on(publisher).connect(&tap, MediaType::Video);
+/// }
+/// ```
+/// A sink must be a `MediaElement`:
+/// ```compile_fail
+/// # use kurento_client::prelude::*;
+/// fn link(tx: &mut Transaction, publisher: &WebRtcEndpoint, pipeline: TxRef<MediaPipeline>) {
+///     tx.on(publisher).connect(&pipeline, MediaType::Video);
+/// }
+/// ```
+/// and only a `MediaElement` has `connect`:
+/// ```compile_fail
+/// # use kurento_client::prelude::*;
+/// fn link(tx: &mut Transaction, pipeline: &MediaPipeline, tap: TxRef<RtpEndpoint>) {
+///     tx.on(pipeline).connect(&tap, MediaType::Video);
+/// }
+/// ```
+pub trait TxArg<C: RemoteObject>: TxObject {}
+
+impl<C: RemoteObject, A: TxObject> TxArg<C> for A where A::Class: IsA<C> {}
+
+/// A call being added to a transaction, on an object of class `T` (see [`Transaction::on`]). The
+/// generated `<Class>TxMethods` traits give it the operations and properties of `T` and its
+/// ancestors; each adds one operation and returns a [`TxResult`].
+#[must_use = "a TxCall adds nothing until one of its operations is called"]
+pub struct TxCall<'a, T> {
+    tx: &'a mut Transaction,
+    target: TxTarget,
+    _class: PhantomData<fn() -> T>,
+}
+
+/// Adds an operation to the transaction a [`TxCall`] belongs to. Used by the generated
+/// `<Class>TxMethods` traits; not for direct use (see [`Transaction::invoke`] for that).
+#[doc(hidden)]
+pub trait TxInvoke: Sized {
+    /// Adds `operation` with `params`; its answer will be decoded with `decode`.
+    fn push_operation<R>(
+        self,
+        operation: &'static str,
+        params: Params,
+        decode: Decoder<R>,
+    ) -> TxResult<R>;
+}
+
+impl<T: RemoteObject> TxInvoke for TxCall<'_, T> {
+    fn push_operation<R>(
+        self,
+        operation: &'static str,
+        params: Params,
+        decode: Decoder<R>,
+    ) -> TxResult<R> {
+        let params = match params.finish() {
+            Ok(p) => p,
+            Err(e) => {
+                // Reported by commit, so that building a transaction reads without `?` at each call.
+                let index = self.tx.operations.len();
+                self.tx.error.get_or_insert(Error::Encode(format!(
+                    "transaction operation {index} ({operation}): {e}"
+                )));
+                Value::Object(Default::default())
+            }
+        };
+        let index = self.tx.invoke(self.target, operation, params);
+        TxResult {
+            index,
+            operation,
+            decode,
+        }
+    }
+}
+
+/// The answer of one operation of a transaction, to read from [`TxResults::get`] after commit; it is
+/// decoded as the operation's return type `R`.
+///
+/// ```no_run
+/// # use kurento_client::prelude::*;
+/// fn answer(results: &TxResults, offer: TxResult<String>) -> kurento_client::Result<String> {
+///     results.get(offer)
+/// }
+/// ```
+/// ```compile_fail
+/// # use kurento_client::prelude::*;
+/// fn answer(results: &TxResults, offer: TxResult<String>) -> kurento_client::Result<i32> {
+///     results.get(offer)
+/// }
+/// ```
+pub struct TxResult<R> {
+    index: usize,
+    operation: &'static str,
+    decode: Decoder<R>,
+}
+
+impl<R> Clone for TxResult<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R> Copy for TxResult<R> {}
+
+impl<R> std::fmt::Debug for TxResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxResult")
+            .field("index", &self.index)
+            .field("operation", &self.operation)
+            .finish()
+    }
+}
+
+impl<R> TxResult<R> {
+    /// Position of the operation in the transaction.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The operation's name, e.g. `processOffer`.
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+}
+
 /// A transaction under construction. Nothing is sent before [`Transaction::commit`].
+///
+/// Operations are added with the typed API: [`Transaction::create`] takes a builder and
+/// [`Transaction::on`] selects the object a call applies to; the generated `<Class>TxMethods` traits
+/// (in the prelude) then offer every operation and property of that class, with the same parameter
+/// types as the `<Class>Methods` traits, and return a [`TxResult`] to read the answer with after
+/// [`Transaction::commit`]. Object parameters take existing objects (`&T`) or objects the
+/// transaction creates (`&TxRef<T>`), checked against the class the operation wants; object ids in
+/// options structs are strings, where [`TxRef::newref`] can stand for a created object.
+/// [`Transaction::invoke`] remains for operations without generated code.
+///
+/// ```no_run
+/// use kurento_client::prelude::*;
+///
+/// # async fn demo(kms: &KurentoClient, pipeline: MediaPipeline, publisher: WebRtcEndpoint, sdp: &str)
+/// # -> kurento_client::Result<()> {
+/// let mut tx = kms.transaction();
+/// let tap = tx.create(RtpEndpoint::builder(&pipeline))?;
+/// tx.on(&tap).add_tag("kurento-tap.room", "r1");
+/// tx.on(&publisher).connect(&tap, MediaType::Video);
+/// let answer = tx.on(&tap).process_offer(sdp);
+/// let results = tx.commit().await?;
+/// let tap: RtpEndpoint = results.object(&tap)?;
+/// let answer: String = results.get(answer)?;
+/// # Ok(()) }
+/// ```
 pub struct Transaction {
     client: KurentoClient,
     operations: Vec<Value>,
+    /// The first parameter that could not be encoded; commit fails with it.
+    error: Option<Error>,
 }
 
 impl Transaction {
@@ -76,6 +256,7 @@ impl Transaction {
         Transaction {
             client,
             operations: Vec::new(),
+            error: None,
         }
     }
 
@@ -99,7 +280,23 @@ impl Transaction {
         })
     }
 
-    /// Adds an operation call. Object parameters may be `TxRef::newref()` strings.
+    /// Selects the object the next call applies to: an existing object (`&T`) or one created earlier
+    /// in this transaction (`&TxRef<T>`). The generated `<Class>TxMethods` traits then add the call:
+    /// `tx.on(&tap).process_offer(sdp)`, `tx.on(&publisher).connect(&tap, MediaType::Video)`.
+    pub fn on<O: TxObject>(&mut self, target: O) -> TxCall<'_, O::Class> {
+        TxCall {
+            target: target.tx_target(),
+            tx: self,
+            _class: PhantomData,
+        }
+    }
+
+    /// Adds an operation call by name with raw JSON parameters, and returns its position (read its
+    /// answer with [`TxResults::value`]). Object parameters may be `TxRef::newref()` strings.
+    ///
+    /// This is the escape hatch for operations the typed API does not know (custom modules without
+    /// generated code); for everything else prefer [`Transaction::on`], which checks the operation,
+    /// its parameters and the type of its answer.
     pub fn invoke(&mut self, target: impl Into<TxTarget>, operation: &str, params: Value) -> usize {
         let mut p = json!({"object": target.into().wire(), "operation": operation});
         if !params.is_null() {
@@ -118,8 +315,19 @@ impl Transaction {
         self.operations.is_empty()
     }
 
-    /// Sends the transaction and returns one result per operation that ran.
+    /// The operations as they will be sent (JSON-RPC requests numbered from 0), for tests and logs.
+    #[doc(hidden)]
+    pub fn operations(&self) -> &[Value] {
+        &self.operations
+    }
+
+    /// Sends the transaction and returns one result per operation that ran. Fails without sending
+    /// anything if a parameter given to a typed call could not be encoded.
     pub async fn commit(self) -> Result<TxResults> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let expected = self.operations.len();
         let result = self
             .client
             .request(method::TRANSACTION, json!({"operations": self.operations}))
@@ -149,7 +357,7 @@ impl Transaction {
         }
         Ok(TxResults {
             client: self.client,
-            expected: self.operations.len(),
+            expected,
             results,
         })
     }
@@ -197,6 +405,26 @@ impl TxResults {
             None => Err(Error::UnexpectedResponse {
                 operation: "transaction".into(),
                 reason: format!("operation {index} did not run"),
+            }),
+        }
+    }
+
+    /// The answer of a typed call, decoded as its operation's return type. Fails with
+    /// [`Error::TransactionFailed`] if that operation failed, [`Error::TransactionNotRun`] if the
+    /// transaction stopped before it (KMS stops at the first failure), or
+    /// [`Error::UnexpectedResponse`] if the answer does not have the expected type.
+    pub fn get<R>(&self, result: TxResult<R>) -> Result<R> {
+        let index = result.index;
+        match self.results.get(index) {
+            Some(Ok(v)) => (result.decode)(&self.client, result.operation, v.clone()),
+            Some(Err(e)) => Err(Error::TransactionFailed {
+                index,
+                error: e.clone(),
+            }),
+            None => Err(Error::TransactionNotRun {
+                index,
+                operation: result.operation.to_owned(),
+                failed_at: self.results.iter().position(|r| r.is_err()),
             }),
         }
     }

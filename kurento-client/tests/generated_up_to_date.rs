@@ -49,6 +49,11 @@ fn every_remote_class_is_generated() {
                 "{}",
                 c.name
             );
+            assert!(
+                code.contains(&format!("pub trait {}TxMethods", c.name)),
+                "{}",
+                c.name
+            );
         }
         for e in &module.events {
             let ident = kurento_codegen::event_ident(&e.name);

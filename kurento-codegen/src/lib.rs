@@ -7,7 +7,11 @@
 //! - event structs implementing `Event`, and `Emits` markers for every class that can emit them;
 //! - one handle type per remote class, a `<Class>Methods` trait with its methods and property
 //!   accessors (implemented for the class and its subclasses), `IsA` upcasts, and a builder for
-//!   classes with a constructor (`PipelineElement` where the pipeline is the only required argument).
+//!   classes with a constructor (`PipelineElement` where the pipeline is the only required argument);
+//! - a `<Class>TxMethods` trait with the same operations and accessors as calls added to a
+//!   transaction (`tx.on(&object).process_offer(sdp)`), implemented for `TxCall<'_, T>` whenever
+//!   `T: IsA<Class>`; object parameters take `impl TxArg<Class>` (an object or a `TxRef`), and each
+//!   call returns a `TxResult<Return>` decoded like the direct call's answer.
 //!
 //! The output is deterministic; kurento-client checks its committed copy against it in a test.
 
@@ -226,6 +230,24 @@ fn put_expr(idx: &Index, p: &Param, var: &str) -> String {
         return format!(".put({:?}, &{var})", p.name);
     }
     format!(".put({:?}, {var})", p.name)
+}
+
+/// How to put a parameter into `Params` inside a transaction: object parameters may be objects the
+/// transaction creates (`TxArg`).
+fn tx_put_expr(idx: &Index, p: &Param, var: &str) -> String {
+    if is_class(idx, &p.ty) {
+        return format!(".put_tx_object({:?}, {var})", p.name);
+    }
+    put_expr(idx, p, var)
+}
+
+/// The parameter type of a transaction call: as outside transactions, except that an object may
+/// also be one the transaction creates.
+fn tx_param_type(idx: &Index, ty: &str, context: &str) -> Result<String, GenError> {
+    if is_class(idx, ty) {
+        return Ok(format!("impl rt::TxArg<{ty}>"));
+    }
+    rust_type(idx, ty, Pos::Param, context)
 }
 
 fn decoder(idx: &Index, ty: Option<&str>) -> String {
@@ -606,20 +628,30 @@ fn gen_event(out: &mut String, idx: &Index, e: &EventDef) -> Result<(), GenError
 struct Sig {
     params: String,
     body: String,
+    /// The same for a call inside a transaction (`<Class>TxMethods`).
+    tx_params: String,
+    tx_body: String,
     options: Option<String>,
 }
 
-/// Builds the Rust signature and the `Params` expression of an operation. Required parameters are
-/// positional; optional ones go into an `<Op>Options` struct taken as `impl Into<…>`.
+/// Builds the Rust signature and the `Params` expression of an operation, outside and inside a
+/// transaction. Required parameters are positional; optional ones go into an `<Op>Options` struct
+/// taken as `impl Into<…>`.
 fn operation_sig(idx: &Index, class: &str, op: &str, params: &[Param]) -> Result<Sig, GenError> {
     let mut sig = String::new();
     let mut body = String::from("rt::Params::new()");
+    let mut tx_sig = String::new();
+    let mut tx_body = String::from("rt::Params::new()");
     let required: Vec<&Param> = params.iter().filter(|p| !p.optional).collect();
     let optional: Vec<&Param> = params.iter().filter(|p| p.optional).collect();
     for p in &required {
-        let ty = rust_type(idx, &p.ty, Pos::Param, &format!("{class}.{op}({})", p.name))?;
+        let context = format!("{class}.{op}({})", p.name);
+        let ty = rust_type(idx, &p.ty, Pos::Param, &context)?;
         let _ = write!(sig, ", {}: {ty}", ident(&p.name));
         body.push_str(&put_expr(idx, p, &ident(&p.name)));
+        let tx_ty = tx_param_type(idx, &p.ty, &context)?;
+        let _ = write!(tx_sig, ", {}: {tx_ty}", ident(&p.name));
+        tx_body.push_str(&tx_put_expr(idx, p, &ident(&p.name)));
     }
     let mut options = None;
     if !optional.is_empty() {
@@ -676,16 +708,20 @@ fn operation_sig(idx: &Index, class: &str, op: &str, params: &[Param]) -> Result
             );
         }
         let _ = write!(sig, ", options: impl Into<{name}>");
-        body = format!("{{ let options: {name} = options.into(); {body}");
+        let _ = write!(tx_sig, ", options: impl Into<{name}>");
+        let mut puts = String::new();
         for p in &optional {
-            let _ = write!(body, ".put_opt({:?}, &options.{})", p.name, ident(&p.name));
+            let _ = write!(puts, ".put_opt({:?}, &options.{})", p.name, ident(&p.name));
         }
-        body.push_str(" }");
+        body = format!("{{ let options: {name} = options.into(); {body}{puts} }}");
+        tx_body = format!("{{ let options: {name} = options.into(); {tx_body}{puts} }}");
         options = Some(def);
     }
     Ok(Sig {
         params: sig,
         body,
+        tx_params: tx_sig,
+        tx_body,
         options,
     })
 }
@@ -761,6 +797,7 @@ fn gen_class(
         .collect();
     let mut own = BTreeSet::new();
     let mut body = String::new();
+    let mut tx_body = String::new();
     for p in &c.properties {
         let getter = format!("get{}", upper_first(&p.name));
         if !inherited.contains(&getter) && own.insert(getter.clone()) {
@@ -773,6 +810,17 @@ fn gen_class(
             let _ = writeln!(
                 body,
                 "    fn {}(&self) -> impl std::future::Future<Output = rt::Result<{ret}>> + Send {{\n        self.object_ref().call({getter:?}, rt::Params::new(), {})\n    }}\n",
+                ident(&getter),
+                decoder(idx, Some(&p.ty))
+            );
+            doc_lines(
+                &mut tx_body,
+                "    ",
+                &doc_text(&p.doc, &format!("Reads property `{}`.", p.name)),
+            );
+            let _ = writeln!(
+                tx_body,
+                "    fn {}(self) -> rt::TxResult<{ret}> {{\n        rt::TxInvoke::push_operation(self, {getter:?}, rt::Params::new(), {})\n    }}\n",
                 ident(&getter),
                 decoder(idx, Some(&p.ty))
             );
@@ -794,6 +842,14 @@ fn gen_class(
                 ident(&setter),
                 sig.params,
                 sig.body
+            );
+            let _ = writeln!(
+                tx_body,
+                "    /// Writes property `{}`.\n    fn {}(self{}) -> rt::TxResult<()> {{\n        rt::TxInvoke::push_operation(self, {setter:?}, {}, rt::decode::unit)\n    }}\n",
+                p.name,
+                ident(&setter),
+                sig.tx_params,
+                sig.tx_body
             );
         }
     }
@@ -823,6 +879,20 @@ fn gen_class(
             sig.body,
             decoder(idx, m.ret.as_ref().map(|r| r.ty.as_str()))
         );
+        doc_lines(
+            &mut tx_body,
+            "    ",
+            &doc_text(&m.doc, &format!("Calls `{}`.", m.name)),
+        );
+        let _ = writeln!(
+            tx_body,
+            "    fn {}(self{}) -> rt::TxResult<{ret}> {{\n        rt::TxInvoke::push_operation(self, {:?}, {}, {})\n    }}\n",
+            ident(&m.name),
+            sig.tx_params,
+            m.name,
+            sig.tx_body,
+            decoder(idx, m.ret.as_ref().map(|r| r.ty.as_str()))
+        );
     }
     let trait_name = format!("{name}Methods");
     let _ = writeln!(
@@ -833,6 +903,17 @@ fn gen_class(
         let _ = writeln!(out, "impl {trait_name} for {s} {{}}");
     }
     out.push('\n');
+    // The same inside a transaction, on `tx.on(&object)` for this class and every subclass (also
+    // those of modules generated later, which implement `IsA` of their ancestors).
+    let tx_trait = format!("{name}TxMethods");
+    let _ = writeln!(
+        out,
+        "/// Operations and properties of `{name}` inside a transaction, for `{name}` and every subclass:\n/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.\npub trait {tx_trait}: rt::TxInvoke {{\n{tx_body}}}\n"
+    );
+    let _ = writeln!(
+        out,
+        "impl<T: rt::IsA<{name}>> {tx_trait} for rt::TxCall<'_, T> {{}}\n"
+    );
     out.push_str(&defs);
     if !c.is_abstract {
         if let Some(ctor) = &c.constructor {
@@ -990,6 +1071,98 @@ mod tests {
         assert!(core.contains("impl From<MediaType> for ConnectOptions"));
         assert!(core.contains("impl MediaObjectMethods for MediaPipeline {}"));
         assert!(core.contains("#[serde(other)]\n    Unknown,"));
+    }
+
+    /// A class with an object parameter, an optional parameter, return values (plain and object)
+    /// and properties; a concrete subclass two levels down.
+    fn tx_fixture() -> Vec<Module> {
+        let core = r#"{"name":"core","remoteClasses":[
+          {"name":"MediaObject","abstract":true,"properties":[{"name":"name","type":"String"}],
+           "methods":[{"name":"addTag","params":[{"name":"key","type":"String"},{"name":"value","type":"String"}]}]},
+          {"name":"MediaPipeline","extends":"MediaObject","constructor":{"params":[]}},
+          {"name":"MediaElement","abstract":true,"extends":"MediaObject","methods":[
+            {"name":"connect","params":[{"name":"sink","type":"MediaElement"},{"name":"mediaType","type":"MediaType","optional":true}]},
+            {"name":"getPeer","params":[],"return":{"type":"MediaElement"}}]},
+          {"name":"SdpEndpoint","abstract":true,"extends":"MediaElement","methods":[
+            {"name":"processOffer","params":[{"name":"offer","type":"String"}],"return":{"type":"String"}}]},
+          {"name":"RtpEndpoint","extends":"SdpEndpoint","constructor":{"params":[{"name":"mediaPipeline","type":"MediaPipeline"}]}}],
+          "complexTypes":[{"name":"MediaType","typeFormat":"ENUM","values":["AUDIO","VIDEO"]}]}"#;
+        vec![parse_module(core).unwrap()]
+    }
+
+    fn core_of(modules: &[Module]) -> String {
+        generate(modules, &["core"], Target::Builtin)
+            .unwrap()
+            .into_iter()
+            .find(|f| f.name == "kms_core.rs")
+            .unwrap()
+            .contents
+    }
+
+    #[test]
+    fn every_operation_gets_a_typed_transaction_call() {
+        let core = core_of(&tx_fixture());
+        // Object parameter (an object or a TxRef of a MediaElement) and optional parameters in the
+        // same options struct as the direct call.
+        assert!(core.contains(
+            "pub trait MediaElementTxMethods: rt::TxInvoke {\n    /// Calls `connect`.\n    fn connect(self, sink: impl rt::TxArg<MediaElement>, options: impl Into<ConnectOptions>) -> rt::TxResult<()> {\n        rt::TxInvoke::push_operation(self, \"connect\", { let options: ConnectOptions = options.into(); rt::Params::new().put_tx_object(\"sink\", sink).put_opt(\"mediaType\", &options.media_type) }, rt::decode::unit)\n    }\n"
+        ), "{core}");
+        assert_eq!(core.matches("pub struct ConnectOptions").count(), 1);
+        // Return values are decoded as by the direct call: plain values and objects.
+        assert!(core.contains(
+            "    fn process_offer(self, offer: &str) -> rt::TxResult<String> {\n        rt::TxInvoke::push_operation(self, \"processOffer\", rt::Params::new().put(\"offer\", offer), rt::decode::value)\n    }\n"
+        ));
+        assert!(core.contains(
+            "    fn get_peer(self) -> rt::TxResult<MediaElement> {\n        rt::TxInvoke::push_operation(self, \"getPeer\", rt::Params::new(), rt::decode::object::<MediaElement>)\n    }\n"
+        ));
+        // Properties.
+        assert!(core.contains(
+            "    fn get_name(self) -> rt::TxResult<String> {\n        rt::TxInvoke::push_operation(self, \"getName\", rt::Params::new(), rt::decode::value)\n    }\n"
+        ));
+        assert!(core.contains(
+            "    fn set_name(self, name: &str) -> rt::TxResult<()> {\n        rt::TxInvoke::push_operation(self, \"setName\", rt::Params::new().put(\"name\", name), rt::decode::unit)\n    }\n"
+        ));
+        assert!(core.contains(
+            "    fn add_tag(self, key: &str, value: &str) -> rt::TxResult<()> {\n        rt::TxInvoke::push_operation(self, \"addTag\", rt::Params::new().put(\"key\", key).put(\"value\", value), rt::decode::unit)\n    }\n"
+        ));
+    }
+
+    #[test]
+    fn subclasses_get_their_ancestors_transaction_calls() {
+        let core = core_of(&tx_fixture());
+        // Each trait applies to a call on any `T` that is its class: RtpEndpoint reaches
+        // processOffer, connect and addTag through its IsA impls ...
+        for class in ["MediaObject", "MediaElement", "SdpEndpoint", "RtpEndpoint"] {
+            assert!(
+                core.contains(&format!(
+                    "impl<T: rt::IsA<{class}>> {class}TxMethods for rt::TxCall<'_, T> {{}}"
+                )),
+                "{class}"
+            );
+        }
+        for ancestor in ["MediaObject", "MediaElement", "SdpEndpoint"] {
+            assert!(core.contains(&format!("impl rt::IsA<{ancestor}> for RtpEndpoint {{}}")));
+        }
+        // ... and its own trait does not repeat them.
+        assert!(core.contains("pub trait RtpEndpointTxMethods: rt::TxInvoke {\n}\n"));
+        assert_eq!(core.matches("fn process_offer(self").count(), 1);
+        assert_eq!(core.matches("fn connect(self").count(), 1);
+    }
+
+    #[test]
+    fn custom_modules_get_transaction_calls_and_inherit_the_core_ones() {
+        let files = generate(&tiny(), &["platedetector"], Target::External).unwrap();
+        let f = &files
+            .iter()
+            .find(|f| f.name == "kms_platedetector.rs")
+            .unwrap()
+            .contents;
+        assert!(f.contains("pub trait PlateDetectorFilterTxMethods: rt::TxInvoke {"));
+        assert!(f.contains(
+            "impl<T: rt::IsA<PlateDetectorFilter>> PlateDetectorFilterTxMethods for rt::TxCall<'_, T> {}"
+        ));
+        // The core's `impl<T: IsA<MediaElement>> MediaElementTxMethods for TxCall<'_, T>` covers it.
+        assert!(f.contains("impl rt::IsA<MediaElement> for PlateDetectorFilter {}"));
     }
 
     #[test]

@@ -1757,6 +1757,78 @@ impl BaseRtpEndpointMethods for BaseRtpEndpoint {}
 impl BaseRtpEndpointMethods for RtpEndpoint {}
 impl BaseRtpEndpointMethods for WebRtcEndpoint {}
 
+/// Operations and properties of `BaseRtpEndpoint` inside a transaction, for `BaseRtpEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait BaseRtpEndpointTxMethods: rt::TxInvoke {
+    /// Minimum inbound bitrate requested by this endpoint.
+    fn get_min_video_recv_bandwidth(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMinVideoRecvBandwidth", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `minVideoRecvBandwidth`.
+    fn set_min_video_recv_bandwidth(self, min_video_recv_bandwidth: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMinVideoRecvBandwidth", rt::Params::new().put("minVideoRecvBandwidth", &min_video_recv_bandwidth), rt::decode::unit)
+    }
+
+    /// Minimum outbound bitrate sent by this endpoint.
+    fn get_min_video_send_bandwidth(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMinVideoSendBandwidth", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `minVideoSendBandwidth`.
+    fn set_min_video_send_bandwidth(self, min_video_send_bandwidth: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMinVideoSendBandwidth", rt::Params::new().put("minVideoSendBandwidth", &min_video_send_bandwidth), rt::decode::unit)
+    }
+
+    /// Maximum outbound bitrate sent by this endpoint.
+    fn get_max_video_send_bandwidth(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMaxVideoSendBandwidth", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `maxVideoSendBandwidth`.
+    fn set_max_video_send_bandwidth(self, max_video_send_bandwidth: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMaxVideoSendBandwidth", rt::Params::new().put("maxVideoSendBandwidth", &max_video_send_bandwidth), rt::decode::unit)
+    }
+
+    /// Media flow state.
+    fn get_media_state(self) -> rt::TxResult<MediaState> {
+        rt::TxInvoke::push_operation(self, "getMediaState", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Connection state.
+    fn get_connection_state(self) -> rt::TxResult<ConnectionState> {
+        rt::TxInvoke::push_operation(self, "getConnectionState", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Maximum Transmission Unit (MTU) used for RTP.
+    fn get_mtu(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMtu", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `mtu`.
+    fn set_mtu(self, mtu: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMtu", rt::Params::new().put("mtu", &mtu), rt::decode::unit)
+    }
+
+    /// Advanced parameters to configure the congestion control algorithm.
+    fn get_remb_params(self) -> rt::TxResult<RembParams> {
+        rt::TxInvoke::push_operation(self, "getRembParams", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `rembParams`.
+    fn set_remb_params(self, remb_params: &RembParams) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setRembParams", rt::Params::new().put("rembParams", remb_params), rt::decode::unit)
+    }
+
+    /// Force sending a new keyframe request to the upstream elements in the Kurento Pipeline, towards the associated producer.
+    fn request_keyframe(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "requestKeyframe", rt::Params::new(), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<BaseRtpEndpoint>> BaseRtpEndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// Base interface for all end points.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint(rt::ObjectRef);
@@ -1802,6 +1874,13 @@ impl EndpointMethods for SessionEndpoint {}
 impl EndpointMethods for UriEndpoint {}
 impl EndpointMethods for WebRtcEndpoint {}
 
+/// Operations and properties of `Endpoint` inside a transaction, for `Endpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait EndpointTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<Endpoint>> EndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// Base interface for all filters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Filter(rt::ObjectRef);
@@ -1841,6 +1920,13 @@ impl FilterMethods for GStreamerFilter {}
 impl FilterMethods for ImageOverlayFilter {}
 impl FilterMethods for OpenCVFilter {}
 impl FilterMethods for ZBarFilter {}
+
+/// Operations and properties of `Filter` inside a transaction, for `Filter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait FilterTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<Filter>> FilterTxMethods for rt::TxCall<'_, T> {}
 
 /// A Hub is a routing MediaObject.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1885,6 +1971,23 @@ impl HubMethods for Dispatcher {}
 impl HubMethods for DispatcherOneToMany {}
 impl HubMethods for Hub {}
 impl HubMethods for Mixer {}
+
+/// Operations and properties of `Hub` inside a transaction, for `Hub` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait HubTxMethods: rt::TxInvoke {
+    /// Returns a string in dot (graphviz) format that represents the gstreamer elements inside the pipeline
+    fn get_gstreamer_dot(self, options: impl Into<GetGstreamerDotOptions>) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getGstreamerDot", { let options: GetGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::value)
+    }
+
+    /// If GST_DEBUG_DUMP_DOT_DIR environment variable is defined dumps in that directoy a file with the GStreamer dot of the Hub.
+    fn dump_gstreamer_dot(self, options: impl Into<DumpGstreamerDotOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "dumpGstreamerDot", { let options: DumpGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<Hub>> HubTxMethods for rt::TxCall<'_, T> {}
 
 /// Optional parameters of `Hub.getGstreamerDot`; `()` or `Default::default()` leaves them all out.
 #[derive(Debug, Clone, Default)]
@@ -1958,6 +2061,13 @@ pub trait HubPortMethods: rt::RemoteObject {
 }
 
 impl HubPortMethods for HubPort {}
+
+/// Operations and properties of `HubPort` inside a transaction, for `HubPort` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait HubPortTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<HubPort>> HubPortTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `HubPort` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -2137,6 +2247,103 @@ impl MediaElementMethods for SessionEndpoint {}
 impl MediaElementMethods for UriEndpoint {}
 impl MediaElementMethods for WebRtcEndpoint {}
 impl MediaElementMethods for ZBarFilter {}
+
+/// Operations and properties of `MediaElement` inside a transaction, for `MediaElement` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait MediaElementTxMethods: rt::TxInvoke {
+    /// Target video bitrate for media transcoding.
+    fn get_encoder_bitrate(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getEncoderBitrate", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `encoderBitrate`.
+    fn set_encoder_bitrate(self, encoder_bitrate: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setEncoderBitrate", rt::Params::new().put("encoderBitrate", &encoder_bitrate), rt::decode::unit)
+    }
+
+    /// Minimum video bitrate for media transcoding.
+    fn get_min_encoder_bitrate(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMinEncoderBitrate", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `minEncoderBitrate`.
+    fn set_min_encoder_bitrate(self, min_encoder_bitrate: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMinEncoderBitrate", rt::Params::new().put("minEncoderBitrate", &min_encoder_bitrate), rt::decode::unit)
+    }
+
+    /// Maximum video bitrate for media transcoding.
+    fn get_max_encoder_bitrate(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMaxEncoderBitrate", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `maxEncoderBitrate`.
+    fn set_max_encoder_bitrate(self, max_encoder_bitrate: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMaxEncoderBitrate", rt::Params::new().put("maxEncoderBitrate", &max_encoder_bitrate), rt::decode::unit)
+    }
+
+    /// Gets information about the sink pads of this media element.
+    fn get_source_connections(self, options: impl Into<GetSourceConnectionsOptions>) -> rt::TxResult<Vec<ElementConnectionData>> {
+        rt::TxInvoke::push_operation(self, "getSourceConnections", { let options: GetSourceConnectionsOptions = options.into(); rt::Params::new().put_opt("mediaType", &options.media_type).put_opt("description", &options.description) }, rt::decode::value)
+    }
+
+    /// Gets information about the source pads of this media element.
+    fn get_sink_connections(self, options: impl Into<GetSinkConnectionsOptions>) -> rt::TxResult<Vec<ElementConnectionData>> {
+        rt::TxInvoke::push_operation(self, "getSinkConnections", { let options: GetSinkConnectionsOptions = options.into(); rt::Params::new().put_opt("mediaType", &options.media_type).put_opt("description", &options.description) }, rt::decode::value)
+    }
+
+    /// Connects two elements, with the media flowing from left to right.
+    fn connect(self, sink: impl rt::TxArg<MediaElement>, options: impl Into<ConnectOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "connect", { let options: ConnectOptions = options.into(); rt::Params::new().put_tx_object("sink", sink).put_opt("mediaType", &options.media_type).put_opt("sourceMediaDescription", &options.source_media_description).put_opt("sinkMediaDescription", &options.sink_media_description) }, rt::decode::unit)
+    }
+
+    /// Disconnects two media elements.
+    fn disconnect(self, sink: impl rt::TxArg<MediaElement>, options: impl Into<DisconnectOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "disconnect", { let options: DisconnectOptions = options.into(); rt::Params::new().put_tx_object("sink", sink).put_opt("mediaType", &options.media_type).put_opt("sourceMediaDescription", &options.source_media_description).put_opt("sinkMediaDescription", &options.sink_media_description) }, rt::decode::unit)
+    }
+
+    /// Set the type of data for the audio stream.
+    fn set_audio_format(self, caps: &AudioCaps) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setAudioFormat", rt::Params::new().put("caps", caps), rt::decode::unit)
+    }
+
+    /// Set the type of data for the video stream.
+    fn set_video_format(self, caps: &VideoCaps) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setVideoFormat", rt::Params::new().put("caps", caps), rt::decode::unit)
+    }
+
+    /// If GST_DEBUG_DUMP_DOT_DIR environment variable is defined dumps in that directoy a file with the GStreamer dot of the Media Element.
+    fn dump_gstreamer_dot(self, options: impl Into<MediaElementDumpGstreamerDotOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "dumpGstreamerDot", { let options: MediaElementDumpGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::unit)
+    }
+
+    /// Return a .dot file describing the topology of the media element.
+    fn get_gstreamer_dot(self, options: impl Into<MediaElementGetGstreamerDotOptions>) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getGstreamerDot", { let options: MediaElementGetGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::value)
+    }
+
+    /// Gets the statistics related to an endpoint.
+    fn get_stats(self, options: impl Into<GetStatsOptions>) -> rt::TxResult<std::collections::HashMap<String, Stats>> {
+        rt::TxInvoke::push_operation(self, "getStats", { let options: GetStatsOptions = options.into(); rt::Params::new().put_opt("mediaType", &options.media_type) }, rt::decode::value)
+    }
+
+    /// This method indicates whether the media element is receiving media of a certain type.
+    fn is_media_flowing_in(self, media_type: MediaType, options: impl Into<IsMediaFlowingInOptions>) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "isMediaFlowingIn", { let options: IsMediaFlowingInOptions = options.into(); rt::Params::new().put("mediaType", &media_type).put_opt("sinkMediaDescription", &options.sink_media_description) }, rt::decode::value)
+    }
+
+    /// This method indicates whether the media element is emitting media of a certain type.
+    fn is_media_flowing_out(self, media_type: MediaType, options: impl Into<IsMediaFlowingOutOptions>) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "isMediaFlowingOut", { let options: IsMediaFlowingOutOptions = options.into(); rt::Params::new().put("mediaType", &media_type).put_opt("sourceMediaDescription", &options.source_media_description) }, rt::decode::value)
+    }
+
+    /// Indicates whether this media element is actively transcoding between input and output pads.
+    fn is_media_transcoding(self, media_type: MediaType, options: impl Into<IsMediaTranscodingOptions>) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "isMediaTranscoding", { let options: IsMediaTranscodingOptions = options.into(); rt::Params::new().put("mediaType", &media_type).put_opt("binName", &options.bin_name) }, rt::decode::value)
+    }
+
+}
+
+impl<T: rt::IsA<MediaElement>> MediaElementTxMethods for rt::TxCall<'_, T> {}
 
 /// Optional parameters of `MediaElement.getSourceConnections`; `()` or `Default::default()` leaves them all out.
 #[derive(Debug, Clone, Default)]
@@ -2461,6 +2668,78 @@ impl MediaObjectMethods for UriEndpoint {}
 impl MediaObjectMethods for WebRtcEndpoint {}
 impl MediaObjectMethods for ZBarFilter {}
 
+/// Operations and properties of `MediaObject` inside a transaction, for `MediaObject` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait MediaObjectTxMethods: rt::TxInvoke {
+    /// MediaPipeline to which this MediaObject belongs.
+    fn get_media_pipeline(self) -> rt::TxResult<MediaPipeline> {
+        rt::TxInvoke::push_operation(self, "getMediaPipeline", rt::Params::new(), rt::decode::object::<MediaPipeline>)
+    }
+
+    /// Parent of this MediaObject .
+    fn get_parent(self) -> rt::TxResult<MediaObject> {
+        rt::TxInvoke::push_operation(self, "getParent", rt::Params::new(), rt::decode::object::<MediaObject>)
+    }
+
+    /// Unique identifier of this MediaObject .
+    fn get_id(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getId", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Children of this MediaObject .
+    fn get_children(self) -> rt::TxResult<Vec<MediaObject>> {
+        rt::TxInvoke::push_operation(self, "getChildren", rt::Params::new(), rt::decode::objects::<MediaObject>)
+    }
+
+    /// This MediaObject 's name.
+    fn get_name(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getName", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `name`.
+    fn set_name(self, name: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setName", rt::Params::new().put("name", name), rt::decode::unit)
+    }
+
+    /// Flag activating or deactivating sending the element's tags in fired events.
+    fn get_send_tags_in_events(self) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "getSendTagsInEvents", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `sendTagsInEvents`.
+    fn set_send_tags_in_events(self, send_tags_in_events: bool) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setSendTagsInEvents", rt::Params::new().put("sendTagsInEvents", &send_tags_in_events), rt::decode::unit)
+    }
+
+    /// MediaObject creation time in seconds since Epoch.
+    fn get_creation_time(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getCreationTime", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Adds a new tag to this MediaObject .
+    fn add_tag(self, key: &str, value: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "addTag", rt::Params::new().put("key", key).put("value", value), rt::decode::unit)
+    }
+
+    /// Removes an existing tag.
+    fn remove_tag(self, key: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "removeTag", rt::Params::new().put("key", key), rt::decode::unit)
+    }
+
+    /// Returns the value of given tag, or MEDIA_OBJECT_TAG_KEY_NOT_FOUND if tag is not defined.
+    fn get_tag(self, key: &str) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getTag", rt::Params::new().put("key", key), rt::decode::value)
+    }
+
+    /// Returns all tags attached to this MediaObject .
+    fn get_tags(self) -> rt::TxResult<Vec<Tag>> {
+        rt::TxInvoke::push_operation(self, "getTags", rt::Params::new(), rt::decode::value)
+    }
+
+}
+
+impl<T: rt::IsA<MediaObject>> MediaObjectTxMethods for rt::TxCall<'_, T> {}
+
 /// A pipeline is a container for a collection of MediaElements .
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MediaPipeline(rt::ObjectRef);
@@ -2509,6 +2788,33 @@ pub trait MediaPipelineMethods: rt::RemoteObject {
 }
 
 impl MediaPipelineMethods for MediaPipeline {}
+
+/// Operations and properties of `MediaPipeline` inside a transaction, for `MediaPipeline` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait MediaPipelineTxMethods: rt::TxInvoke {
+    /// If statistics about pipeline latency are enabled for all mediaElements
+    fn get_latency_stats(self) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "getLatencyStats", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `latencyStats`.
+    fn set_latency_stats(self, latency_stats: bool) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setLatencyStats", rt::Params::new().put("latencyStats", &latency_stats), rt::decode::unit)
+    }
+
+    /// Returns a string in dot (graphviz) format that represents the gstreamer elements inside the pipeline
+    fn get_gstreamer_dot(self, options: impl Into<MediaPipelineGetGstreamerDotOptions>) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getGstreamerDot", { let options: MediaPipelineGetGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::value)
+    }
+
+    /// If GST_DEBUG_DUMP_DOT_DIR environment variable is defined dumps in that directoy a file with the GStreamer dot of the pipeline
+    fn dump_gstreamer_dot(self, options: impl Into<MediaPipelineDumpGstreamerDotOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "dumpGstreamerDot", { let options: MediaPipelineDumpGstreamerDotOptions = options.into(); rt::Params::new().put_opt("details", &options.details) }, rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<MediaPipeline>> MediaPipelineTxMethods for rt::TxCall<'_, T> {}
 
 /// Optional parameters of `MediaPipeline.getGstreamerDot`; `()` or `Default::default()` leaves them all out.
 #[derive(Debug, Clone, Default)]
@@ -2618,6 +2924,13 @@ pub trait PassThroughMethods: rt::RemoteObject {
 }
 
 impl PassThroughMethods for PassThrough {}
+
+/// Operations and properties of `PassThrough` inside a transaction, for `PassThrough` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait PassThroughTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<PassThrough>> PassThroughTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `PassThrough` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -2749,6 +3062,58 @@ impl SdpEndpointMethods for RtpEndpoint {}
 impl SdpEndpointMethods for SdpEndpoint {}
 impl SdpEndpointMethods for WebRtcEndpoint {}
 
+/// Operations and properties of `SdpEndpoint` inside a transaction, for `SdpEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait SdpEndpointTxMethods: rt::TxInvoke {
+    /// Maximum inbound bitrate requested by this endpoint.
+    fn get_max_audio_recv_bandwidth(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMaxAudioRecvBandwidth", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `maxAudioRecvBandwidth`.
+    fn set_max_audio_recv_bandwidth(self, max_audio_recv_bandwidth: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMaxAudioRecvBandwidth", rt::Params::new().put("maxAudioRecvBandwidth", &max_audio_recv_bandwidth), rt::decode::unit)
+    }
+
+    /// Maximum inbound bitrate requested by this endpoint.
+    fn get_max_video_recv_bandwidth(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getMaxVideoRecvBandwidth", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `maxVideoRecvBandwidth`.
+    fn set_max_video_recv_bandwidth(self, max_video_recv_bandwidth: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMaxVideoRecvBandwidth", rt::Params::new().put("maxVideoRecvBandwidth", &max_video_recv_bandwidth), rt::decode::unit)
+    }
+
+    /// Generates an SDP offer with media capabilities of the Endpoint.
+    fn generate_offer(self, options: impl Into<GenerateOfferOptions>) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "generateOffer", { let options: GenerateOfferOptions = options.into(); rt::Params::new().put_opt("options", &options.options) }, rt::decode::value)
+    }
+
+    /// Processes SDP offer of the remote peer, and generates an SDP answer based on the endpoint's capabilities.
+    fn process_offer(self, offer: &str) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "processOffer", rt::Params::new().put("offer", offer), rt::decode::value)
+    }
+
+    /// Generates an SDP offer with media capabilities of the Endpoint.
+    fn process_answer(self, answer: &str) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "processAnswer", rt::Params::new().put("answer", answer), rt::decode::value)
+    }
+
+    /// Returns the local SDP.
+    fn get_local_session_descriptor(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getLocalSessionDescriptor", rt::Params::new(), rt::decode::value)
+    }
+
+    /// This method returns the remote SDP.
+    fn get_remote_session_descriptor(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getRemoteSessionDescriptor", rt::Params::new(), rt::decode::value)
+    }
+
+}
+
+impl<T: rt::IsA<SdpEndpoint>> SdpEndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// Optional parameters of `SdpEndpoint.generateOffer`; `()` or `Default::default()` leaves them all out.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateOfferOptions {
@@ -2833,6 +3198,53 @@ pub trait ServerManagerMethods: rt::RemoteObject {
 
 impl ServerManagerMethods for ServerManager {}
 
+/// Operations and properties of `ServerManager` inside a transaction, for `ServerManager` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait ServerManagerTxMethods: rt::TxInvoke {
+    /// Server information, version, modules, factories, etc
+    fn get_info(self) -> rt::TxResult<ServerInfo> {
+        rt::TxInvoke::push_operation(self, "getInfo", rt::Params::new(), rt::decode::value)
+    }
+
+    /// All the pipelines available in the server
+    fn get_pipelines(self) -> rt::TxResult<Vec<MediaPipeline>> {
+        rt::TxInvoke::push_operation(self, "getPipelines", rt::Params::new(), rt::decode::objects::<MediaPipeline>)
+    }
+
+    /// All active sessions in the server
+    fn get_sessions(self) -> rt::TxResult<Vec<String>> {
+        rt::TxInvoke::push_operation(self, "getSessions", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Metadata stored in the server
+    fn get_metadata(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getMetadata", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Returns the kmd associated to a module
+    fn get_kmd(self, module_name: &str) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getKmd", rt::Params::new().put("moduleName", module_name), rt::decode::value)
+    }
+
+    /// Number of CPU cores that the media server can use.
+    fn get_cpu_count(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getCpuCount", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Average CPU usage of the server.
+    fn get_used_cpu(self, interval: i32) -> rt::TxResult<f32> {
+        rt::TxInvoke::push_operation(self, "getUsedCpu", rt::Params::new().put("interval", &interval), rt::decode::value)
+    }
+
+    /// Returns the amount of memory that the server is using, in KiB
+    fn get_used_memory(self) -> rt::TxResult<i64> {
+        rt::TxInvoke::push_operation(self, "getUsedMemory", rt::Params::new(), rt::decode::value)
+    }
+
+}
+
+impl<T: rt::IsA<ServerManager>> ServerManagerTxMethods for rt::TxCall<'_, T> {}
+
 /// All networked Endpoints that require to manage connection sessions with remote peers implement this interface.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionEndpoint(rt::ObjectRef);
@@ -2876,6 +3288,13 @@ impl SessionEndpointMethods for RtpEndpoint {}
 impl SessionEndpointMethods for SdpEndpoint {}
 impl SessionEndpointMethods for SessionEndpoint {}
 impl SessionEndpointMethods for WebRtcEndpoint {}
+
+/// Operations and properties of `SessionEndpoint` inside a transaction, for `SessionEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait SessionEndpointTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<SessionEndpoint>> SessionEndpointTxMethods for rt::TxCall<'_, T> {}
 
 /// Interface for endpoints the require a URI to work.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -2935,4 +3354,31 @@ pub trait UriEndpointMethods: rt::RemoteObject {
 impl UriEndpointMethods for PlayerEndpoint {}
 impl UriEndpointMethods for RecorderEndpoint {}
 impl UriEndpointMethods for UriEndpoint {}
+
+/// Operations and properties of `UriEndpoint` inside a transaction, for `UriEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait UriEndpointTxMethods: rt::TxInvoke {
+    /// The uri for this endpoint.
+    fn get_uri(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getUri", rt::Params::new(), rt::decode::value)
+    }
+
+    /// State of the endpoint
+    fn get_state(self) -> rt::TxResult<UriEndpointState> {
+        rt::TxInvoke::push_operation(self, "getState", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Pauses the feed
+    fn pause(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "pause", rt::Params::new(), rt::decode::unit)
+    }
+
+    /// Stops the feed
+    fn stop(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "stop", rt::Params::new(), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<UriEndpoint>> UriEndpointTxMethods for rt::TxCall<'_, T> {}
 

@@ -856,6 +856,23 @@ pub trait AlphaBlendingMethods: rt::RemoteObject {
 
 impl AlphaBlendingMethods for AlphaBlending {}
 
+/// Operations and properties of `AlphaBlending` inside a transaction, for `AlphaBlending` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait AlphaBlendingTxMethods: rt::TxInvoke {
+    /// Sets the source port that will be the master entry to the mixer
+    fn set_master(self, source: impl rt::TxArg<HubPort>, z_order: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setMaster", rt::Params::new().put_tx_object("source", source).put("zOrder", &z_order), rt::decode::unit)
+    }
+
+    /// Configure the blending mode of one port.
+    fn set_port_properties(self, relative_x: f32, relative_y: f32, z_order: i32, relative_width: f32, relative_height: f32, port: impl rt::TxArg<HubPort>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setPortProperties", rt::Params::new().put("relativeX", &relative_x).put("relativeY", &relative_y).put("zOrder", &z_order).put("relativeWidth", &relative_width).put("relativeHeight", &relative_height).put_tx_object("port", port), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<AlphaBlending>> AlphaBlendingTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `AlphaBlending` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -928,6 +945,13 @@ pub trait CompositeMethods: rt::RemoteObject {
 }
 
 impl CompositeMethods for Composite {}
+
+/// Operations and properties of `Composite` inside a transaction, for `Composite` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait CompositeTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<Composite>> CompositeTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `Composite` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -1025,6 +1049,18 @@ pub trait DispatcherMethods: rt::RemoteObject {
 
 impl DispatcherMethods for Dispatcher {}
 
+/// Operations and properties of `Dispatcher` inside a transaction, for `Dispatcher` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait DispatcherTxMethods: rt::TxInvoke {
+    /// Connects each corresponding :rom:enum:MediaType of the given source port with the sink port.
+    fn connect(self, source: impl rt::TxArg<HubPort>, sink: impl rt::TxArg<HubPort>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "connect", rt::Params::new().put_tx_object("source", source).put_tx_object("sink", sink), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<Dispatcher>> DispatcherTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `Dispatcher` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -1107,6 +1143,23 @@ pub trait DispatcherOneToManyMethods: rt::RemoteObject {
 }
 
 impl DispatcherOneToManyMethods for DispatcherOneToMany {}
+
+/// Operations and properties of `DispatcherOneToMany` inside a transaction, for `DispatcherOneToMany` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait DispatcherOneToManyTxMethods: rt::TxInvoke {
+    /// Sets the source port that will be connected to the sinks of every HubPort of the dispatcher
+    fn set_source(self, source: impl rt::TxArg<HubPort>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setSource", rt::Params::new().put_tx_object("source", source), rt::decode::unit)
+    }
+
+    /// Remove the source port and stop the media pipeline.
+    fn remove_source(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "removeSource", rt::Params::new(), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<DispatcherOneToMany>> DispatcherOneToManyTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `DispatcherOneToMany` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -1196,6 +1249,18 @@ pub trait HttpEndpointMethods: rt::RemoteObject {
 impl HttpEndpointMethods for HttpEndpoint {}
 impl HttpEndpointMethods for HttpPostEndpoint {}
 
+/// Operations and properties of `HttpEndpoint` inside a transaction, for `HttpEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait HttpEndpointTxMethods: rt::TxInvoke {
+    /// Obtains the URL associated to this endpoint
+    fn get_url(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getUrl", rt::Params::new(), rt::decode::value)
+    }
+
+}
+
+impl<T: rt::IsA<HttpEndpoint>> HttpEndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// An HttpPostEndpoint contains SINK pads for AUDIO and VIDEO, which provide access to an HTTP file upload function This type of endpoint provide unidirectional communications.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpPostEndpoint(rt::ObjectRef);
@@ -1236,6 +1301,13 @@ pub trait HttpPostEndpointMethods: rt::RemoteObject {
 }
 
 impl HttpPostEndpointMethods for HttpPostEndpoint {}
+
+/// Operations and properties of `HttpPostEndpoint` inside a transaction, for `HttpPostEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait HttpPostEndpointTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<HttpPostEndpoint>> HttpPostEndpointTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `HttpPostEndpoint` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -1331,6 +1403,23 @@ pub trait MixerMethods: rt::RemoteObject {
 }
 
 impl MixerMethods for Mixer {}
+
+/// Operations and properties of `Mixer` inside a transaction, for `Mixer` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait MixerTxMethods: rt::TxInvoke {
+    /// Connects each corresponding :rom:enum:MediaType of the given source port with the sink port.
+    fn connect(self, media: MediaType, source: impl rt::TxArg<HubPort>, sink: impl rt::TxArg<HubPort>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "connect", rt::Params::new().put("media", &media).put_tx_object("source", source).put_tx_object("sink", sink), rt::decode::unit)
+    }
+
+    /// Disonnects each corresponding :rom:enum:MediaType of the given source port from the sink port.
+    fn disconnect(self, media: MediaType, source: impl rt::TxArg<HubPort>, sink: impl rt::TxArg<HubPort>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "disconnect", rt::Params::new().put("media", &media).put_tx_object("source", source).put_tx_object("sink", sink), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<Mixer>> MixerTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `Mixer` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -1439,6 +1528,38 @@ pub trait PlayerEndpointMethods: rt::RemoteObject {
 
 impl PlayerEndpointMethods for PlayerEndpoint {}
 
+/// Operations and properties of `PlayerEndpoint` inside a transaction, for `PlayerEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait PlayerEndpointTxMethods: rt::TxInvoke {
+    /// Returns info about the source being played
+    fn get_video_info(self) -> rt::TxResult<VideoInfo> {
+        rt::TxInvoke::push_operation(self, "getVideoInfo", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Returns the GStreamer DOT string for this element's private pipeline
+    fn get_element_gstreamer_dot(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getElementGstreamerDot", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Get or set the actual position of the video in ms.
+    fn get_position(self) -> rt::TxResult<i64> {
+        rt::TxInvoke::push_operation(self, "getPosition", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `position`.
+    fn set_position(self, position: i64) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setPosition", rt::Params::new().put("position", &position), rt::decode::unit)
+    }
+
+    /// Starts reproducing the media, sending it to the MediaSource.
+    fn play(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "play", rt::Params::new(), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<PlayerEndpoint>> PlayerEndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `PlayerEndpoint` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -1538,6 +1659,23 @@ pub trait RecorderEndpointMethods: rt::RemoteObject {
 
 impl RecorderEndpointMethods for RecorderEndpoint {}
 
+/// Operations and properties of `RecorderEndpoint` inside a transaction, for `RecorderEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait RecorderEndpointTxMethods: rt::TxInvoke {
+    /// Starts storing media received through the sink pad.
+    fn record(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "record", rt::Params::new(), rt::decode::unit)
+    }
+
+    /// Stops recording and does not return until all the content has been written to the selected uri.
+    fn stop_and_wait(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "stopAndWait", rt::Params::new(), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<RecorderEndpoint>> RecorderEndpointTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `RecorderEndpoint` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -1629,6 +1767,13 @@ pub trait RtpEndpointMethods: rt::RemoteObject {
 }
 
 impl RtpEndpointMethods for RtpEndpoint {}
+
+/// Operations and properties of `RtpEndpoint` inside a transaction, for `RtpEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait RtpEndpointTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<RtpEndpoint>> RtpEndpointTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `RtpEndpoint` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
@@ -1839,6 +1984,118 @@ pub trait WebRtcEndpointMethods: rt::RemoteObject {
 }
 
 impl WebRtcEndpointMethods for WebRtcEndpoint {}
+
+/// Operations and properties of `WebRtcEndpoint` inside a transaction, for `WebRtcEndpoint` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait WebRtcEndpointTxMethods: rt::TxInvoke {
+    /// Local network interfaces used for ICE gathering.
+    fn get_network_interfaces(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getNetworkInterfaces", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `networkInterfaces`.
+    fn set_network_interfaces(self, network_interfaces: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setNetworkInterfaces", rt::Params::new().put("networkInterfaces", network_interfaces), rt::decode::unit)
+    }
+
+    /// Enable ICE-TCP candidate gathering.
+    fn get_ice_tcp(self) -> rt::TxResult<bool> {
+        rt::TxInvoke::push_operation(self, "getIceTcp", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `iceTcp`.
+    fn set_ice_tcp(self, ice_tcp: bool) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setIceTcp", rt::Params::new().put("iceTcp", &ice_tcp), rt::decode::unit)
+    }
+
+    /// STUN server IP address.
+    fn get_stun_server_address(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getStunServerAddress", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `stunServerAddress`.
+    fn set_stun_server_address(self, stun_server_address: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setStunServerAddress", rt::Params::new().put("stunServerAddress", stun_server_address), rt::decode::unit)
+    }
+
+    /// Port of the STUN server
+    fn get_stun_server_port(self) -> rt::TxResult<i32> {
+        rt::TxInvoke::push_operation(self, "getStunServerPort", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `stunServerPort`.
+    fn set_stun_server_port(self, stun_server_port: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setStunServerPort", rt::Params::new().put("stunServerPort", &stun_server_port), rt::decode::unit)
+    }
+
+    /// TURN server URL.
+    fn get_turn_url(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getTurnUrl", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `turnUrl`.
+    fn set_turn_url(self, turn_url: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setTurnUrl", rt::Params::new().put("turnUrl", turn_url), rt::decode::unit)
+    }
+
+    /// External IPv4 address of the media server.
+    fn get_external_i_pv4(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getExternalIPv4", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `externalIPv4`.
+    fn set_external_i_pv4(self, external_i_pv4: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setExternalIPv4", rt::Params::new().put("externalIPv4", external_i_pv4), rt::decode::unit)
+    }
+
+    /// External IPv6 address of the media server.
+    fn get_external_i_pv6(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getExternalIPv6", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Writes property `externalIPv6`.
+    fn set_external_i_pv6(self, external_i_pv6: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setExternalIPv6", rt::Params::new().put("externalIPv6", external_i_pv6), rt::decode::unit)
+    }
+
+    /// the ICE candidate pair (local and remote candidates) used by the ICE library for each stream.
+    fn get_ice_candidate_pairs(self) -> rt::TxResult<Vec<IceCandidatePair>> {
+        rt::TxInvoke::push_operation(self, "getICECandidatePairs", rt::Params::new(), rt::decode::value)
+    }
+
+    /// the ICE connection state for all the connections.
+    fn get_ice_connection_state(self) -> rt::TxResult<Vec<IceConnection>> {
+        rt::TxInvoke::push_operation(self, "getIceConnectionState", rt::Params::new(), rt::decode::value)
+    }
+
+    /// the DTLS connection state for all the connections.
+    fn get_dtls_connection_state(self) -> rt::TxResult<Vec<DtlsConnection>> {
+        rt::TxInvoke::push_operation(self, "getDtlsConnectionState", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Start the ICE candidate gathering.
+    fn gather_candidates(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "gatherCandidates", rt::Params::new(), rt::decode::unit)
+    }
+
+    /// Process an ICE candidate sent by the remote peer of the connection.
+    fn add_ice_candidate(self, candidate: &IceCandidate) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "addIceCandidate", rt::Params::new().put("candidate", candidate), rt::decode::unit)
+    }
+
+    /// Create a new data channel, if data channels are supported.
+    fn create_data_channel(self, options: impl Into<CreateDataChannelOptions>) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "createDataChannel", { let options: CreateDataChannelOptions = options.into(); rt::Params::new().put_opt("label", &options.label).put_opt("ordered", &options.ordered).put_opt("maxPacketLifeTime", &options.max_packet_life_time).put_opt("maxRetransmits", &options.max_retransmits).put_opt("protocol", &options.protocol) }, rt::decode::unit)
+    }
+
+    /// Closes an open data channel
+    fn close_data_channel(self, channel_id: i32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "closeDataChannel", rt::Params::new().put("channelId", &channel_id), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<WebRtcEndpoint>> WebRtcEndpointTxMethods for rt::TxCall<'_, T> {}
 
 /// Optional parameters of `WebRtcEndpoint.createDataChannel`; `()` or `Default::default()` leaves them all out.
 #[derive(Debug, Clone, Default)]

@@ -82,6 +82,23 @@ pub trait FaceOverlayFilterMethods: rt::RemoteObject {
 
 impl FaceOverlayFilterMethods for FaceOverlayFilter {}
 
+/// Operations and properties of `FaceOverlayFilter` inside a transaction, for `FaceOverlayFilter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait FaceOverlayFilterTxMethods: rt::TxInvoke {
+    /// Clear the image to be shown over each detected face.
+    fn unset_overlayed_image(self) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "unsetOverlayedImage", rt::Params::new(), rt::decode::unit)
+    }
+
+    /// Sets the image to use as overlay on the detected faces.
+    fn set_overlayed_image(self, uri: &str, offset_x_percent: f32, offset_y_percent: f32, width_percent: f32, height_percent: f32) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setOverlayedImage", rt::Params::new().put("uri", uri).put("offsetXPercent", &offset_x_percent).put("offsetYPercent", &offset_y_percent).put("widthPercent", &width_percent).put("heightPercent", &height_percent), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<FaceOverlayFilter>> FaceOverlayFilterTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `FaceOverlayFilter` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -171,6 +188,23 @@ pub trait GStreamerFilterMethods: rt::RemoteObject {
 
 impl GStreamerFilterMethods for GStreamerFilter {}
 
+/// Operations and properties of `GStreamerFilter` inside a transaction, for `GStreamerFilter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait GStreamerFilterTxMethods: rt::TxInvoke {
+    /// String used to instantiate the GStreamer element, as in gst-launch (https://gstreamer.freedesktop.org/documentation/tools/gst-launch.html).
+    fn get_command(self) -> rt::TxResult<String> {
+        rt::TxInvoke::push_operation(self, "getCommand", rt::Params::new(), rt::decode::value)
+    }
+
+    /// Provide a value to one of the GStreamer element's properties.
+    fn set_element_property(self, property_name: &str, property_value: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "setElementProperty", rt::Params::new().put("propertyName", property_name).put("propertyValue", property_value), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<GStreamerFilter>> GStreamerFilterTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `GStreamerFilter` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -259,6 +293,23 @@ pub trait ImageOverlayFilterMethods: rt::RemoteObject {
 
 impl ImageOverlayFilterMethods for ImageOverlayFilter {}
 
+/// Operations and properties of `ImageOverlayFilter` inside a transaction, for `ImageOverlayFilter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait ImageOverlayFilterTxMethods: rt::TxInvoke {
+    /// Remove the image with the given ID.
+    fn remove_image(self, id: &str) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "removeImage", rt::Params::new().put("id", id), rt::decode::unit)
+    }
+
+    /// Add an image to be used as overlay.
+    fn add_image(self, id: &str, uri: &str, offset_x_percent: f32, offset_y_percent: f32, width_percent: f32, height_percent: f32, keep_aspect_ratio: bool, center: bool) -> rt::TxResult<()> {
+        rt::TxInvoke::push_operation(self, "addImage", rt::Params::new().put("id", id).put("uri", uri).put("offsetXPercent", &offset_x_percent).put("offsetYPercent", &offset_y_percent).put("widthPercent", &width_percent).put("heightPercent", &height_percent).put("keepAspectRatio", &keep_aspect_ratio).put("center", &center), rt::decode::unit)
+    }
+
+}
+
+impl<T: rt::IsA<ImageOverlayFilter>> ImageOverlayFilterTxMethods for rt::TxCall<'_, T> {}
+
 /// Builds a `ImageOverlayFilter` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
 #[derive(Clone)]
@@ -338,6 +389,13 @@ pub trait OpenCVFilterMethods: rt::RemoteObject {
 
 impl OpenCVFilterMethods for OpenCVFilter {}
 
+/// Operations and properties of `OpenCVFilter` inside a transaction, for `OpenCVFilter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait OpenCVFilterTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<OpenCVFilter>> OpenCVFilterTxMethods for rt::TxCall<'_, T> {}
+
 /// This filter detects QR codes in a video feed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ZBarFilter(rt::ObjectRef);
@@ -374,6 +432,13 @@ pub trait ZBarFilterMethods: rt::RemoteObject {
 }
 
 impl ZBarFilterMethods for ZBarFilter {}
+
+/// Operations and properties of `ZBarFilter` inside a transaction, for `ZBarFilter` and every subclass:
+/// `tx.on(&object).operation(..)` adds the call and returns a `TxResult` to read after commit.
+pub trait ZBarFilterTxMethods: rt::TxInvoke {
+}
+
+impl<T: rt::IsA<ZBarFilter>> ZBarFilterTxMethods for rt::TxCall<'_, T> {}
 
 /// Builds a `ZBarFilter` on the server: set optional parameters, then `.await` it.
 #[must_use = "a builder does nothing until awaited"]
