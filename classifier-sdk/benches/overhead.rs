@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use classifier_sdk::*;
-use tap_daemon::chunker::{Chunk as TapChunk, ChunkSink};
 use tap_daemon::dispatch::{now_us, Dispatcher, TapDispatch, TapIdent, TapSink};
+use tap_daemon::media::chunker::{Chunk as TapChunk, ChunkSink};
 use tap_daemon::metrics::Metrics;
 use tap_test_support::nats::Nats;
 

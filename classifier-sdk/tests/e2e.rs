@@ -130,13 +130,13 @@ async fn register_feed_store_then_unregister() {
     assert!(m.contains("tap_worker_predictions_total"), "{m}");
     // `kurento-tap results` exports the history.
     let mut csv = Vec::new();
-    let n = tap_daemon::results::export(
+    let n = tap_daemon::control::results::export(
         client.clone(),
-        tap_daemon::results::Kind::Result,
+        tap_daemon::control::results::Kind::Result,
         Some("r"),
         None,
         false,
-        tap_daemon::results::Format::Csv,
+        tap_daemon::control::results::Format::Csv,
         &mut csv,
     )
     .await
@@ -152,13 +152,13 @@ async fn register_feed_store_then_unregister() {
     );
     let mut none = Vec::new();
     assert_eq!(
-        tap_daemon::results::export(
+        tap_daemon::control::results::export(
             client.clone(),
-            tap_daemon::results::Kind::Result,
+            tap_daemon::control::results::Kind::Result,
             Some("other-room"),
             None,
             false,
-            tap_daemon::results::Format::Jsonl,
+            tap_daemon::control::results::Format::Jsonl,
             &mut none
         )
         .await

@@ -564,9 +564,9 @@ impl Target for ControlRequests {
 /// The daemon's config file, parsed and resolved as `kurento-tap run --config` does.
 pub struct ConfigFile;
 
-/// The example in `tap-daemon/src/config.rs`'s documentation: the seed stays what users copy.
+/// The example in `tap-daemon/src/config/mod.rs`'s documentation: the seed stays what users copy.
 fn documented_config() -> String {
-    let source = include_str!("../../tap-daemon/src/config.rs");
+    let source = include_str!("../../tap-daemon/src/config/mod.rs");
     let mut out = String::new();
     let mut inside = false;
     for line in source.lines() {

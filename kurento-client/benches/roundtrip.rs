@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use kms_sim::{Scenario, SimOptions, SimServer};
 use kurento_client::prelude::*;
-use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -106,17 +105,9 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut tx = kms.transaction();
         let r = tx.create(RtpEndpoint::builder(&pipeline))?;
-        tx.invoke(&r, "processOffer", json!({"offer": offer(port)}));
-        tx.invoke(
-            &source,
-            "connect",
-            json!({"sink": r.newref(), "mediaType": "AUDIO"}),
-        );
-        tx.invoke(
-            &source,
-            "connect",
-            json!({"sink": r.newref(), "mediaType": "VIDEO"}),
-        );
+        tx.on(&r).process_offer(&offer(port));
+        tx.on(&source).connect(&r, MediaType::Audio);
+        tx.on(&source).connect(&r, MediaType::Video);
         let results = tx.commit().await?;
         results.check()?;
         tx_times.push(t.elapsed());

@@ -8,7 +8,6 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use kurento_client::prelude::*;
-use serde_json::json;
 
 fn recvonly_offer(ip: &str, audio_port: u16, video_port: u16) -> String {
     format!(
@@ -99,22 +98,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tx = kms.transaction();
     let tap = tx.create(RtpEndpoint::builder(&room))?;
-    tx.invoke(
-        &tap,
-        "addTag",
-        json!({"key": "owner", "value": "kurento-client-example"}),
-    );
-    tx.invoke(&tap, "processOffer", json!({ "offer": offer }));
-    tx.invoke(
-        &publisher,
-        "connect",
-        json!({"sink": tap.newref(), "mediaType": "AUDIO"}),
-    );
-    tx.invoke(
-        &publisher,
-        "connect",
-        json!({"sink": tap.newref(), "mediaType": "VIDEO"}),
-    );
+    tx.on(&tap).add_tag("owner", "kurento-client-example");
+    tx.on(&tap).process_offer(&offer);
+    tx.on(&publisher).connect(&tap, MediaType::Audio);
+    tx.on(&publisher).connect(&tap, MediaType::Video);
     let results = tx.commit().await?;
     let tap = results.object(&tap)?;
     results.check()?;

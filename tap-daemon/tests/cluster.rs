@@ -43,8 +43,8 @@ name = 'w1'
 audio = { tone = 770.0 }
 ";
 
-const OWNER_KEY: &str = "kurento-tap.owner";
-const TAPPED_KEY: &str = "kurento-tap.endpoint";
+const OWNER_KEY: &str = tap_protocol::tags::OWNER;
+const TAPPED_KEY: &str = tap_protocol::tags::TAPPED_ENDPOINT;
 const PUBLISHERS: usize = 7;
 
 /// Every tap in KMS: publisher endpoint → owners of the RtpEndpoints tapping it; and the count of

@@ -188,7 +188,9 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
         .unwrap()
         .endpoint;
     let ep: WebRtcEndpoint = kms.object(&ben_ep).unwrap();
-    ep.add_tag("kurento-tap.consent", "false").await.unwrap();
+    ep.add_tag(tap_protocol::tags::CONSENT, "false")
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while tapped(&h.daemon).await.contains(&"ben".to_owned()) {
         assert!(
@@ -198,7 +200,9 @@ async fn opt_in_analyses_only_after_consent_and_stops_on_withdrawal() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And granted again by tag.
-    ep.add_tag("kurento-tap.consent", "true").await.unwrap();
+    ep.add_tag(tap_protocol::tags::CONSENT, "true")
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while !tapped(&h.daemon).await.contains(&"ben".to_owned()) {
         assert!(

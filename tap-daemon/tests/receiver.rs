@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use kms_sim::{Scenario, SimOptions, SimServer};
 use kurento_client::prelude::*;
-use serde_json::json;
 use tap_daemon::media::chunker::{Chunk, ChunkSink, Chunker};
 use tap_daemon::media::ports::PortPool;
 use tap_daemon::media::receiver::{MediaPorts, Receiver, ReceiverConfig};
@@ -147,20 +146,12 @@ async fn decoded_media_is_cut_per_spec() {
     let offer = tap_offer([127, 0, 0, 1].into(), Some(a.rtp), Some((v.rtp, &codec)));
     let mut tx = kms.transaction();
     let tap = tx.create(RtpEndpoint::builder(&room)).unwrap();
-    tx.invoke(&tap, "processOffer", json!({"offer": offer}));
-    tx.invoke(
-        &publisher,
-        "connect",
-        json!({"sink": tap.newref(), "mediaType": "AUDIO"}),
-    );
-    tx.invoke(
-        &publisher,
-        "connect",
-        json!({"sink": tap.newref(), "mediaType": "VIDEO"}),
-    );
+    let answer = tx.on(&tap).process_offer(&offer);
+    tx.on(&publisher).connect(&tap, MediaType::Audio);
+    tx.on(&publisher).connect(&tap, MediaType::Video);
     let results = tx.commit().await.unwrap();
     results.check().unwrap();
-    let answer = results.value(1).unwrap().as_str().unwrap().to_owned();
+    let answer = results.get(answer).unwrap();
     let ports = check_answer(&answer, true, true).unwrap();
     receiver.set_kms_rtcp(false, ports.audio_rtcp.unwrap());
     receiver.set_kms_rtcp(true, ports.video_rtcp.unwrap());

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use kurento_client::prelude::*;
 use kurento_client::Error as KmsError;
-use serde_json::json;
 use tap_protocol::{DataChannelMessage, ResultMessage};
 use tokio::sync::broadcast;
 use tracing::{debug, info};
@@ -100,16 +99,9 @@ pub(super) async fn session(
             .use_data_channels(true)
             .certificate_key_type(CertificateKeyType::Ecdsa),
     )?;
-    tx.invoke(
-        &ep_ref,
-        "addTag",
-        json!({"key": ctx.tags.owner, "value": ctx.owner}),
-    );
-    tx.invoke(
-        &ep_ref,
-        "addTag",
-        json!({"key": ctx.tags.tapped_endpoint, "value": p.endpoint}),
-    );
+    tx.on(&ep_ref).add_tag(&ctx.tags.owner, &ctx.owner);
+    tx.on(&ep_ref)
+        .add_tag(&ctx.tags.tapped_endpoint, &p.endpoint);
     let results_tx = tx.commit().await?;
     let created = results_tx.object(&ep_ref).ok();
     if let Some(ep) = &created {

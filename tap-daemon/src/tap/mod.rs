@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use kurento_client::prelude::*;
 use kurento_client::Error as KmsError;
-use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::discovery::Participant;
@@ -63,17 +62,13 @@ impl TapError {
 fn connect_publisher(
     tx: &mut kurento_client::Transaction,
     publisher: &MediaElement,
-    sink: serde_json::Value,
+    sink: impl kurento_client::TxArg<MediaElement> + Copy,
     audio: bool,
     video: bool,
 ) {
-    for (wanted, media) in [(audio, "AUDIO"), (video, "VIDEO")] {
+    for (wanted, media) in [(audio, MediaType::Audio), (video, MediaType::Video)] {
         if wanted {
-            tx.invoke(
-                publisher,
-                "connect",
-                json!({"sink": sink.clone(), "mediaType": media}),
-            );
+            tx.on(publisher).connect(sink, media);
         }
     }
 }
@@ -287,24 +282,18 @@ impl TapContext {
             });
         }
         let tap_ref = tx.create(builder)?;
-        tx.invoke(
-            &tap_ref,
-            "addTag",
-            json!({"key": self.config.tags.owner, "value": self.config.owner}),
-        );
-        tx.invoke(
-            &tap_ref,
-            "addTag",
-            json!({"key": self.config.tags.tapped_endpoint, "value": p.endpoint}),
-        );
-        let offer_index = tx.invoke(&tap_ref, "processOffer", json!({ "offer": offer }));
+        tx.on(&tap_ref)
+            .add_tag(&self.config.tags.owner, &self.config.owner);
+        tx.on(&tap_ref)
+            .add_tag(&self.config.tags.tapped_endpoint, &p.endpoint);
+        let offer_answer = tx.on(&tap_ref).process_offer(&offer);
         // Plain RTP: one transaction. SRTP: KMS's key is in its answer, and the receiver must hold
         // it before media flows (the first keyframe must decrypt), so `connect` waits for a second.
         if srtp.is_none() {
             connect_publisher(
                 &mut tx,
                 &source,
-                json!(tap_ref.newref()),
+                &tap_ref,
                 audio_ports.is_some(),
                 video_ports.is_some(),
             );
@@ -314,11 +303,7 @@ impl TapContext {
         let created = results.object(&tap_ref).ok();
         let outcome = (|| -> Result<crate::media::sdp_offer::AnswerPorts, TapError> {
             results.check()?;
-            let answer = results
-                .value(offer_index)?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let answer = results.get(offer_answer)?;
             Ok(check_answer_with(
                 &answer,
                 audio_ports.is_some(),
@@ -347,7 +332,7 @@ impl TapContext {
             connect_publisher(
                 &mut tx,
                 &source,
-                json!(tap.id()),
+                &tap,
                 audio_ports.is_some(),
                 video_ports.is_some(),
             );
