@@ -632,10 +632,11 @@ fn frames_sent(
         .map(|((name, b), (_, a))| {
             let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
             format!(
-                "{name}: {} frames sent ({} key, {} PLI), {}x{} {}, limited by {}",
+                "{name}: {} frames sent ({} key, {} PLI, {} FIR), {}x{} {}, limited by {}",
                 n(a, "framesSent") - n(b, "framesSent"),
                 n(a, "keyFramesEncoded") - n(b, "keyFramesEncoded"),
                 n(a, "pli") - n(b, "pli"),
+                n(a, "fir") - n(b, "fir"),
                 a["width"],
                 a["height"],
                 a["encoder"],
@@ -732,10 +733,11 @@ fn real_kms_three_vp8_publishers_under_cpu_load_keep_their_face_rate() {
 /// tap leg (KMS → daemon: our path) faces keep their rate, as VP8's do. On the whole path the
 /// browsers' uplinks lose packets too, and KMS itself then drops the publisher's H.264 until a
 /// keyframe (`DISCONTINUITY at non-keyframe; will drop until keyframe`): every subscriber of the
-/// call freezes with the tap, and how long depends on when KMS's and our keyframe requests reach
-/// the browser (53–71 face results of 75 in most runs, 4 and 19 in two where the browser received
-/// no PLI at all). There the test holds that everyone is decoded under loss and that everyone is
-/// back at the face rate once it ends; docs/benchmarks.md has the side-by-side table.
+/// call freezes with the tap, and how long depends on when the browser answers a keyframe request.
+/// What reaches it is KMS's `requestKeyframe` (a FIR; the tap's RTCP PLI is not forwarded by KMS
+/// 7.x), asked on every stalled tick: 44–72 face results of 75 per participant in eight runs. There
+/// the test holds everyone at ≥ 40 % of the face rate under loss and back at the full rate once it
+/// ends; docs/benchmarks.md has the side-by-side table.
 #[test]
 fn real_kms_h264_under_packet_loss_and_jitter() {
     with_kms("h264_loss", |kms| async move {
@@ -768,8 +770,11 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
             let sent_after = sent_by(&call, &names).await;
             netem.stop();
             let seen = call.results_since(start);
+            let kms_asked = call
+                .metric("kurento_tap_kms_keyframe_requests_total{outcome=\"ok\"}")
+                .await;
             eprintln!(
-                "H.264 x2, loss on the {phase}: {} frames decoded, {} keyframe requests ({} held back) in {window:?}; results {:?}; browsers: {}",
+                "H.264 x2, loss on the {phase}: {} frames decoded, {} keyframe requests ({} held back) in {window:?}, KMS requestKeyframe ok so far {kms_asked}; results {:?}; browsers: {}",
                 after.0 - before.0,
                 after.1 - before.1,
                 after.2 - before.2,
@@ -790,14 +795,15 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                     .map(|(_, n)| *n)
                     .collect();
                 // How long a publisher stays frozen here is decided by KMS (it drops the
-                // publisher's H.264 until a keyframe) and by when the browser answers a
-                // keyframe request; in some runs a browser received no PLI for 15 s. What the
-                // tap controls: it never stops asking (bounded above), and analysis comes back
-                // for everyone once the loss ends (checked below).
+                // publisher's H.264 until a keyframe) and by when the browser answers KMS's FIR;
+                // the stall watch asks KMS every 300 ms tick of a stall. Measured 44–72 of 75 per
+                // participant over eight runs (docs/benchmarks.md); before (asking five times,
+                // then every 1.5 s) two full-suite runs had a participant at 4 and 19.
                 assert_eq!(video.len(), 2, "both were analysed under loss: {counts:?}");
+                let expected = (window.as_secs_f64() * 5.0) as usize;
                 assert!(
-                    video.iter().all(|n| *n > 0),
-                    "H.264 never decoded for someone under whole-path loss: {counts:?}"
+                    video.iter().all(|n| *n * 100 >= expected * 40),
+                    "H.264 under whole-path loss below 40 % of the face rate for someone: {counts:?}"
                 );
             }
             tokio::time::sleep(Duration::from_secs(3)).await;

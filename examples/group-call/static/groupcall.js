@@ -33,7 +33,7 @@ gc.sent = async () => {
     if (s.type === 'outbound-rtp' && s.kind === 'video') {
       Object.assign(out, { framesEncoded: s.framesEncoded, framesSent: s.framesSent, keyFramesEncoded: s.keyFramesEncoded,
                            fps: s.framesPerSecond, width: s.frameWidth, height: s.frameHeight, limitation: s.qualityLimitationReason,
-                           pli: s.pliCount, nack: s.nackCount, encoder: s.encoderImplementation });
+                           pli: s.pliCount, fir: s.firCount, nack: s.nackCount, encoder: s.encoderImplementation });
     }
   });
   return out;

@@ -300,7 +300,8 @@ impl Receiver {
     }
 
     /// Asks for a keyframe: a force-key-unit event upstream from the depayloader, which rtpsession
-    /// sends to KMS as PLI (and KMS forwards to the browser).
+    /// sends to KMS as RTCP. KMS 7.x does not forward it to the browser (the event it makes keeps
+    /// the tap's SSRC, unknown to the publisher's session): the watcher's `requestKeyframe` does.
     pub fn request_keyframe(&self) -> bool {
         let Some(depay) = self.pipeline.by_name("video-depay") else {
             return false;

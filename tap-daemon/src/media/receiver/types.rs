@@ -83,8 +83,8 @@ pub struct ReceiverStats {
     pub ntp_timestamps: AtomicU64,
     /// Streams whose sender clock was judged unusable (capture times from arrival instead).
     pub sender_clock_unusable: AtomicU64,
-    /// Keyframe requests sent upstream (rtpsession turns them into RTCP PLI/FIR to KMS, which
-    /// forwards them to the browser): after loss, on a new tap, or from the watcher.
+    /// Keyframe requests sent upstream (rtpsession turns them into RTCP PLI/FIR to KMS; KMS 7.x
+    /// does not forward them to the browser): after loss, on a new tap, or from the watcher.
     pub keyframe_requests: AtomicU64,
     /// H.264 frames dropped before the first keyframe (nothing to decode them against).
     pub video_frames_before_keyframe: AtomicU64,
