@@ -66,6 +66,8 @@ struct Run {
     data_channels: bool,
     /// SRTP on the tap leg (the simulator encrypts as KMS does).
     srtp: bool,
+    /// Receive threads shared by every tap (`None`: rtpbin per tap).
+    shared: Option<usize>,
 }
 
 async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
@@ -77,6 +79,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         port_base,
         data_channels,
         srtp,
+        shared,
     } = r;
     let mut scenario = String::from("[[room]]\nname='bench'\n");
     for i in 0..n {
@@ -126,6 +129,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         } else {
             tap_daemon::media::srtp::TapCrypto::Off
         },
+        receive_threads: shared,
         ..Default::default()
     })
     .await
@@ -173,8 +177,12 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         .collect();
     let chunks = lat.len();
     let leg = if srtp { "SRTP" } else { "RTP " };
+    let receive = match shared {
+        None => "per-tap rtpbin".to_owned(),
+        Some(k) => format!("{k} shared threads"),
+    };
     println!(
-        "{w}x{h}@{fps} VP8+Opus {leg} {n:>2} participants ({taps} tapped, {channels} DataChannels, {sent} messages sent): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
+        "{w}x{h}@{fps} VP8+Opus {leg} {receive:>16} {n:>2} participants ({taps} tapped, {channels} DataChannels, {sent} messages sent): CPU {:>5.1}% of a core = {:>4.2}%/participant → {:>5.0} taps/core; \
          decoded {:>5.1} fps/participant; RSS {rss:>6.1} MiB; {threads} threads; capture→dispatch p50 {:.1} ms p99 {:.1} ms ({chunks} chunks)",
         cpu * 100.0,
         cpu * 100.0 / n as f64,
@@ -243,21 +251,32 @@ async fn main() {
     let only: Option<usize> = std::env::var("TAPS_BENCH_ONLY")
         .ok()
         .and_then(|v| v.parse().ok());
-    for (participants, width, height, fps, port_base, data_channels, srtp) in [
-        (1, 320, 240, 15, 20000, false, false),
-        (10, 320, 240, 15, 22000, false, false),
-        (10, 320, 240, 15, 30000, true, false),
-        (10, 320, 240, 15, 32000, false, true),
-        (30, 320, 240, 15, 24000, false, false),
-        (50, 320, 240, 15, 34000, false, false),
-        (1, 640, 480, 30, 26000, false, false),
-        (5, 640, 480, 30, 28000, false, false),
+    // The rows with `shared` receive every tap on 2 threads shared by all (receive_threads = 2)
+    // beside the same rows on rtpbin per tap. TAPS_BENCH_RECEIVE=per-tap|shared keeps one kind.
+    let receive = std::env::var("TAPS_BENCH_RECEIVE").ok();
+    for (participants, width, height, fps, port_base, data_channels, srtp, shared) in [
+        (1, 320, 240, 15, 20000, false, false, None),
+        (10, 320, 240, 15, 22000, false, false, None),
+        (10, 320, 240, 15, 36000, false, false, Some(2)),
+        (10, 320, 240, 15, 30000, true, false, None),
+        (10, 320, 240, 15, 32000, false, true, None),
+        (30, 320, 240, 15, 24000, false, false, None),
+        (50, 320, 240, 15, 34000, false, false, None),
+        (50, 320, 240, 15, 38000, false, false, Some(2)),
+        (1, 640, 480, 30, 26000, false, false, None),
+        (5, 640, 480, 30, 28000, false, false, None),
     ] {
+        if receive.as_deref() == Some("shared") && shared.is_none()
+            || receive.as_deref() == Some("per-tap") && shared.is_some()
+        {
+            continue;
+        }
         if only.is_some_and(|o| o != participants) {
             continue;
         }
         let r = Run {
             srtp,
+            shared,
             participants,
             width,
             height,

@@ -68,6 +68,11 @@ enum Command {
         /// or the _32 variants).
         #[arg(long, env = "KURENTO_TAP_SRTP_SUITE")]
         srtp_suite: Option<String>,
+        /// Threads that receive and decode taps: per-tap (default: rtpbin, ~11 threads per tapped
+        /// participant, reorders, RTCP) or a number N: N threads shared by every tap (no
+        /// jitterbuffer, no RTCP; for a daemon beside KMS). docs/operations.md.
+        #[arg(long, env = "KURENTO_TAP_RECEIVE_THREADS")]
+        receive_threads: Option<String>,
         /// Owner id tagged on created objects.
         #[arg(long, env = "KURENTO_TAP_OWNER")]
         owner: Option<String>,
@@ -196,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             consent,
             tap_crypto,
             srtp_suite,
+            receive_threads,
             owner,
             datachannels,
             datachannel_rate,
@@ -226,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
                     consent,
                     tap_crypto,
                     srtp_suite,
+                    receive_threads,
                     owner,
                     datachannels,
                     datachannel_rate,

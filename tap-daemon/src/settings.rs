@@ -61,6 +61,9 @@ pub struct DaemonConfig {
     pub policy: crate::privacy::policy::Policy,
     /// Tap leg protection (`crate::media::srtp`): SRTP unless KMS is in this namespace, by default.
     pub tap_crypto: crate::media::srtp::TapCrypto,
+    /// Threads that receive and decode taps: `None`, rtpbin per tap; `Some(n)`, n threads shared
+    /// by every tap ([`crate::media::receiver::ReceiveThreads`]).
+    pub receive_threads: Option<usize>,
     /// The SRTP suite of encrypted taps.
     pub srtp_suite: crate::media::srtp::Suite,
     /// This KMS's name in lease keys, logs and the cluster view (default: its URL's host:port).
@@ -136,6 +139,7 @@ impl Default for DaemonConfig {
             mood: crate::mood::MoodSettings::default(),
             policy: crate::privacy::policy::Policy::default(),
             tap_crypto: crate::media::srtp::TapCrypto::default(),
+            receive_threads: None,
             srtp_suite: crate::media::srtp::Suite::default(),
             kms_name: "127.0.0.1:8888".into(),
             additional_kms: vec![],

@@ -14,11 +14,22 @@ const ROOM: &str = "[[room]]\nname='replay'\n\
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_clips_decode_at_the_streams_rate() {
+    decode_at_the_streams_rate(None, (43400, 43500)).await;
+}
+
+/// The same with every tap received and decoded on one shared thread (`receive_threads = 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_clips_decode_at_the_streams_rate_on_one_shared_thread() {
+    decode_at_the_streams_rate(Some(1), (44400, 44500)).await;
+}
+
+async fn decode_at_the_streams_rate(receive_threads: Option<usize>, (sim, taps): (u16, u16)) {
     kms_sim::replay::set_pre_encoded(true);
     let h = Harness::new()
         .scenario(ROOM)
-        .sim_ports(43400..=43499)
-        .tap_ports(43500..=43599)
+        .sim_ports(sim..=sim + 99)
+        .tap_ports(taps..=taps + 99)
+        .configure(move |c| c.receive_threads = receive_threads)
         .start()
         .await;
     h.wait_taps(3).await;

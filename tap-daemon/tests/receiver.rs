@@ -7,7 +7,7 @@ use kms_sim::{Scenario, SimOptions, SimServer};
 use kurento_client::prelude::*;
 use tap_daemon::media::chunker::{Chunk, ChunkSink, Chunker};
 use tap_daemon::media::ports::PortPool;
-use tap_daemon::media::receiver::{MediaPorts, Receiver, ReceiverConfig};
+use tap_daemon::media::receiver::{MediaPorts, ReceiveThreads, Receiver, ReceiverConfig};
 use tap_daemon::media::sdp_offer::{check_answer, publisher_media, tap_offer, OPUS_PT, VIDEO_PT};
 use tap_protocol::*;
 
@@ -44,11 +44,26 @@ fn video_spec(name: &str, v: VideoChunkSpec) -> Arc<ModelSpec> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decoded_media_is_cut_per_spec() {
+    cut_per_spec(ReceiveThreads::PerTap, (52000, 52999), 53000).await;
+}
+
+/// The same on threads shared by every tap (threadshare; no rtpbin): the same chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_media_is_cut_per_spec_on_shared_threads() {
+    cut_per_spec(
+        ReceiveThreads::Shared("test-rx".into()),
+        (50000, 50999),
+        51000,
+    )
+    .await;
+}
+
+async fn cut_per_spec(threads: ReceiveThreads, sim_ports: (u16, u16), tap_ports: u16) {
     let scenario = Scenario::parse("[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={codec='VP8', width=320, height=240, fps=15}\naudio={tone=440.0}\n").unwrap();
     let sim = SimServer::start(SimOptions {
         scenario,
         announce_ip: Some([127, 0, 0, 1].into()),
-        port_range: (52000, 52999),
+        port_range: sim_ports,
         ..Default::default()
     })
     .await
@@ -121,7 +136,7 @@ async fn decoded_media_is_cut_per_spec() {
     let live = Arc::new(RwLock::new(Arc::new(specs)));
     let collect = Arc::new(Collect::default());
     let chunker = Arc::new(Chunker::new(live, collect.clone()));
-    let pool = PortPool::new([127, 0, 0, 1].into(), 53000, 53999);
+    let pool = PortPool::new([127, 0, 0, 1].into(), tap_ports, tap_ports + 999);
     let (a, v) = (pool.take().unwrap(), pool.take().unwrap());
     let receiver = Receiver::start(
         &ReceiverConfig {
@@ -139,6 +154,7 @@ async fn decoded_media_is_cut_per_spec() {
             )),
             latency_ms: 50,
             srtp: None,
+            threads,
         },
         chunker,
     )

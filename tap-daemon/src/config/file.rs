@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub tap_crypto: Option<String>,
     /// SRTP suite of encrypted taps.
     pub srtp_suite: Option<String>,
+    /// Threads that receive and decode taps: `per-tap` (default) or a number shared by all.
+    pub receive_threads: Option<String>,
     /// Jitterbuffer latency.
     pub latency_ms: Option<u32>,
     /// Rooms to tap.

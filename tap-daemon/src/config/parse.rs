@@ -2,6 +2,23 @@
 
 use super::file::ConfigError;
 
+/// Most threads a shared receiver may have.
+pub const MAX_RECEIVE_THREADS: usize = 64;
+
+/// `per-tap` (rtpbin per tap: `None`) or the number of threads shared by every tap (1–64).
+pub fn parse_receive_threads(s: &str) -> Result<Option<usize>, ConfigError> {
+    let s = s.trim();
+    if s == "per-tap" {
+        return Ok(None);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_RECEIVE_THREADS).contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError::Invalid(format!(
+            "receive_threads {s:?}: expected per-tap or a number of threads from 1 to {MAX_RECEIVE_THREADS}"
+        ))),
+    }
+}
+
 /// Parses `MIN-MAX` (at least 4 ports, even start used).
 pub fn parse_ports(s: &str) -> Result<(u16, u16), ConfigError> {
     let (a, b) = s

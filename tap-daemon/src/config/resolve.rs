@@ -40,6 +40,8 @@ pub struct Overrides {
     pub tap_crypto: Option<String>,
     /// SRTP suite.
     pub srtp_suite: Option<String>,
+    /// Receive threads: `per-tap` or a number.
+    pub receive_threads: Option<String>,
     /// DataChannel injection on/off.
     pub datachannels: Option<bool>,
     /// DataChannel messages per second per participant.
@@ -125,6 +127,10 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
             .parse::<crate::media::srtp::TapCrypto>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         None => d.tap_crypto,
+    };
+    let receive_threads = match o.receive_threads.or(file.receive_threads) {
+        Some(s) => parse_receive_threads(&s)?,
+        None => d.receive_threads,
     };
     let srtp_suite = match o.srtp_suite.or(file.srtp_suite) {
         Some(c) => c
@@ -343,6 +349,7 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
         mood,
         policy,
         tap_crypto,
+        receive_threads,
         srtp_suite,
     })
 }

@@ -344,3 +344,25 @@ fn datachannel_settings_from_file_and_flags() {
     assert_eq!(c.datachannel.audience, crate::inject::Audience::Room);
     assert!(toml::from_str::<FileConfig>("[datachannel]\naudience = 'all'\n").is_err());
 }
+
+#[test]
+fn receive_threads_are_per_tap_or_a_bounded_number() {
+    assert_eq!(parse_receive_threads("per-tap").unwrap(), None);
+    assert_eq!(parse_receive_threads(" 2 ").unwrap(), Some(2));
+    for bad in ["0", "65", "two", "", "-1"] {
+        let e = parse_receive_threads(bad).unwrap_err().to_string();
+        assert!(e.contains("receive_threads"), "{bad}: {e}");
+    }
+    let file: FileConfig = toml::from_str("receive_threads = \"4\"").unwrap();
+    let c = resolve(file, Overrides::default()).unwrap();
+    assert_eq!(c.receive_threads, Some(4));
+    let c = resolve(
+        FileConfig::default(),
+        Overrides {
+            receive_threads: Some("per-tap".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.receive_threads, None);
+}

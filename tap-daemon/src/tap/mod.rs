@@ -17,7 +17,7 @@ use crate::kms::release::release_bounded;
 use crate::media::chunker::{Chunk, ChunkSink, Chunker, LiveSpecs};
 use crate::media::ports::{PortPair, PortPool};
 use crate::media::receiver::{
-    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, Receiver, ReceiverConfig,
+    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, ReceiveThreads, Receiver, ReceiverConfig,
 };
 use crate::media::sdp_offer::{check_answer_with, tap_offer_with, OPUS_PT, VIDEO_PT};
 use crate::metrics::{MediaLabel, Metrics};
@@ -191,6 +191,9 @@ pub struct TapContext {
     pub openvidu: Option<Arc<crate::discovery::openvidu::client::OpenVidu>>,
 }
 
+/// The next shared receive thread a tap takes (round robin).
+static NEXT_RECEIVE_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl TapContext {
     pub async fn make_tap(&self, p: Participant, first_seen: Instant) -> Result<Tap, TapError> {
         let pool = self.pool.clone();
@@ -254,6 +257,15 @@ impl TapContext {
                 },
                 latency_ms: self.config.latency_ms,
                 srtp: srtp.clone(),
+                threads: match self.config.receive_threads {
+                    None => ReceiveThreads::PerTap,
+                    // Taps take the shared threads in turn.
+                    Some(n) => ReceiveThreads::Shared(format!(
+                        "kurento-tap-rx-{}",
+                        NEXT_RECEIVE_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            % n.max(1)
+                    )),
+                },
             },
             sink,
         )?;

@@ -35,6 +35,16 @@ pub(super) fn link_video(
         _ => (make("rtpvp8depay")?, vec![make("vp8dec")?]),
     };
     depay.set_property("name", "video-depay");
+    // One decoding thread: the one media arrives on. libvpx and libav otherwise start threads of
+    // their own per decoder (one more thread per tapped participant, and frame threading adds a
+    // frame of latency); the models' sizes decode in a few ms on one core.
+    for d in &decoder {
+        if d.has_property("threads") {
+            d.set_property("threads", 1u32);
+        } else if d.has_property("max-threads") {
+            d.set_property("max-threads", 1i32);
+        }
+    }
     if depay.has_property("wait-for-keyframe") {
         // Not `wait-for-keyframe`, for any codec: measured on KMS 7.3's tap RTP, a single lost or
         // reordered packet left the depayloader waiting for a keyframe that never counted as one.
@@ -66,6 +76,9 @@ pub(super) fn link_video(
         .max_buffers(1)
         .drop(true)
         .sync(false)
+        // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
+        // every other tap on it needs (and the live sources never preroll anyway).
+        .async_(false)
         .build();
     let mut chain = vec![depay.clone()];
     chain.extend(decoder);
@@ -122,6 +135,9 @@ pub(super) fn link_audio(
         .max_buffers(8)
         .drop(true)
         .sync(false)
+        // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
+        // every other tap on it needs (and the live sources never preroll anyway).
+        .async_(false)
         .build();
     let chain: Vec<gst::Element> = vec![
         depay.clone(),

@@ -11,12 +11,14 @@
 mod branches;
 mod clock;
 mod gst_util;
+mod shared;
 mod srtp_session;
 mod types;
 
+pub use shared::CONTEXT_WAIT_MS;
 pub use types::{
-    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, ReceiverConfig, ReceiverError,
-    ReceiverStats, VideoCodec, KEYFRAME_REQUEST_INTERVAL,
+    DecodedAudio, DecodedFrame, MediaPorts, MediaSink, ReceiveThreads, ReceiverConfig,
+    ReceiverError, ReceiverStats, VideoCodec, KEYFRAME_REQUEST_INTERVAL,
 };
 
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ impl Receiver {
     /// keyframe is not lost).
     pub fn start(config: &ReceiverConfig, sink: Arc<dyn MediaSink>) -> Result<Self, ReceiverError> {
         gst::init().map_err(gst_err)?;
+        if let ReceiveThreads::Shared(context) = &config.threads {
+            return Self::start_shared(config, context, sink);
+        }
         let pipeline = gst::Pipeline::new();
         let rtpbin = make("rtpbin")?;
         rtpbin.set_property("latency", config.latency_ms);
@@ -170,30 +175,12 @@ impl Receiver {
             };
 
         if let Some(a) = &config.audio {
-            let caps = gst::Caps::builder("application/x-rtp")
-                .field("media", "audio")
-                .field("encoding-name", "OPUS")
-                .field("clock-rate", 48000i32)
-                .field("payload", a.payload_type as i32)
-                .build();
-            add_session(AUDIO, a.rtp_port, caps)?;
+            add_session(AUDIO, a.rtp_port, audio_caps(a.payload_type))?;
         }
         let mut video_codec = None;
         if let Some((v, codec)) = &config.video {
-            let enc = codec.encoding.to_ascii_uppercase();
-            if !matches!(enc.as_str(), "VP8" | "VP9" | "H264") {
-                return Err(ReceiverError::Codec(enc));
-            }
-            // The rtcp-fb fields make rtpsession turn a force-key-unit event into PLI/FIR.
-            let caps = gst::Caps::builder("application/x-rtp")
-                .field("media", "video")
-                .field("encoding-name", enc.as_str())
-                .field("clock-rate", 90000i32)
-                .field("payload", v.payload_type as i32)
-                .field("rtcp-fb-nack-pli", true)
-                .field("rtcp-fb-ccm-fir", true)
-                .build();
-            add_session(VIDEO, v.rtp_port, caps)?;
+            let enc = video_encoding(codec)?;
+            add_session(VIDEO, v.rtp_port, video_caps(&enc, v.payload_type))?;
             video_codec = Some(enc);
         }
 
@@ -241,28 +228,88 @@ impl Receiver {
             }
         });
 
-        let bus_stats = stats.clone();
-        if let Some(bus) = pipeline.bus() {
-            bus.set_sync_handler(move |_, msg| {
-                match msg.view() {
-                    gst::MessageView::Error(e) => {
-                        bus_stats.errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %e.error(), debug = ?e.debug(), "receiver error");
-                    }
-                    gst::MessageView::Warning(w) => {
-                        debug!(warning = %w.error(), "receiver warning")
-                    }
-                    _ => {}
-                }
-                gst::BusSyncReply::Drop
-            });
-        }
+        watch_bus(&pipeline, stats.clone());
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|e| ReceiverError::Gst(format!("cannot start: {e}")))?;
         Ok(Receiver {
             pipeline,
             rtcp_sinks,
+            kms_keys,
+            srtp_decoders,
+            stats,
+        })
+    }
+
+    /// The receive path on shared threads ([`ReceiveThreads::Shared`]): a `ts-udpsrc` per stream
+    /// on `context`, no rtpbin, no RTCP; the same decoding branches.
+    fn start_shared(
+        config: &ReceiverConfig,
+        context: &str,
+        sink: Arc<dyn MediaSink>,
+    ) -> Result<Self, ReceiverError> {
+        let pipeline = gst::Pipeline::new();
+        let stats = Arc::new(ReceiverStats::default());
+        let kms_keys: KmsKeys = Arc::new(Mutex::new([None, None]));
+        let srtp_decoders: SrtpDecoders = Arc::new(Mutex::new([None, None]));
+        let bind = config.bind_ip.to_string();
+        let clock_map = ClockMap {
+            pipeline: pipeline.clone(),
+        };
+        let encrypted = |caps: gst::Caps| -> gst::Caps {
+            if config.srtp.is_none() {
+                return caps;
+            }
+            let mut c = caps;
+            if let Some(st) = c.make_mut().structure_mut(0) {
+                st.set_name("application/x-srtp");
+            }
+            c
+        };
+        let srtp = |idx: usize| {
+            config
+                .srtp
+                .as_ref()
+                .map(|_| (idx, &kms_keys, &srtp_decoders))
+        };
+        if let Some(a) = &config.audio {
+            let pad = shared::add_stream(
+                &pipeline,
+                context,
+                &bind,
+                a.rtp_port,
+                encrypted(audio_caps(a.payload_type)),
+                srtp(AUDIO),
+                &stats,
+            )?;
+            link_audio(
+                &pipeline,
+                &pad,
+                sink.clone(),
+                clock_map.clone(),
+                stats.clone(),
+            )?;
+        }
+        if let Some((v, codec)) = &config.video {
+            let enc = video_encoding(codec)?;
+            let pad = shared::add_stream(
+                &pipeline,
+                context,
+                &bind,
+                v.rtp_port,
+                encrypted(video_caps(&enc, v.payload_type)),
+                srtp(VIDEO),
+                &stats,
+            )?;
+            link_video(&pipeline, &pad, &enc, sink, clock_map, stats.clone())?;
+        }
+        watch_bus(&pipeline, stats.clone());
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| ReceiverError::Gst(format!("cannot start: {e}")))?;
+        Ok(Receiver {
+            pipeline,
+            rtcp_sinks: [None, None],
             kms_keys,
             srtp_decoders,
             stats,
@@ -353,4 +400,55 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// Pipeline errors counted and logged (the bus is read synchronously: no thread of its own).
+fn watch_bus(pipeline: &gst::Pipeline, bus_stats: Arc<ReceiverStats>) {
+    if let Some(bus) = pipeline.bus() {
+        bus.set_sync_handler(move |_, msg| {
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    bus_stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e.error(), debug = ?e.debug(), "receiver error");
+                }
+                gst::MessageView::Warning(w) => {
+                    debug!(warning = %w.error(), "receiver warning")
+                }
+                _ => {}
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
+}
+
+/// The caps of a tap's Opus stream.
+fn audio_caps(payload_type: u8) -> gst::Caps {
+    gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "OPUS")
+        .field("clock-rate", 48000i32)
+        .field("payload", payload_type as i32)
+        .build()
+}
+
+/// The codec's name as GStreamer's caps spell it, if the receiver decodes it.
+fn video_encoding(codec: &VideoCodec) -> Result<String, ReceiverError> {
+    let enc = codec.encoding.to_ascii_uppercase();
+    if !matches!(enc.as_str(), "VP8" | "VP9" | "H264") {
+        return Err(ReceiverError::Codec(enc));
+    }
+    Ok(enc)
+}
+
+/// The caps of a tap's video stream. The rtcp-fb fields make rtpsession turn a force-key-unit
+/// event into PLI/FIR (with rtpbin).
+fn video_caps(encoding: &str, payload_type: u8) -> gst::Caps {
+    gst::Caps::builder("application/x-rtp")
+        .field("media", "video")
+        .field("encoding-name", encoding)
+        .field("clock-rate", 90000i32)
+        .field("payload", payload_type as i32)
+        .field("rtcp-fb-nack-pli", true)
+        .field("rtcp-fb-ccm-fir", true)
+        .build()
 }

@@ -22,44 +22,7 @@ pub(super) fn install_srtp(
 ) -> Result<(), ReceiverError> {
     let decoder_for = {
         let decoders = decoders.clone();
-        move |session: u32| -> Option<gst::Element> {
-            let idx = session as usize;
-            if idx > VIDEO {
-                return None;
-            }
-            let mut all = decoders.lock().ok()?;
-            if let Some(d) = &all[idx] {
-                return Some(d.clone());
-            }
-            let dec = gst::ElementFactory::make("srtpdec").build().ok()?;
-            let keys = kms_keys.clone();
-            dec.connect("request-key", false, move |args| {
-                let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
-                let key = keys.lock().ok().and_then(|k| k[idx].clone())?;
-                Some(srtp_caps(ssrc, &key).to_value())
-            });
-            for (pad, counter) in [
-                ("rtp_sink", true),
-                ("rtcp_sink", true),
-                ("rtp_src", false),
-                ("rtcp_src", false),
-            ] {
-                if let Some(p) = dec.static_pad(pad) {
-                    let stats = stats.clone();
-                    p.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                        let c = if counter {
-                            &stats.srtp_packets_in
-                        } else {
-                            &stats.srtp_packets_out
-                        };
-                        c.fetch_add(1, Ordering::Relaxed);
-                        gst::PadProbeReturn::Ok
-                    });
-                }
-            }
-            all[idx] = Some(dec.clone());
-            Some(dec)
-        }
+        move |session: u32| srtp_decoder(session as usize, &kms_keys, &decoders, &stats)
     };
     let for_rtp = decoder_for.clone();
     rtpbin.connect("request-rtp-decoder", false, move |args| {
@@ -77,6 +40,51 @@ pub(super) fn install_srtp(
         }
     }
     Ok(())
+}
+
+/// The `srtpdec` of a session (made on first use): keyed by `request-key` from KMS's keys, its
+/// packets counted in and out.
+pub(super) fn srtp_decoder(
+    idx: usize,
+    kms_keys: &KmsKeys,
+    decoders: &SrtpDecoders,
+    stats: &Arc<ReceiverStats>,
+) -> Option<gst::Element> {
+    if idx > VIDEO {
+        return None;
+    }
+    let mut all = decoders.lock().ok()?;
+    if let Some(d) = &all[idx] {
+        return Some(d.clone());
+    }
+    let dec = gst::ElementFactory::make("srtpdec").build().ok()?;
+    let keys = kms_keys.clone();
+    dec.connect("request-key", false, move |args| {
+        let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+        let key = keys.lock().ok().and_then(|k| k[idx].clone())?;
+        Some(srtp_caps(ssrc, &key).to_value())
+    });
+    for (pad, counter) in [
+        ("rtp_sink", true),
+        ("rtcp_sink", true),
+        ("rtp_src", false),
+        ("rtcp_src", false),
+    ] {
+        if let Some(p) = dec.static_pad(pad) {
+            let stats = stats.clone();
+            p.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                let c = if counter {
+                    &stats.srtp_packets_in
+                } else {
+                    &stats.srtp_packets_out
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        }
+    }
+    all[idx] = Some(dec.clone());
+    Some(dec)
 }
 
 /// The caps `srtpdec` wants for a stream: KMS's key and suite (KMS uses the suite's tag length on

@@ -41,6 +41,24 @@ pub struct ReceiverConfig {
     /// SRTP: our key (for the RTCP we send KMS). KMS's key comes later, from its answer, through
     /// [`Receiver::set_kms_keys`]; until then nothing is decrypted.
     pub srtp: Option<SdesKey>,
+    /// Which threads receive and decode.
+    pub threads: ReceiveThreads,
+}
+
+/// Which threads receive a tap's packets and decode them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReceiveThreads {
+    /// rtpbin per tap (the default): sockets, jitterbuffers and RTCP each on threads of their own,
+    /// about eleven per tapped participant. Reorders packets within `latency_ms`; sends RTCP
+    /// receiver reports and PLI; reads the sender's clock from its reports.
+    #[default]
+    PerTap,
+    /// Sockets polled and media decoded on threads shared by every tap (GStreamer threadshare
+    /// contexts, one thread each; this is the context's name): no thread per tapped participant.
+    /// No jitterbuffer (a packet arriving after a later one is dropped by the depayloader and
+    /// concealed like a loss) and no RTCP (keyframes are asked of KMS through its API; capture
+    /// times are arrival times). For a daemon beside KMS, where packets do not reorder.
+    Shared(String),
 }
 
 /// A decoded video frame.
