@@ -58,10 +58,12 @@ pub(super) fn add_stream(
     src.set_property("port", port as i32);
     src.set_property("caps", &caps);
     pipeline.add(&src).map_err(gst_err)?;
+    let src_pad = src
+        .static_pad("src")
+        .ok_or_else(|| gst_err("ts-udpsrc has no src pad"))?;
+    stamp_arrival(&src_pad, pipeline);
     let Some((idx, keys, decoders)) = srtp else {
-        return src
-            .static_pad("src")
-            .ok_or_else(|| gst_err("ts-udpsrc has no src pad"));
+        return Ok(src_pad);
     };
     let dec =
         srtp_decoder(idx, keys, decoders, stats).ok_or(ReceiverError::MissingElement("srtpdec"))?;
@@ -70,4 +72,25 @@ pub(super) fn add_stream(
         .map_err(gst_err)?;
     dec.static_pad("rtp_src")
         .ok_or_else(|| gst_err("srtpdec has no rtp_src pad"))
+}
+
+/// `ts-udpsrc` leaves packets without a timestamp, and a decoder then dates its output by counting
+/// samples from zero: every lost packet made later audio look 20 ms older (5 % loss: voice windows
+/// seconds old and dropped as stale within a minute, measured on a real KMS). Each packet is
+/// stamped with its arrival (the pipeline's running time), as `udpsrc` does.
+fn stamp_arrival(pad: &gst::Pad, pipeline: &gst::Pipeline) {
+    let pipeline = pipeline.downgrade();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(pipeline) = pipeline.upgrade() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (Some(clock), Some(base)) = (pipeline.clock(), pipeline.base_time()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
+            let running = clock.time().saturating_sub(base);
+            buffer.make_mut().set_pts(running);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
