@@ -3,6 +3,7 @@
 //! Stale chunks, missing workers and timeouts drop the chunk and count why; nothing queues.
 
 pub mod registry;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     results: broadcast::Sender<Arc<ResultMessage>>,
+    /// The same results, per room, for the rooms' injectors.
+    routes: routes::RoomRoutes,
     /// Every result, whatever the policy, for the fusion in this process only.
     fusion: broadcast::Sender<Arc<ResultMessage>>,
     /// What may leave the daemon ([`crate::privacy::policy`]).
@@ -67,6 +70,7 @@ impl Dispatcher {
             metrics,
             runtime: tokio::runtime::Handle::current(),
             results,
+            routes: routes::RoomRoutes::default(),
             fusion,
             policy,
             store_permits: Arc::new(Semaphore::new(1024)),
@@ -78,6 +82,12 @@ impl Dispatcher {
     /// `expressions`. Slow receivers lag.
     pub fn subscribe_results(&self) -> broadcast::Receiver<Arc<ResultMessage>> {
         self.results.subscribe()
+    }
+
+    /// The results of one room (a subject token) that may leave the daemon, for its injectors: a
+    /// result is delivered to its own room's taps only. Slow receivers lag.
+    pub fn subscribe_room(&self, room: &str) -> broadcast::Receiver<Arc<ResultMessage>> {
+        self.routes.subscribe(room)
     }
 
     /// Every result for the fusion in this process (under `aggregate` the unfiltered results, which
@@ -373,6 +383,7 @@ async fn send(tap: &TapDispatch, chunk: Chunk, seq: u64) {
     }
     let result = Arc::new(result);
     let _ = d.results.send(result.clone());
+    d.routes.route(&result);
     let _ = d.fusion.send(result.clone());
     store(d, &tap.ident, &spec.id, result);
 }

@@ -393,7 +393,7 @@ impl TapContext {
                     affect: self.affect.clone(),
                 },
                 p.clone(),
-                self.dispatcher.subscribe_results(),
+                self.dispatcher.subscribe_room(&safe_token(&p.room)),
             )
         });
         Ok(Tap {
