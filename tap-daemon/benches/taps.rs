@@ -265,6 +265,8 @@ async fn main() {
         (50, 320, 240, 15, 38000, false, false, Some(2)),
         (1, 640, 480, 30, 26000, false, false, None),
         (5, 640, 480, 30, 28000, false, false, None),
+        (10, 640, 480, 15, 40000, false, false, None),
+        (10, 640, 480, 15, 42000, false, false, Some(2)),
     ] {
         if receive.as_deref() == Some("shared") && shared.is_none()
             || receive.as_deref() == Some("per-tap") && shared.is_some()
