@@ -124,6 +124,38 @@ pub struct RtpSender {
     description: String,
     /// Ends a pre-encoded replay's thread.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The payloader's src pad, where `requestKeyframe` enters (video senders).
+    keyframes: Option<gst::Pad>,
+}
+
+/// The field marking a keyframe request made through KMS's API (`requestKeyframe`), the only kind
+/// that reaches the publisher: real KMS 7.x drops the force-key-unit event rtpsession makes from a
+/// tap's RTCP PLI/FIR (GStreamer >= 1.20 puts the tap's own SSRC in it, which the publisher's
+/// session does not know), so the simulator drops those too.
+pub const API_KEYFRAME_REQUEST: &str = "kms-sim-api-request";
+
+/// Whether an upstream event is a keyframe request made through the API.
+pub(crate) fn is_api_keyframe_request(ev: &gst::Event) -> bool {
+    ev.structure().is_some_and(|s| {
+        s.name() == "GstForceKeyUnit" && s.get::<bool>(API_KEYFRAME_REQUEST).unwrap_or(false)
+    })
+}
+
+/// Drops the keyframe requests a tap's RTCP makes (as KMS 7.x does): only API requests pass.
+fn drop_rtcp_keyframe_requests(pay: &gst::Element) {
+    if let Some(src) = pay.static_pad("src") {
+        src.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                let is_request = ev
+                    .structure()
+                    .is_some_and(|s| s.name() == "GstForceKeyUnit");
+                if is_request && !is_api_keyframe_request(ev) {
+                    return gst::PadProbeReturn::Drop;
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
 }
 
 /// A raw video source at the spec's size and `fps` (I420), ending in its caps filter: live, or
@@ -341,6 +373,10 @@ impl RtpSender {
             }
         }
         let pay = chain.last().expect("payloader").clone();
+        let is_video = matches!(payload, Payload::Video(_));
+        if is_video {
+            drop_rtcp_keyframe_requests(&pay);
+        }
         if let Payload::Video(VideoSpec {
             withhold_keyframe: true,
             ..
@@ -438,7 +474,28 @@ impl RtpSender {
             pipeline,
             description,
             stop,
+            keyframes: if is_video {
+                pay.static_pad("src")
+            } else {
+                None
+            },
         })
+    }
+
+    /// A keyframe asked for through the API (`requestKeyframe` on the tap): the encoder (or the
+    /// replayed clip) starts one. False for an audio sender.
+    pub fn request_keyframe(&self) -> bool {
+        let Some(pad) = &self.keyframes else {
+            return false;
+        };
+        // What gst_video_event_new_upstream_force_key_unit makes, marked as the API's.
+        let ev = gst::event::CustomUpstream::new(
+            gst::Structure::builder("GstForceKeyUnit")
+                .field("all-headers", true)
+                .field(API_KEYFRAME_REQUEST, true)
+                .build(),
+        );
+        pad.send_event(ev)
     }
 
     /// What this sender sends where.
@@ -563,8 +620,8 @@ fn retime_sender_reports_as_kms(pad: &gst::Pad) {
     });
 }
 
-/// Drops key frames on their way to the payloader until a force-key-unit request comes upstream
-/// (rtpsession turns an incoming PLI/FIR into one).
+/// Drops key frames on their way to the payloader until a keyframe is requested through the API
+/// (`requestKeyframe`; a tap's RTCP PLI/FIR does not reach the publisher in KMS 7.x).
 fn withhold_keyframes_until_requested(pay: &gst::Element) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -573,10 +630,7 @@ fn withhold_keyframes_until_requested(pay: &gst::Element) {
         let r = released.clone();
         src.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
             if let Some(gst::PadProbeData::Event(ev)) = &info.data {
-                if ev
-                    .structure()
-                    .is_some_and(|s| s.name() == "GstForceKeyUnit")
-                {
+                if is_api_keyframe_request(ev) {
                     r.store(true, Ordering::Relaxed);
                 }
             }

@@ -941,6 +941,15 @@ impl MediaSet {
                         "Keyframe must be requested from a subscriber element",
                     ));
                 }
+                // As KMS: the request goes up to the publisher, whose next frame is a keyframe.
+                if let Some(Obj {
+                    kind: Kind::Rtp(r), ..
+                }) = st.objects.get(id)
+                {
+                    if let Some(s) = r.senders.get("VIDEO") {
+                        s.request_keyframe();
+                    }
+                }
                 Ok(Value::Null)
             }
             "getMediaState" => Ok(if st.links.iter().any(|l| l.sink == id || l.source == id) {

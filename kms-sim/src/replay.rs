@@ -217,15 +217,13 @@ pub fn play(
         .expect("a replay thread");
 }
 
-/// Sets `restart` when a keyframe request reaches the payloader.
+/// Sets `restart` when a keyframe is requested through the API (`requestKeyframe`; as in KMS 7.x a
+/// tap's RTCP PLI/FIR does not reach the publisher).
 pub fn restart_on_keyframe_request(pay: &gst::Element, restart: Arc<AtomicBool>) {
     if let Some(src) = pay.static_pad("src") {
         src.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
             if let Some(gst::PadProbeData::Event(ev)) = &info.data {
-                if ev
-                    .structure()
-                    .is_some_and(|s| s.name() == "GstForceKeyUnit")
-                {
+                if crate::media::is_api_keyframe_request(ev) {
                     restart.store(true, Ordering::Relaxed);
                 }
             }
