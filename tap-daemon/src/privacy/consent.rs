@@ -159,6 +159,19 @@ pub fn key(room: &str, participant: &str) -> (String, String) {
     (safe_token(room), safe_token(participant))
 }
 
+/// What a control request last decided for a participant (`None`: nothing).
+pub fn control_decision(
+    decisions: &ControlDecisions,
+    room: &str,
+    participant: &str,
+) -> Option<bool> {
+    decisions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key(room, participant))
+        .copied()
+}
+
 /// A consent request (`tap.v1.ctl.consent`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

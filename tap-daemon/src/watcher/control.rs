@@ -51,12 +51,8 @@ impl KmsWatcher {
             Examined::Gone => return Err(failed("endpoint not found".into())),
             Examined::Other => return Err(failed("not a publisher endpoint".into())),
         };
-        let control = self
-            .control_consent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&crate::privacy::consent::key(&p.room, &p.name))
-            .copied();
+        let control =
+            crate::privacy::consent::control_decision(&self.control_consent, &p.room, &p.name);
         if !crate::privacy::consent::analysed(self.config.consent, p.consent_tag, control) {
             return Err(failed(
                 if p.consent_tag == Some(false) || control == Some(false) {
@@ -104,12 +100,8 @@ impl KmsWatcher {
     /// Logs and counts a publisher entering "not analysed" for want of consent (`opt_out`: a tag
     /// or a control request said no; `no_consent`: nobody said yes under `opt-in`).
     pub(super) fn count_not_analysed(&self, p: &Participant) {
-        let control = self
-            .control_consent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&crate::privacy::consent::key(&p.room, &p.name))
-            .copied();
+        let control =
+            crate::privacy::consent::control_decision(&self.control_consent, &p.room, &p.name);
         let reason = if p.consent_tag == Some(false) || control == Some(false) {
             "opt_out"
         } else {
@@ -154,12 +146,8 @@ impl KmsWatcher {
             p.consent_tag = tag;
             p.consent = tag != Some(false);
             let p = p.clone();
-            let control = self
-                .control_consent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&crate::privacy::consent::key(&p.room, &p.name))
-                .copied();
+            let control =
+                crate::privacy::consent::control_decision(&self.control_consent, &p.room, &p.name);
             let now = crate::privacy::consent::analysed(self.config.consent, tag, control);
             match (was, now) {
                 (true, false) => {

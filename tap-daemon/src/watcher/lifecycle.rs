@@ -364,11 +364,7 @@ pub(super) async fn setup(
     }
     // Consent, from the tags just read and the control requests: nothing of a participant
     // without it is tapped (logged and counted by the watcher, on changes only).
-    let control = decisions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&crate::privacy::consent::key(&p.room, &p.name))
-        .copied();
+    let control = crate::privacy::consent::control_decision(&decisions, &p.room, &p.name);
     if !crate::privacy::consent::analysed(ctx.config.consent, p.consent_tag, control) {
         return Setup::NoConsent(Box::new(p));
     }
