@@ -99,15 +99,7 @@ impl Receiver {
         let mut add_session =
             |session: usize, port: u16, caps: gst::Caps| -> Result<(), ReceiverError> {
                 // With SRTP the sockets carry SRTP/SRTCP: rtpbin hands them to srtpdec first.
-                let caps = if encrypted {
-                    let mut c = caps;
-                    if let Some(st) = c.make_mut().structure_mut(0) {
-                        st.set_name("application/x-srtp");
-                    }
-                    c
-                } else {
-                    caps
-                };
+                let caps = on_the_wire(caps, encrypted);
                 let rtp_src = make("udpsrc")?;
                 rtp_src.set_property("address", &bind);
                 rtp_src.set_property("port", port as i32);
@@ -256,16 +248,7 @@ impl Receiver {
         let clock_map = ClockMap {
             pipeline: pipeline.clone(),
         };
-        let encrypted = |caps: gst::Caps| -> gst::Caps {
-            if config.srtp.is_none() {
-                return caps;
-            }
-            let mut c = caps;
-            if let Some(st) = c.make_mut().structure_mut(0) {
-                st.set_name("application/x-srtp");
-            }
-            c
-        };
+        let encrypted = |caps: gst::Caps| on_the_wire(caps, config.srtp.is_some());
         let srtp = |idx: usize| {
             config
                 .srtp
@@ -419,6 +402,16 @@ fn watch_bus(pipeline: &gst::Pipeline, bus_stats: Arc<ReceiverStats>) {
             gst::BusSyncReply::Drop
         });
     }
+}
+
+/// A stream's caps as its socket receives it: SRTP when the tap leg is encrypted.
+fn on_the_wire(mut caps: gst::Caps, srtp: bool) -> gst::Caps {
+    if srtp {
+        if let Some(st) = caps.make_mut().structure_mut(0) {
+            st.set_name("application/x-srtp");
+        }
+    }
+    caps
 }
 
 /// The caps of a tap's Opus stream.
