@@ -148,33 +148,9 @@ pub async fn examine(
     if role == Some("subscriber") {
         return Ok(Examined::Other);
     }
-    let local = match ep.get_local_session_descriptor().await {
-        Ok(s) => s,
-        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoLocalSdpError) => {
-            return Ok(Examined::NotYet("not negotiated yet".into()))
-        }
-        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
-        Err(e) => return Err(e),
-    };
-    let remote = match ep.get_remote_session_descriptor().await {
-        Ok(s) => Some(s),
-        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoRemoteSdpError) => None,
-        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
-        Err(e) => return Err(e),
-    };
-    let media = match publisher_media(&local, remote.as_deref()) {
+    let media = match negotiated_media(ep).await? {
         Ok(m) => m,
-        // An unsupported codec is still a publisher; the tap will report it.
-        Err(crate::media::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
-            video: Some(crate::media::receiver::VideoCodec {
-                encoding: c,
-                fmtp: None,
-            }),
-            audio: false,
-            sendonly: true,
-            data_channels: false,
-        },
-        Err(_) => return Ok(Examined::Other),
+        Err(not_yet) => return Ok(not_yet),
     };
     let is_publisher = matches!(
         role,
@@ -224,6 +200,41 @@ pub async fn examine(
 /// How long a new OpenVidu publisher waits for the REST API to list it (to be named by its
 /// session and `clientData`) before it is tapped under its connection id anyway.
 pub const OPENVIDU_NAME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a publisher endpoint negotiated, read from its SDP (local = KMS's answer to the browser):
+/// `Err` with what discovery concludes when it is not negotiated yet, gone, or not media at all.
+/// An unsupported codec is still a publisher; the tap will report it.
+async fn negotiated_media(
+    ep: &WebRtcEndpoint,
+) -> Result<Result<PublisherMedia, Examined>, KmsError> {
+    let local = match ep.get_local_session_descriptor().await {
+        Ok(s) => s,
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoLocalSdpError) => {
+            return Ok(Err(Examined::NotYet("not negotiated yet".into())))
+        }
+        Err(e) if e.is_object_not_found() => return Ok(Err(Examined::Gone)),
+        Err(e) => return Err(e),
+    };
+    let remote = match ep.get_remote_session_descriptor().await {
+        Ok(s) => Some(s),
+        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoRemoteSdpError) => None,
+        Err(e) if e.is_object_not_found() => return Ok(Err(Examined::Gone)),
+        Err(e) => return Err(e),
+    };
+    Ok(match publisher_media(&local, remote.as_deref()) {
+        Ok(m) => Ok(m),
+        Err(crate::media::sdp_offer::SdpError::UnsupportedCodec(c)) => Ok(PublisherMedia {
+            video: Some(crate::media::receiver::VideoCodec {
+                encoding: c,
+                fmtp: None,
+            }),
+            audio: false,
+            sendonly: true,
+            data_channels: false,
+        }),
+        Err(_) => Err(Examined::Other),
+    })
+}
 
 /// Examines one WebRtcEndpoint of an OpenVidu session (`--host openvidu`, [`crate::discovery::openvidu`]):
 /// publishers by their streamId name, tapped at their PassThrough (found through their sink
@@ -300,32 +311,9 @@ pub async fn examine_openvidu(
             }
         }
     };
-    let local = match ep.get_local_session_descriptor().await {
-        Ok(s) => s,
-        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoLocalSdpError) => {
-            return Ok(Examined::NotYet("not negotiated yet".into()))
-        }
-        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
-        Err(e) => return Err(e),
-    };
-    let remote = match ep.get_remote_session_descriptor().await {
-        Ok(s) => Some(s),
-        Err(e) if e.code() == Some(ErrorCode::SdpEndPointNoRemoteSdpError) => None,
-        Err(e) if e.is_object_not_found() => return Ok(Examined::Gone),
-        Err(e) => return Err(e),
-    };
-    let mut media = match publisher_media(&local, remote.as_deref()) {
+    let mut media = match negotiated_media(ep).await? {
         Ok(m) => m,
-        Err(crate::media::sdp_offer::SdpError::UnsupportedCodec(c)) => PublisherMedia {
-            video: Some(crate::media::receiver::VideoCodec {
-                encoding: c,
-                fmtp: None,
-            }),
-            audio: false,
-            sendonly: true,
-            data_channels: false,
-        },
-        Err(_) => return Ok(Examined::Other),
+        Err(not_yet) => return Ok(not_yet),
     };
     // OpenVidu never negotiates DataChannels (MediaEndpoint: useDataChannels commented out).
     media.data_channels = false;
