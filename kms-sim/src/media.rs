@@ -1,7 +1,8 @@
 //! Real RTP out of the simulator: one GStreamer pipeline per (tap, media) encodes the participant's
 //! source and sends it to the address and ports of the tap's offer, with RTCP both ways through
 //! `rtpbin` (sender reports out; PLI/FIR in, which makes the encoder produce a keyframe, as a
-//! browser does when KMS forwards a keyframe request).
+//! browser does when KMS forwards a keyframe request; NACKs in, answered from a packet history as
+//! KMS does).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -416,12 +417,19 @@ impl RtpSender {
             None => None,
         };
 
+        // As KMS's RtpEndpoint (kmsbasertpendpoint.c's aux sender): the packets sent are kept
+        // and resent in-band (same SSRC and payload type) when a generic NACK asks for them.
+        let history = make("rtprtxqueue")?;
+        history.set_property("max-size-packets", 512u32);
+
         pipeline.add_many(chain.iter()).map_err(gst_err)?;
         pipeline
-            .add_many([&rtpbin, &rtp_sink, &rtcp_sink, &rtcp_src])
+            .add_many([&history, &rtpbin, &rtp_sink, &rtcp_sink, &rtcp_src])
             .map_err(gst_err)?;
         gst::Element::link_many(chain.iter()).map_err(gst_err)?;
-        pay.link_pads(Some("src"), &rtpbin, Some("send_rtp_sink_0"))
+        pay.link(&history).map_err(gst_err)?;
+        history
+            .link_pads(Some("src"), &rtpbin, Some("send_rtp_sink_0"))
             .map_err(gst_err)?;
         match &encoder {
             // rtpbin → srtpenc → sockets, linked by hand (rtpbin's encoder signal wants an RTP

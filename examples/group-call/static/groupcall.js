@@ -38,6 +38,22 @@ gc.sent = async () => {
   });
   return out;
 };
+// What we decoded of each other participant's camera (tests compare kurento-tap with a real
+// subscriber of the same KMS: under loss KMS itself freezes a publisher for everyone).
+gc.received = async () => {
+  const out = {};
+  for (const [name, pc] of Object.entries(peers)) {
+    if (name === me || name.endsWith(':screen')) continue;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        out[name] = { framesDecoded: s.framesDecoded, framesReceived: s.framesReceived, keyFramesDecoded: s.keyFramesDecoded,
+                      freezeCount: s.freezeCount, totalFreezesDuration: s.totalFreezesDuration,
+                      packetsLost: s.packetsLost, packetsReceived: s.packetsReceived, nack: s.nackCount, pli: s.pliCount, fir: s.firCount };
+      }
+    });
+  }
+  return out;
+};
 const ws = new WebSocket(`ws://${location.host}/groupcall`);
 const send = (m) => ws.readyState === 1 && ws.send(JSON.stringify(m));
 const status = (t) => { document.getElementById('status').textContent = t; };

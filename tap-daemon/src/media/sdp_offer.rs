@@ -160,7 +160,7 @@ fn attr(key: &str, value: Option<String>) -> Attribute {
 }
 
 /// Our recvonly offer: Opus on `audio_port`, the publisher's video codec on `video_port`, with
-/// `nack pli` and `ccm fir` (keyframes on request) and no `goog-remb` (a tap must never lower the
+/// `nack` (lost packets resent), `nack pli` and `ccm fir` (keyframes on request) and no `goog-remb` (a tap must never lower the
 /// browser's bitrate).
 pub fn tap_offer(ip: IpAddr, audio_port: Option<u16>, video: Option<(u16, &VideoCodec)>) -> String {
     tap_offer_with(ip, audio_port, video, None)
@@ -234,6 +234,7 @@ pub fn tap_offer_with(
         if let Some(f) = &codec.fmtp {
             a.push(attr("fmtp", Some(format!("{VIDEO_PT} {f}"))));
         }
+        a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} nack"))));
         a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} nack pli"))));
         a.push(attr("rtcp-fb", Some(format!("{VIDEO_PT} ccm fir"))));
         a.extend(crypto);
@@ -423,7 +424,7 @@ mod tests {
             o.contains("m=audio 40000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=recvonly\r\n"),
             "{o}"
         );
-        assert!(o.contains("m=video 40002 RTP/AVPF 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 ccm fir\r\na=recvonly\r\n"), "{o}");
+        assert!(o.contains("m=video 40002 RTP/AVPF 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 ccm fir\r\na=recvonly\r\n"), "{o}");
         assert!(!o.contains("goog-remb"));
     }
 

@@ -114,6 +114,9 @@ pub struct Metrics {
     /// KMS `requestKeyframe` calls made because no frame decoded, by KMS's answer (`ok`,
     /// `not_flowing`: 40111, nothing flows yet; `gone`; `error`).
     pub kms_keyframe_requests: Family<OutcomeLabel, Counter>,
+    /// Video packets on the tap leg (KMS → daemon), by outcome: `lost` (given up on), `late`
+    /// (arrived after), `retransmission_requested` (NACKs sent; KMS resends from its history).
+    pub tap_leg_video_packets: Family<OutcomeLabel, Counter>,
     /// Participants whose DataChannel currently receives results.
     pub datachannels_open: Gauge,
     /// DataChannel setups, by outcome (`opened`, `closed`, `timeout`, `data_source_in_use`, …).
@@ -206,6 +209,7 @@ impl Metrics {
             taps_total: Counter::default(),
             keyframe_requests: Counter::default(),
             kms_keyframe_requests: Family::default(),
+            tap_leg_video_packets: Family::default(),
             datachannels_open: Gauge::default(),
             datachannel_setups: Family::default(),
             datachannel_messages: Family::default(),
@@ -432,6 +436,11 @@ impl Metrics {
             "kms_keyframe_requests",
             "KMS requestKeyframe calls made because no frame decoded, by KMS's answer",
             m.kms_keyframe_requests.clone(),
+        );
+        registry.register(
+            "tap_leg_video_packets",
+            "Video packets on the tap leg (KMS to daemon) lost, late, or asked again of KMS (NACK)",
+            m.tap_leg_video_packets.clone(),
         );
         registry.register(
             "datachannels_open",

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use crate::discovery;
 use crate::kms::orphans::{orphans, OwnedObject, PublisherState};
 use crate::kms::release::release_bounded;
+use crate::metrics::labels::OutcomeLabel;
 
 use super::decide::{self, owned_kind, room_allowed, ScanLook};
 use super::state::{KmsWatcher, Known};
@@ -138,6 +139,25 @@ impl KmsWatcher {
                 self.metrics
                     .receiver_frames_before_keyframe
                     .inc_by(decide::growth(gated, &mut t.gated_seen));
+                if let Some(leg) = t.receiver.tap_leg_video() {
+                    let seen = &mut t.tap_leg_seen;
+                    for (outcome, now, before) in [
+                        ("lost", leg.lost, &mut seen.0),
+                        ("late", leg.late, &mut seen.1),
+                        (
+                            "retransmission_requested",
+                            leg.retransmission_requests,
+                            &mut seen.2,
+                        ),
+                    ] {
+                        self.metrics
+                            .tap_leg_video_packets
+                            .get_or_create(&OutcomeLabel {
+                                outcome: outcome.into(),
+                            })
+                            .inc_by(decide::growth(now, before));
+                    }
+                }
                 let unusable = stats
                     .sender_clock_unusable
                     .load(std::sync::atomic::Ordering::Relaxed);

@@ -132,6 +132,21 @@ impl ReceiverStats {
 pub(crate) type KmsKeys = Arc<Mutex<[Option<SdesKey>; 2]>>;
 /// The `srtpdec` of each session, once rtpbin asked for it.
 pub(crate) type SrtpDecoders = Arc<Mutex<[Option<gst::Element>; 2]>>;
+/// The video session's jitterbuffer (rtpbin makes it when the first packet arrives).
+pub(crate) type VideoJitterbuffer = Arc<Mutex<Option<gst::glib::WeakRef<gst::Element>>>>;
+
+/// What the tap leg did to a video stream's packets, as its jitterbuffer counts them (running
+/// totals since the tap started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapLegPackets {
+    /// Packets given up on: never arrived, nor their retransmission, within the latency.
+    pub lost: u64,
+    /// Packets that arrived after they had been given up on (reordered beyond the latency, or a
+    /// retransmission too late).
+    pub late: u64,
+    /// Retransmissions asked of KMS (RTCP generic NACK).
+    pub retransmission_requests: u64,
+}
 
 /// Receiver errors.
 #[derive(Debug, thiserror::Error)]
