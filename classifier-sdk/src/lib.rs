@@ -32,6 +32,7 @@ mod chunk;
 mod metrics;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod waiting_room;
 mod worker;
 
 pub use chunk::{AudioWindow, Chunk, Data, Frame, Samples};

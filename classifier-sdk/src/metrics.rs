@@ -65,10 +65,13 @@ pub struct WorkerMetrics {
     pub received: Counter,
     /// Chunks answered with a prediction.
     pub predicted: Counter,
-    /// Chunks not processed, by reason (`stale`, `malformed`, `internal`, `shutdown`).
+    /// Chunks not processed, by reason (`stale`, `would_miss`, `superseded`, `busy`,
+    /// `slow_consumer`, `malformed`, `internal`, `stopping`).
     pub dropped: Family<Reason, Counter>,
     /// Inferences running.
     pub busy: Gauge,
+    /// Chunks in the waiting room (see [`crate::waiting_room`]).
+    pub waiting: Gauge,
     /// Time from receipt to inference start, seconds.
     pub queue_wait: Histogram,
     /// Inference time, seconds.
@@ -98,6 +101,7 @@ impl WorkerMetrics {
             predicted: Counter::default(),
             dropped: Family::default(),
             busy: Gauge::default(),
+            waiting: Gauge::default(),
             queue_wait: h(),
             inference: h(),
             capture_to_result: h(),
@@ -116,6 +120,11 @@ impl WorkerMetrics {
             m.dropped.clone(),
         );
         registry.register("busy", "Inferences running", m.busy.clone());
+        registry.register(
+            "waiting",
+            "Chunks in the waiting room, one per lane at most",
+            m.waiting.clone(),
+        );
         registry.register(
             "queue_wait_seconds",
             "Receipt to inference start",

@@ -11,13 +11,14 @@ use futures_util::StreamExt;
 use tap_protocol::{
     chunk_subject, header, queue_group, safe_token, ChunkMeta, ModelSpec, WorkerReply,
 };
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::admission::InferenceEstimate;
 use tracing::{debug, info, warn};
 
 use crate::chunk::Chunk;
 use crate::metrics::WorkerMetrics;
+use crate::waiting_room::{Refusal, WaitingRoom};
 use crate::Classifier;
 
 /// How to run a worker.
@@ -31,9 +32,15 @@ pub struct WorkerOptions {
     pub token: Option<String>,
     /// Inferences at once (one model instance each). Default 1.
     pub concurrency: usize,
-    /// Chunks buffered by the NATS subscription before the server counts this worker as slow and
-    /// drops (default 8: small, so waiting work stays fresh).
+    /// Messages the NATS client buffers for the subscription before it drops them as a slow
+    /// consumer (default 1024). A reader task empties it into the waiting room at once, so it only
+    /// absorbs bursts; drops are counted (`slow_consumer`).
     pub subscription_capacity: usize,
+    /// Chunks waiting for a model at most, one per lane (a participant's stream): a newer chunk of
+    /// a lane replaces its waiting one (answered `stale`), a chunk finding the room full is
+    /// answered `busy` at once; lanes are served in turn (default 256; see
+    /// [`crate::waiting_room`]).
+    pub waiting_room: usize,
     /// Where `/metrics` is served (None: not served).
     pub http_listen: Option<SocketAddr>,
     /// Chunks handed to one `predict_batch` call when several are waiting (default 1: no batching).
@@ -51,7 +58,8 @@ impl WorkerOptions {
             creds: None,
             token: None,
             concurrency: 1,
-            subscription_capacity: 8,
+            subscription_capacity: 1024,
+            waiting_room: 256,
             http_listen: None,
             max_batch: 1,
             deadline_admission: true,
@@ -61,6 +69,12 @@ impl WorkerOptions {
     /// Sets the concurrency.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Holds at most `n` chunks waiting for a model (one per lane; see [`crate::waiting_room`]).
+    pub fn waiting_room(mut self, n: usize) -> Self {
+        self.waiting_room = n.max(1);
         self
     }
 
@@ -185,15 +199,27 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
         let spec = instances[0].spec();
         spec.validate()
             .map_err(|e| WorkerError::Spec(e.to_string()))?;
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(format!("tap-worker {}", spec.id))
-            .subscription_capacity(self.options.subscription_capacity.max(1));
+        let metrics = Arc::new(WorkerMetrics::new());
+        let mut opts = async_nats::ConnectOptions::new();
         if let Some(creds) = &self.options.creds {
             opts = async_nats::ConnectOptions::with_credentials_file(creds.clone())
                 .await
-                .map_err(nats_err)?
-                .subscription_capacity(self.options.subscription_capacity.max(1));
+                .map_err(nats_err)?;
         }
+        let events = metrics.clone();
+        let mut opts = opts
+            .name(format!("tap-worker {}", spec.id))
+            .subscription_capacity(self.options.subscription_capacity.max(1))
+            // The client drops what overflows the subscription without a word but this event:
+            // each such chunk costs a daemon its deadline, so it is counted.
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    if let async_nats::Event::SlowConsumer(_) = event {
+                        events.drop_reason("slow_consumer");
+                    }
+                }
+            });
         if let Some(token) = &self.options.token {
             opts = opts.token(token.clone());
         }
@@ -204,7 +230,6 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
         let kv = tap_protocol::nats::open_registry(&jetstream::new(client.clone()))
             .await
             .map_err(WorkerError::Nats)?;
-        let metrics = Arc::new(WorkerMetrics::new());
         let http = match self.options.http_listen {
             Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),
             None => None,
@@ -255,6 +280,7 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
             pool,
             concurrency,
             max_batch,
+            self.options.waiting_room,
             admission,
             metrics.clone(),
             stop_rx,
@@ -370,11 +396,12 @@ async fn report_load(
 
 #[allow(clippy::too_many_arguments)]
 async fn serve<C: Classifier>(
-    mut endpoint: async_nats::service::endpoint::Endpoint,
+    endpoint: async_nats::service::endpoint::Endpoint,
     service: async_nats::service::Service,
     pool: Arc<Mutex<Vec<C>>>,
     concurrency: usize,
     max_batch: usize,
+    waiting_room: usize,
     admission: bool,
     metrics: Arc<WorkerMetrics>,
     mut stop: oneshot::Receiver<()>,
@@ -382,25 +409,40 @@ async fn serve<C: Classifier>(
     reporter: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
 ) -> Result<(), WorkerError> {
+    let room = Arc::new(Mutex::new(WaitingRoom::new(waiting_room)));
+    let arrived = Arc::new(Notify::new());
+    let (reader_stop, reader_stopped) = oneshot::channel();
+    let reader = tokio::spawn(read_requests(
+        endpoint,
+        room.clone(),
+        arrived.clone(),
+        metrics.clone(),
+        reader_stopped,
+    ));
     let permits = Arc::new(Semaphore::new(concurrency));
     let estimate = Arc::new(Mutex::new(InferenceEstimate::new()));
-    loop {
+    'serving: loop {
         let permit = tokio::select! {
             _ = &mut stop => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let request = tokio::select! {
-            _ = &mut stop => break,
-            r = endpoint.next() => match r { Some(r) => r, None => break },
-        };
         // Chunks already waiting join the batch; none is waited for.
-        let mut batch = vec![request];
-        while batch.len() < max_batch {
-            match futures_util::FutureExt::now_or_never(endpoint.next()) {
-                Some(Some(r)) => batch.push(r),
-                _ => break,
+        let batch = loop {
+            let batch = room
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(max_batch);
+            if !batch.is_empty() {
+                break batch;
             }
-        }
+            tokio::select! {
+                _ = &mut stop => break 'serving,
+                _ = arrived.notified() => {}
+            }
+        };
+        metrics
+            .waiting
+            .set(room.lock().map(|r| r.len() as i64).unwrap_or(0));
         let pool = pool.clone();
         let metrics = metrics.clone();
         let estimate = estimate.clone();
@@ -409,8 +451,16 @@ async fn serve<C: Classifier>(
             drop(permit);
         });
     }
-    // Drain: no new chunks; wait for those in progress.
-    let _ = endpoint.stop().await;
+    // Drain: no new chunks; those waiting are answered, those in progress finished.
+    let _ = reader_stop.send(());
+    if let Ok(mut endpoint) = reader.await {
+        let _ = endpoint.stop().await;
+    }
+    let left = room.lock().map(|mut r| r.drain()).unwrap_or_default();
+    for p in left {
+        metrics.drop_reason("stopping");
+        reply_error(&p.request, "stale").await;
+    }
     let _ = permits.acquire_many(concurrency as u32).await;
     heartbeat.abort();
     reporter.abort();
@@ -420,58 +470,103 @@ async fn serve<C: Classifier>(
     Ok(())
 }
 
+/// Takes every request off the subscription as it comes into the waiting room; what cannot wait
+/// (malformed, superseded, the room full) is answered at once. Returns the endpoint when stopped.
+async fn read_requests(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    room: Arc<Mutex<WaitingRoom<Pending>>>,
+    arrived: Arc<Notify>,
+    metrics: Arc<WorkerMetrics>,
+    mut stop: oneshot::Receiver<()>,
+) -> async_nats::service::endpoint::Endpoint {
+    loop {
+        let request = tokio::select! {
+            _ = &mut stop => break,
+            r = endpoint.next() => match r { Some(r) => r, None => break },
+        };
+        let received = Instant::now();
+        metrics.received.inc();
+        let meta = {
+            let msg = &request.message;
+            let headers = msg.headers.clone().unwrap_or_default();
+            ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len())
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "malformed chunk");
+                metrics.drop_reason("malformed");
+                reply_error(&request, "malformed").await;
+                continue;
+            }
+        };
+        // A lane: one participant's stream for this model (the daemon keeps one chunk of it in
+        // flight, `max_in_flight` at most).
+        let lane = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            meta.room, meta.participant, meta.endpoint, meta.model
+        );
+        let deadline_us = meta.deadline_us;
+        let refused = room.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            &lane,
+            deadline_us,
+            Pending {
+                request,
+                meta,
+                received,
+            },
+        );
+        match refused {
+            None => arrived.notify_one(),
+            Some((p, Refusal::Superseded)) => {
+                metrics.drop_reason("superseded");
+                reply_error(&p.request, "stale").await;
+                arrived.notify_one();
+            }
+            Some((p, Refusal::Full)) => {
+                metrics.drop_reason("busy");
+                reply_error(&p.request, "busy").await;
+            }
+        }
+    }
+    endpoint
+}
+
 async fn reply_error(request: &async_nats::service::Request, kind: &str) {
     let mut h = async_nats::HeaderMap::new();
     h.insert(header::ERROR, kind);
     let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
 }
 
-struct Accepted {
+/// A chunk in the waiting room: the request to answer and what its headers say.
+struct Pending {
     request: async_nats::service::Request,
     meta: ChunkMeta,
     received: Instant,
 }
 
 async fn handle<C: Classifier>(
-    requests: Vec<async_nats::service::Request>,
+    requests: Vec<Pending>,
     pool: Arc<Mutex<Vec<C>>>,
     metrics: &WorkerMetrics,
     estimate: Option<&Mutex<InferenceEstimate>>,
 ) {
     let estimate_now = estimate.map(|e| *e.lock().unwrap_or_else(|e| e.into_inner()));
     let mut accepted = Vec::with_capacity(requests.len());
-    for request in requests {
-        let received = Instant::now();
-        metrics.received.inc();
-        let msg = &request.message;
-        let meta = {
-            let headers = msg.headers.clone().unwrap_or_default();
-            ChunkMeta::from_headers(|k| headers.get(k).map(|v| v.as_str()), msg.payload.len())
-        };
-        match meta {
-            Err(e) => {
-                debug!(error = %e, "malformed chunk");
-                metrics.drop_reason("malformed");
-                reply_error(&request, "malformed").await;
+    for p in requests {
+        if now_us() >= p.meta.deadline_us {
+            metrics.drop_reason("stale");
+            reply_error(&p.request, "stale").await;
+        } else if estimate_now.is_some_and(|e| e.would_miss(now_us(), p.meta.deadline_us)) {
+            // Answered too late to be used: the daemon gets "stale" now, the model's time goes
+            // to chunks that can make it.
+            if let Some(e) = estimate {
+                e.lock().unwrap_or_else(|e| e.into_inner()).refused();
             }
-            Ok(meta) if now_us() >= meta.deadline_us => {
-                metrics.drop_reason("stale");
-                reply_error(&request, "stale").await;
-            }
-            // Answered too late to be used: the daemon gets "stale" now, the model's time goes to
-            // chunks that can make it.
-            Ok(meta) if estimate_now.is_some_and(|e| e.would_miss(now_us(), meta.deadline_us)) => {
-                if let Some(e) = estimate {
-                    e.lock().unwrap_or_else(|e| e.into_inner()).refused();
-                }
-                metrics.drop_reason("would_miss");
-                reply_error(&request, "stale").await;
-            }
-            Ok(meta) => accepted.push(Accepted {
-                request,
-                meta,
-                received,
-            }),
+            metrics.drop_reason("would_miss");
+            reply_error(&p.request, "stale").await;
+        } else {
+            accepted.push(p);
         }
     }
     if accepted.is_empty() {

@@ -460,7 +460,9 @@ async fn waiting_chunks_are_batched_and_each_gets_its_own_answer() {
         for (k, v) in [
             (header::VERSION, "1".to_owned()),
             (header::ROOM, "r".into()),
-            (header::PARTICIPANT, "p".into()),
+            // Eight participants: one chunk per lane waits (a newer one of the same lane
+            // would replace it).
+            (header::PARTICIPANT, format!("p{seq}")),
             (header::MEDIA, "video".into()),
             (header::MODEL, "batch@1".into()),
             (header::SEQ, seq.to_string()),
@@ -498,5 +500,147 @@ async fn waiting_chunks_are_batched_and_each_gets_its_own_answer() {
         sizes.iter().any(|&n| n > 1) && sizes.iter().all(|&n| n <= 4),
         "{sizes:?}"
     );
+    w.stop().await.unwrap();
+}
+
+/// A chunk's headers for the `batch@1` model: `participant`'s lane, sequence `seq`.
+fn batch_chunk(participant: &str, seq: u64) -> async_nats::HeaderMap {
+    let far = (now_ms() + 60_000) * 1000;
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in [
+        (header::VERSION, "1".to_owned()),
+        (header::ROOM, "r".into()),
+        (header::PARTICIPANT, participant.into()),
+        (header::MEDIA, "video".into()),
+        (header::MODEL, "batch@1".into()),
+        (header::SEQ, seq.to_string()),
+        (header::CAPTURE_US, "1".into()),
+        (header::SENT_US, "1".into()),
+        (header::DEADLINE_US, far.to_string()),
+        (header::FORMAT, "GRAY8".into()),
+        (header::WIDTH, "4".into()),
+        (header::HEIGHT, "4".into()),
+    ] {
+        h.insert(k, v.as_str());
+    }
+    h
+}
+
+/// A model that holds every inference until the test opens its gate (and says when one starts).
+struct Gated {
+    gate: Arc<(std::sync::Mutex<(bool, usize)>, std::sync::Condvar)>,
+}
+
+impl Classifier for Gated {
+    fn spec(&self) -> ModelSpec {
+        Batcher {
+            sizes: Arc::default(),
+        }
+        .spec()
+    }
+    fn predict(&mut self, chunk: &Chunk<'_>) -> Result<Prediction, ClassifierError> {
+        let (lock, cv) = &*self.gate;
+        let mut state = lock.lock().unwrap();
+        state.1 += 1;
+        cv.notify_all();
+        while !state.0 {
+            state = cv.wait(state).unwrap();
+        }
+        Ok(Prediction::scores([("n", chunk.meta.seq as f64)]))
+    }
+}
+
+/// The waiting room seen from outside: while the model is busy, a newer chunk of a participant
+/// replaces its waiting one, which is answered `stale` at once (not left to time out), and a chunk
+/// that finds the room full is answered `busy` at once; the chunks kept are computed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_answers_what_it_will_not_compute_at_once() {
+    let nats = Nats::start().await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let gate = Arc::new((
+        std::sync::Mutex::new((false, 0usize)),
+        std::sync::Condvar::new(),
+    ));
+    let g2 = gate.clone();
+    let w = Worker::new(move || Gated { gate: g2.clone() })
+        .options(WorkerOptions::new(&nats.url).waiting_room(2))
+        .start()
+        .await
+        .unwrap();
+    let subject = chunk_subject(&ModelId::new("batch", "1"));
+    // Published in order on one connection, each with its own reply inbox.
+    let send = async |participant: &str, seq: u64| {
+        let inbox = client.new_inbox();
+        let sub = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply_and_headers(
+                subject.clone(),
+                inbox,
+                batch_chunk(participant, seq),
+                bytes::Bytes::from(vec![0u8; 16]),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        sub
+    };
+    let next = async |sub: &mut async_nats::Subscriber| {
+        let reply = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a reply")
+            .unwrap();
+        let error = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(header::ERROR))
+            .map(|v| v.as_str().to_owned());
+        let n = serde_json::from_slice::<tap_protocol::WorkerReply>(&reply.payload)
+            .ok()
+            .map(|r| r.labels["n"]);
+        (error, n)
+    };
+    let mut first = send("ann", 0).await;
+    // Ann's chunk is in the model (held at the gate) before the others come.
+    let started = |n: usize| {
+        let (lock, cv) = &*gate;
+        let state = lock.lock().unwrap();
+        let (_state, timeout) = cv
+            .wait_timeout_while(state, Duration::from_secs(10), |s| s.1 < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "inference {n} started");
+    };
+    started(1);
+    let mut older = send("bob", 1).await;
+    let mut other = send("cyd", 2).await;
+    let mut newer = send("bob", 3).await;
+    let mut refused = send("dan", 4).await;
+    // Answered while the model is still held: nothing waited for it.
+    assert_eq!(
+        next(&mut older).await,
+        (Some("stale".into()), None),
+        "superseded"
+    );
+    assert_eq!(
+        next(&mut refused).await,
+        (Some("busy".into()), None),
+        "room of 2 full"
+    );
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+    assert_eq!(next(&mut first).await, (None, Some(0.0)));
+    assert_eq!(next(&mut other).await, (None, Some(2.0)));
+    assert_eq!(next(&mut newer).await, (None, Some(3.0)));
+    let metrics = w.metrics.encode();
+    for reason in ["superseded", "busy"] {
+        assert!(
+            metrics.contains(&format!(
+                "tap_worker_chunks_dropped_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}:\n{metrics}"
+        );
+    }
     w.stop().await.unwrap();
 }

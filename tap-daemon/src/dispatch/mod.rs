@@ -405,6 +405,7 @@ impl ReplyRejected {
         match self {
             ReplyRejected::Worker(e) if e == "stale" => "worker_stale",
             ReplyRejected::Worker(e) if e == "malformed" => "worker_malformed",
+            ReplyRejected::Worker(e) if e == "busy" => "worker_busy",
             ReplyRejected::Worker(_) => "worker_error",
             ReplyRejected::Unreadable(_) | ReplyRejected::TooLarge => "bad_reply",
         }
