@@ -745,10 +745,10 @@ fn real_kms_three_vp8_publishers_under_cpu_load_keep_their_face_rate() {
 /// keyframe (`DISCONTINUITY at non-keyframe; will drop until keyframe`): every subscriber of the
 /// call freezes with the tap, and how long depends on when the browser answers a keyframe request.
 /// What reaches it is KMS's `requestKeyframe` (a FIR; the tap's RTCP PLI is not forwarded by KMS
-/// 7.x), asked on every stalled tick. There the tap is held to what a browser subscribing to the
-/// same publisher decoded in the same window (the absolute figure ranged 28–72 face results of 75
-/// over nine runs on two machines, with the browsers alike), and back at the full rate once the
-/// loss ends; docs/benchmarks.md has the side-by-side table.
+/// 7.x), asked on every stalled tick, and what the tap leg loses is asked again of KMS (NACK) and
+/// waited for (video jitterbuffer 300 ms). There the tap is held to what a browser subscribing to
+/// the same publisher decoded in the same window, and back at the full rate once the loss ends;
+/// docs/benchmarks.md has the side-by-side table.
 #[test]
 fn real_kms_h264_under_packet_loss_and_jitter() {
     with_kms("h264_loss", |kms| async move {
@@ -848,13 +848,13 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                         browser.is_finite(),
                         "{other}'s browser reports what it decoded of {name}"
                     );
-                    // Measured over nine runs: the tap at 36–85 % where the browser decoded
-                    // 80–95 % (docs/benchmarks.md): the gap is the tap's fixed 100 ms
-                    // jitterbuffer, which gives up on packets KMS holds back while it recovers
-                    // the uplink's losses, where Chrome's adaptive buffer waits. The floor catches
-                    // the collapse this test was written for (25 frames in 35 s for three).
+                    // Measured with the video jitterbuffer at 300 ms (three runs): the tap at
+                    // 65–100 % where the browser decoded 73–99 %, 1–8 points behind it; at
+                    // 100 ms the tap was 36–85 % where the browser had 80–95 %
+                    // (docs/benchmarks.md). The floor catches the collapse this test was written
+                    // for (25 frames in 35 s for three publishers).
                     assert!(
-                        tap >= 0.25,
+                        tap >= 0.25 && tap >= browser - 0.25,
                         "{name}: the tap analysed {:.0} % of the face rate, a subscribing browser decoded {:.0} % of the frames ({counts:?})",
                         tap * 100.0,
                         browser * 100.0

@@ -153,6 +153,7 @@ async fn cut_per_spec(threads: ReceiveThreads, sim_ports: (u16, u16), tap_ports:
                 codec.clone(),
             )),
             latency_ms: 50,
+            video_latency_ms: 50,
             srtp: None,
             threads,
         },

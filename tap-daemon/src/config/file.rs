@@ -41,8 +41,10 @@ pub struct FileConfig {
     pub srtp_suite: Option<String>,
     /// Threads that receive and decode taps: `per-tap` (default) or a number shared by all.
     pub receive_threads: Option<String>,
-    /// Jitterbuffer latency.
+    /// Jitterbuffer latency (audio).
     pub latency_ms: Option<u32>,
+    /// Jitterbuffer latency of video.
+    pub video_latency_ms: Option<u32>,
     /// Rooms to tap.
     pub include_rooms: Option<Vec<String>>,
     /// Rooms never tapped.

@@ -18,7 +18,8 @@
 //! receive_threads = "per-tap"     # or "2": taps received and decoded on 2 threads shared by all
 //! host = "kurento"                # or "openvidu": OpenVidu 2.x sessions (docs/integration.md, "OpenVidu 2")
 //! owner = "kurento-tap"           # tag value on what this daemon creates
-//! latency_ms = 100                # jitterbuffer
+//! latency_ms = 100                # jitterbuffer, audio
+//! video_latency_ms = 300          # jitterbuffer, video: the longest wait for a lost packet's resend
 //! include_rooms = ["*"]
 //! exclude_rooms = ["test-*"]
 //! exclude_participants = ["recorder"]

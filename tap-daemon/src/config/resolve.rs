@@ -148,6 +148,12 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
     if latency_ms > 2000 {
         return Err(ConfigError::Invalid("latency_ms must be ≤ 2000".into()));
     }
+    let video_latency_ms = file.video_latency_ms.unwrap_or(d.video_latency_ms);
+    if video_latency_ms > 2000 {
+        return Err(ConfigError::Invalid(
+            "video_latency_ms must be ≤ 2000".into(),
+        ));
+    }
     let dc_file = file.datachannel.unwrap_or_default();
     let dc = d.datachannel.clone();
     let max_rate_hz = o
@@ -334,6 +340,7 @@ pub fn resolve(mut file: FileConfig, o: Overrides) -> Result<DaemonConfig, Confi
         exclude_participants: file.exclude_participants.unwrap_or_default(),
         consent,
         latency_ms,
+        video_latency_ms,
         http_listen: http,
         data_http_listen: data_http,
         data_auth,

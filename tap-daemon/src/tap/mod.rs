@@ -259,6 +259,7 @@ impl TapContext {
                     _ => None,
                 },
                 latency_ms: self.config.latency_ms,
+                video_latency_ms: self.config.video_latency_ms,
                 srtp: srtp.clone(),
                 threads: match self.config.receive_threads {
                     None => ReceiveThreads::PerTap,

@@ -1,7 +1,7 @@
 //! The GStreamer side of a tap: RTP in, decoded frames and samples out, built in code.
 //!
 //! ```text
-//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer, 100 ms, drop-on-latency) ─▶ depay ─▶ decode ─▶ appsink
+//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer: audio 100 ms, video 300 ms) ─▶ depay ─▶ decode ─▶ appsink
 //! udpsrc(rtcp) ─▶ rtpbin ─▶ udpsink(KMS RTCP port): receiver reports, NACK, PLI/FIR for keyframes
 //! ```
 //! Video leaves as I420 at the stream's size, audio as mono F32 at 48 kHz; the chunker converts only
@@ -71,10 +71,12 @@ impl Receiver {
         // frames). Audio is not resent (Opus conceals, and KMS offers no NACK for it).
         let video_jitterbuffer: VideoJitterbuffer = Arc::new(Mutex::new(None));
         let jb_slot = video_jitterbuffer.clone();
+        let video_latency_ms = config.video_latency_ms;
         rtpbin.connect("new-jitterbuffer", false, move |args| {
             let session = args.get(2).and_then(|v| v.get::<u32>().ok());
             if session == Some(VIDEO as u32) {
                 if let Some(jb) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+                    jb.set_property("latency", video_latency_ms);
                     jb.set_property("do-retransmission", true);
                     *jb_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(jb.downgrade());
                 }

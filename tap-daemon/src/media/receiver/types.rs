@@ -36,8 +36,10 @@ pub struct ReceiverConfig {
     pub audio: Option<MediaPorts>,
     /// Video and its codec, if tapped.
     pub video: Option<(MediaPorts, VideoCodec)>,
-    /// Jitterbuffer latency in ms.
+    /// Jitterbuffer latency in ms (audio).
     pub latency_ms: u32,
+    /// Jitterbuffer latency in ms (video).
+    pub video_latency_ms: u32,
     /// SRTP: our key (for the RTCP we send KMS). KMS's key comes later, from its answer, through
     /// [`Receiver::set_kms_keys`]; until then nothing is decrypted.
     pub srtp: Option<SdesKey>,
