@@ -324,13 +324,10 @@ fn bad_values_are_clear_errors() {
     // Jitterbuffer latencies: audio and video apart, each bounded.
     let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
     assert_eq!((c.latency_ms, c.video_latency_ms), (100, 300));
-    let file: FileConfig = toml::from_str("latency_ms = 80
-video_latency_ms = 500
-").unwrap();
+    let file: FileConfig = toml::from_str("latency_ms = 80\nvideo_latency_ms = 500\n").unwrap();
     let c = resolve(file, Overrides::default()).unwrap();
     assert_eq!((c.latency_ms, c.video_latency_ms), (80, 500));
-    let file: FileConfig = toml::from_str("video_latency_ms = 5000
-").unwrap();
+    let file: FileConfig = toml::from_str("video_latency_ms = 5000\n").unwrap();
     let e = resolve(file, Overrides::default()).unwrap_err();
     assert!(e.to_string().contains("video_latency_ms"), "{e}");
 }

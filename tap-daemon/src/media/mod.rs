@@ -6,5 +6,6 @@ pub mod capture_clock;
 pub mod chunker;
 pub mod ports;
 pub mod receiver;
+pub mod reorder;
 pub mod sdp_offer;
 pub mod srtp;

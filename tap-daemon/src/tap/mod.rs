@@ -140,8 +140,9 @@ pub struct Tap {
     pub keyframes_seen: (u64, u64),
     /// `video_frames_before_keyframe` as last exported.
     pub gated_seen: u64,
-    /// The tap leg's video packets (lost, late, retransmissions asked) as last exported.
-    pub tap_leg_seen: (u64, u64, u64),
+    /// The tap leg's video packets (lost, late, retransmissions asked, reordered) as last
+    /// exported.
+    pub tap_leg_seen: (u64, u64, u64, u64),
     /// Streams with an unusable sender clock already counted in the metrics.
     pub clocks_unusable_seen: u64,
     /// SRTP packets refused, as already counted in the metrics.
@@ -410,7 +411,7 @@ impl TapContext {
             errors_seen: 0,
             keyframes_seen: (0, 0),
             gated_seen: 0,
-            tap_leg_seen: (0, 0, 0),
+            tap_leg_seen: (0, 0, 0, 0),
             clocks_unusable_seen: 0,
             srtp_rejected_seen: 0,
             injector,

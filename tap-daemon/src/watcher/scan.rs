@@ -149,6 +149,7 @@ impl KmsWatcher {
                             leg.retransmission_requests,
                             &mut seen.2,
                         ),
+                        ("reordered", leg.reordered, &mut seen.3),
                     ] {
                         self.metrics
                             .tap_leg_video_packets

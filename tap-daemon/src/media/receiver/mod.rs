@@ -46,6 +46,8 @@ pub struct Receiver {
     srtp_decoders: SrtpDecoders,
     /// The video stream's jitterbuffer, once rtpbin made it (none on shared receive threads).
     video_jitterbuffer: VideoJitterbuffer,
+    /// Whether this receiver is on the shared threads (a reorder step instead of a jitterbuffer).
+    shared: bool,
     /// Counters.
     pub stats: Arc<ReceiverStats>,
 }
@@ -251,6 +253,7 @@ impl Receiver {
             kms_keys,
             srtp_decoders,
             video_jitterbuffer,
+            shared: false,
             stats,
         })
     }
@@ -284,6 +287,8 @@ impl Receiver {
                 &bind,
                 a.rtp_port,
                 encrypted(audio_caps(a.payload_type)),
+                AUDIO,
+                config.latency_ms,
                 srtp(AUDIO),
                 &stats,
             )?;
@@ -303,6 +308,9 @@ impl Receiver {
                 &bind,
                 v.rtp_port,
                 encrypted(video_caps(&enc, v.payload_type)),
+                VIDEO,
+                // No NACK on this path: the hold is for reordering only.
+                config.latency_ms,
                 srtp(VIDEO),
                 &stats,
             )?;
@@ -318,6 +326,7 @@ impl Receiver {
             kms_keys,
             srtp_decoders,
             video_jitterbuffer: Arc::new(Mutex::new(None)),
+            shared: true,
             stats,
         })
     }
@@ -403,9 +412,18 @@ impl KeyframeRequester {
 }
 
 impl Receiver {
-    /// What the tap leg did to the video stream's packets so far; `None` before the first packet
-    /// and on shared receive threads (no jitterbuffer there).
+    /// What the tap leg did to the video stream's packets so far: the jitterbuffer's counts
+    /// (`None` before the first packet), or on shared receive threads the reorder step's.
     pub fn tap_leg_video(&self) -> Option<TapLegPackets> {
+        if self.shared {
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            return Some(TapLegPackets {
+                lost: n(&self.stats.video_reorder_lost),
+                late: n(&self.stats.video_reorder_late),
+                retransmission_requests: 0,
+                reordered: n(&self.stats.video_reordered),
+            });
+        }
         let jb = self
             .video_jitterbuffer
             .lock()
@@ -418,6 +436,8 @@ impl Receiver {
             lost: n("num-lost"),
             late: n("num-late"),
             retransmission_requests: n("rtx-count"),
+            // rtpjitterbuffer does not count them apart.
+            reordered: 0,
         })
     }
 }

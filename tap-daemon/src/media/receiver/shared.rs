@@ -3,17 +3,21 @@
 //! depayloader and decoder run on that thread when a packet arrives.
 //!
 //! ```text
-//! ts-udpsrc(context) ─▶ [srtpdec] ─▶ depay ─▶ decode ─▶ appsink      (no rtpbin, no RTCP)
+//! ts-udpsrc(context) ─▶ [srtpdec] ─▶ (reorder) ─▶ depay ─▶ decode ─▶ appsink   (no rtpbin, no RTCP)
 //! ```
+//! The reorder step is a pad probe ([`crate::media::reorder`]): packets ahead of a hole wait for
+//! it on the same thread, for at most the configured latency.
 
-use std::sync::{Arc, Once};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Once};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::gst_util::{gst_err, make};
 use super::srtp_session::srtp_decoder;
-use super::types::{KmsKeys, ReceiverError, ReceiverStats, SrtpDecoders};
+use super::types::{KmsKeys, ReceiverError, ReceiverStats, SrtpDecoders, VIDEO};
+use crate::media::reorder::{Reorder, ReorderCounts};
 
 /// How long a context thread may wait to gather socket wake-ups into one (threadshare's
 /// `context-wait`): the latency it adds at most, and what makes one thread serve many sockets.
@@ -42,6 +46,23 @@ fn register() -> Result<(), ReceiverError> {
 /// decoding branch links to. `idx` is the session (audio or video).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_stream(
+    pipeline: &gst::Pipeline,
+    context: &str,
+    bind: &str,
+    port: u16,
+    caps: gst::Caps,
+    session: usize,
+    reorder_ms: u32,
+    srtp: Option<(usize, &KmsKeys, &SrtpDecoders)>,
+    stats: &Arc<ReceiverStats>,
+) -> Result<gst::Pad, ReceiverError> {
+    let pad = add_socket(pipeline, context, bind, port, caps, srtp, stats)?;
+    put_in_order(&pad, session, reorder_ms, stats.clone());
+    Ok(pad)
+}
+
+/// The socket, and the SRTP decoder after it when the tap leg is encrypted: the pad RTP leaves by.
+fn add_socket(
     pipeline: &gst::Pipeline,
     context: &str,
     bind: &str,
@@ -93,4 +114,68 @@ fn stamp_arrival(pad: &gst::Pad, pipeline: &gst::Pipeline) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+/// Puts the RTP leaving `pad` back in sequence order before the depayloader (which drops a packet
+/// that comes after a later one): each packet is taken out of the push and what follows in order
+/// is handed to the peer on the same thread. The arrival time is the stamp [`stamp_arrival`] put.
+fn put_in_order(pad: &gst::Pad, session: usize, reorder_ms: u32, stats: Arc<ReceiverStats>) {
+    // 64 packets: a 320x240 keyframe and what follows it within the hold.
+    let state = Mutex::new(Reorder::<gst::Buffer>::new(
+        u64::from(reorder_ms) * 1000,
+        64,
+    ));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(seq) = rtp_sequence_number(buffer) else {
+            // Not RTP: the depayloader says so.
+            return gst::PadProbeReturn::Ok;
+        };
+        let arrival_us = buffer.pts().map_or(0, |t| t.useconds());
+        let Some(gst::PadProbeData::Buffer(buffer)) = info.data.take() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (ready, counts) = {
+            let mut r = state.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = r.push(seq, arrival_us, buffer);
+            (ready, r.counts)
+        };
+        if session == VIDEO {
+            record(&stats, counts);
+        }
+        if let Some(peer) = pad.peer() {
+            for b in ready {
+                if let Err(e) = peer.chain(b) {
+                    if e != gst::FlowError::Flushing {
+                        tracing::debug!(error = ?e, "depayloader refused a packet");
+                    }
+                }
+            }
+        }
+        gst::PadProbeReturn::Handled
+    });
+}
+
+/// The running totals of a video stream's reorder step, as the tap-leg counters.
+fn record(stats: &ReceiverStats, counts: ReorderCounts) {
+    stats
+        .video_reordered
+        .store(counts.reordered, Ordering::Relaxed);
+    stats
+        .video_reorder_lost
+        .store(counts.lost, Ordering::Relaxed);
+    stats
+        .video_reorder_late
+        .store(counts.late, Ordering::Relaxed);
+}
+
+/// An RTP packet's sequence number (version 2, a whole fixed header), or `None`.
+fn rtp_sequence_number(buffer: &gst::BufferRef) -> Option<u16> {
+    let mut header = [0u8; 4];
+    if buffer.size() < 12 || buffer.copy_to_slice(0, &mut header).is_err() {
+        return None;
+    }
+    (header[0] >> 6 == 2).then(|| u16::from_be_bytes([header[2], header[3]]))
 }

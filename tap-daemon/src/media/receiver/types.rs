@@ -118,6 +118,12 @@ pub struct ReceiverStats {
     /// Packets dropped before KMS's keys were known (KMS may send RTCP between its answer and our
     /// `connect`): expected, not refusals.
     pub srtp_dropped_before_keys: AtomicU64,
+    /// Shared receive threads: video packets put back in order, given up on, dropped as late.
+    pub video_reordered: AtomicU64,
+    /// See `video_reordered`.
+    pub video_reorder_lost: AtomicU64,
+    /// See `video_reordered`.
+    pub video_reorder_late: AtomicU64,
 }
 
 impl ReceiverStats {
@@ -146,8 +152,10 @@ pub struct TapLegPackets {
     /// Packets that arrived after they had been given up on (reordered beyond the latency, or a
     /// retransmission too late).
     pub late: u64,
-    /// Retransmissions asked of KMS (RTCP generic NACK).
+    /// Retransmissions asked of KMS (RTCP generic NACK; none on shared receive threads).
     pub retransmission_requests: u64,
+    /// Packets that arrived after a later one and were put back in order.
+    pub reordered: u64,
 }
 
 /// Receiver errors.
