@@ -19,13 +19,14 @@ use std::collections::HashMap;
 /// Why a chunk left the room without being computed (answered at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// A newer chunk of the same lane arrived while this one waited.
+    /// Newer chunks of the same lane arrived while this one waited.
     Superseded,
     /// The room was full when this chunk arrived.
     Full,
 }
 
 struct Waiting<T> {
+    lane: String,
     deadline_us: u64,
     arrival: u64,
     item: T,
@@ -34,20 +35,24 @@ struct Waiting<T> {
 /// Chunks waiting for a model, by lane.
 pub struct WaitingRoom<T> {
     capacity: usize,
+    per_lane: usize,
     arrivals: u64,
-    lanes: HashMap<String, Waiting<T>>,
+    waiting: Vec<Waiting<T>>,
     /// When each lane was last served (a count of chunks taken), for the order of service.
     served: HashMap<String, u64>,
     takes: u64,
 }
 
 impl<T> WaitingRoom<T> {
-    /// A room for at most `capacity` chunks (at least one).
-    pub fn new(capacity: usize) -> Self {
+    /// A room for at most `capacity` chunks, `per_lane` of one lane (each at least one). A
+    /// well-behaved daemon has at most the model's `max_in_flight` chunks of a lane out at once,
+    /// so with `per_lane` = `max_in_flight` only a daemon sending more sees its chunks superseded.
+    pub fn new(capacity: usize, per_lane: usize) -> Self {
         WaitingRoom {
             capacity: capacity.max(1),
+            per_lane: per_lane.max(1),
             arrivals: 0,
-            lanes: HashMap::new(),
+            waiting: Vec::new(),
             served: HashMap::new(),
             takes: 0,
         }
@@ -55,54 +60,69 @@ impl<T> WaitingRoom<T> {
 
     /// Chunks waiting.
     pub fn len(&self) -> usize {
-        self.lanes.len()
+        self.waiting.len()
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
+        self.waiting.is_empty()
     }
 
     /// Takes in a chunk of `lane` due at `deadline_us`. Returns the chunk that must be answered
-    /// at once instead of computed, if any: the one it replaced, or itself when the room is full.
+    /// at once instead of computed, if any: the lane's oldest when it already has `per_lane`
+    /// waiting, or this one when the room is full.
     pub fn admit(&mut self, lane: &str, deadline_us: u64, item: T) -> Option<(T, Refusal)> {
         self.arrivals += 1;
         let waiting = Waiting {
+            lane: lane.to_owned(),
             deadline_us,
             arrival: self.arrivals,
             item,
         };
-        if let Some(slot) = self.lanes.get_mut(lane) {
-            let old = std::mem::replace(slot, waiting);
-            return Some((old.item, Refusal::Superseded));
+        let mut of_lane = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.lane == lane);
+        let oldest = of_lane
+            .clone()
+            .min_by_key(|(_, w)| w.arrival)
+            .map(|(i, _)| i);
+        if of_lane.nth(self.per_lane - 1).is_some() {
+            if let Some(i) = oldest {
+                let old = std::mem::replace(&mut self.waiting[i], waiting);
+                return Some((old.item, Refusal::Superseded));
+            }
         }
-        if self.lanes.len() >= self.capacity {
+        if self.waiting.len() >= self.capacity {
             return Some((waiting.item, Refusal::Full));
         }
-        self.lanes.insert(lane.to_owned(), waiting);
+        self.waiting.push(waiting);
         None
     }
 
-    /// Takes up to `max` chunks: lanes served least recently first (never served: first of all),
-    /// then the earliest deadline, then first come. Whether each can still make its deadline is
-    /// the caller's check when it starts them.
+    /// Takes up to `max` chunks, one at a time: the lane served least recently first (never
+    /// served: first of all), then the earliest deadline, then first come. Whether each can still
+    /// make its deadline is the caller's check when it starts them.
     pub fn take(&mut self, max: usize) -> Vec<T> {
-        let mut order: Vec<(u64, u64, u64, String)> = self
-            .lanes
-            .iter()
-            .map(|(lane, w)| {
-                let last = self.served.get(lane).copied().unwrap_or(0);
-                (last, w.deadline_us, w.arrival, lane.clone())
-            })
-            .collect();
-        order.sort_unstable();
         let mut out = Vec::new();
-        for (_, _, _, lane) in order.into_iter().take(max) {
-            if let Some(w) = self.lanes.remove(&lane) {
-                self.takes += 1;
-                self.served.insert(lane, self.takes);
-                out.push(w.item);
-            }
+        while out.len() < max {
+            let Some(i) = self
+                .waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| {
+                    let last = self.served.get(&w.lane).copied().unwrap_or(0);
+                    (last, w.deadline_us, w.arrival)
+                })
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let w = self.waiting.swap_remove(i);
+            self.takes += 1;
+            self.served.insert(w.lane, self.takes);
+            out.push(w.item);
         }
         // Remember lanes in proportion to the room: the oldest memories go first.
         if self.served.len() > 4 * self.capacity {
@@ -116,7 +136,7 @@ impl<T> WaitingRoom<T> {
 
     /// Empties the room (shutdown): every chunk, to be answered.
     pub fn drain(&mut self) -> Vec<T> {
-        self.lanes.drain().map(|(_, w)| w.item).collect()
+        self.waiting.drain(..).map(|w| w.item).collect()
     }
 }
 
@@ -126,7 +146,7 @@ mod tests {
 
     #[test]
     fn among_lanes_never_served_the_chunk_due_first_goes_first() {
-        let mut room = WaitingRoom::new(8);
+        let mut room = WaitingRoom::new(8, 1);
         assert!(room.admit("b", 300, "b").is_none());
         assert!(room.admit("a", 100, "a").is_none());
         assert!(room.admit("c", 200, "c").is_none());
@@ -137,7 +157,7 @@ mod tests {
 
     #[test]
     fn equal_deadlines_are_served_in_arrival_order() {
-        let mut room = WaitingRoom::new(8);
+        let mut room = WaitingRoom::new(8, 1);
         for lane in ["x", "y", "z"] {
             room.admit(lane, 500, lane);
         }
@@ -146,7 +166,7 @@ mod tests {
 
     #[test]
     fn the_lane_served_least_recently_goes_first_even_when_due_later() {
-        let mut room = WaitingRoom::new(8);
+        let mut room = WaitingRoom::new(8, 1);
         room.admit("a", 100, "a1");
         assert_eq!(room.take(1), vec!["a1"]);
         room.admit("a", 200, "a2");
@@ -154,7 +174,7 @@ mod tests {
         assert_eq!(room.take(1), vec!["b1"], "b has not had its turn");
         assert_eq!(room.take(1), vec!["a2"]);
         // Memory of lanes stays bounded.
-        let mut small = WaitingRoom::new(1);
+        let mut small = WaitingRoom::new(1, 1);
         for i in 0..100 {
             small.admit(&format!("l{i}"), i, i);
             small.take(1);
@@ -164,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_newer_chunk_of_a_lane_replaces_the_waiting_one_which_is_answered() {
-        let mut room = WaitingRoom::new(8);
+        let mut room = WaitingRoom::new(8, 1);
         room.admit("alice/fer", 100, 1);
         room.admit("bob/fer", 150, 2);
         assert_eq!(
@@ -177,8 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_may_have_as_many_waiting_as_its_model_allows_in_flight() {
+        let mut room = WaitingRoom::new(8, 2);
+        assert!(room.admit("a", 100, 1).is_none());
+        assert!(room.admit("a", 200, 2).is_none(), "two of a lane may wait");
+        assert_eq!(
+            room.admit("a", 300, 3),
+            Some((1, Refusal::Superseded)),
+            "the oldest goes"
+        );
+        assert!(room.admit("b", 250, 4).is_none());
+        // Lanes in turn: a (earliest deadline), then b (never served), then a again.
+        assert_eq!(room.take(8), vec![2, 4, 3]);
+    }
+
+    #[test]
     fn a_full_room_refuses_the_newcomer_and_keeps_what_it_holds() {
-        let mut room = WaitingRoom::new(2);
+        let mut room = WaitingRoom::new(2, 1);
         room.admit("a", 100, "a");
         room.admit("b", 100, "b");
         assert_eq!(room.admit("c", 50, "c"), Some(("c", Refusal::Full)));
@@ -187,7 +222,7 @@ mod tests {
         assert_eq!(room.drain().len(), 2);
         assert!(room.is_empty());
         assert_eq!(
-            WaitingRoom::<u8>::new(0).admit("x", 1, 1),
+            WaitingRoom::<u8>::new(0, 0).admit("x", 1, 1),
             None,
             "at least one"
         );
@@ -202,7 +237,7 @@ mod tests {
         let period_us = 200_000u64;
         let per_chunk_us = period_us / 40; // 40 of 50 per period
         let deadline_us = 500_000u64;
-        let mut room = WaitingRoom::new(256);
+        let mut room = WaitingRoom::new(256, 1);
         let mut served = vec![0u32; lanes];
         let mut now = 0u64;
         let mut busy_until = 0u64;

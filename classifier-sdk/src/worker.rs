@@ -281,6 +281,8 @@ impl<C: Classifier, F: Fn() -> C + Send + 'static> Worker<C, F> {
             concurrency,
             max_batch,
             self.options.waiting_room,
+            // A daemon has at most `max_in_flight` chunks of a lane out at once.
+            spec.max_in_flight.max(1) as usize,
             admission,
             metrics.clone(),
             stop_rx,
@@ -402,6 +404,7 @@ async fn serve<C: Classifier>(
     concurrency: usize,
     max_batch: usize,
     waiting_room: usize,
+    per_lane: usize,
     admission: bool,
     metrics: Arc<WorkerMetrics>,
     mut stop: oneshot::Receiver<()>,
@@ -409,7 +412,7 @@ async fn serve<C: Classifier>(
     reporter: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
 ) -> Result<(), WorkerError> {
-    let room = Arc::new(Mutex::new(WaitingRoom::new(waiting_room)));
+    let room = Arc::new(Mutex::new(WaitingRoom::new(waiting_room, per_lane)));
     let arrived = Arc::new(Notify::new());
     let (reader_stop, reader_stopped) = oneshot::channel();
     let reader = tokio::spawn(read_requests(
