@@ -817,6 +817,7 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                 // same publisher through the same KMS decoded in the same window.
                 let counts = per_participant(&seen);
                 let expected = window.as_secs_f64() * FER_FPS;
+                let (mut tap_sum, mut browser_sum) = (0.0, 0.0);
                 for (name, other) in [("ana", "ben"), ("ben", "ana")] {
                     let tap = counts
                         .get(&(name.to_string(), "video".to_string()))
@@ -848,19 +849,28 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                         browser.is_finite(),
                         "{other}'s browser reports what it decoded of {name}"
                     );
-                    // Measured with the video jitterbuffer at 300 ms (six runs): the tap at
-                    // 57–100 % where the browser decoded 73–99 %, 0.61–1.0 of the browser's
-                    // share; at 100 ms it was 36–85 % where the browser had 80–95 % (down to
-                    // 0.45 of it), and on shared threads before their reorder step 1 % against
-                    // 96 % (docs/benchmarks.md). Loss and jitter are random, so the bound is
-                    // half the browser's share, and never under a quarter of the face rate.
+                    // Everyone is analysed under loss (the collapse this test was written for:
+                    // 25 frames in 35 s for three publishers; on shared threads without a
+                    // reorder step, 1 result of 75).
                     assert!(
-                        tap >= 0.25 && tap >= 0.5 * browser,
-                        "{name}: the tap analysed {:.0} % of the face rate, a subscribing browser decoded {:.0} % of the frames ({counts:?})",
-                        tap * 100.0,
-                        browser * 100.0
+                        tap >= 0.25,
+                        "{name}: the tap analysed {:.0} % of the face rate ({counts:?})",
+                        tap * 100.0
                     );
+                    tap_sum += tap;
+                    browser_sum += browser;
                 }
+                // And the tap keeps up with a browser. Measured with the video jitterbuffer at
+                // 300 ms (eight runs): per participant 57–100 % where the browser decoded
+                // 73–99 %, together at least 0.71 of the browsers' share; at 100 ms down to 0.45
+                // of it (docs/benchmarks.md). Loss and jitter are random: the two participants
+                // are held together to half the browsers' share.
+                assert!(
+                    tap_sum >= 0.5 * browser_sum,
+                    "the taps analysed {:.0} % of the face rate where the browsers decoded {:.0} % of the frames ({counts:?})",
+                    tap_sum * 50.0,
+                    browser_sum * 50.0
+                );
             }
             let shared_threads =
                 std::env::var("KURENTO_TAP_RECEIVE_THREADS").is_ok_and(|v| v.trim() != "per-tap");
