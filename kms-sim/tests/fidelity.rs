@@ -236,6 +236,82 @@ async fn a_tap_s_pli_brings_no_keyframe_and_request_keyframe_does() {
     );
 }
 
+/// As KMS's RtpEndpoint (its `rtprtxqueue` keeps the last 512 packets sent): a generic NACK from
+/// the tap makes the simulator send the packet again, same sequence number, in-band.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_from_the_tap_is_answered_with_the_packet_again() {
+    let scenario = Scenario::parse(
+        "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={codec='VP8'}\n",
+    )
+    .unwrap();
+    let sim = start(scenario).await;
+    let kms = KurentoClient::connect(sim.url()).await.unwrap();
+    let (room, publisher) = first_publisher(&kms, "VP8").await;
+    let (rtp, rtcp) = port_pair();
+    let port = rtp.local_addr().unwrap().port();
+    let tap = room.create::<RtpEndpoint>().await.unwrap();
+    let answer = tap
+        .process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack\r\na=rtcp-fb:100 nack pli\r\na=recvonly\r\n"))
+        .await
+        .unwrap();
+    assert!(answer.contains("a=rtcp-fb:100 nack\r\n"), "{answer}");
+    let kms_rtcp: u16 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtcp:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let media_ssrc: u32 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ssrc:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    publisher.connect(&tap, MediaType::Video).await.unwrap();
+    let (asked, again) = tokio::task::spawn_blocking(move || {
+        rtp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen: Vec<u16> = Vec::new();
+        let mut asked = None;
+        let mut again = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(3000) {
+            if asked.is_none() && start.elapsed() > Duration::from_millis(1500) && seen.len() > 20 {
+                // A packet received a while ago, as if it had been lost: compound RTCP, an empty
+                // receiver report, then a generic NACK (PT 205, FMT 1) for KMS's SSRC, its
+                // sequence number as PID and no more (BLP 0).
+                let seq = seen[seen.len() - 10];
+                let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
+                pkt.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 7]);
+                pkt.extend_from_slice(&media_ssrc.to_be_bytes());
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&[0, 0]);
+                rtcp.send_to(&pkt, ("127.0.0.1", kms_rtcp)).unwrap();
+                asked = Some(seq);
+            }
+            let Ok(n) = rtp.recv(&mut buf) else { continue };
+            if n < 12 {
+                continue;
+            }
+            let seq = u16::from_be_bytes([buf[2], buf[3]]);
+            if Some(seq) == asked {
+                again += 1;
+            }
+            seen.push(seq);
+        }
+        (asked, again)
+    })
+    .await
+    .unwrap();
+    assert!(asked.is_some(), "packets flowed before the NACK");
+    assert_eq!(again, 1, "packet {asked:?} sent again once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_publishers_are_tapped_in_h264() {
     let scenario = Scenario::parse(
