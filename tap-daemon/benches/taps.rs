@@ -263,6 +263,10 @@ async fn main() {
         (30, 320, 240, 15, 24000, false, false, None),
         (50, 320, 240, 15, 34000, false, false, None),
         (50, 320, 240, 15, 38000, false, false, Some(2)),
+        // The shared path's growth: 1, 10, 30, 50 and 100 participants.
+        (1, 320, 240, 15, 44000, false, false, Some(2)),
+        (30, 320, 240, 15, 46000, false, false, Some(2)),
+        (100, 320, 240, 15, 48000, false, false, Some(2)),
         (1, 640, 480, 30, 26000, false, false, None),
         (5, 640, 480, 30, 28000, false, false, None),
         (10, 640, 480, 15, 40000, false, false, None),
