@@ -453,28 +453,11 @@ async fn waiting_chunks_are_batched_and_each_gets_its_own_answer() {
         .start()
         .await
         .unwrap();
-    let far = (now_ms() + 60_000) * 1000;
     let mut replies = Vec::new();
     for seq in 0..8u64 {
-        let mut h = async_nats::HeaderMap::new();
-        for (k, v) in [
-            (header::VERSION, "1".to_owned()),
-            (header::ROOM, "r".into()),
-            // Eight participants: one chunk per lane waits (a newer one of the same lane
-            // would replace it).
-            (header::PARTICIPANT, format!("p{seq}")),
-            (header::MEDIA, "video".into()),
-            (header::MODEL, "batch@1".into()),
-            (header::SEQ, seq.to_string()),
-            (header::CAPTURE_US, "1".into()),
-            (header::SENT_US, "1".into()),
-            (header::DEADLINE_US, far.to_string()),
-            (header::FORMAT, "GRAY8".into()),
-            (header::WIDTH, "4".into()),
-            (header::HEIGHT, "4".into()),
-        ] {
-            h.insert(k, v.as_str());
-        }
+        // Eight participants: one chunk per lane waits (a newer one of the same lane would
+        // replace it).
+        let h = batch_chunk(&format!("p{seq}"), seq);
         let c = client.clone();
         replies.push(tokio::spawn(async move {
             c.request_with_headers(
