@@ -118,6 +118,27 @@ fn rtp_payload(pkt: &[u8]) -> Option<(u8, &[u8])> {
     Some((pkt[1] & 0x7f, pkt.get(off..)?))
 }
 
+/// KMS's RTCP port (`a=rtcp`) and media SSRC (`a=ssrc`) from its answer to a tap's offer.
+fn rtcp_port_and_ssrc(answer: &str) -> (u16, u32) {
+    let kms_rtcp = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtcp:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let media_ssrc = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ssrc:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (kms_rtcp, media_ssrc)
+}
+
 async fn first_publisher(kms: &KurentoClient, codec: &str) -> (MediaPipeline, WebRtcEndpoint) {
     for _ in 0..100 {
         for p in kms.server_manager().get_pipelines().await.unwrap() {
@@ -157,22 +178,7 @@ async fn a_tap_s_pli_brings_no_keyframe_and_request_keyframe_does() {
         .process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\na=rtcp-fb:100 ccm fir\r\na=recvonly\r\n"))
         .await
         .unwrap();
-    let kms_rtcp: u16 = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("a=rtcp:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let media_ssrc: u32 = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("a=ssrc:"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (kms_rtcp, media_ssrc) = rtcp_port_and_ssrc(&answer);
     publisher.connect(&tap, MediaType::Video).await.unwrap();
     let api_request = {
         let tap = tap.clone();
@@ -255,22 +261,7 @@ async fn a_nack_from_the_tap_is_answered_with_the_packet_again() {
         .await
         .unwrap();
     assert!(answer.contains("a=rtcp-fb:100 nack\r\n"), "{answer}");
-    let kms_rtcp: u16 = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("a=rtcp:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let media_ssrc: u32 = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("a=ssrc:"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (kms_rtcp, media_ssrc) = rtcp_port_and_ssrc(&answer);
     publisher.connect(&tap, MediaType::Video).await.unwrap();
     let (asked, again) = tokio::task::spawn_blocking(move || {
         rtp.set_read_timeout(Some(Duration::from_millis(100)))
