@@ -56,22 +56,30 @@ impl<T> Reorder<T> {
     /// Takes in packet `seq` that arrived at `arrival_us`; returns the packets to pass on, in
     /// sequence order (often just this one; none while it waits; several when it fills a hole).
     pub fn push(&mut self, seq: u16, arrival_us: u64, packet: T) -> Vec<T> {
+        let mut out = Vec::new();
+        self.push_into(seq, arrival_us, packet, &mut out);
+        out
+    }
+
+    /// [`Reorder::push`] appending to `out` (a buffer the caller reuses: no allocation per
+    /// packet on the media path).
+    pub fn push_into(&mut self, seq: u16, arrival_us: u64, packet: T, out: &mut Vec<T>) {
         let Some(expected) = self.expected else {
             self.expected = Some(seq.wrapping_add(1));
-            return vec![packet];
+            out.push(packet);
+            return;
         };
         let distance = i32::from(seq.wrapping_sub(expected) as i16);
-        let mut out = Vec::new();
         if distance.abs() >= RESTART_DISTANCE {
             // A new sequence: what waits goes first, in its order, then the new one.
-            out.extend(self.flush());
+            self.flush(out);
             self.expected = Some(seq.wrapping_add(1));
             out.push(packet);
-            return out;
+            return;
         }
         if distance < 0 || self.held.iter().any(|(s, _, _)| *s == seq) {
             self.counts.late += 1;
-            return out;
+            return;
         }
         if distance == 0 {
             if !self.held.is_empty() {
@@ -79,7 +87,7 @@ impl<T> Reorder<T> {
             }
             out.push(packet);
             self.expected = Some(seq.wrapping_add(1));
-            self.release_run(&mut out);
+            self.release_run(out);
         } else {
             self.held.push((seq, arrival_us, packet));
         }
@@ -98,9 +106,8 @@ impl<T> Reorder<T> {
                 .unwrap_or(expected);
             self.counts.lost += u64::from(next.wrapping_sub(expected));
             self.expected = Some(next);
-            self.release_run(&mut out);
+            self.release_run(out);
         }
-        out
     }
 
     /// Passes on the held packets that now follow in order.
@@ -115,14 +122,13 @@ impl<T> Reorder<T> {
         }
     }
 
-    /// Everything held, in sequence order (holes given up on).
-    fn flush(&mut self) -> Vec<T> {
+    /// Everything held, in sequence order (holes given up on), onto `out`.
+    fn flush(&mut self, out: &mut Vec<T>) {
         let Some(expected) = self.expected else {
-            return Vec::new();
+            return;
         };
-        let mut held = std::mem::take(&mut self.held);
-        held.sort_by_key(|(s, _, _)| s.wrapping_sub(expected));
-        held.into_iter().map(|(_, _, p)| p).collect()
+        self.held.sort_by_key(|(s, _, _)| s.wrapping_sub(expected));
+        out.extend(self.held.drain(..).map(|(_, _, p)| p));
     }
 }
 

@@ -121,10 +121,15 @@ fn stamp_arrival(pad: &gst::Pad, pipeline: &gst::Pipeline) {
 /// is handed to the peer on the same thread. The arrival time is the stamp [`stamp_arrival`] put.
 fn put_in_order(pad: &gst::Pad, session: usize, reorder_ms: u32, stats: Arc<ReceiverStats>) {
     // 64 packets: a 320x240 keyframe and what follows it within the hold.
-    let state = Mutex::new(Reorder::<gst::Buffer>::new(
-        u64::from(reorder_ms) * 1000,
-        64,
-    ));
+    struct State {
+        reorder: Reorder<gst::Buffer>,
+        // Reused for every packet: the media path allocates nothing here.
+        ready: Vec<gst::Buffer>,
+    }
+    let state = Mutex::new(State {
+        reorder: Reorder::new(u64::from(reorder_ms) * 1000, 64),
+        ready: Vec::with_capacity(64),
+    });
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
             return gst::PadProbeReturn::Ok;
@@ -137,20 +142,19 @@ fn put_in_order(pad: &gst::Pad, session: usize, reorder_ms: u32, stats: Arc<Rece
         let Some(gst::PadProbeData::Buffer(buffer)) = info.data.take() else {
             return gst::PadProbeReturn::Ok;
         };
-        let (ready, counts) = {
-            let mut r = state.lock().unwrap_or_else(|e| e.into_inner());
-            let ready = r.push(seq, arrival_us, buffer);
-            (ready, r.counts)
-        };
+        // Only this stream's thread takes the lock, so handing packets on under it is safe.
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { reorder, ready } = &mut *st;
+        reorder.push_into(seq, arrival_us, buffer, ready);
         if session == VIDEO {
-            record(&stats, counts);
+            record(&stats, reorder.counts);
         }
-        if let Some(peer) = pad.peer() {
-            for b in ready {
-                if let Err(e) = peer.chain(b) {
-                    if e != gst::FlowError::Flushing {
-                        tracing::debug!(error = ?e, "depayloader refused a packet");
-                    }
+        let peer = pad.peer();
+        for b in ready.drain(..) {
+            let Some(peer) = &peer else { continue };
+            if let Err(e) = peer.chain(b) {
+                if e != gst::FlowError::Flushing {
+                    tracing::debug!(error = ?e, "depayloader refused a packet");
                 }
             }
         }
