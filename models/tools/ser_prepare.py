@@ -3,9 +3,14 @@
 layout `audio-worker features` and `audio-worker evaluate-emotion` read.
 
     ser_prepare.py --emodb DIR_OF_EMODB_WAVS --ravdess DIR_WITH_Actor_XX --out /work/data/ser
+    ser_prepare.py --turevdb "TurEV-DB/Sound Source" --urdu URDU-Dataset --out /work/data/other
 
 EmoDB: names like 03a01Wa.wav (speaker 03, emotion letter W); RAVDESS: 03-01-05-01-02-01-12.wav
-(emotion field 3, actor field 7; speech only).
+(emotion field 3, actor field 7; speech only). TurEV-DB (Xeonen/TurEV-DB, `Sound Source/`):
+`<Emotion>/<actor>_<code>_<word>.wav`, Angry/Calm/Happy/Sad (calm stays calm: the corpus has no
+neutral). URDU (siddiquelatif/URDU-Dataset): `<Emotion>/<speaker>_<n>_<...>.wav`, talk-show speech
+in which most speakers carry a single emotion (a poor speaker-independent test; see
+docs/models.md).
 """
 import argparse
 import os
@@ -27,6 +32,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--emodb")
     ap.add_argument("--ravdess")
+    ap.add_argument("--turevdb")
+    ap.add_argument("--urdu")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     out = Path(a.out)
@@ -44,6 +51,17 @@ def main():
             if c:
                 link(f, out / "ravdess" / c / f"ravdess{p[6]}_{f.name}")
                 n["ravdess"] = n.get("ravdess", 0) + 1
+    for corpus, root in (("turevdb", a.turevdb), ("urdu", a.urdu)):
+        if not root:
+            continue
+        for folder in sorted(Path(root).iterdir()):
+            c = folder.name.lower()
+            if not folder.is_dir() or c not in ("angry", "calm", "happy", "neutral", "sad"):
+                continue
+            for f in sorted(folder.glob("*.wav")):
+                speaker = f.name.split("_")[0]
+                link(f, out / corpus / c / f"{corpus}{speaker}_{f.name}")
+                n[corpus] = n.get(corpus, 0) + 1
     print(n)
 
 

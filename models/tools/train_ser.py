@@ -3,23 +3,30 @@
 the worker's own Rust front-end (`audio-worker features DIR --out X.csv --window-ms 1000`), so
 training and inference see the same numbers.
 
-    python train_ser.py --csv emodb.csv ravdess.csv --out ../ser_tap.onnx          # the shipped model
-    python train_ser.py --csv emodb.csv --out ../ser_tap_emodb.onnx                  # for cross-corpus
-    python train_ser.py --csv emodb.csv ravdess.csv --report                         # LOSO + cross figures
+    python train_ser.py --csv all.csv --corpora emodb ravdess --out ../ser_tap.onnx   # the shipped model
+    python train_ser.py --csv all.csv --corpora emodb --out ../ser_tap_emodb.onnx      # for cross-corpus
+    python train_ser.py --csv all.csv --corpora emodb ravdess --report                 # figures
 
-Each speaker's functionals are z-scored against their own causal running mean (the same update as
-`audio_worker::emotion::SpeakerNorm`: files in FNV order of their names, every class heard, the
-current file not included), over the training population's standard deviation. The classifier is
-a multinomial logistic regression (class-balanced); fixed seeds; exported with skl2onnx.
+Each speaker's functionals are z-scored against their own causal running mean and spread (the
+same update as `audio_worker::emotion::SpeakerNorm`: files in FNV order of their names, every
+class heard, the current file not included; files and windows separately), starting from the
+training population's. The classifier is an RBF support-vector machine with Platt-scaled
+probabilities (class-balanced, C 0.3), trained on whole files and their 1 s windows; fixed seeds;
+exported with skl2onnx. `SER_MODEL=lr|mlp`, `SER_SCALE=0`, `--files-only` and `--C` give the
+variants compared in docs/models.md.
 
-Figures printed (`--report`): leave-one-speaker-out UAR over all corpora given, per corpus, per
-file and per 1-s window; and cross-corpus UAR, trained on one corpus and tested on each other.
+Figures printed (`--report`): speakers left out (10 folds of speakers) over all corpora given, per
+corpus, per file, per 1 s window and per window over its utterance (as the worker serves it);
+with three corpora or more, each corpus tested by a model trained on all the others; and pairwise,
+trained on one corpus and tested on each other.
 """
 import argparse
 import csv
 import json
 import sys
 from pathlib import Path
+
+import warnings
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -30,7 +37,8 @@ import os
 PRIOR_WEIGHT = float(os.environ.get("SER_PRIOR", "1"))
 DROPPED = []
 DROP = [p for p in os.environ.get("SER_DROP", "speech_ratio").split(",") if p]
-SCALE = os.environ.get("SER_SCALE", "0") == "1"
+# Each voice z-scored by its own running standard deviation too (not only its mean).
+SCALE = os.environ.get("SER_SCALE", "1") == "1"
 MEMORY = 200.0
 
 
@@ -91,9 +99,12 @@ def normalise(d, mean, std):
 
 
 def fit(z, y, c):
-    kind = os.environ.get("SER_MODEL", "lr")
+    kind = os.environ.get("SER_MODEL", "svc")
     if kind == "svc":
         from sklearn.svm import SVC
+        # SVC(probability=True) is deprecated from scikit-learn 1.9 on but still what skl2onnx
+        # converts (Platt scaling inside the ONNX graph).
+        warnings.filterwarnings("ignore", message=".*probability.*deprecated", category=FutureWarning)
         clf = SVC(C=c, kernel="rbf", gamma="scale", probability=True, class_weight="balanced",
                   random_state=0)
     elif kind == "mlp":
@@ -104,6 +115,12 @@ def fit(z, y, c):
         clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=0)
     clf.fit(z, y)
     return clf
+
+
+def predict(clf, z):
+    """The label of the highest probability, as the worker reads the ONNX output (an SVC's own
+    `predict` votes, which can differ from its Platt-scaled probabilities)."""
+    return clf.classes_[np.argmax(clf.predict_proba(z), axis=1)]
 
 
 def uar(truth, pred):
@@ -118,41 +135,98 @@ def train_rows(d, mask, windows):
     return m
 
 
+HORIZON_WINDOWS = 3  # `Utterance`: windows that started within 2 s of the newest (1 s windows)
+
+
+def utterance_predictions(d, clf, z, rows):
+    """Per window, the verdict over its utterance so far as the worker serves it: the mean of the
+    probabilities of the file's windows that started within the horizon (`emotion::Utterance`)."""
+    idx = np.where(rows & (d["window"] >= 0))[0]
+    p = clf.predict_proba(z[idx])
+    key = {}
+    for j in np.lexsort((d["window"][idx], d["file"][idx], d["speaker"][idx])):
+        key.setdefault((d["speaker"][idx][j], d["file"][idx][j]), []).append(j)
+    pred = np.empty(len(idx), dtype=object)
+    for js in key.values():
+        for n, j in enumerate(js):
+            recent = js[max(0, n - HORIZON_WINDOWS + 1):n + 1]
+            pred[j] = clf.classes_[int(np.argmax(p[recent].mean(0)))]
+    return idx, pred.astype(str)
+
+
+def line(title, truth, pred):
+    u, r = uar(truth, pred)
+    return (f"  {title:34s} UAR {u*100:5.1f} %  " + " ".join(f"{k} {v*100:.1f}" for k, v in r.items())
+            + f"  (n={len(truth)})")
+
+
+def figures(d, clf, z, rows, title):
+    """Per file, per window alone, per window over its utterance."""
+    out = []
+    f = rows & (d["window"] == -1)
+    out.append(line(f"{title} file", d["cls"][f], predict(clf, z[f])))
+    w = rows & (d["window"] >= 0)
+    out.append(line(f"{title} 1 s window", d["cls"][w], predict(clf, z[w])))
+    idx, pred = utterance_predictions(d, clf, z, rows)
+    out.append(line(f"{title} utterance", d["cls"][idx], pred))
+    return out
+
+
+FOLDS = 10
+
+
 def report(d, c, windows):
     corpora = sorted(set(d["corpus"]))
-    print(f"C={c} train on windows too={windows}")
-    # Leave one speaker out over everything.
+    labelled = np.isin(d["cls"], LABELS)
+    print(f"C={c} model={os.environ.get('SER_MODEL', 'svc')} scale={SCALE} train on windows too={windows}")
+    # Leave speakers out over everything: speakers in FOLDS groups (deterministic: sorted, dealt
+    # round-robin), each group tested by a model that never heard it.
     speakers = sorted(set(d["speaker"]))
+    fold_of = {s: i % FOLDS for i, s in enumerate(speakers)}
+    fold = np.array([fold_of[s] for s in d["speaker"]])
     pred = np.array([""] * len(d["x"]), dtype=object)
-    for s in speakers:
-        train = d["speaker"] != s
+    upred = {}
+    for k in range(min(FOLDS, len(speakers))):
+        train = fold != k
         mean, std = population(d, train)
         z = normalise(d, mean, std)
         m = train_rows(d, train, windows)
         clf = fit(z[m], d["cls"][m], c)
-        test = (d["speaker"] == s) & np.isin(d["cls"], LABELS)
-        if test.any():
-            pred[test] = clf.predict(z[test])
+        test = (fold == k) & labelled
+        pred[test] = predict(clf, z[test])
+        idx, p = utterance_predictions(d, clf, z, test)
+        upred.update(zip(idx, p))
     for corpus in corpora + ["all"]:
-        for level, lm in (("file", d["window"] == -1), ("1 s window", d["window"] >= 0)):
-            m = lm & np.isin(d["cls"], LABELS) & ((d["corpus"] == corpus) | (corpus == "all"))
-            u, r = uar(d["cls"][m], pred[m].astype(str))
-            print(f"  LOSO {corpus:8s} {level:10s} UAR {u*100:5.1f} %  " +
-                  " ".join(f"{k} {v*100:.1f}" for k, v in r.items()) + f"  (n={m.sum()})")
-    for a in corpora:
-        train = d["corpus"] == a
-        mean, std = population(d, train)
-        z = normalise(d, mean, std)
-        m = train_rows(d, train, windows)
-        clf = fit(z[m], d["cls"][m], c)
+        in_corpus = (d["corpus"] == corpus) | (corpus == "all")
+        f = labelled & in_corpus & (d["window"] == -1)
+        print(line(f"speakers out {corpus} file", d["cls"][f], pred[f].astype(str)))
+        w = labelled & in_corpus & (d["window"] >= 0)
+        print(line(f"speakers out {corpus} 1 s window", d["cls"][w], pred[w].astype(str)))
+        u = np.array([i for i in np.where(w)[0] if i in upred])
+        print(line(f"speakers out {corpus} utterance", d["cls"][u],
+                   np.array([upred[i] for i in u])))
+    # Every corpus not trained on: trained on all the others.
+    if len(corpora) > 2:
         for b in corpora:
-            if b == a:
-                continue
-            for level, lm in (("file", d["window"] == -1), ("1 s window", d["window"] >= 0)):
-                t = (d["corpus"] == b) & np.isin(d["cls"], LABELS) & lm
-                u, r = uar(d["cls"][t], clf.predict(z[t]))
-                print(f"  {a} -> {b} {level:10s} UAR {u*100:5.1f} %  " +
-                      " ".join(f"{k} {v*100:.1f}" for k, v in r.items()))
+            train = d["corpus"] != b
+            mean, std = population(d, train)
+            z = normalise(d, mean, std)
+            m = train_rows(d, train, windows)
+            clf = fit(z[m], d["cls"][m], c)
+            for l in figures(d, clf, z, labelled & (d["corpus"] == b), f"others -> {b}"):
+                print(l)
+    # Pairwise: trained on one corpus, tested on each other.
+    if os.environ.get("SER_PAIRWISE", "1") == "1":
+        for a in corpora:
+            train = d["corpus"] == a
+            mean, std = population(d, train)
+            z = normalise(d, mean, std)
+            m = train_rows(d, train, windows)
+            clf = fit(z[m], d["cls"][m], c)
+            for b in corpora:
+                if b != a:
+                    for l in figures(d, clf, z, labelled & (d["corpus"] == b), f"{a} -> {b}"):
+                        print(l)
 
 
 def export(d, c, windows, out):
@@ -175,18 +249,18 @@ def export(d, c, windows, out):
     onnx.checker.check_model(model)
     out = Path(out)
     out.write_bytes(model.SerializeToString())
-    dist = (z[d["window"] == -1] ** 2).mean(1)
+    dist = (z ** 2).mean(1)
     # Left-out functionals: a huge standard deviation makes their z-scores 0 in the worker too.
     mean[DROPPED] = 0.0
     std[DROPPED] = 1e6
     card = dict(
         labels=LABELS, mean=[float(v) for v in mean], std=[float(v) for v in std],
-        prior_weight=PRIOR_WEIGHT, memory=MEMORY,
+        prior_weight=PRIOR_WEIGHT, memory=MEMORY, scale=SCALE,
         ood_threshold=float(np.percentile(dist, 99.5) * 1.5),
         corpora=sorted(set(d["corpus"])), speakers=sorted(set(d["speaker"])),
         input="features", output="probabilities",
         dropped=[d["names"][i] for i in DROPPED],
-        trained=dict(C=c, windows=windows, files=int(((d["window"] == -1) & m).sum()),
+        trained=dict(C=c, windows=windows, model=os.environ.get("SER_MODEL", "svc"), files=int(((d["window"] == -1) & m).sum()),
                      rows=int(m.sum()), tool="models/tools/train_ser.py"),
     )
     out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
@@ -219,11 +293,19 @@ def main():
     ap.add_argument("--csv", nargs="+", required=True)
     ap.add_argument("--out")
     ap.add_argument("--report", action="store_true")
-    ap.add_argument("--C", type=float, nargs="+", default=[0.02])
-    ap.add_argument("--windows", action="store_true", help="train on 1-s windows as well as files")
+    ap.add_argument("--C", type=float, nargs="+", default=[0.3])
+    ap.add_argument("--files-only", action="store_true",
+                    help="train on whole files only (default: 1-s windows as well, the unit served)")
+    ap.add_argument("--corpora", nargs="+", help="use only these corpora of the CSVs")
     a = ap.parse_args()
+    a.windows = not a.files_only
     np.random.seed(0)
     d = load(a.csv)
+    if a.corpora:
+        keep = np.isin(d["corpus"], a.corpora)
+        for k in ("corpus", "speaker", "cls", "file", "window", "x"):
+            d[k] = d[k][keep]
+        d["order"] = [o for o, k in zip(d["order"], keep) if k]
     print(f"{len(d['x'])} rows, {d['x'].shape[1]} features, corpora {sorted(set(d['corpus']))}",
           file=sys.stderr)
     if a.report:

@@ -99,6 +99,9 @@ mod tests {
             speaking,
             attentive,
             modalities: vec![Modality::Face],
+            face_emotion: None,
+            voice_emotion: None,
+            conflict: None,
         }
     }
 

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use tap_protocol::affect::{AffectDeclaration, Modality, ParticipantState, STATE_TYPE};
+use tap_protocol::affect::{
+    AffectDeclaration, Modality, ModalityConflict, ParticipantState, STATE_TYPE,
+};
 
 use crate::MoodConfig;
 
@@ -292,17 +294,57 @@ impl Participant {
             .channels
             .get(&Modality::Voice)
             .filter(|c| c.fresh(now_ms, cfg));
-        let emotion = face
-            .filter(|c| c.affect_confidence(now_ms, cfg) > 0.0)
-            .and_then(|c| c.dominant.clone());
+        // What each modality reads on its own: its dominant emotion while its affect counts.
+        fn reading<'a>(
+            ch: Option<&'a Channel>,
+            now_ms: f64,
+            cfg: &MoodConfig,
+        ) -> Option<(String, &'a Channel)> {
+            ch.filter(|c| c.affect_confidence(now_ms, cfg) > 0.0)
+                .and_then(|c| Some((c.dominant.clone()?, c)))
+        }
+        let (face_reading, voice_reading) =
+            (reading(face, now_ms, cfg), reading(voice, now_ms, cfg));
+        let mut valence = (vw > 0.0).then(|| vs / vw);
+        let mut arousal = (aw > 0.0).then(|| as_ / aw);
+        // The face leads the category when it has one (faces are read 5 times a second, voices
+        // only while someone speaks).
+        let mut emotion = face_reading
+            .as_ref()
+            .or(voice_reading.as_ref())
+            .map(|(e, _)| e.clone());
+        let mut conflict = None;
+        if let (Some((fe, fc)), Some((ve, vc))) = (&face_reading, &voice_reading) {
+            if let (Some(fv), Some(vv)) = (fc.valence, vc.valence) {
+                if (fv - vv).abs() >= cfg.conflict_valence_gap {
+                    // A blend of a smile and an angry voice would read neutral, which neither
+                    // says: show both, and follow the more confident one.
+                    let lead =
+                        if fc.affect_confidence(now_ms, cfg) >= vc.affect_confidence(now_ms, cfg) {
+                            (fc, fe)
+                        } else {
+                            (vc, ve)
+                        };
+                    valence = lead.0.valence;
+                    arousal = lead.0.arousal.or(arousal);
+                    emotion = Some(lead.1.clone());
+                    conflict = Some(ModalityConflict {
+                        face: fe.clone(),
+                        face_valence: round3(fv),
+                        voice: ve.clone(),
+                        voice_valence: round3(vv),
+                    });
+                }
+            }
+        }
         ParticipantState {
             v: tap_protocol::VERSION,
             kind: STATE_TYPE.into(),
             room: room.to_owned(),
             participant: participant.to_owned(),
             at_ms: now_ms,
-            valence: (vw > 0.0).then(|| round3(vs / vw)),
-            arousal: (aw > 0.0).then(|| round3(as_ / aw)),
+            valence: valence.map(round3),
+            arousal: arousal.map(round3),
             emotion,
             confidence: round3((conf / EXPECTED_MODALITIES).clamp(0.0, 1.0)),
             face_visible: face.and_then(|c| c.face_visible),
@@ -311,6 +353,9 @@ impl Participant {
                 .map(|s| s >= cfg.speaking_threshold),
             attentive: face.and_then(|c| c.attentive),
             modalities,
+            face_emotion: face_reading.map(|(e, _)| e),
+            voice_emotion: voice_reading.map(|(e, _)| e),
+            conflict,
         }
     }
 }

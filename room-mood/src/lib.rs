@@ -36,6 +36,9 @@ use fusion::{Observation, Participant};
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MoodConfig {
+    /// Face and voice are shown as disagreeing (not blended) when their valences lie this far
+    /// apart (0..2; the emotion placements are those of the face models).
+    pub conflict_valence_gap: f64,
     /// Participants (presenter excluded) that must contribute before a room aggregate is published.
     pub min_group: usize,
     /// Time constant of the smoothing, seconds (a constant input is reached to 95 % in 3×).
@@ -69,6 +72,7 @@ pub struct MoodConfig {
 impl Default for MoodConfig {
     fn default() -> Self {
         MoodConfig {
+            conflict_valence_gap: 0.9,
             min_group: 3,
             smoothing_s: 2.0,
             decay_s: 4.0,
@@ -360,6 +364,7 @@ fn aggregate(
         attentive_share: None,
         valence_trend: None,
         arousal_trend: None,
+        conflicted: None,
         // From expression outputs only, gated by min_group on its own contributors.
         expressions: Some(expressions::summarize(&audience, cfg.min_group)),
     };
@@ -379,6 +384,7 @@ fn aggregate(
         let v: Vec<f64> = contributors.iter().filter_map(|s| f(s)).collect();
         (!v.is_empty()).then(|| round3(v.iter().sum::<f64>() / v.len() as f64))
     };
+    mood.conflicted = Some(contributors.iter().filter(|s| s.conflict.is_some()).count());
     mood.valence = mean(&|s| s.valence);
     mood.arousal = mean(&|s| s.arousal);
     let attention: Vec<bool> = contributors.iter().filter_map(|s| s.attentive).collect();

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use room_mood::*;
-use tap_protocol::affect::{fer2013_declaration, voice_arousal_declaration, AffectPoint};
+use tap_protocol::affect::{
+    fer2013_declaration, voice_arousal_declaration, voice_emotion_declaration, AffectPoint,
+};
 use tap_protocol::{MediaKind, ResultMessage, WorkerReply};
 
 const T0: f64 = 1_800_000_000_000.0;
@@ -437,4 +439,122 @@ fn silent_participants_are_forgotten_and_leaving_drops_the_state() {
     assert!(e.state("r", "ben", T0 + 1_000.0).is_none());
     assert_eq!(e.tick(T0 + 1_000.0)[0].participants, 1);
     assert!(e.tick(T0 + 1_000.0 + forget_ms + 1.0).is_empty());
+}
+
+/// An engine whose voice model also reads emotion categories, as audio-worker's does.
+fn engine_with_voice_emotions() -> MoodEngine {
+    let mut e = MoodEngine::new(MoodConfig::default());
+    e.declare("fer", "1", fer2013_declaration());
+    let labels: Vec<String> = ["angry", "happy", "neutral", "sad"]
+        .map(String::from)
+        .to_vec();
+    e.declare("voice", "1", voice_emotion_declaration(&labels));
+    e
+}
+
+/// Face results every 200 ms and voice results every 500 ms for `who`, from `from` to `to`.
+fn feed_both(
+    e: &mut MoodEngine,
+    who: &str,
+    from: f64,
+    to: f64,
+    face_labels: &[(&str, f64)],
+    voice_labels: &[(&str, f64)],
+) {
+    let mut t = from;
+    while t < to {
+        e.observe(&face("r", who, t, face_labels));
+        if ((t - from) as i64) % 500 == 0 {
+            e.observe(&voice("r", who, t, 0.95, voice_labels));
+        }
+        t += 100.0;
+    }
+}
+
+#[test]
+fn a_smile_over_an_angry_voice_is_shown_as_a_conflict_not_as_neutral() {
+    let mut e = engine_with_voice_emotions();
+    let angry_voice = &[
+        ("angry", 0.8),
+        ("neutral", 0.1),
+        ("happy", 0.05),
+        ("sad", 0.05),
+    ];
+    feed_both(&mut e, "ana", T0, T0 + 8_000.0, HAPPY, angry_voice);
+    let s = e.state("r", "ana", T0 + 8_000.0).unwrap();
+    assert_eq!(s.face_emotion.as_deref(), Some("happy"), "{s:?}");
+    assert_eq!(s.voice_emotion.as_deref(), Some("angry"), "{s:?}");
+    let c = s.conflict.as_ref().expect("face and voice disagree");
+    assert_eq!((c.face.as_str(), c.voice.as_str()), ("happy", "angry"));
+    assert!(c.face_valence > 0.5 && c.voice_valence < -0.3, "{c:?}");
+    // Not blended into neutrality: the state follows one of the two readings.
+    let v = s.valence.unwrap();
+    assert!(v.abs() > 0.3, "valence {v} sits between the two: {s:?}");
+    assert!(
+        (v - c.face_valence).abs() < 1e-6 || (v - c.voice_valence).abs() < 1e-6,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.emotion.as_deref(),
+        Some(if v > 0.0 { "happy" } else { "angry" })
+    );
+    // The room counts the disagreement.
+    feed_both(&mut e, "ben", T0, T0 + 8_000.0, HAPPY, angry_voice);
+    feed_both(
+        &mut e,
+        "cyd",
+        T0,
+        T0 + 8_000.0,
+        HAPPY,
+        &[("happy", 0.8), ("neutral", 0.2)],
+    );
+    // A named presenter (else the dominant speaker, one of the three, would present).
+    feed_face(&mut e, "pat", T0, T0 + 8_000.0, 200.0, HAPPY);
+    e.set_presenter("r", Some("pat"), PresenterSource::Tag);
+    let m = &e.tick(T0 + 8_000.0)[0];
+    assert!(m.published, "{m:?}");
+    assert_eq!(m.conflicted, Some(2), "{m:?}");
+}
+
+#[test]
+fn a_face_and_a_voice_that_agree_are_blended_and_a_voice_alone_gives_the_emotion() {
+    let mut e = engine_with_voice_emotions();
+    feed_both(
+        &mut e,
+        "ana",
+        T0,
+        T0 + 8_000.0,
+        HAPPY,
+        &[("happy", 0.7), ("neutral", 0.3)],
+    );
+    let s = e.state("r", "ana", T0 + 8_000.0).unwrap();
+    assert_eq!(s.conflict, None, "{s:?}");
+    assert_eq!(
+        (s.face_emotion.as_deref(), s.voice_emotion.as_deref()),
+        (Some("happy"), Some("happy"))
+    );
+    assert_eq!(s.emotion.as_deref(), Some("happy"));
+    // Only a voice (camera off): its category is the participant's emotion.
+    let mut t = T0;
+    while t < T0 + 8_000.0 {
+        e.observe(&voice(
+            "r",
+            "ben",
+            t,
+            0.9,
+            &[("sad", 0.8), ("neutral", 0.2)],
+        ));
+        t += 500.0;
+    }
+    let s = e.state("r", "ben", T0 + 8_000.0).unwrap();
+    assert_eq!(
+        (
+            s.emotion.as_deref(),
+            s.face_emotion.as_deref(),
+            s.voice_emotion.as_deref()
+        ),
+        (Some("sad"), None, Some("sad"))
+    );
+    assert_eq!(s.conflict, None);
+    assert!(s.valence.unwrap() < -0.4, "{s:?}");
 }

@@ -219,6 +219,27 @@ pub fn voice_arousal_declaration() -> AffectDeclaration {
     }
 }
 
+/// The voice worker's labels with a categorical speech-emotion model: arousal classes (the middle
+/// one named `moderate`, since `neutral` is an emotion category), speech activity, and each emotion
+/// category placed on the valence/arousal plane where the face models place it, so that a face and
+/// a voice can be compared (and found to disagree).
+pub fn voice_emotion_declaration(emotions: &[String]) -> AffectDeclaration {
+    let mut d = voice_arousal_declaration();
+    if let Some(middle) = d.labels.remove("neutral") {
+        d.labels.insert("moderate".into(), middle);
+    }
+    let face = fer2013_declaration();
+    for e in emotions {
+        let point = face.labels.get(e).cloned().unwrap_or(AffectPoint {
+            valence: None,
+            arousal: None,
+        });
+        d.labels.insert(e.clone(), point);
+        d.emotions.push(e.clone());
+    }
+    d
+}
+
 /// One participant's fused affect (published on [`state_subject`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantState {
@@ -249,6 +270,32 @@ pub struct ParticipantState {
     pub attentive: Option<bool>,
     /// Modalities the state rests on now.
     pub modalities: Vec<Modality>,
+    /// What the face alone reads (dominant emotion), absent while unknown. Additive to v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_emotion: Option<String>,
+    /// What the voice alone reads (dominant emotion category), absent while unknown. Additive to
+    /// v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_emotion: Option<String>,
+    /// Face and voice read emotions far apart on the valence axis (a smile over an angry voice,
+    /// say): both readings, instead of a blend that would sit near neutral. `valence`, `arousal`
+    /// and `emotion` then follow the more confident modality. Absent when they agree or one is
+    /// missing. Additive to v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ModalityConflict>,
+}
+
+/// Face and voice disagree (see [`ParticipantState::conflict`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModalityConflict {
+    /// The face's dominant emotion.
+    pub face: String,
+    /// The face's valence, −1…1.
+    pub face_valence: f64,
+    /// The voice's dominant emotion.
+    pub voice: String,
+    /// The voice's valence, −1…1.
+    pub voice_valence: f64,
 }
 
 /// A short trend over the last minute.
@@ -297,6 +344,10 @@ pub struct RoomMood {
     pub valence_trend: Option<Trend>,
     /// Arousal over the last minute (only when published).
     pub arousal_trend: Option<Trend>,
+    /// Contributors whose face and voice disagree now (see [`ParticipantState::conflict`]; only
+    /// when published). Additive to v1: absent (null) from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicted: Option<usize>,
     /// The room summarised from observable expressions and activity only (no emotion, valence or
     /// arousal): what the presenter gets under the `expressions` policy. Additive to v1: absent
     /// (null) from older daemons.
@@ -364,7 +415,15 @@ mod tests {
             face_visible: Some(true),
             speaking: None,
             attentive: Some(true),
-            modalities: vec![Modality::Face],
+            modalities: vec![Modality::Face, Modality::Voice],
+            face_emotion: Some("happy".into()),
+            voice_emotion: Some("angry".into()),
+            conflict: Some(ModalityConflict {
+                face: "happy".into(),
+                face_valence: 0.8,
+                voice: "angry".into(),
+                voice_valence: -0.6,
+            }),
         };
         check(
             include_str!("../../docs/schemas/state.v1.json"),
@@ -386,6 +445,7 @@ mod tests {
             attentive_share: Some(1.0),
             valence_trend: Some(Trend::Rising),
             arousal_trend: None,
+            conflicted: Some(1),
             expressions: Some(ExpressionSummary {
                 contributors: 3,
                 published: true,

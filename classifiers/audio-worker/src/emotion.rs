@@ -39,7 +39,12 @@ const VAD_FRAME: usize = 512;
 /// Spectral descriptors per frame.
 const N_SPECTRAL: usize = 18;
 /// Number of functionals.
-pub const N_FEATURES: usize = N_SPECTRAL * 4 + 6 + 3;
+pub const N_FEATURES: usize = N_SPECTRAL * 4 + 6 + 3 + N_DYNAMIC;
+
+/// The second block (appended, so the first 81 keep their meaning): spectral slopes and
+/// Hammarberg index, MFCC and energy dynamics, harmonics-to-noise, pitch movement and the rhythm
+/// of voiced stretches (the eGeMAPS families the first block lacked).
+const N_DYNAMIC: usize = 4 + 2 + 12 + 1 + 2 + 2 + 1 + 4;
 
 /// Names of the functionals, in order (for the CSV header and the model card).
 pub fn feature_names() -> Vec<String> {
@@ -60,6 +65,23 @@ pub fn feature_names() -> Vec<String> {
         out.push(format!("f0st_{f}"));
     }
     out.extend(["voiced_ratio", "speech_ratio", "peak_rate"].map(String::from));
+    for f in ["slope0_500", "slope500_1500"] {
+        out.push(format!("{f}_mean"));
+        out.push(format!("{f}_std"));
+    }
+    out.extend(["hammarberg_mean", "hammarberg_std"].map(String::from));
+    out.extend((1..=12).map(|i| format!("dmfcc{i}_mean_abs")));
+    out.push("dlogE_mean_abs".into());
+    out.extend(["hnr_mean", "hnr_std", "f0st_rise", "f0st_fall", "f0st_p50"].map(String::from));
+    out.extend(
+        [
+            "voiced_seg_mean",
+            "voiced_seg_std",
+            "unvoiced_seg_mean",
+            "voiced_seg_rate",
+        ]
+        .map(String::from),
+    );
     out
 }
 
@@ -117,6 +139,31 @@ fn stats4(v: &[f32], out: &mut Vec<f32>) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     out.extend([mean, var.sqrt(), percentile(&s, 0.1), percentile(&s, 0.9)]);
+}
+
+/// Slope of the power spectrum in dB per kHz between `lo` and `hi` (least squares over the bins).
+fn db_slope(power: &[f32], bin_hz: f32, lo: f32, hi: f32) -> f32 {
+    let (a, b) = ((lo / bin_hz).ceil() as usize, (hi / bin_hz) as usize);
+    let bins = a.min(power.len())..(b + 1).min(power.len());
+    let n = bins.len() as f32;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mut sx, mut sy, mut sxx, mut sxy) = (0f32, 0f32, 0f32, 0f32);
+    for k in bins {
+        let x = k as f32 * bin_hz / 1000.0;
+        let y = 10.0 * power[k].log10();
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+    }
+    let den = n * sxx - sx * sx;
+    if den.abs() < 1e-9 {
+        0.0
+    } else {
+        (n * sxy - sx * sy) / den
+    }
 }
 
 /// The front-end's fixed tables.
@@ -184,6 +231,11 @@ impl FrontEnd {
         let mut log_e_all = Vec::new();
         let mut shares = Vec::new();
         let mut prev: Option<Vec<f32>> = None;
+        // Second block's frame-level descriptors.
+        let (mut slope_lo, mut slope_mid, mut hammarberg) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dmfcc = [0f32; 12];
+        let (mut dlog_e, mut n_delta) = (0f32, 0usize);
+        let mut prev_frame: Option<(Vec<f32>, f32)> = None;
         let bin_hz = 16_000.0 / N_FFT as f32;
         let mut start = 0;
         let mut frames = 0;
@@ -204,6 +256,7 @@ impl FrontEnd {
             log_e_all.push((log_e, speech));
             if !speech {
                 prev = None;
+                prev_frame = None;
                 continue;
             }
             frames += 1;
@@ -263,6 +316,23 @@ impl FrontEnd {
                 }
                 None => f32::NAN,
             };
+            slope_lo.push(db_slope(&power, bin_hz, 0.0, 500.0));
+            slope_mid.push(db_slope(&power, bin_hz, 500.0, 1500.0));
+            let peak = |lo: f32, hi: f32| -> f32 {
+                let (a, b) = ((lo / bin_hz).ceil() as usize, (hi / bin_hz).ceil() as usize);
+                power[a.min(power.len())..b.min(power.len())]
+                    .iter()
+                    .fold(1e-10f32, |m, p| m.max(*p))
+            };
+            hammarberg.push(10.0 * (peak(0.0, 2000.0) / peak(2000.0, 5000.0)).log10());
+            if let Some((pm, pe)) = &prev_frame {
+                for (i, d) in dmfcc.iter_mut().enumerate() {
+                    *d += (mfcc[i + 1] - pm[i + 1]).abs();
+                }
+                dlog_e += (log_e - pe).abs();
+                n_delta += 1;
+            }
+            prev_frame = Some((mfcc.clone(), log_e));
             lld[0].push(log_e);
             for i in 1..=12 {
                 lld[i].push(mfcc[i]);
@@ -305,26 +375,57 @@ impl FrontEnd {
         let mut last: Option<f32> = None;
         let mut speech_frames = 0usize;
         let mut periodicity = Vec::new();
+        let (mut hnr, mut rise, mut fall) = (Vec::new(), Vec::new(), Vec::new());
+        // Runs of voiced and of unvoiced speech frames (pauses outside speech do not count).
+        let (mut voiced_runs, mut unvoiced_runs) = (Vec::new(), Vec::new());
+        let mut run: Option<(bool, usize)> = None;
+        let mut close_run = |run: &mut Option<(bool, usize)>| {
+            if let Some((voiced, n)) = run.take() {
+                if voiced {
+                    voiced_runs.push(n as f32 * VAD_FRAME as f32 / 16_000.0);
+                } else {
+                    unvoiced_runs.push(n as f32 * VAD_FRAME as f32 / 16_000.0);
+                }
+            }
+        };
         for (i, frame) in samples.chunks_exact(VAD_FRAME).enumerate() {
             if !vad.get(i).is_some_and(|p| *p > 0.5) {
                 last = None;
+                close_run(&mut run);
                 continue;
             }
             speech_frames += 1;
             let (hz, r) = crate::pitch_and_periodicity(frame, crate::RATE);
             periodicity.push(r);
+            let voiced = hz.is_some();
+            match &mut run {
+                Some((v, n)) if *v == voiced => *n += 1,
+                _ => {
+                    close_run(&mut run);
+                    run = Some((voiced, 1));
+                }
+            }
             match hz {
                 Some(hz) => {
                     let st = 12.0 * (hz / 27.5).log2();
                     if let Some(l) = last {
-                        delta.push((st - l).abs().min(12.0));
+                        let d = (st - l).clamp(-12.0, 12.0);
+                        delta.push(d.abs());
+                        if d > 0.0 {
+                            rise.push(d);
+                        } else {
+                            fall.push(-d);
+                        }
                     }
                     last = Some(st);
                     f0.push(st);
+                    let r = r.clamp(0.01, 0.999);
+                    hnr.push(10.0 * (r / (1.0 - r)).log10());
                 }
                 None => last = None,
             }
         }
+        close_run(&mut run);
         periodicity.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         quality.periodicity = percentile(&periodicity, 0.5);
         stats4(&f0, &mut out);
@@ -351,7 +452,30 @@ impl FrontEnd {
             .windows(3)
             .filter(|w| w[1].1 && w[1].0 > w[0].0 && w[1].0 >= w[2].0 && w[1].0 > med)
             .count();
-        out.push(peaks as f32 / (frames as f32 * HOP as f32 / 16_000.0));
+        let speech_seconds = frames as f32 * HOP as f32 / 16_000.0;
+        out.push(peaks as f32 / speech_seconds);
+        // Second block.
+        let mean_std = |v: &[f32], out: &mut Vec<f32>| {
+            let mut s = Vec::with_capacity(4);
+            stats4(v, &mut s);
+            out.extend(&s[..2]);
+        };
+        mean_std(&slope_lo, &mut out);
+        mean_std(&slope_mid, &mut out);
+        mean_std(&hammarberg, &mut out);
+        let n_delta = n_delta.max(1) as f32;
+        out.extend(dmfcc.iter().map(|d| d / n_delta));
+        out.push(dlog_e / n_delta);
+        mean_std(&hnr, &mut out);
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        out.push(mean(&rise));
+        out.push(mean(&fall));
+        let mut sorted_f0 = f0.clone();
+        sorted_f0.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        out.push(percentile(&sorted_f0, 0.5));
+        mean_std(&voiced_runs, &mut out);
+        out.push(mean(&unvoiced_runs));
+        out.push(voiced_runs.len() as f32 / speech_seconds);
         debug_assert_eq!(out.len(), N_FEATURES);
         Some((out, quality))
     }
@@ -370,6 +494,14 @@ pub struct ModelCard {
     pub prior_weight: f32,
     /// Windows a baseline remembers (forgetting factor 1 − 1/memory).
     pub memory: f32,
+    /// Each voice is also scaled by its own running standard deviation (starting from the
+    /// population's), not only centred on its running mean. Absent from older cards: false.
+    #[serde(default)]
+    pub scale: bool,
+    /// Functionals the model leaves out (named as in [`feature_names`]): held at 0, so their
+    /// z-scores are 0 however long a voice is heard.
+    #[serde(default)]
+    pub dropped: Vec<String>,
     /// Mean squared z-score above which a window is out of distribution.
     pub ood_threshold: f32,
     /// Corpora trained on.
@@ -387,6 +519,10 @@ pub struct ModelCard {
 pub struct SpeakerNorm {
     weight: f32,
     mean: Vec<f32>,
+    /// Running sum of squared deviations (Welford, with the same forgetting), for `card.scale`.
+    m2: Vec<f32>,
+    /// The voice's current utterance.
+    pub utterance: Utterance,
 }
 
 impl SpeakerNorm {
@@ -395,21 +531,34 @@ impl SpeakerNorm {
         SpeakerNorm {
             weight: card.prior_weight,
             mean: card.mean.clone(),
+            m2: card.std.iter().map(|s| s * s * card.prior_weight).collect(),
+            utterance: Utterance::default(),
         }
     }
 
-    /// z-scores of `x` against this speaker's past (not including `x`), then takes `x` in.
+    /// z-scores of `x` against this speaker's past (not including `x`), then takes `x` in (the
+    /// update of `models/tools/train_ser.py`'s `normalise`, which the model was trained through).
     pub fn z_then_update(&mut self, x: &[f32], card: &ModelCard) -> Vec<f32> {
         let z: Vec<f32> = x
             .iter()
             .zip(&self.mean)
-            .zip(&card.std)
-            .map(|((x, m), s)| ((x - m) / s.max(1e-6)).clamp(-8.0, 8.0))
+            .zip(card.std.iter().zip(&self.m2))
+            .map(|((x, m), (s, m2))| {
+                let sd = if card.scale {
+                    (m2 / self.weight).sqrt()
+                } else {
+                    *s
+                };
+                ((x - m) / sd.max(1e-6)).clamp(-8.0, 8.0)
+            })
             .collect();
         let keep = 1.0 - 1.0 / card.memory.max(2.0);
         self.weight = self.weight * keep + 1.0;
-        for (m, v) in self.mean.iter_mut().zip(x) {
-            *m += (v - *m) / self.weight;
+        for ((m, m2), v) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(x) {
+            *m2 *= keep;
+            let delta = v - *m;
+            *m += delta / self.weight;
+            *m2 += delta * (v - *m);
         }
         z
     }
@@ -436,6 +585,8 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// Mean squared z-score (distance from the training data).
     pub distance: f32,
+    /// Windows of the utterance the verdict rests on ([`Utterance`]; 1: this window alone).
+    pub windows: usize,
 }
 
 /// Below this top probability a verdict is marked low confidence.
@@ -447,6 +598,8 @@ pub struct EmotionModel {
     /// Its card.
     pub card: ModelCard,
     front: FrontEnd,
+    /// Indices of `card.dropped`.
+    dropped: Vec<usize>,
 }
 
 impl EmotionModel {
@@ -463,10 +616,19 @@ impl EmotionModel {
             card_path.display(),
             card.mean.len()
         );
+        let names = feature_names();
+        let mut dropped = Vec::new();
+        for d in &card.dropped {
+            let i = names.iter().position(|n| n == d).ok_or_else(|| {
+                anyhow::anyhow!("{}: drops {d}, not a functional", card_path.display())
+            })?;
+            dropped.push(i);
+        }
         Ok(EmotionModel {
             session: onnx::load(path, sha256)?,
             card,
             front: FrontEnd::default(),
+            dropped,
         })
     }
 
@@ -497,7 +659,11 @@ impl EmotionModel {
         quality: &Quality,
         speaker: &mut SpeakerNorm,
     ) -> Result<Verdict, OnnxError> {
-        let z = speaker.z_then_update(x, &self.card);
+        let mut x = x.to_vec();
+        for i in &self.dropped {
+            x[*i] = 0.0;
+        }
+        let z = speaker.z_then_update(&x, &self.card);
         let distance = z.iter().map(|v| v * v).sum::<f32>() / z.len() as f32;
         let p = self.probabilities(&z)?;
         let mut reason = quality.problem().map(str::to_owned);
@@ -514,7 +680,7 @@ impl EmotionModel {
             .enumerate()
             .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
         if reason.is_none() && confidence < MIN_CONFIDENCE {
-            reason = Some("no category stands out".into());
+            reason = Some(NO_CATEGORY.into());
         }
         Ok(Verdict {
             scores: self
@@ -529,9 +695,80 @@ impl EmotionModel {
             low_confidence: reason.is_some(),
             reason,
             distance,
+            windows: 1,
         })
     }
 }
+
+/// The evidence of one voice's current utterance: an emotion lasts longer than a 1 s window
+/// carries it, so a verdict combines the trusted windows of the same utterance that started
+/// within `HORIZON_MS` of the newest (at most 3 s of audio); a pause longer than `GAP_MS` starts
+/// a new utterance. Pure: times are passed in.
+#[derive(Debug, Clone, Default)]
+pub struct Utterance {
+    /// (window start ms, probabilities) of the trusted windows kept.
+    windows: std::collections::VecDeque<(f64, Vec<f32>)>,
+    /// End of the last window that held speech, ms.
+    last_speech_end_ms: Option<f64>,
+}
+
+impl Utterance {
+    /// Windows that started this long before the newest still count.
+    pub const HORIZON_MS: f64 = 2_000.0;
+    /// A pause this long ends an utterance.
+    pub const GAP_MS: f64 = 1_000.0;
+
+    /// Takes in a speech window `[start_ms, end_ms)` and its verdict; returns the verdict over the
+    /// utterance so far: the mean of the kept windows' probabilities, with this window's quality
+    /// checks (an untrusted window is returned as it is and not kept).
+    pub fn add(&mut self, start_ms: f64, end_ms: f64, v: Verdict) -> Verdict {
+        let new_utterance = self
+            .last_speech_end_ms
+            .is_none_or(|end| start_ms - end > Self::GAP_MS || end - start_ms > 60_000.0);
+        if new_utterance {
+            self.windows.clear();
+        }
+        self.last_speech_end_ms = Some(end_ms);
+        if v.low_confidence && v.reason.as_deref() != Some(NO_CATEGORY) {
+            return v;
+        }
+        self.windows
+            .push_back((start_ms, v.scores.iter().map(|(_, p)| *p).collect()));
+        while self
+            .windows
+            .front()
+            .is_some_and(|(t, _)| *t < start_ms - Self::HORIZON_MS)
+        {
+            self.windows.pop_front();
+        }
+        let k = v.scores.len();
+        let mut mean = vec![0f32; k];
+        let n = self.windows.len() as f32;
+        for (_, p) in &self.windows {
+            for (m, x) in mean.iter_mut().zip(p) {
+                *m += x / n;
+            }
+        }
+        let (i, confidence) = mean
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let low = confidence < MIN_CONFIDENCE;
+        Verdict {
+            top: v.scores.get(i).map(|(l, _)| l.clone()).unwrap_or_default(),
+            scores: v.scores.iter().map(|(l, _)| l.clone()).zip(mean).collect(),
+            confidence,
+            low_confidence: low,
+            reason: low.then(|| NO_CATEGORY.to_owned()),
+            distance: v.distance,
+            windows: self.windows.len(),
+        }
+    }
+}
+
+/// The reason given when no category leads clearly.
+pub const NO_CATEGORY: &str = "no category stands out";
 
 /// Speakers' baselines, least recently heard forgotten first.
 pub struct SpeakerNorms {
@@ -588,6 +825,52 @@ pub fn order_key(name: &str) -> u64 {
 mod tests {
     use super::*;
 
+    fn verdict(p: [f32; 4], reason: Option<&str>) -> Verdict {
+        let labels = ["angry", "happy", "neutral", "sad"];
+        let (i, c) = p
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        Verdict {
+            scores: labels.iter().map(|l| l.to_string()).zip(p).collect(),
+            top: labels[i].into(),
+            confidence: c,
+            low_confidence: reason.is_some(),
+            reason: reason.map(String::from),
+            distance: 1.0,
+            windows: 1,
+        }
+    }
+
+    #[test]
+    fn an_utterance_combines_its_recent_windows_and_a_pause_starts_afresh() {
+        let mut u = Utterance::default();
+        let sad = [0.05, 0.05, 0.1, 0.8];
+        let unsure = [0.1, 0.1, 0.45, 0.35];
+        let v = u.add(0.0, 1000.0, verdict(sad, None));
+        assert_eq!((v.top.as_str(), v.windows), ("sad", 1));
+        // A window that alone says nothing clear leans on the utterance so far.
+        let v = u.add(500.0, 1500.0, verdict(unsure, Some(NO_CATEGORY)));
+        assert_eq!((v.top.as_str(), v.windows), ("sad", 2), "{v:?}");
+        assert!(!v.low_confidence, "{v:?}");
+        // Clipped: returned as it is, and kept out of the evidence.
+        let v = u.add(1000.0, 2000.0, verdict(sad, Some("clipped")));
+        assert_eq!((v.windows, v.low_confidence), (1, true));
+        // Windows older than the horizon leave.
+        let v = u.add(2600.0, 3600.0, verdict(unsure, Some(NO_CATEGORY)));
+        assert_eq!(v.windows, 1, "the windows at 0 and 500 ms are out: {v:?}");
+        assert_eq!(v.top, "neutral");
+        assert!(v.low_confidence);
+        // After a pause longer than the gap, nothing of before counts.
+        let v = u.add(
+            3600.0 + Utterance::GAP_MS + 1.0,
+            6000.0,
+            verdict(unsure, Some(NO_CATEGORY)),
+        );
+        assert_eq!((v.windows, v.top.as_str()), (1, "neutral"));
+    }
+
     #[test]
     fn names_match_count() {
         assert_eq!(feature_names().len(), N_FEATURES);
@@ -616,6 +899,30 @@ mod tests {
     }
 
     #[test]
+    fn a_scaled_norm_divides_by_the_voice_s_own_running_spread() {
+        let card = ModelCard {
+            labels: vec![],
+            mean: vec![0.0],
+            std: vec![1.0],
+            prior_weight: 1.0,
+            memory: 1e9,
+            ood_threshold: 10.0,
+            corpora: vec![],
+            speakers: vec![],
+            input: String::new(),
+            output: String::new(),
+            scale: true,
+            dropped: vec![],
+        };
+        let mut s = SpeakerNorm::new(&card);
+        // First: the population's spread.
+        assert_eq!(s.z_then_update(&[2.0], &card), vec![2.0]);
+        // Then mean (0 + 2) / 2 = 1, m2 = 1 + 2 · (2 − 1) = 3, spread √(3 / 2).
+        let z = s.z_then_update(&[3.0], &card)[0];
+        assert!((z - 2.0 / 1.5f32.sqrt()).abs() < 1e-5, "{z}");
+    }
+
+    #[test]
     fn speaker_norm_is_causal() {
         let card = ModelCard {
             labels: vec![],
@@ -628,6 +935,8 @@ mod tests {
             speakers: vec![],
             input: String::new(),
             output: String::new(),
+            scale: false,
+            dropped: vec![],
         };
         let mut s = SpeakerNorm::new(&card);
         assert_eq!(s.z_then_update(&[3.0, 3.0], &card), vec![3.0, 3.0]);

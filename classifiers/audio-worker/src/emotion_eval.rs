@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::corpus::{list, Item};
-use crate::emotion::{feature_names, order_key, EmotionModel, FrontEnd, SpeakerNorm};
+use crate::emotion::{feature_names, order_key, EmotionModel, FrontEnd, SpeakerNorm, Utterance};
 use crate::{read_wav, Vad, RATE, SILERO_SHA256};
 
 /// Windows of `window` samples (the whole file when 0), each with its speech probabilities.
@@ -34,9 +34,11 @@ pub fn features(vad_path: &Path, dir: &Path, out: &Path, window_ms: u32) -> anyh
     )?;
     let window = RATE as usize * window_ms as usize / 1000;
     let started = std::time::Instant::now();
-    let (mut rows, mut empty) = (0, 0);
+    let (mut rows, mut empty, mut unreadable) = (0, 0, 0);
     for item in &items {
-        let samples = read_wav(&item.path)?;
+        let Some(samples) = read_or_skip(item, &mut unreadable) else {
+            continue;
+        };
         let mut sizes = vec![0usize];
         if window > 0 {
             sizes.push(window);
@@ -70,11 +72,24 @@ pub fn features(vad_path: &Path, dir: &Path, out: &Path, window_ms: u32) -> anyh
         }
     }
     eprintln!(
-        "{} files, {rows} rows, {empty} without enough speech, {:.1} s",
+        "{} files, {rows} rows, {empty} without enough speech, {unreadable} unreadable (skipped), {:.1} s",
         items.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A corpus file's samples, or `None` (said on stderr and counted) when it cannot be read: one
+/// truncated file in a public copy of a corpus must not stop the figures for the other thousands.
+fn read_or_skip(item: &Item, unreadable: &mut usize) -> Option<Vec<f32>> {
+    match read_wav(&item.path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("skipped: {e:#}");
+            *unreadable += 1;
+            None
+        }
+    }
 }
 
 /// Recall per class, UAR and confusion counts.
@@ -203,6 +218,10 @@ pub fn evaluate(
     let window = RATE as usize * window_ms as usize / 1000;
     let mut per_file: BTreeMap<String, Tally> = BTreeMap::new();
     let mut per_window: BTreeMap<String, Tally> = BTreeMap::new();
+    // The windows' verdicts over their utterance so far, as the worker serves them.
+    let mut per_utterance: BTreeMap<String, Tally> = BTreeMap::new();
+    // Each speaker's clock: files are utterances 5 s apart.
+    let mut clocks: std::collections::HashMap<String, f64> = Default::default();
     let mut other: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let mut file_norms: std::collections::HashMap<String, SpeakerNorm> = Default::default();
     let mut window_norms: std::collections::HashMap<String, SpeakerNorm> = Default::default();
@@ -220,16 +239,22 @@ pub fn evaluate(
     if let Some(snr) = noise_snr_db {
         println!("with room-like noise at {snr} dB SNR (against each file's speech level)");
     }
+    let mut unreadable = 0;
     for item in &items {
-        let mut samples = read_wav(&item.path)?;
+        let Some(mut samples) = read_or_skip(item, &mut unreadable) else {
+            continue;
+        };
         if let Some(snr) = noise_snr_db {
             add_noise(&mut samples, snr, order_key(&item.name));
         }
+        let clock = clocks.entry(item.speaker.clone()).or_insert(0.0);
+        let file_start_ms = *clock;
+        *clock += samples.len() as f64 * 1000.0 / f64::from(RATE) + 5_000.0;
         for (size, norms, tallies) in [
             (0usize, &mut file_norms, &mut per_file),
             (window, &mut window_norms, &mut per_window),
         ] {
-            for part in windows(&samples, size) {
+            for (index, part) in windows(&samples, size).into_iter().enumerate() {
                 let probs = vad.probabilities(part)?;
                 if size == window {
                     let w = crate::analyze_with_vad(&probs, part, 0.0);
@@ -275,6 +300,17 @@ pub fn evaluate(
                 if size == window {
                     model_time += t0.elapsed();
                     model_runs += 1;
+                    let start_ms =
+                        file_start_ms + (index * window) as f64 * 1000.0 / f64::from(RATE);
+                    let end_ms = start_ms + part.len() as f64 * 1000.0 / f64::from(RATE);
+                    let u = norm.utterance.add(start_ms, end_ms, v.clone());
+                    if labels.contains(&item.class) {
+                        per_utterance.entry(item.corpus.clone()).or_default().add(
+                            &item.class,
+                            &u.top,
+                            u.low_confidence,
+                        );
+                    }
                 }
                 if labels.contains(&item.class) {
                     tallies.entry(item.corpus.clone()).or_default().add(
@@ -293,14 +329,26 @@ pub fn evaluate(
         }
     }
     println!(
-        "{} files scored ({no_speech} without enough speech); features + model {:.2} ms per {window_ms} ms window (VAD not included)",
-        items.len(),
+        "{} files scored ({no_speech} without enough speech, {unreadable} unreadable and skipped); features + model {:.2} ms per {window_ms} ms window (VAD not included)",
+        items.len() - unreadable,
         model_time.as_secs_f64() * 1e3 / f64::from(model_runs.max(1))
     );
     for (corpus, t) in &per_file {
         t.print(&format!("{corpus}, per file"), &labels);
         if let Some(w) = per_window.get(corpus) {
-            w.print(&format!("{corpus}, per {window_ms} ms window"), &labels);
+            w.print(
+                &format!("{corpus}, per {window_ms} ms window alone"),
+                &labels,
+            );
+        }
+        if let Some(w) = per_utterance.get(corpus) {
+            w.print(
+                &format!(
+                    "{corpus}, per {window_ms} ms window over its utterance so far (at most {:.0} s of audio; as served)",
+                    Utterance::HORIZON_MS / 1000.0 + f64::from(window_ms) / 1000.0
+                ),
+                &labels,
+            );
         }
     }
     for (corpus, (pred, truth)) in &arousal {

@@ -40,7 +40,7 @@ pub const SILERO_SHA256: &str = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7
 /// The bundled speech-emotion model (trained here by `models/tools/train_ser.py`).
 pub const SER_TAP_FILE: &str = "ser_tap.onnx";
 /// Its sha256.
-pub const SER_TAP_SHA256: &str = "c70a4a33d521963f13d458fbad02d52d27fae3acf35aa213de96e711e9c280a1";
+pub const SER_TAP_SHA256: &str = "70bf94187ede1a0fd8ee0b369063af37535be99186dec7525aedecd6e6f0fc38";
 /// Sample rate the worker analyses at.
 pub const RATE: u32 = 16_000;
 const FRAME: usize = 512;
@@ -348,6 +348,11 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
 
 /// Reads a WAV file as mono f32 at 16 kHz.
 pub fn read_wav(path: &Path) -> anyhow::Result<Vec<f32>> {
+    use anyhow::Context as _;
+    read_wav_inner(path).with_context(|| format!("{}: not a readable WAV file", path.display()))
+}
+
+fn read_wav_inner(path: &Path) -> anyhow::Result<Vec<f32>> {
     let mut r = hound::WavReader::open(path)?;
     let spec = r.spec();
     let ch = spec.channels.max(1) as usize;

@@ -78,7 +78,11 @@ fn features_and_evaluate_emotion_run_on_a_labelled_folder() {
     );
     assert!(stdout.contains("synth, per file: UAR"), "{stdout}");
     assert!(
-        stdout.contains("synth, per 1000 ms window: UAR"),
+        stdout.contains("synth, per 1000 ms window alone: UAR"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("synth, per 1000 ms window over its utterance so far"),
         "{stdout}"
     );
     assert!(stdout.contains("confusion"), "{stdout}");

@@ -155,6 +155,9 @@ mod tests {
                 speaking: None,
                 attentive: None,
                 modalities: vec![],
+                face_emotion: None,
+                voice_emotion: None,
+                conflict: None,
             })
         };
         let mood = AffectUpdate::Room(RoomMood {
@@ -173,6 +176,7 @@ mod tests {
             attentive_share: None,
             valence_trend: None,
             arousal_trend: None,
+            conflicted: None,
             expressions: None,
         });
         let p = Audience::Participant;

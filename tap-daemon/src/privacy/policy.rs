@@ -128,6 +128,9 @@ pub fn state(policy: Policy, mut s: ParticipantState) -> Option<ParticipantState
             s.valence = None;
             s.arousal = None;
             s.emotion = None;
+            s.face_emotion = None;
+            s.voice_emotion = None;
+            s.conflict = None;
             Some(s)
         }
     }
@@ -142,6 +145,7 @@ pub fn state(policy: Policy, mut s: ParticipantState) -> Option<ParticipantState
 pub fn room(policy: Policy, mut m: RoomMood) -> RoomMood {
     if policy == Policy::Expressions {
         m.emotions.clear();
+        m.conflicted = None;
         m.valence = None;
         m.arousal = None;
         m.valence_trend = None;
@@ -264,9 +268,12 @@ mod tests {
         let s: ParticipantState = serde_json::from_value(serde_json::json!({
             "v": 1, "type": "kurento-tap.state", "room": "r", "participant": "p", "at_ms": 1.0,
             "valence": 0.5, "arousal": 0.4, "emotion": "happy", "confidence": 0.9,
-            "face_visible": true, "speaking": false, "attentive": true, "modalities": ["face"]
+            "face_visible": true, "speaking": false, "attentive": true, "modalities": ["face"],
+            "face_emotion": "happy", "voice_emotion": "angry",
+            "conflict": {"face": "happy", "face_valence": 0.8, "voice": "angry", "voice_valence": -0.6}
         }))
         .unwrap();
+        assert!(s.conflict.is_some());
         assert_eq!(state(Policy::Emotions, s.clone()), Some(s.clone()));
         assert_eq!(state(Policy::Aggregate, s.clone()), None);
         let e = state(Policy::Expressions, s).unwrap();
@@ -277,7 +284,7 @@ mod tests {
         assert_eq!(e.face_visible, Some(true));
         let text = serde_json::to_string(&e).unwrap();
         assert!(
-            !text.contains("happy") && !text.contains("valence\":0"),
+            !text.contains("happy") && !text.contains("angry") && !text.contains("valence\":0"),
             "{text}"
         );
     }
