@@ -505,7 +505,7 @@ impl ModelSpec {
                 || q.dataset.len() > 200
                 || q.metric.len() > 64
             {
-                return bad("quality needs a dataset, a metric, a value in [0, 1] and ≥ 2 classes");
+                return bad("quality needs a dataset (at most 200 bytes), a metric (at most 64), a value in [0, 1] and ≥ 2 classes");
             }
         }
         Ok(())

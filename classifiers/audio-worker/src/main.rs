@@ -142,6 +142,28 @@ const AROUSAL_RAVDESS: f64 = AROUSAL_RAVDESS_PERCENT / 100.0;
 const AROUSAL_RAVDESS_PERCENT: f64 = 71.6;
 const ROUND_AROUSAL_RAVDESS: &str = "71.6";
 
+/// What the registry shows of the voice model's quality: figures on speech neither model was
+/// trained or fitted on, under call conditions, per window as served (docs/models.md).
+fn voice_quality(categorical: bool) -> ModelQuality {
+    if categorical {
+        ModelQuality {
+            dataset: format!(
+                "cross-corpus EmoDB/RAVDESS, worse direction, Opus 32 kbps, noise 15 dB, 1 s windows over the utterance; arousal on RAVDESS {ROUND_AROUSAL_RAVDESS} % (docs/models.md)"
+            ),
+            metric: "unweighted average recall".into(),
+            value: CROSS_CORPUS_UAR,
+            classes: 4,
+        }
+    } else {
+        ModelQuality {
+            dataset: "arousal high/low on RAVDESS (not fitted on), Opus 32 kbps, noise 15 dB, 1 s windows, causal baseline (docs/models.md)".into(),
+            metric: "balanced accuracy".into(),
+            value: AROUSAL_RAVDESS,
+            classes: 2,
+        }
+    }
+}
+
 /// Voices remembered per worker process (the least recently heard is forgotten first).
 const MAX_SPEAKERS: usize = 4096;
 
@@ -404,23 +426,7 @@ async fn main() -> anyhow::Result<()> {
             ));
             // Figures on speech not trained or fitted on, per window as served (docs/models.md;
             // `audio-worker evaluate-emotion`).
-            spec.quality = Some(if card.is_some() {
-                ModelQuality {
-                    dataset: format!(
-                        "speech emotion cross-corpus under call conditions (Opus 32 kbps, room noise 15 dB), 1 s windows over their utterance, the worse direction of EmoDB → RAVDESS and RAVDESS → EmoDB; arousal high/low on RAVDESS under the same conditions {ROUND_AROUSAL_RAVDESS} % (docs/models.md)"
-                    ),
-                    metric: "unweighted average recall".into(),
-                    value: CROSS_CORPUS_UAR,
-                    classes: 4,
-                }
-            } else {
-                ModelQuality {
-                    dataset: "arousal high/low on RAVDESS speech (not fitted on) under call conditions (Opus 32 kbps, room noise 15 dB), 1 s windows, causal baseline (docs/models.md)".into(),
-                    metric: "balanced accuracy".into(),
-                    value: AROUSAL_RAVDESS,
-                    classes: 2,
-                }
-            });
+            spec.quality = Some(voice_quality(card.is_some()));
             let baselines = Arc::new(Mutex::new(Baselines::new(
                 EMODB_POPULATION,
                 BaselineConfig::default(),
@@ -562,6 +568,26 @@ fn evaluate_arousal(vad_path: &std::path::Path, dir: &std::path::Path) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_quality_passes_the_registry_s_checks() {
+        for categorical in [true, false] {
+            let mut spec = ModelSpec::audio(
+                "voice",
+                "1",
+                AudioChunkSpec {
+                    window_ms: 1000,
+                    hop_ms: 500,
+                    sample_rate: RATE,
+                    channels: 1,
+                    format: SampleFormat::F32,
+                },
+                &["speech", "calm", "moderate", "aroused"],
+            );
+            spec.quality = Some(voice_quality(categorical));
+            spec.validate().unwrap_or_else(|e| panic!("{categorical}: {e:?}"));
+        }
+    }
 
     #[test]
     fn the_voice_declaration_places_the_emotions_and_keeps_arousal() {
