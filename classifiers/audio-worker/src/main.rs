@@ -585,7 +585,8 @@ mod tests {
                 &["speech", "calm", "moderate", "aroused"],
             );
             spec.quality = Some(voice_quality(categorical));
-            spec.validate().unwrap_or_else(|e| panic!("{categorical}: {e:?}"));
+            spec.validate()
+                .unwrap_or_else(|e| panic!("{categorical}: {e:?}"));
         }
     }
 

@@ -79,6 +79,8 @@ pub(super) fn link_video(
         // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
         // every other tap on it needs (and the live sources never preroll anyway).
         .async_(false)
+        // No `last-sample`: nothing should keep a frame alive after we took it.
+        .enable_last_sample(false)
         .build();
     let mut chain = vec![depay.clone()];
     chain.extend(decoder);
@@ -138,6 +140,8 @@ pub(super) fn link_audio(
         // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
         // every other tap on it needs (and the live sources never preroll anyway).
         .async_(false)
+        // No `last-sample` (as for video): nothing holds a window after we took it.
+        .enable_last_sample(false)
         .build();
     let chain: Vec<gst::Element> = vec![
         depay.clone(),
