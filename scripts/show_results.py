@@ -38,7 +38,9 @@ def describe_mood(m):
     aro = "-" if m.get("arousal") is None else f"{m['arousal']:.2f}{arrow.get(m.get('arousal_trend'), '')}"
     att = "-" if m.get("attentive_share") is None else f"{m['attentive_share'] * 100:.0f}%"
     emotions = ", ".join(f"{e} {n}" for e, n in sorted(m.get("emotions", {}).items())) or "none yet"
-    return f"{who}; {m['contributors']} of {m['participants']} contribute: valence {val}, arousal {aro}, attentive {att}; {emotions}"
+    # Face and voice disagreeing (a smile over an angry voice) are counted, not blended away.
+    conflicted = f"; {m['conflicted']} with face and voice disagreeing" if m.get("conflicted") else ""
+    return f"{who}; {m['contributors']} of {m['participants']} contribute: valence {val}, arousal {aro}, attentive {att}; {emotions}{conflicted}"
 
 
 quality = {}
