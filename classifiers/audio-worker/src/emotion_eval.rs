@@ -101,11 +101,27 @@ pub struct Tally {
     pub low: usize,
     /// All verdicts.
     pub n: usize,
+    /// Why verdicts were marked low confidence → how many.
+    pub reasons: BTreeMap<String, usize>,
 }
 
 impl Tally {
     /// Adds one verdict.
     pub fn add(&mut self, truth: &str, predicted: &str, low: bool) {
+        self.add_with_reason(truth, predicted, low, None);
+    }
+
+    /// Adds one verdict and why it was marked low confidence.
+    pub fn add_with_reason(
+        &mut self,
+        truth: &str,
+        predicted: &str,
+        low: bool,
+        reason: Option<&str>,
+    ) {
+        if let (true, Some(r)) = (low, reason) {
+            *self.reasons.entry(r.to_owned()).or_default() += 1;
+        }
         *self
             .confusion
             .entry((truth.to_owned(), predicted.to_owned()))
@@ -159,6 +175,14 @@ impl Tally {
             .map(|(l, r)| format!("{l} {:.1} %", r * 100.0))
             .collect();
         println!("  recall: {}", recalls.join(", "));
+        if !self.reasons.is_empty() {
+            let r: Vec<String> = self
+                .reasons
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            println!("  marked low confidence because: {}", r.join(", "));
+        }
         println!(
             "  confusion (rows truth, columns predicted): {:>9}",
             labels.iter().map(|l| format!("{l:>9}")).collect::<String>()
@@ -305,19 +329,27 @@ pub fn evaluate(
                     let end_ms = start_ms + part.len() as f64 * 1000.0 / f64::from(RATE);
                     let u = norm.utterance.add(start_ms, end_ms, v.clone());
                     if labels.contains(&item.class) {
-                        per_utterance.entry(item.corpus.clone()).or_default().add(
-                            &item.class,
-                            &u.top,
-                            u.low_confidence,
-                        );
+                        per_utterance
+                            .entry(item.corpus.clone())
+                            .or_default()
+                            .add_with_reason(
+                                &item.class,
+                                &u.top,
+                                u.low_confidence,
+                                u.reason.as_deref(),
+                            );
                     }
                 }
                 if labels.contains(&item.class) {
-                    tallies.entry(item.corpus.clone()).or_default().add(
-                        &item.class,
-                        &v.top,
-                        v.low_confidence,
-                    );
+                    tallies
+                        .entry(item.corpus.clone())
+                        .or_default()
+                        .add_with_reason(
+                            &item.class,
+                            &v.top,
+                            v.low_confidence,
+                            v.reason.as_deref(),
+                        );
                 } else if size == 0 {
                     *other
                         .entry(item.class.clone())
