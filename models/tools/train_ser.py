@@ -229,6 +229,31 @@ def report(d, c, windows):
                         print(l)
 
 
+HIGH_AROUSAL = {"angry", "happy", "fear", "surprise"}
+LOW_AROUSAL = {"sad", "neutral", "calm", "boredom"}
+
+
+def report_arousal(d, c):
+    """Arousal high/low from the same functionals, trained on one corpus and tested on each other,
+    balanced accuracy (the comparison with the pitch model in docs/models.md)."""
+    y = np.array([1 if k in HIGH_AROUSAL else 0 if k in LOW_AROUSAL else -1 for k in d["cls"]])
+    corpora = sorted(set(d["corpus"]))
+    for a in corpora:
+        train = d["corpus"] == a
+        mean, std = population(d, train)
+        z = normalise(d, mean, std)
+        m = train & (y >= 0) & (d["window"] == -1)
+        clf = fit(z[m], y[m], c)
+        for b in corpora:
+            if b == a:
+                continue
+            for level, lm in (("file", d["window"] == -1), ("1 s window", d["window"] >= 0)):
+                t = (d["corpus"] == b) & (y >= 0) & lm
+                p = predict(clf, z[t])
+                acc = (np.mean(p[y[t] == 1] == 1) + np.mean(p[y[t] == 0] == 0)) / 2
+                print(f"  arousal {a} -> {b} {level:10s} balanced {acc * 100:5.1f} %  (n={t.sum()})")
+
+
 def export(d, c, windows, out):
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -297,6 +322,8 @@ def main():
     ap.add_argument("--files-only", action="store_true",
                     help="train on whole files only (default: 1-s windows as well, the unit served)")
     ap.add_argument("--corpora", nargs="+", help="use only these corpora of the CSVs")
+    ap.add_argument("--report-arousal", action="store_true",
+                    help="arousal high/low from the functionals, corpus to corpus")
     a = ap.parse_args()
     a.windows = not a.files_only
     np.random.seed(0)
@@ -311,6 +338,9 @@ def main():
     if a.report:
         for c in a.C:
             report(d, c, a.windows)
+    if a.report_arousal:
+        for c in a.C:
+            report_arousal(d, c)
     if a.out:
         export(d, a.C[0], a.windows, a.out)
 
