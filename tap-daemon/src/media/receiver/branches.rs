@@ -1,5 +1,6 @@
 //! The decoding branches rtpbin's pads are linked to: video (depayload, keyframe handling,
-//! decode) and audio (depayload, decode, resample), each ending in an appsink.
+//! decode) and audio (depayload, decode, resample); video frames are taken by a pad probe before a
+//! fakesink, audio by an appsink.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use tracing::debug;
 use crate::media::capture_clock::CaptureClock;
 
 use super::clock::{capture_us, ClockMap};
-use super::gst_util::{add_chain, link_to, make};
+use super::gst_util::{add_chain, gst_err, link_to, make};
 use super::types::{
     DecodedAudio, DecodedFrame, MediaSink, ReceiverError, ReceiverStats, KEYFRAME_REQUEST_INTERVAL,
 };
@@ -67,48 +68,54 @@ pub(super) fn link_video(
     }
     throttle_keyframe_requests(&depay, stats.clone());
     let convert = make("videoconvert")?;
-    let appsink = gst_app::AppSink::builder()
-        .caps(
-            &gst::Caps::builder("video/x-raw")
-                .field("format", "I420")
-                .build(),
-        )
-        .max_buffers(1)
-        .drop(true)
-        .sync(false)
-        // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
-        // every other tap on it needs (and the live sources never preroll anyway).
-        .async_(false)
-        // No `last-sample`: nothing should keep a frame alive after we took it.
-        .enable_last_sample(false)
-        .build();
+    let i420 = make("capsfilter")?;
+    i420.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .build(),
+    );
+    // Frames are taken by a pad probe in front of a fakesink, not by an appsink: appsink keeps the
+    // last buffer it handed out inside its reusable sample until the next one comes, so the
+    // decoder needed a second frame buffer per participant (measured with GST_DEBUG=bufferpool:6:
+    // frame N's buffer went back to the pool only after frame N+1 was pushed; 115 KB at
+    // 320x240, 460 KB at 640x480). The probe runs on the same streaming thread; the sink drops
+    // the buffer at once.
+    let sink_element = make("fakesink")?;
+    sink_element.set_property("sync", false);
+    // No preroll: on shared receive threads a sink waiting for preroll would hold the thread
+    // every other tap on it needs (and the live sources never preroll anyway).
+    sink_element.set_property("async", false);
+    sink_element.set_property("enable-last-sample", false);
     let mut chain = vec![depay.clone()];
     chain.extend(decoder);
     chain.push(convert);
-    chain.push(appsink.clone().upcast());
+    chain.push(i420);
+    chain.push(sink_element.clone());
     add_chain(pipeline, &chain)?;
     let clock = Mutex::new(CaptureClock::default());
-    appsink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |s| {
-                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                stats.video_frames.fetch_add(1, Ordering::Relaxed);
-                let capture_us = capture_us(&buffer, &clock_map, &clock, &stats, "video");
-                sink.video(DecodedFrame {
-                    buffer,
-                    info,
-                    capture_us,
-                });
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let sink_pad = sink_element
+        .static_pad("sink")
+        .ok_or_else(|| gst_err("fakesink without a sink pad"))?;
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(caps) = pad.current_caps() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(info) = gst_video::VideoInfo::from_caps(&caps) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        stats.video_frames.fetch_add(1, Ordering::Relaxed);
+        let capture_us = capture_us(buffer, &clock_map, &clock, &stats, "video");
+        sink.video(DecodedFrame {
+            buffer: buffer.clone(),
+            info,
+            capture_us,
+        });
+        gst::PadProbeReturn::Ok
+    });
     link_to(pad, &depay)?;
     debug!(encoding, "video decoder linked");
     Ok(())

@@ -1,7 +1,7 @@
 //! The GStreamer side of a tap: RTP in, decoded frames and samples out, built in code.
 //!
 //! ```text
-//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer: audio 100 ms, video 300 ms) ─▶ depay ─▶ decode ─▶ appsink
+//! udpsrc(rtp) ─▶ rtpbin session 0/1 (jitterbuffer: audio 100 ms, video 300 ms) ─▶ depay ─▶ decode ─▶ probe+fakesink (video) / appsink (audio)
 //! udpsrc(rtcp) ─▶ rtpbin ─▶ udpsink(KMS RTCP port): receiver reports, NACK, PLI/FIR for keyframes
 //! ```
 //! Video leaves as I420 at the stream's size, audio as mono F32 at 48 kHz; the chunker converts only

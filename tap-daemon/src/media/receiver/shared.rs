@@ -3,7 +3,7 @@
 //! depayloader and decoder run on that thread when a packet arrives.
 //!
 //! ```text
-//! ts-udpsrc(context) ─▶ [srtpdec] ─▶ (reorder) ─▶ depay ─▶ decode ─▶ appsink   (no rtpbin, no RTCP)
+//! ts-udpsrc(context) ─▶ [srtpdec] ─▶ (reorder) ─▶ depay ─▶ decode ─▶ probe+fakesink / appsink   (no rtpbin, no RTCP)
 //! ```
 //! The reorder step is a pad probe ([`crate::media::reorder`]): packets ahead of a hole wait for
 //! it on the same thread, for at most the configured latency.
