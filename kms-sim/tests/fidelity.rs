@@ -158,26 +158,74 @@ async fn first_publisher(kms: &KurentoClient, codec: &str) -> (MediaPipeline, We
     panic!("no {codec} publisher");
 }
 
+/// A tap's leg on the simulator: a tap of the first `codec` publisher of `scenario`, offered one
+/// video m-line (`media(port)`: from `m=` on), answered but not yet connected.
+struct TapLeg {
+    _sim: SimServer,
+    _kms: KurentoClient,
+    publisher: WebRtcEndpoint,
+    tap: RtpEndpoint,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    answer: String,
+}
+
+async fn tap_leg(scenario: &str, codec: &str, media: impl Fn(u16) -> String) -> TapLeg {
+    let sim = start(Scenario::parse(scenario).unwrap()).await;
+    let kms = KurentoClient::connect(sim.url()).await.unwrap();
+    let (room, publisher) = first_publisher(&kms, codec).await;
+    let (rtp, rtcp) = port_pair();
+    let port = rtp.local_addr().unwrap().port();
+    let tap = room.create::<RtpEndpoint>().await.unwrap();
+    let answer = tap
+        .process_offer(&format!(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{}",
+            media(port)
+        ))
+        .await
+        .unwrap();
+    TapLeg {
+        _sim: sim,
+        _kms: kms,
+        publisher,
+        tap,
+        rtp,
+        rtcp,
+        answer,
+    }
+}
+
+/// Compound RTCP as a receiver sends it: an empty receiver report (SSRC 7), then one feedback
+/// message (`pt` 205 transport / 206 payload-specific, `fmt`) about `media_ssrc` with its FCI.
+fn rtcp_feedback(pt: u8, fmt: u8, media_ssrc: u32, fci: &[u8]) -> Vec<u8> {
+    let words = (12 + fci.len()) / 4 - 1;
+    let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
+    pkt.extend_from_slice(&[0x80 | fmt, pt, 0, words as u8, 0, 0, 0, 7]);
+    pkt.extend_from_slice(&media_ssrc.to_be_bytes());
+    pkt.extend_from_slice(fci);
+    pkt
+}
+
 /// As KMS 7.x: a tap's RTCP PLI does not reach the publisher (GStreamer >= 1.20 puts the tap's
 /// SSRC in the keyframe request, which the publisher's session does not know), and
 /// `requestKeyframe` on the tap does (KMS sends the browser a FIR).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tap_s_pli_brings_no_keyframe_and_request_keyframe_does() {
     // Keyframes every 600 frames (40 s at 15 fps): any second keyframe within the test is asked for.
-    let scenario = Scenario::parse(
+    let TapLeg {
+        publisher,
+        tap,
+        rtp,
+        rtcp,
+        answer,
+        _sim,
+        _kms,
+    } = tap_leg(
         "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={codec='VP8', keyframe_interval=600}\n",
+        "VP8",
+        |port| format!("m=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\na=rtcp-fb:100 ccm fir\r\na=recvonly\r\n"),
     )
-    .unwrap();
-    let sim = start(scenario).await;
-    let kms = KurentoClient::connect(sim.url()).await.unwrap();
-    let (room, publisher) = first_publisher(&kms, "VP8").await;
-    let (rtp, rtcp) = port_pair();
-    let port = rtp.local_addr().unwrap().port();
-    let tap = room.create::<RtpEndpoint>().await.unwrap();
-    let answer = tap
-        .process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack pli\r\na=rtcp-fb:100 ccm fir\r\na=recvonly\r\n"))
-        .await
-        .unwrap();
+    .await;
     let (kms_rtcp, media_ssrc) = rtcp_port_and_ssrc(&answer);
     publisher.connect(&tap, MediaType::Video).await.unwrap();
     let api_request = {
@@ -198,10 +246,8 @@ async fn a_tap_s_pli_brings_no_keyframe_and_request_keyframe_does() {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(4500) {
             if start.elapsed() > Duration::from_millis(1500) && !pli_sent {
-                // Compound RTCP: an empty receiver report, then PLI (PT 206, FMT 1) for KMS's SSRC.
-                let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
-                pkt.extend_from_slice(&[0x81, 206, 0, 2, 0, 0, 0, 7]);
-                pkt.extend_from_slice(&media_ssrc.to_be_bytes());
+                // PLI (PT 206, FMT 1) for KMS's SSRC.
+                let pkt = rtcp_feedback(206, 1, media_ssrc, &[]);
                 rtcp.send_to(&pkt, ("127.0.0.1", kms_rtcp)).unwrap();
                 pli_sent = true;
             }
@@ -246,20 +292,20 @@ async fn a_tap_s_pli_brings_no_keyframe_and_request_keyframe_does() {
 /// the tap makes the simulator send the packet again, same sequence number, in-band.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_from_the_tap_is_answered_with_the_packet_again() {
-    let scenario = Scenario::parse(
+    let TapLeg {
+        publisher,
+        tap,
+        rtp,
+        rtcp,
+        answer,
+        _sim,
+        _kms,
+    } = tap_leg(
         "[[room]]\nname='r'\n[[room.participant]]\nname='p'\nvideo={codec='VP8'}\n",
+        "VP8",
+        |port| format!("m=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack\r\na=rtcp-fb:100 nack pli\r\na=recvonly\r\n"),
     )
-    .unwrap();
-    let sim = start(scenario).await;
-    let kms = KurentoClient::connect(sim.url()).await.unwrap();
-    let (room, publisher) = first_publisher(&kms, "VP8").await;
-    let (rtp, rtcp) = port_pair();
-    let port = rtp.local_addr().unwrap().port();
-    let tap = room.create::<RtpEndpoint>().await.unwrap();
-    let answer = tap
-        .process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 100\r\na=rtpmap:100 VP8/90000\r\na=rtcp-fb:100 nack\r\na=rtcp-fb:100 nack pli\r\na=recvonly\r\n"))
-        .await
-        .unwrap();
+    .await;
     assert!(answer.contains("a=rtcp-fb:100 nack\r\n"), "{answer}");
     let (kms_rtcp, media_ssrc) = rtcp_port_and_ssrc(&answer);
     publisher.connect(&tap, MediaType::Video).await.unwrap();
@@ -273,15 +319,11 @@ async fn a_nack_from_the_tap_is_answered_with_the_packet_again() {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(3000) {
             if asked.is_none() && start.elapsed() > Duration::from_millis(1500) && seen.len() > 20 {
-                // A packet received a while ago, as if it had been lost: compound RTCP, an empty
-                // receiver report, then a generic NACK (PT 205, FMT 1) for KMS's SSRC, its
-                // sequence number as PID and no more (BLP 0).
+                // A packet received a while ago, as if it had been lost: a generic NACK (PT 205,
+                // FMT 1) for KMS's SSRC, its sequence number as PID and no more (BLP 0).
                 let seq = seen[seen.len() - 10];
-                let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 7];
-                pkt.extend_from_slice(&[0x81, 205, 0, 3, 0, 0, 0, 7]);
-                pkt.extend_from_slice(&media_ssrc.to_be_bytes());
-                pkt.extend_from_slice(&seq.to_be_bytes());
-                pkt.extend_from_slice(&[0, 0]);
+                let [hi, lo] = seq.to_be_bytes();
+                let pkt = rtcp_feedback(205, 1, media_ssrc, &[hi, lo, 0, 0]);
                 rtcp.send_to(&pkt, ("127.0.0.1", kms_rtcp)).unwrap();
                 asked = Some(seq);
             }
@@ -305,19 +347,21 @@ async fn a_nack_from_the_tap_is_answered_with_the_packet_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_publishers_are_tapped_in_h264() {
-    let scenario = Scenario::parse(
+    // `_sim` and `_kms` bound, not `..`: the simulator and the client live to the test's end.
+    let TapLeg {
+        publisher,
+        tap,
+        rtp,
+        rtcp: _rtcp,
+        _sim,
+        _kms,
+        ..
+    } = tap_leg(
         "[[room]]\nname='r'\n[[room.participant]]\nname='safari'\nvideo={codec='H264'}\n",
+        "H264",
+        |port| format!("m=video {port} RTP/AVPF 103\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1\r\na=rtcp-fb:103 nack pli\r\na=recvonly\r\n"),
     )
-    .unwrap();
-    let sim = start(scenario).await;
-    let kms = KurentoClient::connect(sim.url()).await.unwrap();
-    let (room, publisher) = first_publisher(&kms, "H264").await;
-    let (rtp, _rtcp) = port_pair();
-    let port = rtp.local_addr().unwrap().port();
-    let tap = room.create::<RtpEndpoint>().await.unwrap();
-    tap.process_offer(&format!("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {port} RTP/AVPF 103\r\na=rtpmap:103 H264/90000\r\na=fmtp:103 packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1\r\na=rtcp-fb:103 nack pli\r\na=recvonly\r\n"))
-        .await
-        .unwrap();
+    .await;
     publisher.connect(&tap, MediaType::Video).await.unwrap();
     let nal_types = tokio::task::spawn_blocking(move || {
         rtp.set_read_timeout(Some(Duration::from_millis(200)))
