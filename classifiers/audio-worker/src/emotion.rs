@@ -674,11 +674,7 @@ impl EmotionModel {
         let k = p.len().max(1) as f32;
         let trust = if reason.is_some() { 0.25 } else { 1.0 };
         let p: Vec<f32> = p.iter().map(|v| trust * v + (1.0 - trust) / k).collect();
-        let (i, confidence) = p
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let (i, confidence) = top(&p);
         if reason.is_none() && confidence < MIN_CONFIDENCE {
             reason = Some(NO_CATEGORY.into());
         }
@@ -749,11 +745,7 @@ impl Utterance {
                 *m += x / n;
             }
         }
-        let (i, confidence) = mean
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let (i, confidence) = top(&mean);
         let low = confidence < MIN_CONFIDENCE;
         Verdict {
             top: v.scores.get(i).map(|(l, _)| l.clone()).unwrap_or_default(),
@@ -765,6 +757,14 @@ impl Utterance {
             windows: self.windows.len(),
         }
     }
+}
+
+/// Index and value of the highest probability (the first of equals).
+fn top(p: &[f32]) -> (usize, f32) {
+    p.iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b })
 }
 
 /// The reason given when no category leads clearly.
@@ -827,11 +827,7 @@ mod tests {
 
     fn verdict(p: [f32; 4], reason: Option<&str>) -> Verdict {
         let labels = ["angry", "happy", "neutral", "sad"];
-        let (i, c) = p
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+        let (i, c) = top(&p);
         Verdict {
             scores: labels.iter().map(|l| l.to_string()).zip(p).collect(),
             top: labels[i].into(),
@@ -898,22 +894,27 @@ mod tests {
         assert!(fe.functionals(&tone, &vec![0.0; vad.len()]).is_none());
     }
 
-    #[test]
-    fn a_scaled_norm_divides_by_the_voice_s_own_running_spread() {
-        let card = ModelCard {
+    /// A card of `n` functionals with population mean 0 and spread 1, never forgetting.
+    fn card(n: usize, prior_weight: f32, scale: bool) -> ModelCard {
+        ModelCard {
             labels: vec![],
-            mean: vec![0.0],
-            std: vec![1.0],
-            prior_weight: 1.0,
+            mean: vec![0.0; n],
+            std: vec![1.0; n],
+            prior_weight,
             memory: 1e9,
             ood_threshold: 10.0,
             corpora: vec![],
             speakers: vec![],
             input: String::new(),
             output: String::new(),
-            scale: true,
+            scale,
             dropped: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn a_scaled_norm_divides_by_the_voice_s_own_running_spread() {
+        let card = card(1, 1.0, true);
         let mut s = SpeakerNorm::new(&card);
         // First: the population's spread.
         assert_eq!(s.z_then_update(&[2.0], &card), vec![2.0]);
@@ -924,20 +925,7 @@ mod tests {
 
     #[test]
     fn speaker_norm_is_causal() {
-        let card = ModelCard {
-            labels: vec![],
-            mean: vec![0.0; 2],
-            std: vec![1.0; 2],
-            prior_weight: 2.0,
-            memory: 1e9,
-            ood_threshold: 10.0,
-            corpora: vec![],
-            speakers: vec![],
-            input: String::new(),
-            output: String::new(),
-            scale: false,
-            dropped: vec![],
-        };
+        let card = card(2, 2.0, false);
         let mut s = SpeakerNorm::new(&card);
         assert_eq!(s.z_then_update(&[3.0, 3.0], &card), vec![3.0, 3.0]);
         // Mean now (2·0 + 3) / 3 = 1.

@@ -106,19 +106,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adds one verdict.
-    pub fn add(&mut self, truth: &str, predicted: &str, low: bool) {
-        self.add_with_reason(truth, predicted, low, None);
-    }
-
     /// Adds one verdict and why it was marked low confidence.
-    pub fn add_with_reason(
-        &mut self,
-        truth: &str,
-        predicted: &str,
-        low: bool,
-        reason: Option<&str>,
-    ) {
+    pub fn add(&mut self, truth: &str, predicted: &str, low: bool, reason: Option<&str>) {
         if let (true, Some(r)) = (low, reason) {
             *self.reasons.entry(r.to_owned()).or_default() += 1;
         }
@@ -329,27 +318,21 @@ pub fn evaluate(
                     let end_ms = start_ms + part.len() as f64 * 1000.0 / f64::from(RATE);
                     let u = norm.utterance.add(start_ms, end_ms, v.clone());
                     if labels.contains(&item.class) {
-                        per_utterance
-                            .entry(item.corpus.clone())
-                            .or_default()
-                            .add_with_reason(
-                                &item.class,
-                                &u.top,
-                                u.low_confidence,
-                                u.reason.as_deref(),
-                            );
+                        per_utterance.entry(item.corpus.clone()).or_default().add(
+                            &item.class,
+                            &u.top,
+                            u.low_confidence,
+                            u.reason.as_deref(),
+                        );
                     }
                 }
                 if labels.contains(&item.class) {
-                    tallies
-                        .entry(item.corpus.clone())
-                        .or_default()
-                        .add_with_reason(
-                            &item.class,
-                            &v.top,
-                            v.low_confidence,
-                            v.reason.as_deref(),
-                        );
+                    tallies.entry(item.corpus.clone()).or_default().add(
+                        &item.class,
+                        &v.top,
+                        v.low_confidence,
+                        v.reason.as_deref(),
+                    );
                 } else if size == 0 {
                     *other
                         .entry(item.class.clone())
