@@ -18,6 +18,7 @@ use audio_worker::{
     SER_TAP_SHA256, SILERO_SHA256,
 };
 use clap::{Parser, Subcommand};
+use classifier_sdk::affect::voice_emotion_declaration;
 use classifier_sdk::*;
 
 #[derive(Parser)]
@@ -419,7 +420,9 @@ async fn main() -> anyhow::Result<()> {
                 &labels,
             );
             spec.deadline_ms = window_ms + 1000;
-            spec.affect = Some(voice_declaration(card.as_ref().map(|c| &c.labels[..])));
+            spec.affect = Some(voice_emotion_declaration(
+                card.as_ref().map(|c| &c.labels[..]).unwrap_or_default(),
+            ));
             // Emotion vs expression outputs, for the daemon's processing policy.
             spec.outputs = Some(audio_worker::output_declaration(
                 card.as_ref().map(|c| &c.labels[..]).unwrap_or_default(),
@@ -476,11 +479,6 @@ fn emotion_source(
             Some(SER_TAP_SHA256),
         ),
     })
-}
-
-/// What the voice worker's labels mean (`tap_protocol::affect::voice_emotion_declaration`).
-fn voice_declaration(emotions: Option<&[String]>) -> classifier_sdk::affect::AffectDeclaration {
-    classifier_sdk::affect::voice_emotion_declaration(emotions.unwrap_or_default())
 }
 
 fn evaluate_arousal(vad_path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -595,7 +593,7 @@ mod tests {
         let labels: Vec<String> = ["angry", "happy", "neutral", "sad"]
             .map(String::from)
             .to_vec();
-        let d = voice_declaration(Some(&labels));
+        let d = voice_emotion_declaration(&labels);
         d.validate().expect("a valid declaration");
         assert_eq!(d.emotions, labels);
         // Valence from the categories (prosody alone has none), arousal classes unchanged.
@@ -605,7 +603,7 @@ mod tests {
         assert!(d.labels.contains_key("calm") && d.labels.contains_key("aroused"));
         assert_eq!(d.speech_label.as_deref(), Some("speech"));
         // Without the model: arousal only.
-        let d = voice_declaration(None);
+        let d = voice_emotion_declaration(&[]);
         assert!(d.emotions.is_empty() && !d.labels.contains_key("neutral"));
     }
 }
