@@ -97,6 +97,7 @@ pub(super) fn link_video(
     let sink_pad = sink_element
         .static_pad("sink")
         .ok_or_else(|| gst_err("fakesink without a sink pad"))?;
+    let video_info: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
     sink_pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
@@ -104,8 +105,19 @@ pub(super) fn link_video(
         let Some(caps) = pad.current_caps() else {
             return gst::PadProbeReturn::Ok;
         };
-        let Ok(info) = gst_video::VideoInfo::from_caps(&caps) else {
-            return gst::PadProbeReturn::Ok;
+        // Caps are parsed once per negotiation, not once per frame.
+        let info = {
+            let mut known = video_info.lock().unwrap_or_else(|e| e.into_inner());
+            match &*known {
+                Some((c, info)) if c.as_ptr() == caps.as_ptr() => info.clone(),
+                _ => {
+                    let Ok(info) = gst_video::VideoInfo::from_caps(&caps) else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    *known = Some((caps, info.clone()));
+                    info
+                }
+            }
         };
         stats.video_frames.fetch_add(1, Ordering::Relaxed);
         let capture_us = capture_us(buffer, &clock_map, &clock, &stats, "video");
