@@ -151,7 +151,11 @@ fn drop_rtcp_keyframe_requests(pay: &gst::Element) {
                     .structure()
                     .is_some_and(|s| s.name() == "GstForceKeyUnit");
                 if is_request && !is_api_keyframe_request(ev) {
-                    return gst::PadProbeReturn::Drop;
+                    // Consumed here and Handled: with Drop, gstreamer-rs released the event and
+                    // GStreamer then released the emptied slot ("gst_mini_object_unref:
+                    // assertion 'mini_object != NULL' failed" on every tap PLI).
+                    drop(info.take_event());
+                    return gst::PadProbeReturn::Handled;
                 }
             }
             gst::PadProbeReturn::Ok
@@ -711,5 +715,76 @@ impl Drop for RtpSender {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.pipeline.set_state(gst::State::Null);
         debug!(description = %self.description, "RTP sender stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    /// GStreamer criticals logged in this process (a probe returning the wrong verdict shows up
+    /// only as "gst_mini_object_unref: assertion 'mini_object != NULL' failed").
+    fn gst_criticals() -> u64 {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        static HANDLER: OnceLock<()> = OnceLock::new();
+        HANDLER.get_or_init(|| {
+            gst::glib::log_set_handler(
+                Some("GStreamer"),
+                gst::glib::LogLevels::LEVEL_CRITICAL,
+                false,
+                false,
+                |_, _, message| {
+                    eprintln!("GStreamer-CRITICAL: {message}");
+                    COUNT.fetch_add(1, Ordering::Relaxed);
+                },
+            );
+        });
+        COUNT.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn rtcp_keyframe_requests_stop_at_the_payloader_and_api_requests_pass() {
+        init().unwrap();
+        let criticals = gst_criticals();
+        // appsrc (the encoder) → identity (the payloader) → fakesink.
+        let pipeline = gst::Pipeline::new();
+        let src = make("appsrc").unwrap();
+        let pay = make("identity").unwrap();
+        let sink = make("fakesink").unwrap();
+        pipeline.add_many([&src, &pay, &sink]).unwrap();
+        gst::Element::link_many([&src, &pay, &sink]).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        drop_rtcp_keyframe_requests(&pay);
+        let reached = Arc::new(AtomicU64::new(0));
+        let r = reached.clone();
+        src.static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::EVENT_UPSTREAM,
+            move |_, info| {
+                if matches!(&info.data, Some(gst::PadProbeData::Event(ev))
+                    if ev.structure().is_some_and(|s| s.name() == "GstForceKeyUnit"))
+                {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        let request = |api: bool| {
+            let mut s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true);
+            if api {
+                s = s.field(API_KEYFRAME_REQUEST, true);
+            }
+            sink.static_pad("sink")
+                .unwrap()
+                .push_event(gst::event::CustomUpstream::new(s.build()))
+        };
+        request(false);
+        request(false);
+        assert_eq!(reached.load(Ordering::Relaxed), 0, "a tap's PLI stops here");
+        request(true);
+        assert_eq!(reached.load(Ordering::Relaxed), 1, "requestKeyframe passes");
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
     }
 }

@@ -56,7 +56,28 @@ async fn three_participants_two_video_specs_and_audio() {
     assert_eq!(names, ["alice", "bob", "carol"], "dave opted out");
     assert_eq!(taps[1].media, ["video:H264"]);
     assert_eq!(taps[2].media, ["audio"]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Four seconds of media, longer if the machine stalled the simulated calls for a while (on a
+    // busy 2-core CI machine all three once sent nothing for 3.5 s): the rates are compared below,
+    // so a slow start must not fail the test, but media that never comes does (15 s).
+    let count = |seen: &std::sync::Mutex<Vec<Seen>>, p: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.meta.participant == p)
+            .count()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let enough = ["alice", "bob"].iter().all(|p| count(&rgb_seen, p) >= 10)
+            && ["alice", "carol"]
+                .iter()
+                .all(|p| count(&voice_seen, p) >= 5);
+        let waited = started.elapsed();
+        if (enough && waited >= Duration::from_secs(4)) || waited >= Duration::from_secs(15) {
+            break;
+        }
+    }
 
     let by_participant = |seen: &std::sync::Mutex<Vec<Seen>>| {
         let mut m: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
@@ -76,7 +97,7 @@ async fn three_participants_two_video_specs_and_audio() {
         // (The metrics say where chunks went if this ever fails: decoded, dropped by reason.)
         assert!(
             r.len() >= 10,
-            "{p}: {} RGB chunks in ~4 s at 5 fps; status {:?}\n{metrics}",
+            "{p}: {} RGB chunks in ≥ 4 s at 5 fps; status {:?}\n{metrics}",
             r.len(),
             h.daemon.status().await
         );

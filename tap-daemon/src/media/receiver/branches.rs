@@ -295,6 +295,151 @@ pub(super) fn gate_until_first_keyframe(
                     .build(),
             );
         }
-        gst::PadProbeReturn::Drop
+        // Consumed here and Handled, not Drop: gstreamer-rs releases a dropped buffer itself and
+        // GStreamer 1.22 then releases the emptied slot again ("gst_mini_object_unref: assertion
+        // 'mini_object != NULL' failed" for every frame before the first keyframe).
+        drop(info.take_buffer());
+        gst::PadProbeReturn::Handled
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+
+    /// GStreamer criticals logged in this process (a probe returning the wrong verdict shows up
+    /// only as "gst_mini_object_unref: assertion 'mini_object != NULL' failed").
+    fn gst_criticals() -> u64 {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        static HANDLER: OnceLock<()> = OnceLock::new();
+        HANDLER.get_or_init(|| {
+            gst::glib::log_set_handler(
+                Some("GStreamer"),
+                gst::glib::LogLevels::LEVEL_CRITICAL,
+                false,
+                false,
+                |_, _, message| {
+                    eprintln!("GStreamer-CRITICAL: {message}");
+                    COUNT.fetch_add(1, Ordering::Relaxed);
+                },
+            );
+        });
+        COUNT.load(Ordering::Relaxed)
+    }
+
+    /// appsrc → identity (the depayloader) → identity (the parser) → appsink.
+    fn chain() -> (
+        gst::Pipeline,
+        gst_app::AppSrc,
+        gst::Element,
+        gst::Element,
+        gst_app::AppSink,
+    ) {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder().format(gst::Format::Time).build();
+        let depay = make("identity").unwrap();
+        let parse = make("identity").unwrap();
+        let sink = gst_app::AppSink::builder().sync(false).build();
+        let chain: Vec<gst::Element> = vec![
+            src.clone().upcast(),
+            depay.clone(),
+            parse.clone(),
+            sink.clone().upcast(),
+        ];
+        add_chain(&pipeline, &chain).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        (pipeline, src, depay, parse, sink)
+    }
+
+    fn frame(delta: bool) -> gst::Buffer {
+        let mut b = gst::Buffer::with_size(16).unwrap();
+        if delta {
+            b.get_mut().unwrap().set_flags(gst::BufferFlags::DELTA_UNIT);
+        }
+        b
+    }
+
+    #[test]
+    fn frames_before_the_first_keyframe_are_consumed_cleanly_and_counted() {
+        let criticals = gst_criticals();
+        let (pipeline, src, depay, parse, sink) = chain();
+        let stats = Arc::new(ReceiverStats::default());
+        gate_until_first_keyframe(&parse, &depay, stats.clone());
+        for delta in [true, true, false, true] {
+            src.push_buffer(frame(delta)).unwrap();
+        }
+        let passed: Vec<bool> = (0..2)
+            .map(|_| {
+                let s = sink
+                    .try_pull_sample(gst::ClockTime::from_seconds(5))
+                    .expect("a frame through the gate");
+                s.buffer()
+                    .unwrap()
+                    .flags()
+                    .contains(gst::BufferFlags::DELTA_UNIT)
+            })
+            .collect();
+        assert_eq!(passed, [false, true], "the keyframe, then everything");
+        assert!(sink
+            .try_pull_sample(gst::ClockTime::from_mseconds(100))
+            .is_none());
+        assert_eq!(
+            stats.video_frames_before_keyframe.load(Ordering::Relaxed),
+            2
+        );
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
+    }
+
+    #[test]
+    fn a_held_back_keyframe_request_is_consumed_cleanly_then_sent_later() {
+        let criticals = gst_criticals();
+        let (pipeline, src, depay, _parse, _sink) = chain();
+        let stats = Arc::new(ReceiverStats::default());
+        throttle_keyframe_requests(&depay, stats.clone());
+        // What reaches the source: the requests the throttle let through.
+        let reached = Arc::new(AtomicU64::new(0));
+        let r = reached.clone();
+        src.static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::EVENT_UPSTREAM,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                    if gst_video::ForceKeyUnitEvent::is(ev) {
+                        r.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        let ask = || {
+            depay.static_pad("sink").unwrap().push_event(
+                gst_video::UpstreamForceKeyUnitEvent::builder()
+                    .all_headers(true)
+                    .build(),
+            )
+        };
+        ask();
+        ask();
+        assert_eq!(stats.keyframe_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.keyframe_requests_throttled.load(Ordering::Relaxed), 1);
+        assert_eq!(reached.load(Ordering::Relaxed), 1);
+        // After the interval, the next packet carries the held-back request.
+        std::thread::sleep(KEYFRAME_REQUEST_INTERVAL + std::time::Duration::from_millis(50));
+        src.push_buffer(frame(true)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while reached.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            reached.load(Ordering::Relaxed),
+            2,
+            "the held-back request went out"
+        );
+        assert_eq!(stats.keyframe_requests.load(Ordering::Relaxed), 2);
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
+    }
 }
