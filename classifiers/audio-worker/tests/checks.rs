@@ -5,8 +5,32 @@ use std::process::Command;
 
 use audio_worker::{analyze_window, default_models_dir, read_wav, Vad, SILERO_SHA256};
 
-fn speak(name: &str, args: &[&str]) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("audio-worker-{}-{name}.wav", std::process::id()));
+/// A WAV file in the temp folder, removed when dropped (every run used to leave its files).
+struct TempWav(PathBuf);
+
+impl std::ops::Deref for TempWav {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempWav {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempWav {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn speak(name: &str, args: &[&str]) -> TempWav {
+    let out = TempWav(
+        std::env::temp_dir().join(format!("audio-worker-{}-{name}.wav", std::process::id())),
+    );
     let status = Command::new("espeak-ng")
         .args(args)
         .arg("-w")
