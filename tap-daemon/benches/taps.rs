@@ -240,8 +240,20 @@ async fn publish_cost(client: &async_nats::Client) {
     task.abort();
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // As `kurento-tap` does, before any thread: the daemon measured here is the one that ships
+    // (MALLOC_ARENA_MAX=16, glibc's default on 2 cores, measures without it).
+    let arenas = tap_daemon::memory::limit_malloc_arenas();
+    println!("malloc arenas: {arenas}");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(all_rows());
+}
+
+async fn all_rows() {
     let nats = Nats::start().await;
     let client = async_nats::connect(&nats.url).await.unwrap();
     publish_cost(&client).await;

@@ -336,6 +336,7 @@ impl Daemon {
             None
         };
         let pool = PortPool::new(config.bind_ip, config.ports.0, config.ports.1);
+        let converters = Arc::new(crate::media::chunker::ConverterPool::default());
         let config = Arc::new(config);
         let mut actors = Vec::new();
         let mut crypto = Vec::new();
@@ -353,6 +354,7 @@ impl Daemon {
                 metrics: metrics.clone(),
                 dispatcher: dispatcher.clone(),
                 live: live.clone(),
+                converters: converters.clone(),
                 pool: pool.clone(),
                 affect: affect.clone(),
                 srtp,

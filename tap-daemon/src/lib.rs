@@ -7,7 +7,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | vocabulary | [`kms`] (release, orphans, tags), [`metrics`] |
+//! | vocabulary | [`kms`] (release, orphans, tags), [`metrics`], [`memory`] (allocator settings) |
 //! | pure and media | [`media`] (receiver, capture clock, chunker, SDP, SRTP, ports), [`privacy`] (policy, consent, erasure) |
 //! | services | [`dispatch`] (NATS chunks, model registry), [`discovery`] (walk, host profiles), [`inject`] (results into the call), [`mood`], [`cluster`] (leases, scaling) |
 //! | taps | [`settings`] (the daemon's configuration), [`tap`] (one participant's tap) |
@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod inject;
 pub mod kms;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod mood;
 pub mod privacy;

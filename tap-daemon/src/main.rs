@@ -177,8 +177,17 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists (the runtime's included): arenas made earlier would stay.
+    let arenas = tap_daemon::memory::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(arenas))
+}
+
+async fn run(arenas: tap_daemon::memory::ArenaLimit) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -186,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(%arenas, "malloc arenas");
     match Cli::parse().command {
         Command::Run {
             kurento,

@@ -135,7 +135,7 @@ async fn cut_per_spec(threads: ReceiveThreads, sim_ports: (u16, u16), tap_ports:
     ];
     let live = Arc::new(RwLock::new(Arc::new(specs)));
     let collect = Arc::new(Collect::default());
-    let chunker = Arc::new(Chunker::new(live, collect.clone()));
+    let chunker = Arc::new(Chunker::new(live, collect.clone(), Arc::default()));
     let pool = PortPool::new([127, 0, 0, 1].into(), tap_ports, tap_ports + 999);
     let (a, v) = (pool.take().unwrap(), pool.take().unwrap());
     let receiver = Receiver::start(

@@ -42,10 +42,9 @@ struct VideoState {
     last_capture_us: u64,
     frames_seen: u64,
     next_due_us: u64,
-    converter: Option<Converter>,
 }
 
-/// A converter for one input layout to the spec's output layout.
+/// A converter for one input layout to one output layout.
 struct Converter {
     /// The decoder's layout this converter was made for.
     decoded: gst_video::VideoInfo,
@@ -53,6 +52,66 @@ struct Converter {
     input: gst_video::VideoInfo,
     out: gst_video::VideoInfo,
     converter: gst_video::VideoConverter,
+}
+
+/// Video converters shared by every tap's chunker, taken for one frame and put back.
+///
+/// Why shared: a converter (scaler taps and line caches) takes ~135 KB for 320x240 to a model's
+/// size (heaptrack, docs/benchmarks.md) and works a few hundred µs per chunk, a few times a
+/// second; one per tap and model kept fifty idle for each one in use. Shared, there are as many as
+/// convert at once (on shared receive threads, one per thread) for each layout.
+#[derive(Default)]
+pub struct ConverterPool {
+    /// Idle converters, the most recently used last.
+    idle: Mutex<Vec<Converter>>,
+}
+
+impl ConverterPool {
+    /// Idle converters kept at most (beyond, the least recently used is dropped): bounds the pool
+    /// when participants send many sizes.
+    pub const MAX_IDLE: usize = 32;
+
+    /// A converter from `decoded` to `out`: an idle one, or a new one.
+    fn take(
+        &self,
+        decoded: &gst_video::VideoInfo,
+        out: &gst_video::VideoInfo,
+    ) -> Option<Converter> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = idle
+                .iter()
+                .rposition(|c| c.decoded == *decoded && c.out == *out)
+            {
+                return Some(idle.remove(i));
+            }
+        }
+        // The converter refuses frame-rate changes; rates are irrelevant for one frame.
+        let input = gst_video::VideoInfo::builder_from_info(decoded)
+            .fps(out.fps())
+            .build()
+            .ok()?;
+        let converter = gst_video::VideoConverter::new(&input, out, None).ok()?;
+        Some(Converter {
+            decoded: decoded.clone(),
+            input,
+            out: out.clone(),
+            converter,
+        })
+    }
+
+    fn put(&self, converter: Converter) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= Self::MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(converter);
+    }
+
+    /// Converters idle now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 struct AudioState {
@@ -76,16 +135,19 @@ const AUDIO_RESYNC_US: i64 = 500_000;
 pub struct Chunker {
     specs: LiveSpecs,
     sink: Arc<dyn ChunkSink>,
+    converters: Arc<ConverterPool>,
     video: Mutex<HashMap<ModelId, VideoState>>,
     audio: Mutex<HashMap<ModelId, AudioState>>,
 }
 
 impl Chunker {
-    /// A chunker reading `specs` and handing chunks to `sink`.
-    pub fn new(specs: LiveSpecs, sink: Arc<dyn ChunkSink>) -> Self {
+    /// A chunker reading `specs`, converting frames with `converters` (shared by every tap), and
+    /// handing chunks to `sink`.
+    pub fn new(specs: LiveSpecs, sink: Arc<dyn ChunkSink>, converters: Arc<ConverterPool>) -> Self {
         Chunker {
             specs,
             sink,
+            converters,
             video: Mutex::default(),
             audio: Mutex::default(),
         }
@@ -139,36 +201,26 @@ impl VideoState {
         }
     }
 
-    fn convert(&mut self, frame: &DecodedFrame) -> Option<Bytes> {
-        if !matches!(&self.converter, Some(c) if c.decoded == frame.info) {
-            let out = out_info(&self.spec)?;
-            // The converter refuses frame-rate changes; rates are irrelevant for one frame.
-            let input = gst_video::VideoInfo::builder_from_info(&frame.info)
-                .fps(out.fps())
-                .build()
-                .ok()?;
-            let converter = gst_video::VideoConverter::new(&input, &out, None).ok()?;
-            self.converter = Some(Converter {
-                decoded: frame.info.clone(),
-                input,
-                out,
-                converter,
-            });
-        }
-        let c = self.converter.as_ref()?;
-        let in_frame =
-            gst_video::VideoFrameRef::from_buffer_ref_readable(frame.buffer.as_ref(), &c.input)
-                .ok()?;
-        let mut buffer = gst::Buffer::with_size(c.out.size()).ok()?;
-        {
-            let buf = buffer.get_mut()?;
-            let mut out_frame =
-                gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &c.out).ok()?;
-            c.converter.frame_ref(&in_frame, &mut out_frame);
-        }
-        let mapped = buffer.into_mapped_buffer_readable().ok()?;
-        Some(Bytes::from_owner(mapped))
+    fn convert(&self, frame: &DecodedFrame, pool: &ConverterPool) -> Option<Bytes> {
+        let out = out_info(&self.spec)?;
+        let c = pool.take(&frame.info, &out)?;
+        let converted = convert_with(&c, frame);
+        pool.put(c);
+        converted
     }
+}
+
+fn convert_with(c: &Converter, frame: &DecodedFrame) -> Option<Bytes> {
+    let in_frame =
+        gst_video::VideoFrameRef::from_buffer_ref_readable(frame.buffer.as_ref(), &c.input).ok()?;
+    let mut buffer = gst::Buffer::with_size(c.out.size()).ok()?;
+    {
+        let buf = buffer.get_mut()?;
+        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &c.out).ok()?;
+        c.converter.frame_ref(&in_frame, &mut out_frame);
+    }
+    let mapped = buffer.into_mapped_buffer_readable().ok()?;
+    Some(Bytes::from_owner(mapped))
 }
 
 impl MediaSink for Chunker {
@@ -184,7 +236,6 @@ impl MediaSink for Chunker {
                 last_capture_us: 0,
                 frames_seen: 0,
                 next_due_us: 0,
-                converter: None,
             });
             if state.spec != v {
                 *state = VideoState {
@@ -192,14 +243,13 @@ impl MediaSink for Chunker {
                     last_capture_us: state.last_capture_us,
                     frames_seen: 0,
                     next_due_us: 0,
-                    converter: None,
                 };
             }
             if !state.due(frame.capture_us) {
                 continue;
             }
             let started = std::time::Instant::now();
-            if let Some(payload) = state.convert(&frame) {
+            if let Some(payload) = state.convert(&frame, &self.converters) {
                 self.sink
                     .converted(&spec.id, started.elapsed().as_micros() as u64);
                 self.sink.offer(Chunk {
@@ -544,6 +594,65 @@ mod tests {
         assert_eq!(windows[1].0 - windows[0].0, 100_000);
     }
 
+    /// A grey I420 frame of `w`x`h` as the decoder hands it over.
+    fn decoded(w: u32, h: u32) -> DecodedFrame {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+            .build()
+            .unwrap();
+        let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+        buffer.get_mut().unwrap().map_writable().unwrap().fill(128);
+        DecodedFrame {
+            buffer,
+            info,
+            capture_us: 1,
+        }
+    }
+
+    fn rgb(w: u32, h: u32) -> VideoChunkSpec {
+        VideoChunkSpec {
+            fps: Some(5.0),
+            every_nth: None,
+            width: w,
+            height: h,
+            format: PixelFormat::Rgb24,
+        }
+    }
+
+    #[test]
+    fn taps_share_one_converter_per_layout_and_the_pool_stays_bounded() {
+        let pool = ConverterPool::default();
+        let state = |spec| VideoState {
+            spec,
+            last_capture_us: 0,
+            frames_seen: 0,
+            next_due_us: 0,
+        };
+        // Fifty taps of the same size, one model: one converter serves them all, and converts
+        // what each one would have converted alone.
+        let frame = decoded(320, 240);
+        for _ in 0..50 {
+            let out = state(rgb(80, 60)).convert(&frame, &pool).unwrap();
+            assert_eq!(out.len(), 80 * 60 * 3);
+            assert!(
+                out.iter().all(|&b| (120..=136).contains(&b)),
+                "grey stays grey"
+            );
+        }
+        assert_eq!(pool.idle(), 1);
+        // Another model size and another input size: one converter each.
+        state(rgb(40, 30)).convert(&frame, &pool).unwrap();
+        state(rgb(80, 60))
+            .convert(&decoded(640, 480), &pool)
+            .unwrap();
+        assert_eq!(pool.idle(), 3);
+        // Many layouts at once: at most MAX_IDLE are kept.
+        for w in 1..=(ConverterPool::MAX_IDLE as u32 + 10) {
+            state(rgb(w * 2, 2)).convert(&frame, &pool).unwrap();
+        }
+        assert_eq!(pool.idle(), ConverterPool::MAX_IDLE);
+    }
+
     #[test]
     fn fps_selection_keeps_cadence_without_bursts() {
         let mut v = VideoState {
@@ -557,7 +666,6 @@ mod tests {
             last_capture_us: 0,
             frames_seen: 0,
             next_due_us: 0,
-            converter: None,
         };
         // 30 fps for 2 s → 10 frames at 5 fps.
         let picked = (0..60u64).filter(|i| v.due(i * 33_333)).count();

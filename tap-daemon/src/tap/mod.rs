@@ -15,7 +15,7 @@ use crate::discovery::Participant;
 use crate::dispatch::{Dispatcher, TapDispatch, TapIdent, TapSink};
 use crate::inject::{Injector, InjectorContext};
 use crate::kms::release::release_bounded;
-use crate::media::chunker::{Chunk, ChunkSink, Chunker, LiveSpecs};
+use crate::media::chunker::{Chunk, ChunkSink, Chunker, ConverterPool, LiveSpecs};
 use crate::media::ports::{PortPair, PortPool};
 use crate::media::receiver::{
     DecodedAudio, DecodedFrame, MediaPorts, MediaSink, ReceiveThreads, Receiver, ReceiverConfig,
@@ -185,6 +185,8 @@ pub struct TapContext {
     pub dispatcher: Arc<Dispatcher>,
     /// Live model specs.
     pub live: LiveSpecs,
+    /// Video converters shared by every tap's chunker.
+    pub converters: Arc<ConverterPool>,
     /// Receive ports.
     pub pool: PortPool,
     /// Fused states and room moods for the injectors (absent with the fusion off).
@@ -238,6 +240,7 @@ impl TapContext {
                     seen: std::sync::atomic::AtomicBool::new(false),
                     metrics: self.metrics.clone(),
                 }),
+                self.converters.clone(),
             ),
             metrics: self.metrics.clone(),
         });
