@@ -279,6 +279,9 @@ async fn all_rows() {
         (1, 320, 240, 15, 44000, false, false, Some(2)),
         (30, 320, 240, 15, 46000, false, false, Some(2)),
         (100, 320, 240, 15, 48000, false, false, Some(2)),
+        // Shared threads with a DataChannel peer per participant (issue 22 counts it in the RSS).
+        (10, 320, 240, 15, 50000, true, false, Some(2)),
+        (50, 320, 240, 15, 52000, true, false, Some(2)),
         (1, 640, 480, 30, 26000, false, false, None),
         (5, 640, 480, 30, 28000, false, false, None),
         (10, 640, 480, 15, 40000, false, false, None),
