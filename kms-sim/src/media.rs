@@ -718,36 +718,38 @@ impl Drop for RtpSender {
     }
 }
 
+/// GStreamer criticals logged in this process since the first call (which starts counting them;
+/// each is also printed). For tests: a pad probe that returns the wrong verdict shows up only as
+/// "gst_mini_object_unref: assertion 'mini_object != NULL' failed", never as an error.
+pub fn gst_criticals_logged() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static HANDLER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    HANDLER.get_or_init(|| {
+        gst::glib::log_set_handler(
+            Some("GStreamer"),
+            gst::glib::LogLevels::LEVEL_CRITICAL,
+            false,
+            false,
+            |_, _, message| {
+                eprintln!("GStreamer-CRITICAL: {message}");
+                COUNT.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+    });
+    COUNT.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, OnceLock};
-
-    /// GStreamer criticals logged in this process (a probe returning the wrong verdict shows up
-    /// only as "gst_mini_object_unref: assertion 'mini_object != NULL' failed").
-    fn gst_criticals() -> u64 {
-        static COUNT: AtomicU64 = AtomicU64::new(0);
-        static HANDLER: OnceLock<()> = OnceLock::new();
-        HANDLER.get_or_init(|| {
-            gst::glib::log_set_handler(
-                Some("GStreamer"),
-                gst::glib::LogLevels::LEVEL_CRITICAL,
-                false,
-                false,
-                |_, _, message| {
-                    eprintln!("GStreamer-CRITICAL: {message}");
-                    COUNT.fetch_add(1, Ordering::Relaxed);
-                },
-            );
-        });
-        COUNT.load(Ordering::Relaxed)
-    }
+    use std::sync::Arc;
 
     #[test]
     fn rtcp_keyframe_requests_stop_at_the_payloader_and_api_requests_pass() {
         init().unwrap();
-        let criticals = gst_criticals();
+        let criticals = gst_criticals_logged();
         // appsrc (the encoder) → identity (the payloader) → fakesink.
         let pipeline = gst::Pipeline::new();
         let src = make("appsrc").unwrap();
@@ -785,6 +787,6 @@ mod tests {
         request(true);
         assert_eq!(reached.load(Ordering::Relaxed), 1, "requestKeyframe passes");
         pipeline.set_state(gst::State::Null).unwrap();
-        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
+        assert_eq!(gst_criticals_logged(), criticals, "no GStreamer critical");
     }
 }

@@ -37,9 +37,8 @@ pub trait ChunkSink: Send + Sync + 'static {
 
 struct VideoState {
     spec: VideoChunkSpec,
-    /// Last capture time handed out: capture times never go backwards (they switch from arrival
-    /// time to RTCP-derived time when the first sender report arrives).
-    last_capture_us: u64,
+    /// The spec's output layout, made once (`None`: a size GStreamer refuses; nothing converted).
+    out: Option<gst_video::VideoInfo>,
     frames_seen: u64,
     next_due_us: u64,
 }
@@ -183,6 +182,15 @@ fn out_info(spec: &VideoChunkSpec) -> Option<gst_video::VideoInfo> {
 }
 
 impl VideoState {
+    fn new(spec: VideoChunkSpec) -> Self {
+        VideoState {
+            out: out_info(&spec),
+            spec,
+            frames_seen: 0,
+            next_due_us: 0,
+        }
+    }
+
     fn due(&mut self, capture_us: u64) -> bool {
         self.frames_seen += 1;
         match (self.spec.every_nth, self.spec.fps) {
@@ -202,8 +210,7 @@ impl VideoState {
     }
 
     fn convert(&self, frame: &DecodedFrame, pool: &ConverterPool) -> Option<Bytes> {
-        let out = out_info(&self.spec)?;
-        let c = pool.take(&frame.info, &out)?;
+        let c = pool.take(&frame.info, self.out.as_ref()?)?;
         let converted = convert_with(&c, frame);
         pool.put(c);
         converted
@@ -231,19 +238,11 @@ impl MediaSink for Chunker {
         states.retain(|id, _| specs().any(|s| s.id == *id));
         for spec in specs() {
             let Some(v) = spec.video else { continue };
-            let state = states.entry(spec.id.clone()).or_insert_with(|| VideoState {
-                spec: v,
-                last_capture_us: 0,
-                frames_seen: 0,
-                next_due_us: 0,
-            });
+            let state = states
+                .entry(spec.id.clone())
+                .or_insert_with(|| VideoState::new(v));
             if state.spec != v {
-                *state = VideoState {
-                    spec: v,
-                    last_capture_us: state.last_capture_us,
-                    frames_seen: 0,
-                    next_due_us: 0,
-                };
+                *state = VideoState::new(v);
             }
             if !state.due(frame.capture_us) {
                 continue;
@@ -622,12 +621,7 @@ mod tests {
     #[test]
     fn taps_share_one_converter_per_layout_and_the_pool_stays_bounded() {
         let pool = ConverterPool::default();
-        let state = |spec| VideoState {
-            spec,
-            last_capture_us: 0,
-            frames_seen: 0,
-            next_due_us: 0,
-        };
+        let state = VideoState::new;
         // Fifty taps of the same size, one model: one converter serves them all, and converts
         // what each one would have converted alone.
         let frame = decoded(320, 240);
@@ -655,18 +649,14 @@ mod tests {
 
     #[test]
     fn fps_selection_keeps_cadence_without_bursts() {
-        let mut v = VideoState {
-            spec: VideoChunkSpec {
-                fps: Some(5.0),
-                every_nth: None,
-                width: 8,
-                height: 8,
-                format: PixelFormat::Gray8,
-            },
-            last_capture_us: 0,
-            frames_seen: 0,
-            next_due_us: 0,
-        };
+        gst::init().unwrap();
+        let mut v = VideoState::new(VideoChunkSpec {
+            fps: Some(5.0),
+            every_nth: None,
+            width: 8,
+            height: 8,
+            format: PixelFormat::Gray8,
+        });
         // 30 fps for 2 s → 10 frames at 5 fps.
         let picked = (0..60u64).filter(|i| v.due(i * 33_333)).count();
         assert!((10..=11).contains(&picked), "{picked}");

@@ -306,28 +306,8 @@ pub(super) fn gate_until_first_keyframe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kms_sim::media::gst_criticals_logged;
     use std::sync::atomic::AtomicU64;
-    use std::sync::OnceLock;
-
-    /// GStreamer criticals logged in this process (a probe returning the wrong verdict shows up
-    /// only as "gst_mini_object_unref: assertion 'mini_object != NULL' failed").
-    fn gst_criticals() -> u64 {
-        static COUNT: AtomicU64 = AtomicU64::new(0);
-        static HANDLER: OnceLock<()> = OnceLock::new();
-        HANDLER.get_or_init(|| {
-            gst::glib::log_set_handler(
-                Some("GStreamer"),
-                gst::glib::LogLevels::LEVEL_CRITICAL,
-                false,
-                false,
-                |_, _, message| {
-                    eprintln!("GStreamer-CRITICAL: {message}");
-                    COUNT.fetch_add(1, Ordering::Relaxed);
-                },
-            );
-        });
-        COUNT.load(Ordering::Relaxed)
-    }
 
     /// appsrc → identity (the depayloader) → identity (the parser) → appsink.
     fn chain() -> (
@@ -364,7 +344,7 @@ mod tests {
 
     #[test]
     fn frames_before_the_first_keyframe_are_consumed_cleanly_and_counted() {
-        let criticals = gst_criticals();
+        let criticals = gst_criticals_logged();
         let (pipeline, src, depay, parse, sink) = chain();
         let stats = Arc::new(ReceiverStats::default());
         gate_until_first_keyframe(&parse, &depay, stats.clone());
@@ -391,12 +371,12 @@ mod tests {
             2
         );
         pipeline.set_state(gst::State::Null).unwrap();
-        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
+        assert_eq!(gst_criticals_logged(), criticals, "no GStreamer critical");
     }
 
     #[test]
     fn a_held_back_keyframe_request_is_consumed_cleanly_then_sent_later() {
-        let criticals = gst_criticals();
+        let criticals = gst_criticals_logged();
         let (pipeline, src, depay, _parse, _sink) = chain();
         let stats = Arc::new(ReceiverStats::default());
         throttle_keyframe_requests(&depay, stats.clone());
@@ -440,6 +420,6 @@ mod tests {
         );
         assert_eq!(stats.keyframe_requests.load(Ordering::Relaxed), 2);
         pipeline.set_state(gst::State::Null).unwrap();
-        assert_eq!(gst_criticals(), criticals, "no GStreamer critical");
+        assert_eq!(gst_criticals_logged(), criticals, "no GStreamer critical");
     }
 }
