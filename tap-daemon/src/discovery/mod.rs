@@ -325,7 +325,9 @@ pub async fn examine_openvidu(
     if info.is_none() {
         if let Some(o) = ov.filter(|o| o.rest_configured()) {
             o.ask_refresh();
-            if young && o.up() {
+            // Not yet asked counts as "may come": a daemon started on a live session sees its
+            // publishers before the first sessions refresh has answered.
+            if young && o.names_may_come() {
                 return Ok(Examined::NotYet("not listed by OpenVidu yet".into()));
             }
         }

@@ -259,6 +259,14 @@ impl OpenVidu {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).up()
     }
 
+    /// Whether a stream not listed yet may still be named soon (see [`RestStatus::names_may_come`]).
+    pub fn names_may_come(&self) -> bool {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .names_may_come()
+    }
+
     /// A publisher OpenVidu does not list yet: refresh soon (unless the API is down).
     pub fn ask_refresh(&self) {
         self.status

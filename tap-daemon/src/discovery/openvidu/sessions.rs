@@ -307,6 +307,13 @@ impl RestStatus {
     pub fn up(&self) -> bool {
         self.state == RestState::Up
     }
+
+    /// Whether a stream the directory lacks may still be named soon: the API is up, or not asked
+    /// yet (a daemon starting on a live session asks before its first pass ends). Only a
+    /// failing API means waiting for names is pointless.
+    pub fn names_may_come(&self) -> bool {
+        !matches!(self.state, RestState::Down(_))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -340,11 +340,20 @@ fn the_status_backs_off_while_down_and_reports_changes_once() {
     let t0 = Instant::now();
     let mut s = RestStatus::new(Duration::from_secs(5), Duration::from_secs(60));
     assert!(s.due(t0));
+    assert!(
+        !s.up() && s.names_may_come(),
+        "not asked yet: names may come"
+    );
     assert_eq!(s.record(Ok(()), t0), Some(RestState::Up));
+    assert!(s.names_may_come());
     assert!(!s.due(t0 + Duration::from_secs(4)) && s.due(t0 + Duration::from_secs(5)));
     assert_eq!(s.record(Ok(()), t0), None, "still up: nothing to report");
     let e = || Err(RestError::Unreachable("refused".into()));
     assert!(matches!(s.record(e(), t0), Some(RestState::Down(_))));
+    assert!(
+        !s.names_may_come(),
+        "down: tap under connection ids at once"
+    );
     assert_eq!(s.next_at(), Some(t0 + Duration::from_secs(10)));
     assert_eq!(s.record(e(), t0), None, "the same failure is reported once");
     assert_eq!(s.next_at(), Some(t0 + Duration::from_secs(20)));
