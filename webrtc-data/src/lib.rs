@@ -27,6 +27,9 @@ use gstreamer_webrtc::{WebRTCDataChannel, WebRTCDataChannelState, WebRTCSDPType}
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+pub mod task_peer;
+pub use task_peer::TaskPeer;
+
 /// Stream id of the pre-negotiated channel that makes `webrtcbin` offer `m=application`. High, so
 /// it never collides with the ids either side picks for real channels (0, 1, 2, ...).
 pub const SDP_PLACEHOLDER_STREAM: i32 = 1001;
@@ -45,6 +48,9 @@ pub enum PeerError {
     /// The remote description could not be parsed or applied.
     #[error("bad SDP: {0}")]
     Sdp(String),
+    /// No socket for ICE (no local address, or no free port in the range).
+    #[error("network: {0}")]
+    Network(String),
     /// A negotiation step did not finish in time.
     #[error("{0} timed out")]
     Timeout(&'static str),

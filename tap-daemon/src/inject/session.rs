@@ -9,7 +9,7 @@ use kurento_client::Error as KmsError;
 use tap_protocol::{DataChannelMessage, ResultMessage};
 use tokio::sync::broadcast;
 use tracing::{debug, info};
-use webrtc_data::{application_ports, DataPeer, PeerEvent, PeerOptions, SendError};
+use webrtc_data::{application_ports, PeerEvent, PeerOptions, SendError, TaskPeer};
 
 use crate::discovery::Participant;
 use crate::metrics::Metrics;
@@ -119,19 +119,21 @@ pub(super) async fn session(
     let mut kms_candidates = ep.on::<IceCandidateFound>().await?;
     let mut channel_closed = ep.on::<DataChannelClosed>().await?;
 
-    let (peer, mut peer_events) = DataPeer::start(PeerOptions {
+    // The peer is a task on the daemon's runtime (str0m), not a webrtcbin pipeline: a peer per
+    // participant then costs no threads (webrtcbin ran ten each).
+    let (peer, mut peer_events) = TaskPeer::start(PeerOptions {
         name: peer_name(&p.endpoint),
         event_capacity: 256,
         max_backlog_bytes: 64 * 1024,
         ice_ports: cfg.ice_ports,
     })?;
-    let offer = peer.create_offer().await?;
+    let offer = peer.create_offer()?;
     let mids: Vec<String> = webrtc_data::media_ids(&offer);
     let answer = ep.process_offer(&offer).await?;
     if !application_ports(&answer).iter().any(|port| *port != 0) {
         return Err(SetupError::Rejected);
     }
-    peer.accept_answer(&answer).await?;
+    peer.accept_answer(&answer)?;
     ep.gather_candidates().await?;
     // KMS opens the channel once SCTP is up (it queues the request until then).
     ep.create_data_channel(CreateDataChannelOptions {
@@ -221,7 +223,7 @@ async fn next_affect(
     }
 }
 
-fn send_text(ctx: &InjectorContext, peer: &DataPeer, text: &str) {
+fn send_text(ctx: &InjectorContext, peer: &TaskPeer, text: &str) {
     let outcome = match peer.send_text(text) {
         Ok(()) => "sent",
         Err(SendError::Backlog) => "backlog",
@@ -231,7 +233,7 @@ fn send_text(ctx: &InjectorContext, peer: &DataPeer, text: &str) {
     ctx.metrics.datachannel_message(outcome);
 }
 
-fn send_due(ctx: &InjectorContext, peer: &DataPeer, pacer: &mut Pacer) {
+fn send_due(ctx: &InjectorContext, peer: &TaskPeer, pacer: &mut Pacer) {
     let (due, stale) = pacer.take(Instant::now());
     if stale > 0 {
         ctx.metrics.datachannel_messages_n("stale", stale);
