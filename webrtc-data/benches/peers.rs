@@ -1,39 +1,91 @@
-//! What a data-only webrtcbin peer costs and delivers, on this machine, over loopback:
-//! setup time (offer → channel open on the offerer), one-way message latency at the daemon's
-//! pace, burst throughput, and threads/RSS per connected peer.
+//! What the offering peer costs and delivers, on this machine, over loopback, for both offerers
+//! side by side in one run: `webrtcbin` ([`DataPeer`]) and str0m on a tokio task ([`TaskPeer`],
+//! the daemon's). The answerer is always `webrtcbin` (the simulator's stand-in for KMS).
+//! Setup time (offer → channel open on the offerer), one-way message latency at the daemon's
+//! pace, burst throughput, and threads/RSS per connected pair.
 //!
 //! `cargo bench -p webrtc-data --bench peers`
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use webrtc_data::{DataPeer, PeerEvent, PeerOptions, SendError};
+use webrtc_data::{DataPeer, PeerEvent, PeerOptions, SendError, TaskPeer};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Webrtcbin,
+    Task,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Webrtcbin => "webrtcbin offerer",
+            Kind::Task => "TaskPeer offerer (str0m)",
+        }
+    }
+}
+
+enum Offerer {
+    Webrtcbin(DataPeer),
+    Task(TaskPeer),
+}
+
+impl Offerer {
+    fn add_remote_candidate(&self, i: u32, c: &str) {
+        match self {
+            Offerer::Webrtcbin(p) => p.add_remote_candidate(i, c),
+            Offerer::Task(p) => p.add_remote_candidate(i, c),
+        }
+    }
+    fn send_text(&self, t: &str) -> Result<(), SendError> {
+        match self {
+            Offerer::Webrtcbin(p) => p.send_text(t),
+            Offerer::Task(p) => p.send_text(t),
+        }
+    }
+}
 
 struct Pair {
-    offerer: DataPeer,
+    offerer: Offerer,
     off_events: mpsc::Receiver<PeerEvent>,
     answerer: DataPeer,
     ans_events: mpsc::Receiver<PeerEvent>,
 }
 
-fn peer(name: &str) -> (DataPeer, mpsc::Receiver<PeerEvent>) {
-    DataPeer::start(PeerOptions {
+fn options(name: &str) -> PeerOptions {
+    PeerOptions {
         name: name.into(),
         event_capacity: 4096,
         max_backlog_bytes: 1 << 20,
         ice_ports: None,
-    })
-    .expect("webrtcbin")
+    }
+}
+
+fn peer(name: &str) -> (DataPeer, mpsc::Receiver<PeerEvent>) {
+    DataPeer::start(options(name)).expect("webrtcbin")
 }
 
 /// Negotiates a pair the way the daemon and KMS do; returns it with the setup time.
-async fn connect(i: usize) -> (Pair, Duration) {
+async fn connect(kind: Kind, i: usize) -> (Pair, Duration) {
     let t0 = Instant::now();
-    let (offerer, mut off_events) = peer(&format!("off{i}"));
     let (answerer, mut ans_events) = peer(&format!("ans{i}"));
-    let offer = offerer.create_offer().await.unwrap();
-    let answer = answerer.answer_offer(&offer).await.unwrap();
-    offerer.accept_answer(&answer).await.unwrap();
+    let (offerer, mut off_events) = match kind {
+        Kind::Webrtcbin => {
+            let (offerer, events) = peer(&format!("off{i}"));
+            let offer = offerer.create_offer().await.unwrap();
+            let answer = answerer.answer_offer(&offer).await.unwrap();
+            offerer.accept_answer(&answer).await.unwrap();
+            (Offerer::Webrtcbin(offerer), events)
+        }
+        Kind::Task => {
+            let (offerer, events) = TaskPeer::start(options(&format!("off{i}"))).expect("sockets");
+            let offer = offerer.create_offer().unwrap();
+            let answer = answerer.answer_offer(&offer).await.unwrap();
+            offerer.accept_answer(&answer).unwrap();
+            (Offerer::Task(offerer), events)
+        }
+    };
     answerer.open_channel("bench", true).unwrap();
     loop {
         tokio::select! {
@@ -75,11 +127,18 @@ fn proc_status(key: &str) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // Warm-up (plugin loading, first certificate).
-    drop(connect(0).await);
+    drop(connect(Kind::Webrtcbin, 0).await);
+    drop(connect(Kind::Task, 0).await);
+    for kind in [Kind::Webrtcbin, Kind::Task] {
+        println!("== {}", kind.name());
+        measure(kind).await;
+    }
+}
 
+async fn measure(kind: Kind) {
     let mut setup = Vec::new();
     for i in 0..20 {
-        let (pair, t) = connect(i + 1).await;
+        let (pair, t) = connect(kind, i + 1).await;
         setup.push(t.as_secs_f64() * 1000.0);
         drop(pair);
     }
@@ -91,7 +150,7 @@ async fn main() {
     );
 
     // One-way latency at a paced rate; a message the size of a v1 result (~260 bytes).
-    let (mut pair, _) = connect(100).await;
+    let (mut pair, _) = connect(kind, 100).await;
     let pad = "x".repeat(220);
     let origin = Instant::now();
     let mut lat = Vec::new();
@@ -151,19 +210,19 @@ async fn main() {
     let _ = &pair.answerer;
     drop(pair);
 
-    // Footprint: threads and RSS per connected peer (10 pairs = 20 peers).
+    // Footprint: threads and RSS per connected pair (an offerer and a webrtcbin answerer).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (threads0, rss0) = (proc_status("Threads:"), proc_status("VmRSS:"));
     let mut pairs = Vec::new();
     for i in 0..10 {
-        pairs.push(connect(200 + i).await.0);
+        pairs.push(connect(kind, 200 + i).await.0);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (threads1, rss1) = (proc_status("Threads:"), proc_status("VmRSS:"));
     println!(
-        "footprint: {:.1} threads and {:.2} MiB RSS per connected peer (20 peers: {threads0} → {threads1} threads, {:.1} → {:.1} MiB)",
-        (threads1 - threads0) / 20.0,
-        (rss1 - rss0) / 1024.0 / 20.0,
+        "footprint: {:.1} threads and {:.2} MiB RSS per connected pair (10 pairs: {threads0} → {threads1} threads, {:.1} → {:.1} MiB)",
+        (threads1 - threads0) / 10.0,
+        (rss1 - rss0) / 1024.0 / 10.0,
         rss0 / 1024.0,
         rss1 / 1024.0
     );

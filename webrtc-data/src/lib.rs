@@ -51,6 +51,9 @@ pub enum PeerError {
     /// No socket for ICE (no local address, or no free port in the range).
     #[error("network: {0}")]
     Network(String),
+    /// No DTLS certificate (the TLS library failed to make one).
+    #[error("DTLS: {0}")]
+    Dtls(String),
     /// A negotiation step did not finish in time.
     #[error("{0} timed out")]
     Timeout(&'static str),

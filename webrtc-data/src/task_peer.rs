@@ -215,7 +215,9 @@ impl TaskPeer {
                 None => "no local IPv4 address to bind".into(),
             }));
         }
-        let mut rtc = Rtc::builder().build(Instant::now());
+        let mut rtc = Rtc::builder()
+            .set_dtls_cert(shared_certificate()?)
+            .build(Instant::now());
         for (addr, _) in &sockets {
             let candidate =
                 Candidate::host(*addr, "udp").map_err(|e| PeerError::Network(e.to_string()))?;
@@ -361,6 +363,20 @@ impl TaskPeer {
     pub fn dropped_events(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// The process's DTLS certificate (ECDSA P-256), made once: every peer presents it, as a browser
+/// reuses its certificate across connections; each session's fingerprint is in its own SDP.
+/// Generating one per peer cost a key generation per participant at setup.
+fn shared_certificate() -> Result<str0m::config::DtlsCert, PeerError> {
+    static CERT: std::sync::OnceLock<Option<str0m::config::DtlsCert>> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+    })
+    .clone()
+    .ok_or_else(|| PeerError::Dtls("no DTLS certificate could be generated".into()))
 }
 
 /// The peer's task: feeds datagrams and timeouts to the state machine until it is over.
