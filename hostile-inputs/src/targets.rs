@@ -27,7 +27,71 @@ pub fn all() -> Vec<Box<dyn Target>> {
         Box::new(ConfigFile),
         Box::new(ClusterEntries),
         Box::new(OpenViduAnswers),
+        Box::new(DataChannelAnswer),
     ]
+}
+
+/// KMS's answer to the daemon's data-only offer and its ICE candidates, through the DataChannel
+/// peer's negotiation (`webrtc_data::task_peer::negotiate_offline`: str0m's SDP and candidate
+/// parsers and its state machine). `$MID` in the input stands for the offer's random mid; every
+/// line holding `candidate:` is also given as a trickled candidate.
+pub struct DataChannelAnswer;
+
+const DC_ANSWERS: &[&str] = &[
+    "v=0\r\no=- 3917045237 3917045237 IN IP4 0.0.0.0\r\ns=Kurento Media Server\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=group:BUNDLE $MID\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:active\r\na=mid:$MID\r\na=ice-ufrag:Ab1c\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=fingerprint:sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9\r\na=sctp-port:5000\r\na=max-message-size:262144\r\na=candidate:1 1 UDP 2015363327 10.0.0.7 40150 typ host\r\na=candidate:2 1 TCP 1015021823 10.0.0.7 9 typ host tcptype active\r\n",
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=application 9 DTLS/SCTP 5000\r\na=setup:passive\r\na=mid:$MID\r\na=ice-ufrag:xyzw\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=sctpmap:5000 webrtc-datachannel 1024\r\ncandidate:3 1 udp 2130706431 fd00::2 50000 typ host\r\n",
+];
+
+impl Target for DataChannelAnswer {
+    fn name(&self) -> &'static str {
+        "dc-answer"
+    }
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        DC_ANSWERS.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+    fn dictionary(&self) -> &'static [&'static str] {
+        &[
+            "\r\n",
+            "$MID",
+            "m=application ",
+            "a=setup:active",
+            "a=setup:actpass",
+            "a=fingerprint:sha-1 ",
+            "a=sctp-port:",
+            "a=max-message-size:",
+            "a=candidate:",
+            " typ srflx raddr 0.0.0.0 rport 0",
+            " UDP ",
+            " 65535 ",
+            " 4294967295 ",
+            "a=ice-ufrag:",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+            "a=rtpmap:111 opus/48000/2",
+            "=",
+            ":",
+        ]
+    }
+    fn check(&self, input: &[u8]) -> Verdict {
+        let template = text(input);
+        let candidates: Vec<&str> = template
+            .lines()
+            .filter(|l| l.contains("candidate:"))
+            .collect();
+        let r = webrtc_data::task_peer::negotiate_offline(
+            |offer| {
+                let mid = webrtc_data::media_ids(offer)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                template.replace("$MID", &mid)
+            },
+            &candidates,
+        );
+        verdict(&r)
+    }
+    fn cost(&self) -> u64 {
+        10
+    }
 }
 
 fn verdict<T, E>(r: &Result<T, E>) -> Verdict {

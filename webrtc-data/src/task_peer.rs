@@ -215,9 +215,7 @@ impl TaskPeer {
                 None => "no local IPv4 address to bind".into(),
             }));
         }
-        let mut rtc = Rtc::builder()
-            .set_dtls_cert(shared_certificate()?)
-            .build(Instant::now());
+        let mut rtc = new_rtc()?;
         for (addr, _) in &sockets {
             let candidate =
                 Candidate::host(*addr, "udp").map_err(|e| PeerError::Network(e.to_string()))?;
@@ -259,12 +257,7 @@ impl TaskPeer {
     pub fn create_offer(&self) -> Result<String, PeerError> {
         let mut s = self.inner.lock();
         let mut api = s.rtc.sdp_api();
-        let placeholder = api.add_channel_with_config(ChannelConfig {
-            label: crate::SDP_PLACEHOLDER_LABEL.into(),
-            ordered: true,
-            negotiated: Some(SDP_PLACEHOLDER_STREAM as u16),
-            ..Default::default()
-        });
+        let placeholder = api.add_channel_with_config(placeholder_channel());
         let Some((offer, pending)) = api.apply() else {
             return Err(PeerError::Sdp("nothing to offer".into()));
         };
@@ -307,17 +300,10 @@ impl TaskPeer {
     /// A remote ICE candidate (`candidate:…`, with or without an `a=` prefix). TCP candidates
     /// and unparsable lines are skipped: this peer speaks UDP.
     pub fn add_remote_candidate(&self, _sdp_mline_index: u32, candidate: &str) {
-        let line = candidate.trim().trim_start_matches("a=");
-        let c = match Candidate::from_sdp_string(line) {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(peer = %self.inner.name, candidate = line, error = %e, "remote candidate skipped");
-                return;
-            }
-        };
-        if c.proto() != Protocol::Udp {
+        let Some(c) = parse_remote_candidate(candidate) else {
+            debug!(peer = %self.inner.name, candidate, "remote candidate skipped (not UDP, or not a candidate)");
             return;
-        }
+        };
         let mut s = self.inner.lock();
         if s.over {
             return;
@@ -363,6 +349,71 @@ impl TaskPeer {
     pub fn dropped_events(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// A state machine with the process's certificate. str0m's builder panics when its DTLS cannot
+/// start; that is turned into an error here.
+fn new_rtc() -> Result<Rtc, PeerError> {
+    let cert = shared_certificate()?;
+    std::panic::catch_unwind(move || Rtc::builder().set_dtls_cert(cert).build(Instant::now()))
+        .map_err(|_| PeerError::Dtls("the DTLS stack did not start".into()))
+}
+
+/// The pre-negotiated channel that puts `m=application` in the offer (no DCEP, never used).
+fn placeholder_channel() -> ChannelConfig {
+    ChannelConfig {
+        label: crate::SDP_PLACEHOLDER_LABEL.into(),
+        ordered: true,
+        negotiated: Some(SDP_PLACEHOLDER_STREAM as u16),
+        ..Default::default()
+    }
+}
+
+fn parse_answer(text: &str) -> Result<SdpAnswer, PeerError> {
+    SdpAnswer::from_sdp_string(text).map_err(|e| PeerError::Sdp(e.to_string()))
+}
+
+/// A remote candidate line (`candidate:…`, with or without `a=`) when it is a UDP one.
+fn parse_remote_candidate(line: &str) -> Option<Candidate> {
+    let line = line.trim().trim_start_matches("a=");
+    Candidate::from_sdp_string(line)
+        .ok()
+        .filter(|c| c.proto() == Protocol::Udp)
+}
+
+/// What a [`TaskPeer`] does with a remote answer and remote candidates, without sockets or a
+/// task: offer, accept the answer `answer_for(offer)`, add the candidates, run the state
+/// machine's output dry. For hostile-input testing (the answer and candidates come from KMS):
+/// `Err` for what is refused, never a panic.
+pub fn negotiate_offline(
+    answer_for: impl FnOnce(&str) -> String,
+    candidates: &[&str],
+) -> Result<(), PeerError> {
+    let mut rtc = new_rtc()?;
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+    rtc.add_local_candidate(
+        Candidate::host(local, "udp").map_err(|e| PeerError::Network(e.to_string()))?,
+    );
+    let mut api = rtc.sdp_api();
+    api.add_channel_with_config(placeholder_channel());
+    let Some((offer, pending)) = api.apply() else {
+        return Err(PeerError::Sdp("nothing to offer".into()));
+    };
+    let answer = parse_answer(&answer_for(&offer.to_sdp_string()))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| PeerError::Sdp(e.to_string()))?;
+    for c in candidates.iter().filter_map(|c| parse_remote_candidate(c)) {
+        rtc.add_remote_candidate(c);
+    }
+    for _ in 0..64 {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(_)) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(PeerError::Sdp(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// The process's DTLS certificate (ECDSA P-256), made once: every peer presents it, as a browser

@@ -39,7 +39,11 @@ fn main() -> ExitCode {
         .iter()
         .filter(|t| args.targets.is_empty() || args.targets.iter().any(|n| n == t.name()))
     {
-        let r = fuzz(target.as_ref(), args.inputs, args.seed);
+        let r = fuzz(
+            target.as_ref(),
+            args.inputs / target.cost().max(1),
+            args.seed,
+        );
         println!(
             "{:<9} {:>10} {:>12.0} {:>10} {:>10} {:>7}",
             r.target,
