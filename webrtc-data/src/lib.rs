@@ -402,14 +402,50 @@ impl DataPeer {
 
     /// Opens a channel from this side (what KMS does on `createDataChannel`).
     pub fn open_channel(&self, label: &str, ordered: bool) -> Result<(), PeerError> {
-        let init = gst::Structure::builder("config")
-            .field("ordered", ordered)
-            .build();
-        let ch = self
+        // GStreamer 1.22's webrtcbin sends the DCEP OPEN twice when a channel is created while
+        // its SCTP association comes up (create-data-channel and the transport's state handler
+        // both start the negotiation; observed), and a peer that follows RFC 8832 to the letter
+        // (str0m, the daemon's) closes a channel that gets a second OPEN. KMS queues
+        // createDataChannel until its association is up and sends one OPEN; so does this, by
+        // creating the channel only once the association is up.
+        let transport = self
             .webrtc
-            .emit_by_name::<Option<WebRTCDataChannel>>("create-data-channel", &[&label, &init])
-            .ok_or_else(|| PeerError::Gst("create-data-channel refused".into()))?;
-        self.shared.adopt(&ch);
+            .property::<Option<gst_webrtc::WebRTCSCTPTransport>>("sctp-transport");
+        let Some(transport) = transport else {
+            return create_channel(&self.webrtc, &self.shared, label, ordered);
+        };
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deferred = {
+            let webrtc = self.webrtc.clone();
+            let shared = Arc::downgrade(&self.shared);
+            let done = done.clone();
+            let label = label.to_owned();
+            move || {
+                if done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                // Not from inside the transport's notify (webrtcbin's own handler runs there):
+                // a thread of its own, once per channel.
+                let (webrtc, label) = (webrtc.clone(), label.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = create_channel(&webrtc, &shared, &label, ordered) {
+                        shared.emit(PeerEvent::Error(e.to_string()));
+                    }
+                });
+            }
+        };
+        let on_connected = deferred.clone();
+        transport.connect_state_notify(move |t| {
+            if t.state() == gst_webrtc::WebRTCSCTPTransportState::Connected {
+                on_connected();
+            }
+        });
+        if transport.state() == gst_webrtc::WebRTCSCTPTransportState::Connected {
+            deferred();
+        }
         Ok(())
     }
 
@@ -573,6 +609,23 @@ fn connection_state_name(s: gst_webrtc::WebRTCPeerConnectionState) -> &'static s
         S::Closed => "closed",
         _ => "unknown",
     }
+}
+
+/// Creates a channel on `webrtc` and adopts it.
+fn create_channel(
+    webrtc: &gst::Element,
+    shared: &Arc<Shared>,
+    label: &str,
+    ordered: bool,
+) -> Result<(), PeerError> {
+    let init = gst::Structure::builder("config")
+        .field("ordered", ordered)
+        .build();
+    let ch = webrtc
+        .emit_by_name::<Option<WebRTCDataChannel>>("create-data-channel", &[&label, &init])
+        .ok_or_else(|| PeerError::Gst("create-data-channel refused".into()))?;
+    shared.adopt(&ch);
+    Ok(())
 }
 
 /// The `a=mid` of each m-line of an SDP, in order (`IceCandidate.sdpMid` for an m-line index).

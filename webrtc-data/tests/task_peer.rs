@@ -55,6 +55,10 @@ impl Pair {
 }
 
 async fn connected_pair(max_backlog_bytes: u64) -> Pair {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (daemon, rd) = TaskPeer::start(PeerOptions {
         name: "task-daemon".into(),
         max_backlog_bytes,
@@ -150,7 +154,7 @@ async fn a_slow_channel_refuses_beyond_the_backlog_instead_of_queueing() {
         match pair.daemon.send_text(&big) {
             Ok(()) => {}
             Err(SendError::Backlog) => refused += 1,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e} after {refused} refused"),
         }
     }
     assert!(refused > 0, "200 KB at once must hit a 4 KB backlog limit");
