@@ -39,7 +39,7 @@ pub struct DataChannelAnswer;
 
 const DC_ANSWERS: &[&str] = &[
     "v=0\r\no=- 3917045237 3917045237 IN IP4 0.0.0.0\r\ns=Kurento Media Server\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=group:BUNDLE $MID\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:active\r\na=mid:$MID\r\na=ice-ufrag:Ab1c\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=fingerprint:sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9\r\na=sctp-port:5000\r\na=max-message-size:262144\r\na=candidate:1 1 UDP 2015363327 10.0.0.7 40150 typ host\r\na=candidate:2 1 TCP 1015021823 10.0.0.7 9 typ host tcptype active\r\n",
-    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=application 9 DTLS/SCTP 5000\r\na=setup:passive\r\na=mid:$MID\r\na=ice-ufrag:xyzw\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=sctpmap:5000 webrtc-datachannel 1024\r\ncandidate:3 1 udp 2130706431 fd00::2 50000 typ host\r\n",
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=Kurento Media Server\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=group:BUNDLE $MID\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:passive\r\na=mid:$MID\r\na=ice-ufrag:xyzw\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=sctp-port:5000\r\na=max-message-size:65536\r\na=candidate:4 1 UDP 1677729535 203.0.113.9 50001 typ srflx raddr 10.0.0.7 rport 50001\r\n",
 ];
 
 impl Target for DataChannelAnswer {
