@@ -168,13 +168,19 @@ impl Shared {
             .lock()
             .expect("channels lock")
             .push(channel.clone());
+        // Reported open once: the channel may open between this handler's connection and the
+        // state check below (a channel created once SCTP is up opens within milliseconds).
+        let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let weak = Arc::downgrade(self);
+        let reported_here = reported.clone();
         channel.connect_on_open(move |ch| {
             if let Some(s) = weak.upgrade() {
-                s.emit(PeerEvent::ChannelOpen {
-                    label: ch.label().map(|l| l.to_string()).unwrap_or_default(),
-                    id: ch.id(),
-                });
+                if !reported_here.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    s.emit(PeerEvent::ChannelOpen {
+                        label: ch.label().map(|l| l.to_string()).unwrap_or_default(),
+                        id: ch.id(),
+                    });
+                }
             }
         });
         let weak = Arc::downgrade(self);
@@ -212,7 +218,9 @@ impl Shared {
             }
         });
         // A channel announced by the remote side may already be open when we get it.
-        if channel.ready_state() == WebRTCDataChannelState::Open {
+        if channel.ready_state() == WebRTCDataChannelState::Open
+            && !reported.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             self.emit(PeerEvent::ChannelOpen {
                 label: channel.label().map(|l| l.to_string()).unwrap_or_default(),
                 id: channel.id(),
