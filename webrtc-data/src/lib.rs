@@ -159,6 +159,16 @@ impl Shared {
         }
     }
 
+    /// `ChannelOpen` for `channel`, unless `reported` says it went out already.
+    fn report_open(&self, channel: &WebRTCDataChannel, reported: &std::sync::atomic::AtomicBool) {
+        if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.emit(PeerEvent::ChannelOpen {
+                label: channel.label().map(|l| l.to_string()).unwrap_or_default(),
+                id: channel.id(),
+            });
+        }
+    }
+
     fn adopt(self: &Arc<Self>, channel: &WebRTCDataChannel) {
         if channel.label().as_deref() == Some(SDP_PLACEHOLDER_LABEL) {
             return;
@@ -175,12 +185,7 @@ impl Shared {
         let reported_here = reported.clone();
         channel.connect_on_open(move |ch| {
             if let Some(s) = weak.upgrade() {
-                if !reported_here.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    s.emit(PeerEvent::ChannelOpen {
-                        label: ch.label().map(|l| l.to_string()).unwrap_or_default(),
-                        id: ch.id(),
-                    });
-                }
+                s.report_open(ch, &reported_here);
             }
         });
         let weak = Arc::downgrade(self);
@@ -218,13 +223,8 @@ impl Shared {
             }
         });
         // A channel announced by the remote side may already be open when we get it.
-        if channel.ready_state() == WebRTCDataChannelState::Open
-            && !reported.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            self.emit(PeerEvent::ChannelOpen {
-                label: channel.label().map(|l| l.to_string()).unwrap_or_default(),
-                id: channel.id(),
-            });
+        if channel.ready_state() == WebRTCDataChannelState::Open {
+            self.report_open(channel, &reported);
         }
     }
 }

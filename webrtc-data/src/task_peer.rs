@@ -217,9 +217,7 @@ impl TaskPeer {
         }
         let mut rtc = new_rtc()?;
         for (addr, _) in &sockets {
-            let candidate =
-                Candidate::host(*addr, "udp").map_err(|e| PeerError::Network(e.to_string()))?;
-            rtc.add_local_candidate(candidate);
+            rtc.add_local_candidate(host_candidate(*addr)?);
         }
         let (tx, rx) = mpsc::channel(options.event_capacity.max(1));
         let inner = Arc::new(Inner {
@@ -256,36 +254,27 @@ impl TaskPeer {
     /// A data-only offer (one `m=application`, the host candidates in it).
     pub fn create_offer(&self) -> Result<String, PeerError> {
         let mut s = self.inner.lock();
-        let mut api = s.rtc.sdp_api();
-        let placeholder = api.add_channel_with_config(placeholder_channel());
-        let Some((offer, pending)) = api.apply() else {
-            return Err(PeerError::Sdp("nothing to offer".into()));
-        };
+        let (placeholder, offer, pending) = make_offer(&mut s.rtc)?;
         s.placeholder = Some(placeholder);
         s.pending = Some(pending);
         self.inner.drain(&mut s);
         drop(s);
         self.inner.wake.notify_one();
-        Ok(offer.to_sdp_string())
+        Ok(offer)
     }
 
     /// Applies the remote answer to [`TaskPeer::create_offer`]'s offer, then reports the host
     /// candidates (also in the offer) as [`PeerEvent::LocalCandidate`] for sides that trickle.
     pub fn accept_answer(&self, answer: &str) -> Result<(), PeerError> {
-        let answer =
-            SdpAnswer::from_sdp_string(answer).map_err(|e| PeerError::Sdp(e.to_string()))?;
         let mut s = self.inner.lock();
         let Some(pending) = s.pending.take() else {
             return Err(PeerError::Sdp("an answer without an offer".into()));
         };
-        s.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        apply_answer(&mut s.rtc, pending, answer)?;
         self.inner.drain(&mut s);
         drop(s);
         for (addr, _) in &self.inner.sockets {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
+            if let Ok(c) = host_candidate(*addr) {
                 self.inner.emit(PeerEvent::LocalCandidate {
                     sdp_mline_index: 0,
                     candidate: c.to_sdp_string(),
@@ -359,18 +348,32 @@ fn new_rtc() -> Result<Rtc, PeerError> {
         .map_err(|_| PeerError::Dtls("the DTLS stack did not start".into()))
 }
 
-/// The pre-negotiated channel that puts `m=application` in the offer (no DCEP, never used).
-fn placeholder_channel() -> ChannelConfig {
-    ChannelConfig {
+fn host_candidate(addr: SocketAddr) -> Result<Candidate, PeerError> {
+    Candidate::host(addr, "udp").map_err(|e| PeerError::Network(e.to_string()))
+}
+
+/// The data-only offer: one pre-negotiated channel puts `m=application` in it (no DCEP, never
+/// used). Returns the placeholder's id, the offer's text and what the answer completes.
+fn make_offer(rtc: &mut Rtc) -> Result<(ChannelId, String, SdpPendingOffer), PeerError> {
+    let mut api = rtc.sdp_api();
+    let placeholder = api.add_channel_with_config(ChannelConfig {
         label: crate::SDP_PLACEHOLDER_LABEL.into(),
         ordered: true,
         negotiated: Some(SDP_PLACEHOLDER_STREAM as u16),
         ..Default::default()
-    }
+    });
+    let Some((offer, pending)) = api.apply() else {
+        return Err(PeerError::Sdp("nothing to offer".into()));
+    };
+    Ok((placeholder, offer.to_sdp_string(), pending))
 }
 
-fn parse_answer(text: &str) -> Result<SdpAnswer, PeerError> {
-    SdpAnswer::from_sdp_string(text).map_err(|e| PeerError::Sdp(e.to_string()))
+/// Parses the remote answer and applies it to the pending offer.
+fn apply_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), PeerError> {
+    let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| PeerError::Sdp(e.to_string()))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| PeerError::Sdp(e.to_string()))
 }
 
 /// A remote candidate line (`candidate:…`, with or without `a=`) when it is a UDP one.
@@ -390,19 +393,12 @@ pub fn negotiate_offline(
     candidates: &[&str],
 ) -> Result<(), PeerError> {
     let mut rtc = new_rtc()?;
-    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
-    rtc.add_local_candidate(
-        Candidate::host(local, "udp").map_err(|e| PeerError::Network(e.to_string()))?,
-    );
-    let mut api = rtc.sdp_api();
-    api.add_channel_with_config(placeholder_channel());
-    let Some((offer, pending)) = api.apply() else {
-        return Err(PeerError::Sdp("nothing to offer".into()));
-    };
-    let answer = parse_answer(&answer_for(&offer.to_sdp_string()))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| PeerError::Sdp(e.to_string()))?;
+    rtc.add_local_candidate(host_candidate(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        9,
+    ))?);
+    let (_, offer, pending) = make_offer(&mut rtc)?;
+    apply_answer(&mut rtc, pending, &answer_for(&offer))?;
     for c in candidates.iter().filter_map(|c| parse_remote_candidate(c)) {
         rtc.add_remote_candidate(c);
     }
@@ -439,16 +435,12 @@ async fn run(inner: Arc<Inner>) {
             if s.over {
                 return;
             }
-            if let Some(since) = s.disconnected_since {
-                if since.elapsed() >= DISCONNECTED_GIVE_UP {
-                    inner.give_up(&mut s, "failed");
-                    return;
-                }
+            let give_up_at = s.disconnected_since.map(|t| t + DISCONNECTED_GIVE_UP);
+            if give_up_at.is_some_and(|t| Instant::now() >= t) {
+                inner.give_up(&mut s, "failed");
+                return;
             }
-            let mut at = s.next_timeout;
-            if let Some(since) = s.disconnected_since {
-                at = at.min(since + DISCONNECTED_GIVE_UP);
-            }
+            let at = give_up_at.map_or(s.next_timeout, |g| g.min(s.next_timeout));
             // A deadline already past is handled after 1 ms, not in a spin (as str0m's examples
             // clamp theirs): packets still wake the task at once.
             at.max(Instant::now() + Duration::from_millis(1))
