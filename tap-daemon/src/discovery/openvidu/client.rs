@@ -254,11 +254,6 @@ impl OpenVidu {
             .cloned()
     }
 
-    /// Whether the last refresh worked.
-    pub fn up(&self) -> bool {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).up()
-    }
-
     /// Whether a stream not listed yet may still be named soon (see [`RestStatus::names_may_come`]).
     pub fn names_may_come(&self) -> bool {
         self.status
