@@ -335,9 +335,86 @@ pub fn local_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
+/// Telling which packets an SRTP decoder refused, one pad at a time, without mistaking a packet in
+/// flight for a refusal.
+///
+/// Why not "packets in − packets out": a packet is counted in before the decoder works on it and
+/// out after, so a reader between the two saw one refusal that was not (the real-KMS SRTP test read
+/// `1` on a clean leg), and the metric only grows. A decoder's pad works synchronously on one
+/// thread: a packet that went in either comes out before the next one goes in on the same pad, or
+/// was refused. So each pad keeps the state of its last packet, and the next packet settles it.
+pub mod refusals {
+    /// Nothing pending on the pad.
+    pub const NONE: u8 = 0;
+    /// A packet went in with the keys known, and has not come out yet.
+    pub const WITH_KEYS: u8 = 1;
+    /// A packet went in before KMS's keys were known, and has not come out yet.
+    pub const BEFORE_KEYS: u8 = 2;
+
+    /// What the packet before this one turned out to be.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Settled {
+        /// It came out (or there was none).
+        Passed,
+        /// The decoder refused it with keys to check it against: authentication failed, a replay.
+        Refused,
+        /// It was dropped for want of a key (KMS may send RTCP before we know its keys):
+        /// expected, not a refusal.
+        DroppedBeforeKeys,
+    }
+
+    /// The pad's state when a packet goes in (`keys_known`: KMS's keys are set).
+    pub fn entering(keys_known: bool) -> u8 {
+        if keys_known {
+            WITH_KEYS
+        } else {
+            BEFORE_KEYS
+        }
+    }
+
+    /// What the previous state of the pad, replaced by a packet going in, says of the packet
+    /// before it.
+    pub fn settle(previous: u8) -> Settled {
+        match previous {
+            WITH_KEYS => Settled::Refused,
+            BEFORE_KEYS => Settled::DroppedBeforeKeys,
+            _ => Settled::Passed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_that_came_out_is_not_a_refusal_and_one_that_did_not_is() {
+        use refusals::*;
+        // In, out, in: the first passed.
+        let mut pad = NONE;
+        assert_eq!(
+            settle(std::mem::replace(&mut pad, entering(true))),
+            Settled::Passed
+        );
+        pad = NONE; // it came out
+        assert_eq!(
+            settle(std::mem::replace(&mut pad, entering(true))),
+            Settled::Passed
+        );
+        // In, in: the second found the first still pending: refused.
+        assert_eq!(
+            settle(std::mem::replace(&mut pad, entering(true))),
+            Settled::Refused
+        );
+        // Before the keys, a packet that does not come out is dropped, not refused.
+        let mut pad = entering(false);
+        assert_eq!(
+            settle(std::mem::replace(&mut pad, entering(true))),
+            Settled::DroppedBeforeKeys
+        );
+        // A packet in flight is pending, never settled as refused until the next one comes.
+        assert_eq!(pad, WITH_KEYS);
+    }
 
     fn key(suite: Suite) -> SdesKey {
         SdesKey {

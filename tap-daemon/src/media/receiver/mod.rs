@@ -336,13 +336,6 @@ impl Receiver {
     /// of a key (early RTCP) asks again.
     pub fn set_kms_keys(&self, audio: Option<SdesKey>, video: Option<SdesKey>) {
         if let Ok(mut keys) = self.kms_keys.lock() {
-            // What was dropped until now had no key to be checked against.
-            let s = &self.stats;
-            let before = s
-                .srtp_packets_in
-                .load(Ordering::Relaxed)
-                .saturating_sub(s.srtp_packets_out.load(Ordering::Relaxed));
-            s.srtp_dropped_before_keys.store(before, Ordering::Relaxed);
             keys[AUDIO] = audio;
             keys[VIDEO] = video;
         }

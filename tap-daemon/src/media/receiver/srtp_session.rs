@@ -1,19 +1,20 @@
 //! SRTP on the tap leg, receiver side: a decoder per rtpbin session keyed from KMS's answer.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use crate::media::srtp::refusals::{self, Settled};
 use crate::media::srtp::SdesKey;
 
 use super::types::{KmsKeys, ReceiverError, ReceiverStats, SrtpDecoders, VIDEO};
 
 /// SRTP in: rtpbin asks for a decoder per session (one `srtpdec` for its RTP and RTCP; its
-/// `request-key` answered from KMS's keys, by session). Packets in and out of the decoders are
-/// counted: the difference is what libsrtp refused (bad authentication, a replay; what went before
-/// KMS's keys were known is set apart, [`ReceiverStats::srtp_rejected`]).
+/// `request-key` answered from KMS's keys, by session). What libsrtp refused (bad authentication, a
+/// replay) is counted per packet; what went before KMS's keys were known is set apart
+/// ([`ReceiverStats::srtp_rejected`]).
 pub(super) fn install_srtp(
     rtpbin: &gst::Element,
     kms_keys: KmsKeys,
@@ -43,7 +44,7 @@ pub(super) fn install_srtp(
 }
 
 /// The `srtpdec` of a session (made on first use): keyed by `request-key` from KMS's keys, its
-/// packets counted in and out.
+/// packets counted in and out and its refusals counted (`refusals`).
 pub(super) fn srtp_decoder(
     idx: usize,
     kms_keys: &KmsKeys,
@@ -64,24 +65,38 @@ pub(super) fn srtp_decoder(
         let key = keys.lock().ok().and_then(|k| k[idx].clone())?;
         Some(srtp_caps(ssrc, &key).to_value())
     });
-    for (pad, counter) in [
-        ("rtp_sink", true),
-        ("rtcp_sink", true),
-        ("rtp_src", false),
-        ("rtcp_src", false),
-    ] {
-        if let Some(p) = dec.static_pad(pad) {
-            let stats = stats.clone();
-            p.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                let c = if counter {
-                    &stats.srtp_packets_in
-                } else {
-                    &stats.srtp_packets_out
-                };
-                c.fetch_add(1, Ordering::Relaxed);
-                gst::PadProbeReturn::Ok
-            });
-        }
+    // Per pad (RTP, RTCP), the state of its last packet: settled as passed when it comes out,
+    // as refused when the next one goes in first (`refusals`: a packet in flight is never counted).
+    for (sink, src) in [("rtp_sink", "rtp_src"), ("rtcp_sink", "rtcp_src")] {
+        let (Some(sink), Some(src)) = (dec.static_pad(sink), dec.static_pad(src)) else {
+            continue;
+        };
+        let pending = Arc::new(AtomicU8::new(refusals::NONE));
+        let (stats_in, keys_in, pending_in) = (stats.clone(), kms_keys.clone(), pending.clone());
+        sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            stats_in.srtp_packets_in.fetch_add(1, Ordering::Relaxed);
+            let keys_known = keys_in.lock().is_ok_and(|k| k[idx].is_some());
+            match refusals::settle(
+                pending_in.swap(refusals::entering(keys_known), Ordering::AcqRel),
+            ) {
+                Settled::Passed => {}
+                Settled::Refused => {
+                    stats_in.srtp_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Settled::DroppedBeforeKeys => {
+                    stats_in
+                        .srtp_dropped_before_keys
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        let stats_out = stats.clone();
+        src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            stats_out.srtp_packets_out.fetch_add(1, Ordering::Relaxed);
+            pending.store(refusals::NONE, Ordering::Release);
+            gst::PadProbeReturn::Ok
+        });
     }
     all[idx] = Some(dec.clone());
     Some(dec)

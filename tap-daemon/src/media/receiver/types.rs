@@ -112,9 +112,11 @@ pub struct ReceiverStats {
     pub keyframe_requests_throttled: AtomicU64,
     /// SRTP/SRTCP packets received (before decryption).
     pub srtp_packets_in: AtomicU64,
-    /// SRTP/SRTCP packets that came out decrypted; the difference was rejected by libsrtp
-    /// (authentication failed, a replay, or no key for the stream yet).
+    /// SRTP/SRTCP packets that came out decrypted.
     pub srtp_packets_out: AtomicU64,
+    /// Packets libsrtp refused with KMS's keys known (authentication failed, a replay), each
+    /// counted when the next packet on its pad went in first (a packet in flight is not one).
+    pub srtp_refused: AtomicU64,
     /// Packets dropped before KMS's keys were known (KMS may send RTCP between its answer and our
     /// `connect`): expected, not refusals.
     pub srtp_dropped_before_keys: AtomicU64,
@@ -129,10 +131,7 @@ pub struct ReceiverStats {
 impl ReceiverStats {
     /// SRTP/SRTCP packets refused once the keys were known (authentication failed, a replay).
     pub fn srtp_rejected(&self) -> u64 {
-        self.srtp_packets_in
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.srtp_packets_out.load(Ordering::Relaxed))
-            .saturating_sub(self.srtp_dropped_before_keys.load(Ordering::Relaxed))
+        self.srtp_refused.load(Ordering::Relaxed)
     }
 }
 
