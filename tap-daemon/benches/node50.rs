@@ -90,10 +90,15 @@ async fn main() {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let mut results = client.subscribe("tap.v1.result.>").await.unwrap();
     let fer_slots = std::env::var("NODE_FER_CONCURRENCY").unwrap_or_else(|_| "1".into());
+    let (fer_http, voice_http) = (free_port(), free_port());
+    let fer_metrics = format!("127.0.0.1:{fer_http}");
+    let voice_metrics = format!("127.0.0.1:{voice_http}");
     let mut fer = spawn(
         "fer-worker",
         &[
             "run",
+            "--metrics",
+            &fer_metrics,
             "--nats",
             &nats.url,
             "--fps",
@@ -105,7 +110,15 @@ async fn main() {
     let voice_slots = std::env::var("NODE_VOICE_CONCURRENCY").unwrap_or_else(|_| "1".into());
     let mut voice = spawn(
         "audio-worker",
-        &["run", "--nats", &nats.url, "--concurrency", &voice_slots],
+        &[
+            "run",
+            "--metrics",
+            &voice_metrics,
+            "--nats",
+            &nats.url,
+            "--concurrency",
+            &voice_slots,
+        ],
     );
     let http = free_port();
     let mut daemon = spawn(
@@ -230,6 +243,32 @@ async fn main() {
             && !l.ends_with(" 0")
     }) {
         println!("  {l}");
+    }
+    // And the workers' side: what they refused and why, how long chunks waited for a model.
+    for (name, port) in [("fer-worker", fer_http), ("audio-worker", voice_http)] {
+        let text = http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+        let mean = |base: &str| -> Option<f64> {
+            let value = |suffix: &str| -> Option<f64> {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{base}{suffix}")))
+                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            };
+            let (sum, count) = (value("_sum")?, value("_count")?);
+            (count > 0.0).then(|| sum / count * 1e3)
+        };
+        let counters: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                (l.starts_with("tap_worker_chunks_") || l.starts_with("tap_worker_predictions"))
+                    && !l.ends_with(" 0")
+            })
+            .collect();
+        println!(
+            "  {name}: queue wait mean {:.1} ms, inference mean {:.1} ms; {}",
+            mean("tap_worker_queue_wait_seconds").unwrap_or(f64::NAN),
+            mean("tap_worker_inference_seconds").unwrap_or(f64::NAN),
+            counters.join(", ")
+        );
     }
     for c in [&mut daemon, &mut fer, &mut voice, &mut sim] {
         let _ = c.kill();
