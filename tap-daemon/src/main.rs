@@ -68,9 +68,9 @@ enum Command {
         /// or the _32 variants).
         #[arg(long, env = "KURENTO_TAP_SRTP_SUITE")]
         srtp_suite: Option<String>,
-        /// Threads that receive and decode taps: per-tap (default: rtpbin, ~11 threads per tapped
-        /// participant, reorders, RTCP) or a number N: N threads shared by every tap (no
-        /// jitterbuffer, no RTCP; for a daemon beside KMS). docs/operations.md.
+        /// Threads that receive and decode taps: a number N (default 2): N threads shared by every
+        /// tap (packets reordered on them, no RTCP; for a daemon beside KMS), or per-tap: rtpbin,
+        /// ~10 threads per tapped participant, jitterbuffer, RTCP with NACK. docs/operations.md.
         #[arg(long, env = "KURENTO_TAP_RECEIVE_THREADS")]
         receive_threads: Option<String>,
         /// Owner id tagged on created objects.

@@ -749,15 +749,33 @@ fn real_kms_three_vp8_publishers_under_cpu_load_keep_their_face_rate() {
 /// waited for (video jitterbuffer 300 ms). There the tap is held to what a browser subscribing to
 /// the same publisher decoded in the same window, and back at the full rate once the loss ends;
 /// docs/benchmarks.md has the side-by-side table.
+/// Run on the daemon's default receive threads (shared), and on rtpbin per tap, where what the
+/// tap leg loses is also asked again of KMS.
 #[test]
 fn real_kms_h264_under_packet_loss_and_jitter() {
-    with_kms("h264_loss", |kms| async move {
+    h264_under_packet_loss_and_jitter(None);
+}
+
+/// [`real_kms_h264_under_packet_loss_and_jitter`] with rtpbin per tap: NACKs asked of KMS.
+#[test]
+fn real_kms_h264_under_packet_loss_and_jitter_per_tap_asks_kms_to_resend() {
+    h264_under_packet_loss_and_jitter(Some("per-tap"));
+}
+
+/// `receive`: `--receive-threads` for the daemon (`None`: its default, or
+/// `KURENTO_TAP_RECEIVE_THREADS` when set).
+fn h264_under_packet_loss_and_jitter(receive: Option<&'static str>) {
+    with_kms("h264_loss", move |kms| async move {
         let mut call = Call::start(kms.clone(), &["--tags"]).await;
         call.join("lossy264", "ana", "codec=h264");
         call.join("lossy264", "ben", "codec=h264");
         call.wait_connected(Duration::from_secs(60)).await;
         call.start_workers();
-        call.start_daemon("tap-e2e-h264-loss").await;
+        let receive_args: Vec<&str> = receive
+            .map(|r| vec!["--receive-threads", r])
+            .unwrap_or_default();
+        call.start_daemon_with("tap-e2e-h264-loss", &receive_args)
+            .await;
         assert!(
             call.wait_metric("kurento_tap_taps_active", 2.0, Duration::from_secs(40))
                 .await
@@ -872,8 +890,13 @@ fn real_kms_h264_under_packet_loss_and_jitter() {
                     browser_sum * 50.0
                 );
             }
-            let shared_threads =
-                std::env::var("KURENTO_TAP_RECEIVE_THREADS").is_ok_and(|v| v.trim() != "per-tap");
+            // The daemon's default is shared threads; per-tap when asked (flag, then variable).
+            let per_tap = match receive {
+                Some(r) => r == "per-tap",
+                None => std::env::var("KURENTO_TAP_RECEIVE_THREADS")
+                    .is_ok_and(|v| v.trim() == "per-tap"),
+            };
+            let shared_threads = !per_tap;
             if ports.is_some() && !shared_threads {
                 // The tap leg lost packets, and the receiver asked KMS to resend them (per-tap
                 // receive threads: rtpbin's jitterbuffer; the shared ones have none).

@@ -39,7 +39,7 @@ pub struct FileConfig {
     pub tap_crypto: Option<String>,
     /// SRTP suite of encrypted taps.
     pub srtp_suite: Option<String>,
-    /// Threads that receive and decode taps: `per-tap` (default) or a number shared by all.
+    /// Threads that receive and decode taps: a number shared by all (default 2) or `per-tap`.
     pub receive_threads: Option<String>,
     /// Jitterbuffer latency (audio).
     pub latency_ms: Option<u32>,

@@ -15,7 +15,7 @@
 //! policy = "emotions"            # what may leave the daemon: emotions, expressions, aggregate (docs/privacy.md)
 //! tap_crypto = "auto"             # tap leg: auto (SRTP unless KMS is in this namespace), sdes, off
 //! srtp_suite = "AES_128_CM_HMAC_SHA1_80"
-//! receive_threads = "per-tap"     # or "2": taps received and decoded on 2 threads shared by all
+//! receive_threads = "2"          # default: taps received and decoded on 2 threads shared by all; or "per-tap" (rtpbin, RTCP)
 //! host = "kurento"                # or "openvidu": OpenVidu 2.x sessions (docs/integration.md, "OpenVidu 2")
 //! owner = "kurento-tap"           # tag value on what this daemon creates
 //! latency_ms = 100                # jitterbuffer, audio

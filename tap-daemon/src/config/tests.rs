@@ -374,4 +374,10 @@ fn receive_threads_are_per_tap_or_a_bounded_number() {
     )
     .unwrap();
     assert_eq!(c.receive_threads, None);
+    // Said nowhere: threads shared by every tap.
+    let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
+    assert_eq!(
+        c.receive_threads,
+        Some(crate::settings::DEFAULT_RECEIVE_THREADS)
+    );
 }
