@@ -44,7 +44,7 @@ pub(super) fn install_srtp(
 }
 
 /// The `srtpdec` of a session (made on first use): keyed by `request-key` from KMS's keys, its
-/// packets counted in and out and its refusals counted (`refusals`).
+/// refusals counted (`refusals`).
 pub(super) fn srtp_decoder(
     idx: usize,
     kms_keys: &KmsKeys,
@@ -74,26 +74,16 @@ pub(super) fn srtp_decoder(
         let pending = Arc::new(AtomicU8::new(refusals::NONE));
         let (stats_in, keys_in, pending_in) = (stats.clone(), kms_keys.clone(), pending.clone());
         sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            stats_in.srtp_packets_in.fetch_add(1, Ordering::Relaxed);
             let keys_known = keys_in.lock().is_ok_and(|k| k[idx].is_some());
-            match refusals::settle(
-                pending_in.swap(refusals::entering(keys_known), Ordering::AcqRel),
-            ) {
-                Settled::Passed => {}
-                Settled::Refused => {
-                    stats_in.srtp_refused.fetch_add(1, Ordering::Relaxed);
-                }
-                Settled::DroppedBeforeKeys => {
-                    stats_in
-                        .srtp_dropped_before_keys
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+            let previous = pending_in.swap(refusals::entering(keys_known), Ordering::AcqRel);
+            // What went before KMS's keys were known had nothing to be checked against: not
+            // a refusal.
+            if refusals::settle(previous) == Settled::Refused {
+                stats_in.srtp_refused.fetch_add(1, Ordering::Relaxed);
             }
             gst::PadProbeReturn::Ok
         });
-        let stats_out = stats.clone();
         src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            stats_out.srtp_packets_out.fetch_add(1, Ordering::Relaxed);
             pending.store(refusals::NONE, Ordering::Release);
             gst::PadProbeReturn::Ok
         });

@@ -110,16 +110,11 @@ pub struct ReceiverStats {
     pub video_frames_before_keyframe: AtomicU64,
     /// Keyframe requests held back because one was sent less than [`KEYFRAME_REQUEST_INTERVAL`] ago.
     pub keyframe_requests_throttled: AtomicU64,
-    /// SRTP/SRTCP packets received (before decryption).
-    pub srtp_packets_in: AtomicU64,
-    /// SRTP/SRTCP packets that came out decrypted.
-    pub srtp_packets_out: AtomicU64,
     /// Packets libsrtp refused with KMS's keys known (authentication failed, a replay), each
     /// counted when the next packet on its pad went in first (a packet in flight is not one).
+    /// What was dropped before the keys were known (KMS may send RTCP between its answer and our
+    /// `connect`) is expected and not counted.
     pub srtp_refused: AtomicU64,
-    /// Packets dropped before KMS's keys were known (KMS may send RTCP between its answer and our
-    /// `connect`): expected, not refusals.
-    pub srtp_dropped_before_keys: AtomicU64,
     /// Shared receive threads: video packets put back in order, given up on, dropped as late.
     pub video_reordered: AtomicU64,
     /// See `video_reordered`.
