@@ -5,9 +5,13 @@
 //! `cargo build --release -p kms-sim && cargo bench -p tap-daemon --bench taps`
 //!
 //! kms-sim runs as a separate process (its encoders' CPU is not counted); nats-server too. The
-//! daemon runs in this process with one registered model (RGB 224x224 at 5 fps) answered by an
-//! in-process responder that replies at once; CPU is this process's user+system time.
+//! daemon runs in this process with one registered model (RGB 224x224 at 5 fps) answered by a
+//! worker in a child process (this binary again, `TAPS_BENCH_WORKER_NATS` set) that replies at
+//! once: its NATS buffers and its CPU are a worker's, not the daemon's (until stop 34 it ran in
+//! this process and its read buffer, up to ~10 MB at 50 participants, counted as the daemon's).
+//! CPU and RSS are this process's.
 
+use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -134,9 +138,8 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
     })
     .await
     .unwrap();
-    let mut spec = video_spec("bench", Some(5.0), None, 224, 224, PixelFormat::Rgb24);
-    spec.heartbeat_ms = 1000;
-    let (seen, worker_task) = worker(client, &spec.id, Duration::ZERO).await;
+    let spec = bench_spec();
+    let mut bench_worker = BenchWorker::start(&nats.url).await;
     let reg = Registration::new(client, spec).await;
     for _ in 0..100 {
         if daemon.status().await.len() >= n {
@@ -146,7 +149,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
     }
     let taps = daemon.status().await.len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    seen.lock().unwrap().clear();
+    bench_worker.ask("clear").await;
     let (c0, t0) = (cpu_seconds(), Instant::now());
     let frames0: u64 = daemon.status().await.iter().map(|s| s.video_frames).sum();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -169,13 +172,16 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
     };
     let channels = metric("kurento_tap_datachannels_open ");
     let sent = metric("kurento_tap_datachannel_messages_total{outcome=\"sent\"}");
-    let mut lat: Vec<f64> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3)
+    // "<chunks> <p50 ms> <p99 ms>" of capture→dispatch, from the worker.
+    let report = bench_worker.ask("report").await;
+    let figures: Vec<f64> = report
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
         .collect();
-    let chunks = lat.len();
+    let [chunks, p50, p99] = figures[..] else {
+        panic!("the bench worker answered {report:?}");
+    };
+    let chunks = chunks as usize;
     let leg = if srtp { "SRTP" } else { "RTP " };
     let receive = match shared {
         None => "per-tap rtpbin".to_owned(),
@@ -188,14 +194,20 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         cpu * 100.0 / n as f64,
         n as f64 / cpu,
         frames as f64 / 10.0 / n as f64,
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.99),
+        p50,
+        p99,
     );
     if std::env::var("TAPS_BENCH_THREADS").is_ok() {
         println!("  threads by name: {}", thread_names());
     }
+    // TAPS_BENCH_METRICS=<prefix>: the daemon's metrics whose lines start with it.
+    if let Ok(prefix) = std::env::var("TAPS_BENCH_METRICS") {
+        for line in text.lines().filter(|l| l.starts_with(prefix.as_str())) {
+            println!("  {line}");
+        }
+    }
     reg.remove().await;
-    worker_task.abort();
+    bench_worker.stop();
     daemon.shutdown().await;
     let _ = sim.kill();
     let _ = sim.wait();
@@ -240,7 +252,111 @@ async fn publish_cost(client: &async_nats::Client) {
     task.abort();
 }
 
+/// The model the bench registers: RGB 224x224 at 5 fps.
+fn bench_spec() -> ModelSpec {
+    let mut spec = video_spec("bench", Some(5.0), None, 224, 224, PixelFormat::Rgb24);
+    spec.heartbeat_ms = 1000;
+    spec
+}
+
+/// The worker in its child process, driven by lines on its stdin: `clear` forgets what it saw,
+/// `report` answers `<chunks> <p50 ms> <p99 ms>` (capture→dispatch); end of input ends it.
+struct BenchWorker {
+    child: std::process::Child,
+    replies: std::sync::Arc<std::sync::Mutex<BufReader<std::process::ChildStdout>>>,
+}
+
+impl BenchWorker {
+    async fn start(nats_url: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("TAPS_BENCH_WORKER_NATS", nats_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let replies = std::sync::Arc::new(std::sync::Mutex::new(BufReader::new(
+            child.stdout.take().unwrap(),
+        )));
+        let mut worker = BenchWorker { child, replies };
+        let ready = worker.read_line().await;
+        assert_eq!(ready, "ready", "the bench worker did not start");
+        worker
+    }
+
+    async fn read_line(&mut self) -> String {
+        let replies = self.replies.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            replies.lock().unwrap().read_line(&mut line).unwrap();
+            line.trim().to_owned()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ask(&mut self, command: &str) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.read_line().await
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The child process's side of [`BenchWorker`].
+fn run_bench_worker(nats_url: String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let client = async_nats::connect(&nats_url).await.unwrap();
+        let (seen, task) = worker(&client, &bench_spec().id, Duration::ZERO).await;
+        client.flush().await.unwrap();
+        let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        println!("ready");
+        while let Some(command) = commands.recv().await {
+            match command.trim() {
+                "clear" => {
+                    seen.lock().unwrap().clear();
+                    println!("cleared");
+                }
+                "report" => {
+                    let mut lat: Vec<f64> = seen
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|s| (s.meta.sent_us as f64 - s.meta.capture_us as f64) / 1e3)
+                        .collect();
+                    let chunks = lat.len();
+                    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+                    println!("{chunks} {p50} {p99}");
+                }
+                other => println!("unknown command {other:?}"),
+            }
+        }
+        task.abort();
+    });
+}
+
 fn main() {
+    if let Ok(nats_url) = std::env::var("TAPS_BENCH_WORKER_NATS") {
+        run_bench_worker(nats_url);
+        return;
+    }
     // As `kurento-tap` does, before any thread: the daemon measured here is the one that ships
     // (MALLOC_ARENA_MAX=16, glibc's default on 2 cores, measures without it).
     let arenas = tap_daemon::memory::limit_malloc_arenas();
@@ -306,5 +422,10 @@ async fn all_rows() {
             data_channels,
         };
         run(&nats, &client, r).await;
+        println!(
+            "  decoded-frame buffers so far: {} allocated, {} reused from the shared shelf",
+            tap_daemon::media::receiver::frame_pool::frames_allocated(),
+            tap_daemon::media::receiver::frame_pool::frames_reused()
+        );
     }
 }

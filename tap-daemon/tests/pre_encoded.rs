@@ -62,3 +62,49 @@ async fn decode_at_the_streams_rate(receive_threads: Option<usize>, (sim, taps):
     );
     h.stop().await;
 }
+
+/// A group call of nine: nine publishers and 72 subscriber endpoints, every one examined. At most
+/// `MAX_SETUPS_IN_FLIGHT` (64) setups run at once, the rest wait their turn, and every publisher
+/// is tapped in the end (unbounded, n participants meant n² setups at once: 10,000 at 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_room_is_set_up_at_most_64_at_a_time() {
+    kms_sim::replay::set_pre_encoded(true);
+    let mut room = String::from("[[room]]\nname='group'\n");
+    for i in 0..9 {
+        room.push_str(&format!(
+            "[[room.participant]]\nname='p{i}'\nvideo={{codec='VP8', width=160, height=120, fps=15}}\naudio={{tone={}}}\n",
+            300 + 10 * i
+        ));
+    }
+    let h = Harness::new()
+        .scenario(&room)
+        .sim_ports(45600..=45799)
+        .tap_ports(45800..=45899)
+        .start()
+        .await;
+    let taps = h.wait_taps(9).await;
+    assert_eq!(taps.len(), 9);
+    let gauge = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let m = h.metrics().await;
+    let peak = gauge(&m, "kurento_tap_tap_setups_peak ");
+    assert_eq!(
+        peak, 64.0,
+        "81 endpoints found at once: the bound is reached and held"
+    );
+    for _ in 0..50 {
+        if gauge(&h.metrics().await, "kurento_tap_tap_setups_queued ") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gauge(&h.metrics().await, "kurento_tap_tap_setups_queued "),
+        0.0
+    );
+    h.stop().await;
+}

@@ -27,6 +27,7 @@ use gstreamer_webrtc::{WebRTCDataChannel, WebRTCDataChannelState, WebRTCSDPType}
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+mod dtls;
 pub mod task_peer;
 pub use task_peer::TaskPeer;
 

@@ -343,9 +343,19 @@ impl TaskPeer {
 /// A state machine with the process's certificate. str0m's builder panics when its DTLS cannot
 /// start; that is turned into an error here.
 fn new_rtc() -> Result<Rtc, PeerError> {
+    static CRYPTO: std::sync::OnceLock<std::sync::Arc<str0m::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    let crypto = CRYPTO
+        .get_or_init(|| std::sync::Arc::new(crate::dtls::crypto_provider()))
+        .clone();
     let cert = shared_certificate()?;
-    std::panic::catch_unwind(move || Rtc::builder().set_dtls_cert(cert).build(Instant::now()))
-        .map_err(|_| PeerError::Dtls("the DTLS stack did not start".into()))
+    std::panic::catch_unwind(move || {
+        Rtc::builder()
+            .set_crypto_provider(crypto)
+            .set_dtls_cert(cert)
+            .build(Instant::now())
+    })
+    .map_err(|_| PeerError::Dtls("the DTLS stack did not start".into()))
 }
 
 fn host_candidate(addr: SocketAddr) -> Result<Candidate, PeerError> {

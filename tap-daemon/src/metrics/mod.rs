@@ -68,6 +68,8 @@ pub struct Metrics {
     pub setups_in_flight: Gauge,
     /// Most setups that ran at once since start (a room's participants are set up side by side).
     pub setups_peak: Gauge,
+    /// Participant setups waiting for a place beside the running ones.
+    pub setups_queued: Gauge,
     /// Time from a publisher's discovery to its tap running.
     pub setup_seconds: Histogram,
     /// Time from a publisher endpoint's creation (its ObjectCreated event, or its first sight in a
@@ -186,6 +188,7 @@ impl Metrics {
             consent_refused: Family::default(),
             setups_in_flight: Gauge::default(),
             setups_peak: Gauge::default(),
+            setups_queued: Gauge::default(),
             setup_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             // 10 ms .. 33 s in steps of 1.5x: p50/p95/p99 of setups that take 0.1-2 s are readable.
             time_to_tap: Histogram::new(exponential_buckets(0.01, 1.5, 21)),
@@ -300,6 +303,11 @@ impl Metrics {
             "tap_setups_peak",
             "Most participant setups that ran at once",
             m.setups_peak.clone(),
+        );
+        registry.register(
+            "tap_setups_queued",
+            "Participant setups waiting for a place beside the running ones",
+            m.setups_queued.clone(),
         );
         registry.register(
             "tap_setup_seconds",

@@ -12,7 +12,7 @@ use crate::metrics::ReasonLabel;
 use crate::tap::{media_list, TapContext};
 
 use super::decide::{self, not_tapped_reason, FRESH_GIVE_UP};
-use super::state::{KmsWatcher, Known, Setup};
+use super::state::{KmsWatcher, Known, QueuedSetup, Setup, MAX_SETUPS_IN_FLIGHT};
 
 impl KmsWatcher {
     pub(super) async fn on_destroyed(&mut self, id: &str) {
@@ -78,6 +78,49 @@ impl KmsWatcher {
             .entry(id.clone())
             .or_insert_with(Instant::now);
         self.known.insert(id.clone(), Known::Pending);
+        if self.setups.len() >= MAX_SETUPS_IN_FLIGHT {
+            // Pending already: scans leave it alone while it waits its turn.
+            self.queued_setups
+                .push_back(QueuedSetup { room, pipeline, ep });
+            self.metrics
+                .setups_queued
+                .set(self.queued_setups.len() as i64);
+            return;
+        }
+        self.launch_setup(room, pipeline, ep, first_seen);
+    }
+
+    /// Starts queued setups while there is room beside the running ones. An endpoint that went
+    /// (or whose KMS restarted) while queued ends as a setup that found it gone.
+    pub(super) async fn start_queued_setups(&mut self) {
+        while self.setups.len() < MAX_SETUPS_IN_FLIGHT {
+            let Some(QueuedSetup { room, pipeline, ep }) = self.queued_setups.pop_front() else {
+                break;
+            };
+            self.metrics
+                .setups_queued
+                .set(self.queued_setups.len() as i64);
+            let id = ep.id().to_owned();
+            if matches!(self.known.get(&id), Some(Known::Pending)) {
+                let first_seen = *self
+                    .first_seen
+                    .entry(id.clone())
+                    .or_insert_with(Instant::now);
+                self.launch_setup(room, pipeline, ep, first_seen);
+            } else {
+                self.on_setup_done(id, Setup::Gone).await;
+            }
+        }
+    }
+
+    fn launch_setup(
+        &mut self,
+        room: Option<String>,
+        pipeline: MediaPipeline,
+        ep: WebRtcEndpoint,
+        first_seen: Instant,
+    ) {
+        let id = ep.id().to_owned();
         let ctx = self.ctx.clone();
         let decisions = self.control_consent.clone();
         let tapped = self.tapped.clone();

@@ -127,6 +127,7 @@ impl KmsWatcher {
                     }
                 },
             }
+            self.start_queued_setups().await;
             self.metrics
                 .kms_decode_errors
                 .set(self.kms.stats().decode_errors as i64);
@@ -137,6 +138,9 @@ impl KmsWatcher {
     /// Waits for setups in flight (so nothing they create escapes release), then stops every tap.
     async fn stop_all(&mut self) {
         let release = self.kms_connected();
+        // Never started: nothing of theirs exists on KMS.
+        self.queued_setups.clear();
+        self.metrics.setups_queued.set(0);
         while let Some(done) = self.setups.join_next().await {
             if let Ok((_, Setup::Tapped(t))) = done {
                 t.stop(&self.kms, release).await;

@@ -67,6 +67,9 @@ pub(crate) struct KmsWatcher {
     /// Setups running concurrently (one per endpoint): a room's participants are tapped side by
     /// side, and the actor keeps answering events while KMS works.
     pub(crate) setups: tokio::task::JoinSet<(String, Setup)>,
+    /// Setups waiting for one of the [`MAX_SETUPS_IN_FLIGHT`] places, oldest first (each
+    /// endpoint at most once: it is `Pending` meanwhile).
+    pub(crate) queued_setups: std::collections::VecDeque<QueuedSetup>,
     /// Objects already looked at by the orphan sweep: `Some(publisher)` if ours.
     pub(crate) owned_cache: HashMap<String, Option<(OwnedKind, Option<String>)>>,
     /// Presenters named by tag, and leaves, for the fusion (absent with it off).
@@ -103,6 +106,22 @@ pub(crate) struct RoomLeases {
 }
 
 /// What a setup found and did.
+/// Setups (examine + tap) that run at once; more wait their turn in order.
+///
+/// Why a bound: a room of n participants in the group-call shape has n publishers and n(n-1)
+/// subscriber endpoints, and each endpoint is examined. Unbounded, 100 participants started
+/// 10,000 setups at once (`kurento_tap_tap_setups_peak` read 10,000): ~45 MB of task state at the
+/// same time, left as heap the daemon kept, and 10,000 conversations with KMS interleaved. 64
+/// keep KMS busy (a setup mostly waits for its answers) without that.
+pub(crate) const MAX_SETUPS_IN_FLIGHT: usize = 64;
+
+/// A setup waiting for its place.
+pub(crate) struct QueuedSetup {
+    pub(crate) room: Option<String>,
+    pub(crate) pipeline: kurento_client::prelude::MediaPipeline,
+    pub(crate) ep: kurento_client::prelude::WebRtcEndpoint,
+}
+
 pub(crate) enum Setup {
     Tapped(Box<Tap>),
     /// A new publisher WebRtcEndpoint feeding a PassThrough already tapped (OpenVidu's publisher
@@ -131,6 +150,7 @@ impl KmsWatcher {
             ctx,
             known: HashMap::new(),
             setups: tokio::task::JoinSet::new(),
+            queued_setups: std::collections::VecDeque::new(),
             owned_cache: HashMap::new(),
             mood_events,
             presenter_announce,

@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::media::capture_clock::CaptureClock;
 
 use super::clock::{capture_us, ClockMap};
+use super::frame_pool;
 use super::gst_util::{add_chain, gst_err, link_to, make};
 use super::types::{
     DecodedAudio, DecodedFrame, MediaSink, ReceiverError, ReceiverStats, KEYFRAME_REQUEST_INTERVAL,
@@ -97,6 +98,13 @@ pub(super) fn link_video(
     let sink_pad = sink_element
         .static_pad("sink")
         .ok_or_else(|| gst_err("fakesink without a sink pad"))?;
+    if encoding != "H264" {
+        // libvpx decodes into reference frames of its own and copies each picture out into a
+        // buffer from downstream's pool: that buffer can come from the shelf every tap shares.
+        // (avdec_h264 decodes straight into pool buffers it keeps as references when the pool
+        // offers video alignment; that pool stays the decoder's own.)
+        frame_pool::offer_to_decoder(&sink_pad);
+    }
     let video_info: Mutex<Option<(gst::Caps, gst_video::VideoInfo)>> = Mutex::new(None);
     sink_pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else {

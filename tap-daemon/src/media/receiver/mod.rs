@@ -10,6 +10,7 @@
 
 mod branches;
 mod clock;
+pub mod frame_pool;
 mod gst_util;
 mod shared;
 mod srtp_session;
