@@ -99,7 +99,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         .local_addr()
         .unwrap()
         .port();
-    let mut sim = Command::new(sim_binary())
+    let sim = Command::new(sim_binary())
         .args([
             "--listen",
             &format!("127.0.0.1:{sim_port}"),
@@ -120,6 +120,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(KilledOnDrop)
         .expect("build kms-sim first: cargo build --release -p kms-sim");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let daemon = Daemon::start(DaemonConfig {
@@ -209,8 +210,7 @@ async fn run(nats: &Nats, client: &async_nats::Client, r: Run) {
     reg.remove().await;
     bench_worker.stop();
     daemon.shutdown().await;
-    let _ = sim.kill();
-    let _ = sim.wait();
+    drop(sim);
     let _ = std::fs::remove_file(path);
 }
 
@@ -252,6 +252,18 @@ async fn publish_cost(client: &async_nats::Client) {
     task.abort();
 }
 
+/// A child process stopped when the bench lets go of it, a panic included (a bench whose output
+/// pipe closed early left its simulator replaying media, and the next measurements shared the
+/// cores with it).
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The model the bench registers: RGB 224x224 at 5 fps.
 fn bench_spec() -> ModelSpec {
     let mut spec = video_spec("bench", Some(5.0), None, 224, 224, PixelFormat::Rgb24);
@@ -262,20 +274,22 @@ fn bench_spec() -> ModelSpec {
 /// The worker in its child process, driven by lines on its stdin: `clear` forgets what it saw,
 /// `report` answers `<chunks> <p50 ms> <p99 ms>` (capture→dispatch); end of input ends it.
 struct BenchWorker {
-    child: std::process::Child,
+    child: KilledOnDrop,
     replies: std::sync::Arc<std::sync::Mutex<BufReader<std::process::ChildStdout>>>,
 }
 
 impl BenchWorker {
     async fn start(nats_url: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env("TAPS_BENCH_WORKER_NATS", nats_url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = KilledOnDrop(
+            Command::new(std::env::current_exe().unwrap())
+                .env("TAPS_BENCH_WORKER_NATS", nats_url)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let replies = std::sync::Arc::new(std::sync::Mutex::new(BufReader::new(
-            child.stdout.take().unwrap(),
+            child.0.stdout.take().unwrap(),
         )));
         let mut worker = BenchWorker { child, replies };
         let ready = worker.read_line().await;
@@ -295,15 +309,16 @@ impl BenchWorker {
     }
 
     async fn ask(&mut self, command: &str) -> String {
-        let stdin = self.child.stdin.as_mut().unwrap();
+        let stdin = self.child.0.stdin.as_mut().unwrap();
         writeln!(stdin, "{command}").unwrap();
         stdin.flush().unwrap();
         self.read_line().await
     }
 
     fn stop(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        // End of input ends it; the drop then only reaps it.
+        drop(self.child.0.stdin.take());
+        let _ = self.child.0.wait();
     }
 }
 

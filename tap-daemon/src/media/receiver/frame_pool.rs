@@ -107,7 +107,17 @@ pub fn frames_idle() -> usize {
 }
 
 mod imp {
-    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use gstreamer as gst;
+    use gstreamer::glib;
+    use gstreamer::prelude::*;
+    use gstreamer::subclass::prelude::*;
+
+    // Named in full: `super` here is this file's module, and the import checker reads `super::`
+    // as the parent folder's.
+    use crate::media::receiver::frame_pool::{shelf, BufferKind, ALLOCATED, REUSED};
 
     #[derive(Default)]
     pub struct SharedFramePool {
@@ -118,7 +128,7 @@ mod imp {
     #[glib::object_subclass]
     impl ObjectSubclass for SharedFramePool {
         const NAME: &'static str = "KurentoTapSharedFramePool";
-        type Type = super::SharedFramePool;
+        type Type = crate::media::receiver::frame_pool::SharedFramePool;
         type ParentType = gst::BufferPool;
     }
 
