@@ -142,6 +142,27 @@ fn srtp_profile(id: SrtpProfileId) -> Option<SrtpProfile> {
     }
 }
 
+/// `bytes` copied into the caller's buffer as `output`, or how large a buffer they need.
+fn copy_out<'a>(
+    buf: &'a mut [u8],
+    bytes: &[u8],
+    output: fn(&'a [u8]) -> DtlsOutput<'a>,
+) -> DtlsOutput<'a> {
+    match buf.get_mut(..bytes.len()) {
+        Some(to) => {
+            to.copy_from_slice(bytes);
+            output(to)
+        }
+        None => DtlsOutput::BufferTooSmall {
+            needed: bytes.len(),
+        },
+    }
+}
+
+fn fits(output: &DtlsOutput<'_>) -> bool {
+    !matches!(output, DtlsOutput::BufferTooSmall { .. })
+}
+
 fn failed(operation: DtlsCryptoOperation) -> DtlsImplError {
     DtlsImplError::CryptoError(DtlsCryptoError::OperationFailed(operation))
 }
@@ -309,7 +330,8 @@ impl Connection {
         let Stage::Established(stream) = &mut self.stage else {
             return Ok(());
         };
-        let mut buf = vec![0u8; MAX_RECORD];
+        // On the stack: a buffer kept per connection would be the 16 KB released above.
+        let mut buf = [0u8; MAX_RECORD];
         loop {
             match stream.ssl_read(&mut buf) {
                 Ok(n) => self.received.push_back(buf[..n].to_vec()),
@@ -373,15 +395,14 @@ impl DtlsInstance for Connection {
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        // What does not fit stays where it is for the next, larger, buffer.
         if let Some(wire) = self.wire() {
-            if let Some(packet) = wire.outgoing.pop_front() {
-                if packet.len() > buf.len() {
-                    let needed = packet.len();
-                    wire.outgoing.push_front(packet);
-                    return DtlsOutput::BufferTooSmall { needed };
+            if let Some(packet) = wire.outgoing.front() {
+                let out = copy_out(buf, packet, DtlsOutput::Packet);
+                if fits(&out) {
+                    wire.outgoing.pop_front();
                 }
-                buf[..packet.len()].copy_from_slice(&packet);
-                return DtlsOutput::Packet(&buf[..packet.len()]);
+                return out;
             }
         }
         if let Some(at) = self.next_timeout.take() {
@@ -391,14 +412,12 @@ impl DtlsInstance for Connection {
             self.connected_reported = true;
             return DtlsOutput::Connected;
         }
-        if let Some(cert) = self.peer_cert.take() {
-            if cert.len() <= buf.len() {
-                buf[..cert.len()].copy_from_slice(&cert);
-                return DtlsOutput::PeerCert(&buf[..cert.len()]);
+        if let Some(cert) = &self.peer_cert {
+            let out = copy_out(buf, cert, DtlsOutput::PeerCert);
+            if fits(&out) {
+                self.peer_cert = None;
             }
-            let needed = cert.len();
-            self.peer_cert = Some(cert);
-            return DtlsOutput::BufferTooSmall { needed };
+            return out;
         }
         if let Some((material, profile)) = self.keying.take() {
             return DtlsOutput::KeyingMaterial(KeyingMaterial::new(&material), profile);
@@ -407,14 +426,12 @@ impl DtlsInstance for Connection {
             self.close_notify_reported = true;
             return DtlsOutput::CloseNotify;
         }
-        if let Some(data) = self.received.pop_front() {
-            if data.len() <= buf.len() {
-                buf[..data.len()].copy_from_slice(&data);
-                return DtlsOutput::ApplicationData(&buf[..data.len()]);
+        if let Some(data) = self.received.front() {
+            let out = copy_out(buf, data, DtlsOutput::ApplicationData);
+            if fits(&out) {
+                self.received.pop_front();
             }
-            let needed = data.len();
-            self.received.push_front(data);
-            return DtlsOutput::BufferTooSmall { needed };
+            return out;
         }
         DtlsOutput::Timeout(Instant::now() + Duration::from_secs(3600))
     }
@@ -620,6 +637,20 @@ mod tests {
             to_server = c.packets;
         }
         assert!(connected);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_buffer_waits_for_a_larger_one() {
+        let (mut client, _, _) = pair();
+        client.set_active(true);
+        let mut small = [0u8; 10];
+        let needed = match client.poll_output(&mut small) {
+            DtlsOutput::BufferTooSmall { needed } => needed,
+            _ => panic!("a ClientHello fits in 10 bytes?"),
+        };
+        let packets = drain(client.as_mut()).packets;
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0].len(), needed);
     }
 
     #[test]

@@ -73,11 +73,11 @@ impl KmsWatcher {
         ep: WebRtcEndpoint,
     ) {
         let id = ep.id().to_owned();
-        let first_seen = *self
-            .first_seen
+        // Seen now, whether it starts now or waits its turn (time to tap counts from here).
+        self.first_seen
             .entry(id.clone())
             .or_insert_with(Instant::now);
-        self.known.insert(id.clone(), Known::Pending);
+        self.known.insert(id, Known::Pending);
         if self.setups.len() >= MAX_SETUPS_IN_FLIGHT {
             // Pending already: scans leave it alone while it waits its turn.
             self.queued_setups
@@ -87,7 +87,7 @@ impl KmsWatcher {
                 .set(self.queued_setups.len() as i64);
             return;
         }
-        self.launch_setup(room, pipeline, ep, first_seen);
+        self.launch_setup(room, pipeline, ep);
     }
 
     /// Starts queued setups while there is room beside the running ones. An endpoint that went
@@ -102,25 +102,19 @@ impl KmsWatcher {
                 .set(self.queued_setups.len() as i64);
             let id = ep.id().to_owned();
             if matches!(self.known.get(&id), Some(Known::Pending)) {
-                let first_seen = *self
-                    .first_seen
-                    .entry(id.clone())
-                    .or_insert_with(Instant::now);
-                self.launch_setup(room, pipeline, ep, first_seen);
+                self.launch_setup(room, pipeline, ep);
             } else {
                 self.on_setup_done(id, Setup::Gone).await;
             }
         }
     }
 
-    fn launch_setup(
-        &mut self,
-        room: Option<String>,
-        pipeline: MediaPipeline,
-        ep: WebRtcEndpoint,
-        first_seen: Instant,
-    ) {
+    fn launch_setup(&mut self, room: Option<String>, pipeline: MediaPipeline, ep: WebRtcEndpoint) {
         let id = ep.id().to_owned();
+        let first_seen = *self
+            .first_seen
+            .entry(id.clone())
+            .or_insert_with(Instant::now);
         let ctx = self.ctx.clone();
         let decisions = self.control_consent.clone();
         let tapped = self.tapped.clone();

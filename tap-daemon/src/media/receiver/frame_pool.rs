@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use gstreamer as gst;
 use gstreamer::glib;
@@ -83,8 +83,8 @@ struct BufferKind {
     allocator: Option<String>,
 }
 
-fn shelf() -> &'static Mutex<Shelf<BufferKind, gst::Buffer>> {
-    static SHELF: OnceLock<Mutex<Shelf<BufferKind, gst::Buffer>>> = OnceLock::new();
+fn shelf() -> &'static Mutex<Shelf<Arc<BufferKind>, gst::Buffer>> {
+    static SHELF: OnceLock<Mutex<Shelf<Arc<BufferKind>, gst::Buffer>>> = OnceLock::new();
     SHELF.get_or_init(|| Mutex::new(Shelf::new(SHELF_CAPACITY)))
 }
 
@@ -108,7 +108,7 @@ pub fn frames_idle() -> usize {
 
 mod imp {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use gstreamer as gst;
     use gstreamer::glib;
@@ -121,7 +121,8 @@ mod imp {
 
     #[derive(Default)]
     pub struct SharedFramePool {
-        kind: Mutex<Option<BufferKind>>,
+        // Shared with the shelf's entries: a frame's way through costs no copy of it.
+        kind: Mutex<Option<Arc<BufferKind>>>,
         pub(super) allocated: AtomicU64,
     }
 
@@ -146,13 +147,13 @@ mod imp {
             let (allocator, params) = config
                 .allocator()
                 .unwrap_or((None, gst::AllocationParams::default()));
-            *self.kind.lock().unwrap_or_else(|e| e.into_inner()) = Some(BufferKind {
+            *self.kind.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(BufferKind {
                 size: size as usize,
                 align: params.align(),
                 prefix: params.prefix(),
                 padding: params.padding(),
                 allocator: allocator.map(|a| a.memory_type().to_string()),
-            });
+            }));
             self.parent_set_config(config)
         }
 
