@@ -109,7 +109,7 @@ impl Daemon {
         let nats = connect_nats(&config).await?;
         let max_payload = nats.server_info().max_payload;
         let js = jetstream::new(nats.clone());
-        js.get_or_create_stream(jetstream::stream::Config {
+        let results_stream = jetstream::stream::Config {
             name: RESULTS_STREAM.into(),
             description: Some("kurento-tap results (protocol v1)".into()),
             subjects: vec![RESULT_SUBJECTS.into()],
@@ -118,9 +118,26 @@ impl Daemon {
             storage: jetstream::stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create the results stream {RESULTS_STREAM}: {e}"))?;
+        };
+        // Daemons of a cluster starting together race to create the stream: the loser's create
+        // fails although the stream now exists (seen once in tests/cluster.rs), and a second look
+        // finds it. A few tries, then the error.
+        let mut attempt = 1;
+        loop {
+            match js.get_or_create_stream(results_stream.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 3 => {
+                    warn!(error = %e, attempt, "results stream not ready; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot create the results stream {RESULTS_STREAM}: {e}"
+                    ))
+                }
+            }
+        }
         let kv = registry::open_bucket(&js).await?;
         let registered = registry::snapshot(&kv).await?;
         for spec in &registered {
